@@ -1,0 +1,1 @@
+"""The ``dyconv-deploy`` command line: one module per subcommand over the library."""

@@ -1,0 +1,85 @@
+"""``dyconv-deploy``: the typer app and the one place errors become exit codes.
+
+Each subcommand is a function in its own module ``cli/<command>.py``; :data:`_COMMANDS`
+registers them. A :class:`~dyconv_deploy.errors.DyconvError` prints one line on stderr
+and exits with its code (2 bad input, 1 failed verification); ``-v`` adds tracebacks.
+"""
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from dyconv_deploy import __version__
+from dyconv_deploy.errors import DyconvError
+
+# (command name, "module:function") — modules are imported only when registered, and each
+# imports its heavy dependencies lazily inside the function.
+_COMMANDS = [
+]
+
+app = typer.Typer(
+    name="dyconv-deploy",
+    help="Deploy PyTorch models with dynamic convolutions (DynamicConv, CondConv, ODConv, DyNet, DyReLU) "
+         "to ONNX, ONNX Runtime and TensorRT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dyconv-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs and full tracebacks."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings and errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _state["verbose"] = verbose
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dyconv_deploy").setLevel(level)
+
+
+def _register() -> None:
+    for name, target in _COMMANDS:
+        module_name, function_name = target.split(":")
+        function = getattr(importlib.import_module(module_name), function_name)
+        app.command(name)(function)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    _state["verbose"] = "-v" in args or "--verbose" in args
+    try:
+        result = app(args=args, prog_name="dyconv-deploy", standalone_mode=False)
+    except DyconvError as exc:
+        if _state["verbose"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        exc.show()
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Resolve a MODEL spec to an ``nn.Module`` in eval mode.
+
+Specs:
+    ``sample:NAME``           a bundled sample (``sample:NAME-static`` for its static twin)
+    ``path/to/file.py:fn``    call ``fn()`` defined in a Python file
+    ``pkg.module:fn``         call ``fn()`` from an importable module
+"""
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from dyconv_deploy.errors import DyconvError
+
+
+def load_model(spec: str) -> nn.Module:
+    """Build the model that ``spec`` names and return it in eval mode."""
+    if spec.startswith("sample:"):
+        from dyconv_deploy.samples import create_sample
+
+        model = create_sample(spec[len("sample:"):])
+    else:
+        model = _call_factory(resolve_factory(spec), spec)
+    if not isinstance(model, nn.Module):
+        raise DyconvError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def resolve_factory(spec: str) -> Callable:
+    """``file.py:fn`` or ``pkg.module:fn`` -> the callable (not called)."""
+    location, sep, name = spec.rpartition(":")
+    if not sep or not location or not name:
+        raise DyconvError(f"cannot read MODEL spec {spec!r}: expected sample:NAME, file.py:factory, "
+                          "pkg.module:factory or a checkpoint file")
+    module = _load_file(location) if location.endswith(".py") else _import(location, spec)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise DyconvError(f"{location} has no callable {name!r}; callables there: {', '.join(public) or 'none'}")
+    return factory
+
+
+def _load_file(path: str):
+    file = Path(path)
+    if not file.is_file():
+        raise DyconvError(f"model file not found: {path}")
+    module_name = f"_dyconv_user_{file.stem}_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    sys.path.insert(0, str(file.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(file.parent.resolve()))
+    return module
+
+
+def _import(module_name: str, spec: str):
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DyconvError(f"cannot import {module_name!r} for MODEL spec {spec!r}: {exc}") from exc
+
+
+def _call_factory(factory: Callable, spec: str) -> nn.Module:
+    try:
+        return factory()
+    except TypeError as exc:
+        raise DyconvError(f"{spec}: the factory must be callable without arguments ({exc})") from exc

@@ -1,0 +1,76 @@
+"""The one tolerance table, and the comparison every check uses.
+
+``verify``, the tests and the benchmarks read their tolerances from :data:`TOLERANCES`;
+a failed comparison reports max/mean absolute and relative error and the smallest
+``atol`` that would have passed (at the given ``rtol``).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elementwise check ``|actual - expected| <= atol + rtol * |expected|``."""
+
+    atol: float
+    rtol: float
+
+
+TOLERANCES = {
+    # End-to-end fp32 (export, runtimes): different conv algorithms reorder sums.
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
+    # fp16 engines and kernels (fp32 accumulation).
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2),
+    # A single layer against its naive per-sample loop, same backend, fp32.
+    "layer": Tolerance(atol=1e-5, rtol=0.0),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Error statistics of ``actual`` against ``expected`` for one output."""
+
+    name: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    required_atol: float
+    passed: bool
+    tolerance: Tolerance
+
+    def __str__(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (f"{self.name}: {verdict} max_abs={self.max_abs:.3g} mean_abs={self.mean_abs:.3g} "
+                f"max_rel={self.max_rel:.3g} (atol={self.tolerance.atol:g} rtol={self.tolerance.rtol:g}; "
+                f"smallest passing atol={self.required_atol:.3g})")
+
+
+def compare(actual, expected, tolerance: Tolerance, name: str = "output") -> Comparison:
+    """Compare two arrays (numpy or torch) of equal shape under ``tolerance``."""
+    a = _as_float64(actual)
+    e = _as_float64(expected)
+    if a.shape != e.shape:
+        raise ValueError(f"{name}: shape {a.shape} differs from reference shape {e.shape}")
+    diff = np.abs(a - e)
+    if diff.size == 0:
+        return Comparison(name, 0.0, 0.0, 0.0, 0.0, True, tolerance)
+    finite = np.isfinite(a).all() and np.isfinite(e).all()
+    required = float(np.max(diff - tolerance.rtol * np.abs(e))) if finite else float("inf")
+    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
+    return Comparison(
+        name=name,
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        max_rel=float(rel.max()),
+        required_atol=max(required, 0.0),
+        passed=bool(finite and required <= tolerance.atol),
+        tolerance=tolerance,
+    )
+
+
+def _as_float64(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)

@@ -1,0 +1,102 @@
+// Dynamic convolution kernels for dyconv::DynamicConv2d (contract version 1).
+//
+//   X [N, C, H, W]   A [N, K] or [N, K, M]   W [K, M, C/G, kH, kW]   B [K, M] (optional)
+//   S [N, kH, kW] (optional)                 Y [N, M, Ho, Wo]
+//   Y[n] = conv2d(X[n], (sum_k A[n,k] W[k]) * S[n], sum_k A[n,k] B[k])
+//
+// All tensors are dense NCHW and share one element type (float32 or float16); every path
+// accumulates in float32. Pure CUDA: no TensorRT or torch types, every launcher takes a stream
+// and returns a cudaError_t.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace dyconv
+{
+
+enum class DType : int32_t
+{
+    kFloat32 = 0,
+    kFloat16 = 1,
+};
+
+//! Convolution path; kAuto applies select_algo() (the per-shape heuristic).
+enum class Algo : int32_t
+{
+    kAuto = 0,
+    kDepthwise = 1,      //!< direct kernel, one output plane per block; needs C/G == 1
+    kGemmFused = 2,      //!< implicit GEMM that mixes the experts while loading weight tiles (no workspace)
+    kGemmAggregated = 3, //!< aggregate per-sample kernels into the workspace, then implicit GEMM over them
+};
+
+//! Shapes and convolution attributes of one call; see conv_shape() to fill the derived sizes.
+struct ConvShape
+{
+    int32_t n, c, h, w;     //!< input X
+    int32_t experts;        //!< K
+    int32_t m;              //!< output channels
+    int32_t kh, kw;         //!< kernel size
+    int32_t groups;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left, pad_bottom, pad_right;
+    int32_t dilation_h, dilation_w;
+    bool channel_attention; //!< A is [N, K, M] (DyNet) rather than [N, K]
+    int32_t ho, wo;         //!< output size, derived
+};
+
+//! Device pointers of one call; bias and spatial may be null.
+struct ConvTensors
+{
+    void const* x;
+    void const* attention;
+    void const* weight;
+    void const* bias;
+    void const* spatial;
+    void* y;
+};
+
+//! Output extent along one axis (<= 0 when the kernel does not fit).
+inline int32_t conv_output_size(int32_t size, int32_t pad_begin, int32_t pad_end, int32_t kernel, int32_t stride,
+    int32_t dilation)
+{
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+//! Fills ho/wo from the other fields.
+inline ConvShape conv_shape(ConvShape s)
+{
+    s.ho = conv_output_size(s.h, s.pad_top, s.pad_bottom, s.kh, s.stride_h, s.dilation_h);
+    s.wo = conv_output_size(s.w, s.pad_left, s.pad_right, s.kw, s.stride_w, s.dilation_w);
+    return s;
+}
+
+//! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0).
+cudaError_t validate(ConvShape const& shape);
+
+//! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):
+//! C/G == 1 -> kDepthwise; Ho*Wo <= kFusedMaxPixels -> kGemmFused; otherwise kGemmAggregated.
+Algo select_algo(ConvShape const& shape);
+
+//! Largest output plane for which the fused GEMM is chosen: up to this size every weight tile is
+//! mixed at most a few times per sample, and the per-sample kernels never go to global memory.
+constexpr int32_t kFusedMaxPixels = 256;
+
+//! Workspace bytes needed by `algo` for `shape` (0 except for kGemmAggregated: N*M*(C/G)*kH*kW floats).
+size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto);
+
+//! Y for one call. `workspace` must hold workspace_size(shape, algo) bytes (may be null when that is 0).
+//! Returns cudaErrorInvalidValue for an inconsistent shape or a path that does not apply, and an
+//! empty batch is a no-op.
+cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
+    size_t workspace_bytes, cudaStream_t stream, Algo algo = Algo::kAuto);
+
+//! Per-sample kernels (sum_k A[n,k] W[k]) * S[n] as float32 [N, M, C/G, kH, kW] into `kernels`.
+cudaError_t aggregate_kernels(
+    ConvShape const& shape, DType dtype, ConvTensors const& tensors, float* kernels, cudaStream_t stream);
+
+//! Human-readable name of an algorithm ("depthwise", "gemm-fused", ...).
+char const* algo_name(Algo algo);
+
+} // namespace dyconv
