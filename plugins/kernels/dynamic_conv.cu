@@ -1,0 +1,465 @@
+// Kernels of dynamic_conv.h. Three convolution paths share one weight-mixing device function:
+//   depthwise        C/G == 1: one block per (sample, output channel) mixes its kH*kW taps into shared
+//                    memory, then each thread computes output pixels directly.
+//   gemm (fused)     implicit GEMM per (sample, group): Y[m, p] = sum_r Wn[m, r] * im2col(X)[r, p]; weight
+//                    tiles are mixed from the K experts while being loaded, so Wn never reaches global memory.
+//   gemm (aggregated) the same GEMM reading Wn from a workspace filled by aggregate_kernel first; cheaper when
+//                    one sample's output plane spans many pixel tiles (each tile would re-mix the weights).
+// A 1x1 / stride-1 / unpadded conv is the GEMM's pointwise specialisation, i.e. a batched GEMM over
+// (sample, group). Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
+#include "dynamic_conv.h"
+
+#include <cuda_fp16.h>
+
+namespace dyconv
+{
+namespace
+{
+
+constexpr int kGemmBK = 16;    // reduction tile
+constexpr int kGemmThreadM = 4; // outputs per thread along M
+constexpr int kGemmThreadN = 4; // outputs per thread along pixels
+constexpr int kDepthwiseThreads = 256;
+constexpr int kAggregateThreads = 256;
+
+__device__ __forceinline__ float load(float const* p, size_t i)
+{
+    return __ldg(p + i);
+}
+
+__device__ __forceinline__ float load(__half const* p, size_t i)
+{
+    return __half2float(__ldg(p + i));
+}
+
+__device__ __forceinline__ void store(float* p, size_t i, float v)
+{
+    p[i] = v;
+}
+
+__device__ __forceinline__ void store(__half* p, size_t i, float v)
+{
+    p[i] = __float2half_rn(v);
+}
+
+template <typename T>
+struct Typed
+{
+    T const* x;
+    T const* attention;
+    T const* weight;
+    T const* bias;
+    T const* spatial;
+    T* y;
+};
+
+template <typename T>
+Typed<T> typed(ConvTensors const& t)
+{
+    return {static_cast<T const*>(t.x), static_cast<T const*>(t.attention), static_cast<T const*>(t.weight),
+        static_cast<T const*>(t.bias), static_cast<T const*>(t.spatial), static_cast<T*>(t.y)};
+}
+
+template <typename T>
+__device__ __forceinline__ float attention_at(ConvShape const& s, T const* a, int n, int k, int gm)
+{
+    size_t const nk = static_cast<size_t>(n) * s.experts + k;
+    return load(a, s.channel_attention ? nk * s.m + gm : nk);
+}
+
+// Element r of sample n's mixed kernel for output channel gm: (sum_k A W[k, gm, r]) * S[n, r mod kH*kW].
+template <typename T>
+__device__ float mixed_weight(ConvShape const& s, Typed<T> const& t, int n, int gm, int r, int kernel_size)
+{
+    float v = 0.f;
+    for (int k = 0; k < s.experts; ++k)
+    {
+        v += attention_at(s, t.attention, n, k, gm)
+            * load(t.weight, (static_cast<size_t>(k) * s.m + gm) * kernel_size + r);
+    }
+    if (t.spatial != nullptr)
+    {
+        int const taps = s.kh * s.kw;
+        v *= load(t.spatial, static_cast<size_t>(n) * taps + r % taps);
+    }
+    return v;
+}
+
+template <typename T>
+__device__ float mixed_bias(ConvShape const& s, Typed<T> const& t, int n, int gm)
+{
+    float v = 0.f;
+    if (t.bias != nullptr)
+    {
+        for (int k = 0; k < s.experts; ++k)
+        {
+            v += attention_at(s, t.attention, n, k, gm) * load(t.bias, static_cast<size_t>(k) * s.m + gm);
+        }
+    }
+    return v;
+}
+
+// im2col(X[n, group])[r, p] with zero padding; xg points at the group's first input channel.
+template <typename T>
+__device__ __forceinline__ float im2col(ConvShape const& s, T const* xg, int r, int p)
+{
+    int const taps = s.kh * s.kw;
+    int const c = r / taps;
+    int const tap = r - c * taps;
+    int const i = tap / s.kw;
+    int const j = tap - i * s.kw;
+    int const oh = p / s.wo;
+    int const ow = p - oh * s.wo;
+    int const ih = oh * s.stride_h - s.pad_top + i * s.dilation_h;
+    int const iw = ow * s.stride_w - s.pad_left + j * s.dilation_w;
+    if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w)
+    {
+        return 0.f;
+    }
+    return load(xg, (static_cast<size_t>(c) * s.h + ih) * s.w + iw);
+}
+
+// kernels[n, gm, r] = mixed_weight(n, gm, r), float32 [N, M, C/G*kH*kW].
+template <typename T>
+__global__ void aggregate_kernel(ConvShape s, Typed<T> t, float* kernels)
+{
+    int const kernel_size = (s.c / s.groups) * s.kh * s.kw;
+    size_t const total = static_cast<size_t>(s.n) * s.m * kernel_size;
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        int const r = static_cast<int>(i % kernel_size);
+        size_t const nm = i / kernel_size;
+        kernels[i] = mixed_weight(s, t, static_cast<int>(nm / s.m), static_cast<int>(nm % s.m), r, kernel_size);
+    }
+}
+
+// grid (pixel blocks, M, N); dynamic shared memory: kH*kW floats.
+template <typename T>
+__global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape s, Typed<T> t)
+{
+    extern __shared__ float taps[];
+    __shared__ float bias;
+    int const gm = blockIdx.y;
+    int const n = blockIdx.z;
+    int const ntaps = s.kh * s.kw;
+    for (int r = threadIdx.x; r < ntaps; r += blockDim.x)
+    {
+        taps[r] = mixed_weight(s, t, n, gm, r, ntaps);
+    }
+    if (threadIdx.x == 0)
+    {
+        bias = mixed_bias(s, t, n, gm);
+    }
+    __syncthreads();
+
+    int const c = gm / (s.m / s.groups); // C/G == 1: group index == input channel
+    T const* xc = t.x + (static_cast<size_t>(n) * s.c + c) * s.h * s.w;
+    int const pixels = s.ho * s.wo;
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += gridDim.x * blockDim.x)
+    {
+        int const oh = p / s.wo;
+        int const ow = p - oh * s.wo;
+        float acc = bias;
+        for (int i = 0; i < s.kh; ++i)
+        {
+            int const ih = oh * s.stride_h - s.pad_top + i * s.dilation_h;
+            if (ih < 0 || ih >= s.h)
+            {
+                continue;
+            }
+            for (int j = 0; j < s.kw; ++j)
+            {
+                int const iw = ow * s.stride_w - s.pad_left + j * s.dilation_w;
+                if (iw >= 0 && iw < s.w)
+                {
+                    acc += taps[i * s.kw + j] * load(xc, static_cast<size_t>(ih) * s.w + iw);
+                }
+            }
+        }
+        store(t.y, (static_cast<size_t>(n) * s.m + gm) * pixels + p, acc);
+    }
+}
+
+// Implicit GEMM, grid (pixel tiles, M/G tiles, N*G); each thread owns a 4x4 block of a BM x BN tile.
+// kFused mixes weight tiles from the experts, otherwise reads them from `kernels` [N, M, R] (float32).
+// kPointwise: 1x1, stride 1, no padding, so im2col(X) is X itself.
+template <typename T, int BM, int BN, bool kFused, bool kPointwise>
+__global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
+    gemm_kernel(ConvShape s, Typed<T> t, float const* kernels)
+{
+    constexpr int kThreads = (BM / kGemmThreadM) * (BN / kGemmThreadN);
+    // +4 keeps rows 16-byte aligned and spreads the transposed weight stores over banks.
+    __shared__ __align__(16) float sw[kGemmBK][BM + 4];
+    __shared__ __align__(16) float sx[kGemmBK][BN];
+
+    int const cg = s.c / s.groups;
+    int const mg = s.m / s.groups;
+    int const kernel_size = cg * s.kh * s.kw;
+    int const pixels = s.ho * s.wo;
+    int const n = blockIdx.z / s.groups;
+    int const g = blockIdx.z - n * s.groups;
+    int const m0 = blockIdx.y * BM;
+    int const p0 = blockIdx.x * BN;
+    int const tx = threadIdx.x % (BN / kGemmThreadN);
+    int const ty = threadIdx.x / (BN / kGemmThreadN);
+    T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
+
+    float acc[kGemmThreadM][kGemmThreadN] = {};
+    for (int r0 = 0; r0 < kernel_size; r0 += kGemmBK)
+    {
+        for (int e = threadIdx.x; e < BM * kGemmBK; e += kThreads)
+        {
+            int const mm = e / kGemmBK;
+            int const rr = e - mm * kGemmBK;
+            int const m = m0 + mm;
+            int const r = r0 + rr;
+            float v = 0.f;
+            if (m < mg && r < kernel_size)
+            {
+                int const gm = g * mg + m;
+                v = kFused ? mixed_weight(s, t, n, gm, r, kernel_size)
+                           : kernels[(static_cast<size_t>(n) * s.m + gm) * kernel_size + r];
+            }
+            sw[rr][mm] = v;
+        }
+        for (int e = threadIdx.x; e < kGemmBK * BN; e += kThreads)
+        {
+            int const rr = e / BN;
+            int const pp = e - rr * BN;
+            int const r = r0 + rr;
+            int const p = p0 + pp;
+            float v = 0.f;
+            if (r < kernel_size && p < pixels)
+            {
+                v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
+            }
+            sx[rr][pp] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int rr = 0; rr < kGemmBK; ++rr)
+        {
+            float4 const a = *reinterpret_cast<float4 const*>(&sw[rr][ty * kGemmThreadM]);
+            float4 const b = *reinterpret_cast<float4 const*>(&sx[rr][tx * kGemmThreadN]);
+            float const av[kGemmThreadM] = {a.x, a.y, a.z, a.w};
+            float const bv[kGemmThreadN] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < kGemmThreadM; ++i)
+            {
+#pragma unroll
+                for (int j = 0; j < kGemmThreadN; ++j)
+                {
+                    acc[i][j] += av[i] * bv[j];
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < kGemmThreadM; ++i)
+    {
+        int const m = m0 + ty * kGemmThreadM + i;
+        if (m >= mg)
+        {
+            continue;
+        }
+        int const gm = g * mg + m;
+        float const bias = mixed_bias(s, t, n, gm);
+#pragma unroll
+        for (int j = 0; j < kGemmThreadN; ++j)
+        {
+            int const p = p0 + tx * kGemmThreadN + j;
+            if (p < pixels)
+            {
+                store(t.y, (static_cast<size_t>(n) * s.m + gm) * pixels + p, acc[i][j] + bias);
+            }
+        }
+    }
+}
+
+int ceil_div(int a, int b)
+{
+    return (a + b - 1) / b;
+}
+
+bool is_pointwise(ConvShape const& s)
+{
+    return s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 && s.pad_left == 0
+        && s.pad_bottom == 0 && s.pad_right == 0;
+}
+
+int multiprocessor_count()
+{
+    int device = 0;
+    int count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    {
+        return 1;
+    }
+    return count;
+}
+
+template <typename T, int BM, int BN, bool kFused>
+void launch_gemm_tiles(ConvShape const& s, Typed<T> const& t, float const* kernels, cudaStream_t stream)
+{
+    dim3 const grid(ceil_div(s.ho * s.wo, BN), ceil_div(s.m / s.groups, BM), s.n * s.groups);
+    dim3 const block((BM / kGemmThreadM) * (BN / kGemmThreadN));
+    if (is_pointwise(s))
+    {
+        gemm_kernel<T, BM, BN, kFused, true><<<grid, block, 0, stream>>>(s, t, kernels);
+    }
+    else
+    {
+        gemm_kernel<T, BM, BN, kFused, false><<<grid, block, 0, stream>>>(s, t, kernels);
+    }
+}
+
+// 64x64 tiles unless they leave fewer than two blocks per multiprocessor, then 32x32.
+template <typename T, bool kFused>
+void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, cudaStream_t stream)
+{
+    long long const large_tiles
+        = static_cast<long long>(ceil_div(s.ho * s.wo, 64)) * ceil_div(s.m / s.groups, 64) * s.n * s.groups;
+    if (large_tiles < 2LL * multiprocessor_count())
+    {
+        launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, stream);
+    }
+    else
+    {
+        launch_gemm_tiles<T, 64, 64, kFused>(s, t, kernels, stream);
+    }
+}
+
+template <typename T>
+void launch_aggregate(ConvShape const& s, Typed<T> const& t, float* kernels, cudaStream_t stream)
+{
+    size_t const total = static_cast<size_t>(s.n) * s.m * (s.c / s.groups) * s.kh * s.kw;
+    size_t const blocks = (total + kAggregateThreads - 1) / kAggregateThreads;
+    int const grid = static_cast<int>(blocks < 65535 ? blocks : 65535);
+    aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
+}
+
+template <typename T>
+cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspace, Algo algo, cudaStream_t stream)
+{
+    Typed<T> const t = typed<T>(tensors);
+    switch (algo)
+    {
+    case Algo::kDepthwise:
+    {
+        int const pixel_blocks = ceil_div(s.ho * s.wo, kDepthwiseThreads);
+        dim3 const grid(pixel_blocks, s.m, s.n);
+        size_t const shared = static_cast<size_t>(s.kh) * s.kw * sizeof(float);
+        depthwise_kernel<T><<<grid, kDepthwiseThreads, shared, stream>>>(s, t);
+        break;
+    }
+    case Algo::kGemmFused: launch_gemm<T, true>(s, t, nullptr, stream); break;
+    case Algo::kGemmAggregated:
+    {
+        float* kernels = static_cast<float*>(workspace);
+        launch_aggregate<T>(s, t, kernels, stream);
+        launch_gemm<T, false>(s, t, kernels, stream);
+        break;
+    }
+    case Algo::kAuto: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+} // namespace
+
+cudaError_t validate(ConvShape const& s)
+{
+    bool const positive = s.n >= 0 && s.c > 0 && s.h > 0 && s.w > 0 && s.experts > 0 && s.m > 0 && s.kh > 0
+        && s.kw > 0 && s.groups > 0 && s.stride_h > 0 && s.stride_w > 0 && s.dilation_h > 0 && s.dilation_w > 0;
+    bool const pads = s.pad_top >= 0 && s.pad_left >= 0 && s.pad_bottom >= 0 && s.pad_right >= 0;
+    if (!positive || !pads || s.c % s.groups != 0 || s.m % s.groups != 0)
+    {
+        return cudaErrorInvalidValue;
+    }
+    ConvShape const derived = conv_shape(s);
+    bool const grid_fits = s.m <= 65535 && static_cast<long long>(s.n) * s.groups <= 65535;
+    if (derived.ho != s.ho || derived.wo != s.wo || s.ho <= 0 || s.wo <= 0 || !grid_fits)
+    {
+        return cudaErrorInvalidValue;
+    }
+    return cudaSuccess;
+}
+
+Algo select_algo(ConvShape const& s)
+{
+    if (s.c / s.groups == 1)
+    {
+        return Algo::kDepthwise;
+    }
+    return s.ho * s.wo <= kFusedMaxPixels ? Algo::kGemmFused : Algo::kGemmAggregated;
+}
+
+size_t workspace_size(ConvShape const& s, Algo algo)
+{
+    Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
+    if (chosen != Algo::kGemmAggregated)
+    {
+        return 0;
+    }
+    return static_cast<size_t>(s.n) * s.m * (s.c / s.groups) * s.kh * s.kw * sizeof(float);
+}
+
+cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
+    size_t workspace_bytes, cudaStream_t stream, Algo algo)
+{
+    cudaError_t const status = validate(shape);
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    if (shape.n == 0)
+    {
+        return cudaSuccess;
+    }
+    Algo const chosen = algo == Algo::kAuto ? select_algo(shape) : algo;
+    bool const depthwise_ok = chosen != Algo::kDepthwise || shape.c / shape.groups == 1;
+    size_t const needed = workspace_size(shape, chosen);
+    if (!depthwise_ok || workspace_bytes < needed || (needed > 0 && workspace == nullptr))
+    {
+        return cudaErrorInvalidValue;
+    }
+    return dtype == DType::kFloat16 ? launch<__half>(shape, tensors, workspace, chosen, stream)
+                                    : launch<float>(shape, tensors, workspace, chosen, stream);
+}
+
+cudaError_t aggregate_kernels(
+    ConvShape const& shape, DType dtype, ConvTensors const& tensors, float* kernels, cudaStream_t stream)
+{
+    cudaError_t const status = validate(shape);
+    if (status != cudaSuccess || shape.n == 0)
+    {
+        return status;
+    }
+    if (dtype == DType::kFloat16)
+    {
+        launch_aggregate<__half>(shape, typed<__half>(tensors), kernels, stream);
+    }
+    else
+    {
+        launch_aggregate<float>(shape, typed<float>(tensors), kernels, stream);
+    }
+    return cudaGetLastError();
+}
+
+char const* algo_name(Algo algo)
+{
+    switch (algo)
+    {
+    case Algo::kAuto: return "auto";
+    case Algo::kDepthwise: return "depthwise";
+    case Algo::kGemmFused: return "gemm-fused";
+    case Algo::kGemmAggregated: return "gemm-aggregated";
+    }
+    return "unknown";
+}
+
+} // namespace dyconv

@@ -1,0 +1,76 @@
+"""Layer configurations shared by the kernel tests (emulated on CPU and on a CUDA device).
+
+Each config covers one code path of ``plugins/kernels``: pointwise GEMM, k x k implicit GEMM
+(stride, asymmetric padding, dilation, groups), depthwise with and without a channel
+multiplier, DyNet channel attention, ODConv spatial attention, and a plane large enough for
+the aggregated path.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from dyconv_deploy.ops.contract import output_size
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One dynamic conv layer: ``X [N, c, h, w]``, ``W [experts, m, c/groups, kernel, kernel]``."""
+
+    name: str
+    c: int
+    m: int
+    experts: int
+    kernel: int
+    h: int
+    w: int
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    channel_attention: bool = False
+    bias: bool = True
+    spatial: bool = False
+
+    @property
+    def depthwise(self) -> bool:
+        return self.c // self.groups == 1
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        return (output_size(self.h, self.padding[0], self.padding[2], self.kernel, self.stride[0], self.dilation[0]),
+                output_size(self.w, self.padding[1], self.padding[3], self.kernel, self.stride[1], self.dilation[1]))
+
+    def inputs(self, batch: int, generator: torch.Generator) -> dict:
+        """Random ``x, attention, weight, bias, spatial`` (float32, CPU) for ``batch`` samples."""
+        def randn(*shape):
+            return torch.randn(*shape, generator=generator)
+
+        attention_shape = (batch, self.experts, self.m) if self.channel_attention else (batch, self.experts)
+        return {
+            "x": randn(batch, self.c, self.h, self.w),
+            "attention": torch.softmax(randn(*attention_shape), dim=1),
+            "weight": randn(self.experts, self.m, self.c // self.groups, self.kernel, self.kernel) * 0.3,
+            "bias": randn(self.experts, self.m) if self.bias else None,
+            "spatial": torch.sigmoid(randn(batch, self.kernel, self.kernel)) if self.spatial else None,
+        }
+
+    def conv_kwargs(self) -> dict:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
+
+
+LAYER_CONFIGS = [
+    LayerConfig("pointwise", c=16, m=24, experts=4, kernel=1, h=8, w=8),
+    LayerConfig("pointwise-stride2", c=8, m=12, experts=2, kernel=1, h=9, w=9, stride=(2, 2), bias=False),
+    LayerConfig("3x3", c=8, m=16, experts=3, kernel=3, h=9, w=9, padding=(1, 1, 1, 1)),
+    LayerConfig("3x3-stride2-asym-pad", c=6, m=10, experts=4, kernel=3, h=10, w=11, stride=(2, 2),
+                padding=(1, 0, 0, 1)),
+    LayerConfig("3x3-grouped-dilated-dynet", c=8, m=12, experts=3, kernel=3, h=9, w=9, padding=(2, 2, 2, 2),
+                dilation=(2, 2), groups=2, channel_attention=True),
+    LayerConfig("3x3-odconv-spatial", c=8, m=8, experts=4, kernel=3, h=7, w=7, padding=(1, 1, 1, 1), spatial=True),
+    LayerConfig("depthwise-3x3-stride2", c=12, m=12, experts=4, kernel=3, h=9, w=9, stride=(2, 2),
+                padding=(1, 1, 1, 1), groups=12, spatial=True),
+    LayerConfig("depthwise-5x5-multiplier-dilated", c=6, m=12, experts=2, kernel=5, h=10, w=10,
+                padding=(4, 4, 4, 4), dilation=(2, 2), groups=6, channel_attention=True),
+    LayerConfig("3x3-large-plane", c=4, m=8, experts=2, kernel=3, h=20, w=20, padding=(1, 1, 1, 1)),
+]

@@ -1,0 +1,144 @@
+"""``plugins/kernels`` run on the CPU under a host emulation of CUDA, checked against the reference.
+
+The kernel source is compiled with g++ after rewriting each launch to ``emu::launch`` (see
+``cuda_emulation.h``): blocks run sequentially, a block's threads as std::threads. This checks
+index arithmetic, tiling, padding and path selection of every path on a CPU-only machine; the
+same configs run on a real device in ``test_kernels_cuda.py``.
+"""
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dyconv_deploy.ops import per_sample_dynamic_conv2d
+from dyconv_deploy.tolerance import TOLERANCES, compare
+from layer_configs import LAYER_CONFIGS, LayerConfig
+
+HERE = Path(__file__).resolve().parent
+KERNEL_SOURCE = HERE.parents[1] / "plugins" / "kernels" / "dynamic_conv.cu"
+ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3}
+DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
+CUDA_ERROR_INVALID_VALUE = 1
+# Multiprocessor counts that make the launcher pick its 64x64 and its 32x32 GEMM tiles.
+TILE_CHOICES = {"tiles64": 1, "tiles32": 1 << 20}
+
+
+class ConvShape(ctypes.Structure):
+    """Mirror of ``dyconv::ConvShape``."""
+
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "n", "c", "h", "w", "experts", "m", "kh", "kw", "groups", "stride_h", "stride_w", "pad_top", "pad_left",
+        "pad_bottom", "pad_right", "dilation_h", "dilation_w")] + [
+        ("channel_attention", ctypes.c_bool), ("ho", ctypes.c_int32), ("wo", ctypes.c_int32)]
+
+
+def conv_shape(config: LayerConfig, batch: int) -> ConvShape:
+    ho, wo = config.output_hw
+    return ConvShape(batch, config.c, config.h, config.w, config.experts, config.m, config.kernel, config.kernel,
+                     config.groups, *config.stride, *config.padding, *config.dilation, config.channel_attention,
+                     ho, wo)
+
+
+def emulated_source(source: str) -> str:
+    """Rewrite ``k<<<grid, block, shared, stream>>>(args);`` launches and ``extern __shared__`` arrays."""
+    source = re.sub(r"extern __shared__ float (\w+)\[\];", r"float* \1 = ::emu::dynamic_shared<float>();", source)
+    source, launches = re.subn(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)<<<(.*?)>>>\((.*?)\);",
+                               r"::emu::launch(\2, [=] { \1(\3); });", source)
+    assert launches > 0, "no kernel launch found to emulate"
+    return source
+
+
+def cuda_include() -> Path | None:
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory) -> ctypes.CDLL:
+    include = cuda_include()
+    if shutil.which("g++") is None or include is None:
+        pytest.skip("emulating the kernels needs g++ and the CUDA headers (cuda_fp16.h under CUDA_HOME)")
+    build = tmp_path_factory.mktemp("emulated_kernels")
+    (build / "dynamic_conv_emulated.inc").write_text(emulated_source(KERNEL_SOURCE.read_text()))
+    library = build / "emulated_kernels.so"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{include}",
+                    f"-I{KERNEL_SOURCE.parent}", f"-I{HERE}", f"-I{build}", str(HERE / "emulated_entry.cpp"),
+                    "-o", str(library)], check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(library))
+
+
+def run_emulated(lib: ctypes.CDLL, config: LayerConfig, inputs: dict, dtype: str, algo: str,
+                 multiprocessor_count: int = 1) -> tuple[int, np.ndarray]:
+    """(cudaError_t, Y) of the emulated kernels on float ``inputs``."""
+    code, np_dtype = DTYPES[dtype]
+    arrays = {k: None if v is None else np.ascontiguousarray(v.numpy(), dtype=np_dtype) for k, v in inputs.items()}
+    shape = conv_shape(config, inputs["x"].shape[0])
+    y = np.zeros((shape.n, config.m, shape.ho, shape.wo), dtype=np_dtype)
+    pointers = [None if a is None else a.ctypes.data_as(ctypes.c_void_p) for a in arrays.values()]
+    status = lib.emu_dynamic_conv2d(ctypes.byref(shape), code, *pointers, y.ctypes.data_as(ctypes.c_void_p),
+                                    ALGOS[algo], multiprocessor_count)
+    return status, y
+
+
+def reference(config: LayerConfig, inputs: dict, np_dtype) -> torch.Tensor:
+    """The naive per-sample loop in float64 on inputs rounded to the kernel's element type."""
+    rounded = {k: None if v is None else torch.from_numpy(v.numpy().astype(np_dtype).astype(np.float64))
+               for k, v in inputs.items()}
+    return per_sample_dynamic_conv2d(**rounded, **config.conv_kwargs())
+
+
+def algos_for(config: LayerConfig) -> list[str]:
+    return ["auto", "gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
+
+
+CASES = [pytest.param(config, algo, tiles, id=f"{config.name}-{algo}-{tiles}")
+         for config in LAYER_CONFIGS for algo in algos_for(config)
+         for tiles in (TILE_CHOICES if algo.startswith("gemm") else ["tiles64"])]
+
+
+@pytest.mark.parametrize("config, algo, tiles", CASES)
+def test_emulated_kernels_match_reference_fp32(emulated, config, algo, tiles):
+    inputs = config.inputs(batch=3, generator=torch.Generator().manual_seed(0))
+    status, y = run_emulated(emulated, config, inputs, "fp32", algo, TILE_CHOICES[tiles])
+    assert status == 0
+    result = compare(y, reference(config, inputs, np.float32), TOLERANCES["fp32"])
+    assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
+def test_emulated_kernels_match_reference_fp16(emulated, config):
+    inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(1))
+    status, y = run_emulated(emulated, config, inputs, "fp16", "auto")
+    assert status == 0
+    result = compare(y, reference(config, inputs, np.float16), TOLERANCES["fp16"])
+    assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
+def test_heuristic_picks_documented_path(emulated, config):
+    ho, wo = config.output_hw
+    expected = "depthwise" if config.depthwise else "gemm-fused" if ho * wo <= 256 else "gemm-aggregated"
+    assert emulated.emu_select_algo(ctypes.byref(conv_shape(config, 1))) == ALGOS[expected]
+
+
+def test_depthwise_path_rejects_a_dense_conv(emulated):
+    config = LAYER_CONFIGS[0]
+    inputs = config.inputs(batch=1, generator=torch.Generator().manual_seed(2))
+    status, _ = run_emulated(emulated, config, inputs, "fp32", "depthwise")
+    assert status == CUDA_ERROR_INVALID_VALUE
+
+
+def test_empty_batch_is_a_no_op(emulated):
+    config = LAYER_CONFIGS[2]
+    inputs = config.inputs(batch=0, generator=torch.Generator().manual_seed(3))
+    status, y = run_emulated(emulated, config, inputs, "fp32", "auto")
+    assert status == 0 and y.size == 0
