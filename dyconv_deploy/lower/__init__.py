@@ -1,0 +1,1 @@
+"""Lower stage: ONNX -> ONNX passes, one per strategy (plugin, experts, grouped, static)."""

@@ -1,0 +1,1 @@
+"""Run stage: backends behind one small interface (PyTorch, ONNX Runtime, TensorRT)."""

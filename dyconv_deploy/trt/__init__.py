@@ -1,0 +1,1 @@
+"""Build stage: TensorRT engines and the DynamicConv2d plugin library."""
