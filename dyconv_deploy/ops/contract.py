@@ -20,6 +20,11 @@ TORCH_OP = "dyconv::dynamic_conv2d"
 INPUT_NAMES = ("X", "A", "W", "B", "S")
 OUTPUT_NAMES = ("Y",)
 ATTRIBUTES = ("strides", "pads", "dilations", "group")
+# TensorRT's ONNX parser finds the plugin by op_type plus these two string attributes.
+PLUGIN_NAME = OP_TYPE
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = ""
+PLUGIN_ATTRIBUTES = ("plugin_version", "plugin_namespace")
 
 
 def output_size(size: int, pad_begin: int, pad_end: int, kernel: int, stride: int, dilation: int) -> int:

@@ -32,7 +32,8 @@ class DynamicConv2d(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, X, A, W, B=None, S=None, strides=None, pads=None, dilations=None, group=None):
+    def _run(self, X, A, W, B=None, S=None, strides=None, pads=None, dilations=None, group=None,
+             plugin_version=None, plugin_namespace=None):  # the TensorRT plugin attributes do not change the math
         return (run_dynamic_conv2d(X, A, W, B, S, strides, pads, dilations, group),)
 
 

@@ -54,7 +54,11 @@ def _schema() -> defs.OpSchema:
         attributes=[attr("strides", ints, "stride along H, W", required=False),
                     attr("pads", ints, "padding (top, left, bottom, right)", required=False),
                     attr("dilations", ints, "dilation along H, W", required=False),
-                    attr("group", defs.OpSchema.AttrType.INT, "convolution groups", required=False)],
+                    attr("group", defs.OpSchema.AttrType.INT, "convolution groups", required=False),
+                    attr("plugin_version", defs.OpSchema.AttrType.STRING, "TensorRT plugin version",
+                         required=False),
+                    attr("plugin_namespace", defs.OpSchema.AttrType.STRING, "TensorRT plugin namespace",
+                         required=False)],
     )
     schema.set_type_and_shape_inference_function(_infer)
     return schema
