@@ -1,0 +1,153 @@
+"""``convert_model``: replace every recognised foreign dynamic conv by its canonical layer.
+
+Steps: copy the model (eval mode); walk it top-down and ask each adapter whether a module
+matches (a matched module's children are not visited); record each matched module's inputs
+during one forward of the example input; build each canonical layer, check it against the
+original on random inputs of the recorded shapes, and put it in place; finally look for
+convolutions whose weight still depends on the input (:mod:`dyconv_deploy.convert.detect`).
+"""
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from dyconv_deploy.convert.detect import UnknownDynamicConv, find_dynamic_convs
+from dyconv_deploy.convert.registry import ADAPTER_DOCS, Adapter, builtin_adapters, installed_adapters
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.nn import DynamicConvBase, DyReLU
+from dyconv_deploy.tolerance import TOLERANCES, Tolerance, compare
+
+log = logging.getLogger(__name__)
+
+# Layers that are already canonical: never matched, never descended into.
+_CANONICAL = (DynamicConvBase, DyReLU)
+
+
+@dataclass(frozen=True)
+class ConvertedModule:
+    """One replacement: module path, adapter family, number of experts K, max abs error of the check."""
+
+    path: str
+    family: str
+    num_kernels: Optional[int]
+    max_error: float
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_model` replaced, and the dynamic convs it could not convert."""
+
+    converted: list[ConvertedModule] = field(default_factory=list)
+    unknown: list[UnknownDynamicConv] = field(default_factory=list)
+
+    def raise_for_unknown(self) -> None:
+        """Raise :class:`DyconvError` naming every unconverted dynamic conv (exporters would fail on them)."""
+        if self.unknown:
+            names = ", ".join(f"{u.path} ({u.module_type})" for u in self.unknown)
+            raise DyconvError(f"convolution weight depends on the input in {names}; no adapter recognises "
+                              f"this layer: write one and pass it with --adapter FILE.py:ClassName "
+                              f"(see {ADAPTER_DOCS})")
+
+    def __str__(self) -> str:
+        lines = [f"{r.path}: {r.family} K={r.num_kernels} max_error={r.max_error:.3g}" for r in self.converted]
+        lines += [f"{u.path}: UNKNOWN dynamic conv in {u.module_type} (weight depends on the input)"
+                  for u in self.unknown]
+        return "\n".join(lines) or "no dynamic layers to convert"
+
+
+def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequence[Adapter]] = None,
+                  tolerance: Tolerance = TOLERANCES["fp32"]) -> tuple[nn.Module, ConversionReport]:
+    """Return a converted copy of ``model`` (eval mode) and the report; ``model`` is not modified.
+
+    Args:
+        example_input: a tensor ``[N, C, H, W]`` or a tuple of forward arguments.
+        adapters: extra adapters (e.g. from ``--adapter``), tried before installed and built-in ones.
+        tolerance: each canonical layer must match its original within this on random inputs.
+    Raises:
+        DyconvError: a canonical layer disagrees with the module it replaces (names the module).
+    """
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    candidates = [*(adapters or ()), *installed_adapters(), *builtin_adapters()]
+    converted = copy.deepcopy(model).eval()
+    matches = list(_match(converted, candidates))
+    recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
+    report = ConversionReport()
+    for path, parent, module, adapter in matches:
+        if module not in recorded:
+            log.info("convert: %s (%s) is not reached by the example input; left as is", path, adapter.family)
+            continue
+        canonical = adapter.to_canonical(module, parent)
+        error = _check(path, adapter.family, module, canonical, recorded[module], tolerance)
+        setattr(parent, path.rpartition(".")[2], canonical)
+        row = ConvertedModule(path, adapter.family, _num_kernels(canonical), error)
+        log.info("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels,
+                 error)
+        report.converted.append(row)
+    report.unknown = find_dynamic_convs(converted, inputs)
+    return converted, report
+
+
+def _match(model: nn.Module, adapters: Sequence[Adapter]):
+    """Yield ``(path, parent, module, adapter)`` top-down; matched modules are not descended into."""
+    def visit(parent: nn.Module, prefix: str):
+        for name, child in parent.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, _CANONICAL):
+                continue
+            adapter = next((a for a in adapters if a.matches(child, parent)), None)
+            if adapter is not None:
+                yield path, parent, child, adapter
+            else:
+                yield from visit(child, f"{path}.")
+    yield from visit(model, "")
+
+
+def _record_inputs(model: nn.Module, modules: list[nn.Module], inputs: tuple) -> dict:
+    """The first ``(args, kwargs)`` each module receives in ``model(*inputs)``, tensors as ``(shape, dtype)``."""
+    recorded = {}
+
+    def hook(module, args, kwargs):
+        recorded.setdefault(module, tree_map(lambda t: _TensorSpec(t.shape, t.dtype) if isinstance(t, Tensor)
+                                             else t, (args, kwargs)))
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded
+
+
+@dataclass(frozen=True)
+class _TensorSpec:
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+def _check(path: str, family: str, original: nn.Module, canonical: nn.Module, spec, tolerance: Tolerance) -> float:
+    """Max abs error of ``canonical`` against ``original`` on random inputs shaped as ``spec``."""
+    generator = torch.Generator().manual_seed(0)
+    args, kwargs = tree_map(lambda s: torch.randn(s.shape, generator=generator).to(s.dtype)
+                            if isinstance(s, _TensorSpec) else s, spec)
+    with torch.no_grad():
+        expected = original(*args, **kwargs)
+        actual = canonical(*args, **kwargs)
+    comparison = compare(actual, expected, tolerance, name=path)
+    if not comparison.passed:
+        raise DyconvError(f"convert: {path} ({type(original).__name__}, family {family}) does not match its "
+                          f"canonical layer: {comparison}")
+    return comparison.max_abs
+
+
+def _num_kernels(module: nn.Module) -> Optional[int]:
+    """K: experts of a dynamic conv, linear pieces of a DyReLU."""
+    if isinstance(module, DynamicConvBase):
+        return module.num_kernels
+    return getattr(module, "k", None)
