@@ -77,11 +77,14 @@ class DynamicConvBase(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, C, H, W] -> [N, M, Ho, Wo]``."""
-        r = self.routing(x)
+        return self.routed_conv(x, self.routing(x))
+
+    def routed_conv(self, x: Tensor, r: Routing, padding=None) -> Tensor:
+        """The convolution under routing ``r``; ``padding`` (top, left, bottom, right) overrides ``self.padding``."""
         if r.channel is not None:
             x = x * r.channel[:, :, None, None]
-        y = dynamic_conv2d(x, r.attention, self.weight, self.bias, r.spatial, self.stride, self.padding,
-                           self.dilation, self.groups)
+        y = dynamic_conv2d(x, r.attention, self.weight, self.bias, r.spatial, self.stride,
+                           self.padding if padding is None else padding, self.dilation, self.groups)
         if r.filter is not None:
             y = y * r.filter[:, :, None, None]
         return y
