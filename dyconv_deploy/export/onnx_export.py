@@ -1,0 +1,212 @@
+"""Export a canonical model to ONNX: one ``dyconv::DynamicConv2d`` node per dynamic conv.
+
+Each exporter is a row of :data:`EXPORTERS`: its opset range and its steps, a list of
+``(label, step)`` run by one loop; then every export is checked (``onnx.checker`` full
+check, strict shape inference, contract-node inputs) and written atomically. A failure
+is raised as ``export step i/n (label) failed: ... Next: ...``.
+The input is named ``input``, outputs ``output`` (``output_0``, ... for several), and the
+batch axis ``batch``: free unless ``dynamic_batch=False``.
+"""
+
+import io
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from dyconv_deploy import __version__
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
+from dyconv_deploy.export.translation import register_torchscript_symbolic, translation_table
+from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE, OP_VERSION
+from dyconv_deploy.ops.onnx_schema import register_schema
+
+INPUT_NAME = "input"
+BATCH_DIM = "batch"
+DEFAULT_OPSET = 18
+
+
+class ExportError(DyconvError):
+    """A step of :func:`export_onnx` failed; the message names the step and what to try next."""
+
+
+class ExportRequest(NamedTuple):
+    """What every step sees: the example input and the requested graph properties."""
+
+    example_input: Tensor
+    output_names: list[str]
+    opset: int
+    dynamic_batch: bool
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One ONNX exporter: the opsets it emits and its steps, each ``(label, step, next)``.
+
+    A step maps the previous step's result (first: the model) and the request to its own
+    result; the last step returns an ``onnx.ModelProto``. ``next`` is the advice on failure.
+    """
+
+    name: str
+    min_opset: int
+    max_opset: int
+    steps: tuple[tuple[str, Callable[[object, ExportRequest], object], str], ...]
+
+
+def _dynamo_capture(model: nn.Module, request: ExportRequest) -> torch.export.ExportedProgram:
+    shapes = ({0: torch.export.Dim(BATCH_DIM)},) if request.dynamic_batch else None
+    return torch.export.export(model, (request.example_input,), dynamic_shapes=shapes, strict=False)
+
+
+def _dynamo_translate(program: torch.export.ExportedProgram, request: ExportRequest) -> onnx.ModelProto:
+    # torch logs a warning per torchvision op it cannot register; none of them matters here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=translation_table(),
+                                     dynamic_shapes=({0: BATCH_DIM},) if request.dynamic_batch else None,
+                                     input_names=[INPUT_NAME], output_names=request.output_names,
+                                     opset_version=request.opset, verbose=False)
+    return onnx_program.model_proto
+
+
+def _torchscript_export(model: nn.Module, request: ExportRequest) -> onnx.ModelProto:
+    register_torchscript_symbolic(request.opset)
+    axes = ({name: {0: BATCH_DIM} for name in [INPUT_NAME, *request.output_names]}
+            if request.dynamic_batch else None)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated since torch 2.9, still working in 2.13
+        torch.onnx.export(model, (request.example_input,), buffer, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=request.output_names, opset_version=request.opset, dynamic_axes=axes,
+                          custom_opsets={DOMAIN: OP_VERSION})
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+_TRACEABLE = ("make forward() traceable (no Python branching on tensor values or on the batch size), "
+              "or try --exporter torchscript.")
+EXPORTERS = {e.name: e for e in (
+    Exporter("dynamo", 18, 23, (
+        ("dynamo capture", _dynamo_capture, _TRACEABLE),
+        ("dynamo translate", _dynamo_translate, "run with -v for the exporter's traceback, or try "
+                                                "--exporter torchscript."),
+    )),
+    Exporter("torchscript", 17, 20, (
+        ("torchscript trace and translate", _torchscript_export, "run with -v for the exporter's traceback, or "
+                                                                 "try --exporter dynamo."),
+    )),
+)}
+
+
+def export_onnx(model: nn.Module, example_input: Tensor, path: Optional[str | os.PathLike] = None, *,
+                exporter: str = "dynamo", opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                strategy: str = "plugin") -> onnx.ModelProto:
+    """Export ``model`` (float32) to ONNX and return the checked, shape-inferred ``ModelProto``.
+
+    Args:
+        example_input: ``[N, C, H, W]``; fixes every axis but the batch, which stays free as
+            ``batch`` when ``dynamic_batch`` and is fixed to N otherwise.
+        path: where to write the model atomically (nothing is written when None).
+        exporter: ``"dynamo"`` (opsets 18-23) or ``"torchscript"`` (opsets 17-20).
+        strategy: recorded in the metadata (the raw export is the ``plugin`` graph).
+    Raises:
+        ExportError: naming the failed step and what to try next.
+    """
+    spec = _exporter(exporter, opset)
+    register_schema()
+    model = model.eval()
+    x = _capture_input(example_input, dynamic_batch)
+    total = len(spec.steps) + (3 if path is not None else 2)
+    with torch.no_grad():
+        request = ExportRequest(x, _output_names(model, x), opset, dynamic_batch)
+        result: object = model
+        for index, (label, step, advice) in enumerate(spec.steps, start=1):
+            with _step(index, total, label, advice):
+                result = step(result, request)
+    with _step(total - (2 if path is not None else 1), total, "check",
+               "the exported graph is invalid: run with -v and report it together with the model."):
+        proto = check_model(result)
+        _check_opset(proto, opset)
+    with _step(total - (1 if path is not None else 0), total, "metadata", "run with -v and report it."):
+        stamp(proto, version=__version__, strategy=strategy, opset=opset, exporter=exporter,
+              source_sha256=state_dict_sha256(model))
+    if path is not None:
+        with _step(total, total, "write", f"check that {path} is writable."):
+            save_atomic(proto, path)
+    return proto
+
+
+def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker`` full check, strict shape inference and the contract-node rule; returns the inferred model.
+
+    Contract rule: every ``dyconv::DynamicConv2d`` takes W (and B) from initializers, so
+    they are constants for the lowering passes and engines.
+    """
+    register_schema()
+    onnx.checker.check_model(proto, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    for node in contract_nodes(proto):
+        params = [name for name in node.input[2:4] if name]
+        if not set(params) <= constants:
+            raise ValueError(f"{node.name or OP_TYPE}: expert kernels/biases {params} must be initializers, "
+                             "not computed in the graph")
+    return inferred
+
+
+def contract_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ``dyconv::DynamicConv2d`` nodes of the main graph, in graph order."""
+    return [n for n in proto.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+
+
+@contextmanager
+def _step(index: int, total: int, label: str, advice: str):
+    try:
+        yield
+    except DyconvError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        summary = lines[0][:300] if lines else type(exc).__name__
+        raise ExportError(f"export step {index}/{total} ({label}) failed: {summary} Next: {advice}") from exc
+
+
+def _exporter(name: str, opset: int) -> Exporter:
+    if name not in EXPORTERS:
+        raise DyconvError(f"unknown exporter {name!r}; choose one of: {', '.join(EXPORTERS)}")
+    spec = EXPORTERS[name]
+    if not spec.min_opset <= opset <= spec.max_opset:
+        others = [e.name for e in EXPORTERS.values() if e.min_opset <= opset <= e.max_opset]
+        hint = f", or use --exporter {others[0]}" if others else ""
+        raise DyconvError(f"the {name} exporter emits opsets {spec.min_opset}-{spec.max_opset}, not {opset}: "
+                          f"pass --opset {min(max(opset, spec.min_opset), spec.max_opset)}{hint}")
+    return spec
+
+
+def _capture_input(example_input: Tensor, dynamic_batch: bool) -> Tensor:
+    """``torch.export`` specialises a batch of 1, so a dynamic batch is captured with 2 samples."""
+    if example_input.dim() != 4:
+        raise DyconvError(f"the input shape must be N x C x H x W, got {'x'.join(map(str, example_input.shape))}")
+    if dynamic_batch and example_input.shape[0] == 1:
+        return example_input.expand(2, *example_input.shape[1:]).contiguous()
+    return example_input
+
+
+def _output_names(model: nn.Module, x: Tensor) -> list[str]:
+    outputs = model(x)
+    if isinstance(outputs, Tensor):
+        return ["output"]
+    if isinstance(outputs, (tuple, list)) and all(isinstance(o, Tensor) for o in outputs):
+        return [f"output_{i}" for i in range(len(outputs))]
+    raise DyconvError(f"forward() must return a tensor or a tuple of tensors, got {type(outputs).__name__}")
+
+
+def _check_opset(proto: onnx.ModelProto, opset: int) -> None:
+    emitted = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if emitted != opset:
+        raise ValueError(f"the exporter produced opset {emitted}, not the requested {opset}")
