@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CI compile check of the native code (no GPU needed):
+#   1. plugins/kernels with nvcc for sm_80 and sm_90 (through CMake);
+#   2. the TensorRT plugin library, when TensorRT headers are found (TENSORRT_ROOT or third_party/tensorrt),
+#      then its exports (getCreators, setLoggerFinder, no libnvinfer dependency) and a host-side run of the
+#      creator and plugin interfaces (tests/plugins/plugin_host_check.cpp);
+#   3. the plugin source against every other header set in third_party/tensorrt-*/include (e.g. 10.x).
+# Fails on any compile error; prints what it compiled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+NVCC="${CUDACXX:-$CUDA_HOME/bin/nvcc}"
+if [ ! -x "$NVCC" ] || [ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]; then
+  echo "ci_compile: no CUDA toolkit at CUDA_HOME=$CUDA_HOME (nvcc: $NVCC); native code NOT compiled" >&2
+  exit 0
+fi
+CUDA_INCLUDE="$CUDA_HOME/include"
+BUILD="$(mktemp -d)"
+trap 'rm -rf "$BUILD"' EXIT
+
+HEADERS=""
+for candidate in "${TENSORRT_ROOT:-}/include" third_party/tensorrt/include; do
+  if [ -f "$candidate/NvInferRuntime.h" ]; then HEADERS="$(cd "$candidate" && pwd)"; break; fi
+done
+
+PLUGIN=OFF
+[ -n "$HEADERS" ] && PLUGIN=ON
+echo "ci_compile: nvcc $("$NVCC" --version | tail -1); TensorRT headers: ${HEADERS:-none (plugin skipped)}"
+cmake -S plugins -B "$BUILD/cmake" -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="80;90" \
+  -DDYCONV_BUILD_TENSORRT_PLUGIN="$PLUGIN" ${HEADERS:+-DTENSORRT_INCLUDE_DIR="$HEADERS"} >"$BUILD/configure.log" \
+  || { cat "$BUILD/configure.log"; exit 1; }
+cmake --build "$BUILD/cmake" -j"$(nproc)"
+echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_80 and sm_90"
+
+if [ "$PLUGIN" = ON ]; then
+  LIB="$BUILD/cmake/tensorrt/libdyconv_trt_plugin.so"
+  EXPORTS="$(nm -D --defined-only "$LIB" | awk '{print $3}' | sort | tr '\n' ' ')"
+  [ "$EXPORTS" = "getCreators setLoggerFinder " ] || { echo "ci_compile: unexpected exports: $EXPORTS" >&2; exit 1; }
+  if readelf -d "$LIB" | grep -q 'libnvinfer'; then echo "ci_compile: plugin links libnvinfer" >&2; exit 1; fi
+  echo "ci_compile: built $LIB against $HEADERS (exports: $EXPORTS; no libnvinfer)"
+  g++ -std=c++17 -isystem "$HEADERS" -I"$CUDA_INCLUDE" tests/plugins/plugin_host_check.cpp -ldl -o "$BUILD/host_check"
+  "$BUILD/host_check" "$LIB" 2>&1
+fi
+
+for extra in third_party/tensorrt-*/include; do
+  [ -f "$extra/NvInferVersion.h" ] || continue
+  g++ -std=c++17 -fPIC -Wall -Wextra -Werror -isystem "$extra" -I"$CUDA_INCLUDE" -Iplugins/kernels \
+    -c plugins/tensorrt/dynamicConvPlugin.cpp -o "$BUILD/plugin_$(basename "$(dirname "$extra")").o"
+  echo "ci_compile: compiled plugins/tensorrt/dynamicConvPlugin.cpp against $extra"
+done

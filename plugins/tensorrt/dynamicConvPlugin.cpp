@@ -1,0 +1,434 @@
+// IPluginV3 for dyconv::DynamicConv2d: shape/format negotiation with TensorRT, attribute (de)serialisation,
+// and enqueue into dyconv::dynamic_conv2d. Every noexcept entry point catches and logs; nothing throws out.
+#include "dynamicConvPlugin.h"
+
+#include "dynamic_conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <stdexcept>
+
+using namespace nvinfer1;
+
+namespace dyconv::trt
+{
+namespace
+{
+
+constexpr char const* kPluginName = "DynamicConv2d";
+constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginNamespace = "";
+constexpr int32_t kMinInputs = 3; // X, A, W
+constexpr int32_t kMaxInputs = 5; // + B, S
+constexpr int32_t kExpectedRanks[kMaxInputs] = {4, 2, 5, 2, 3}; // A may also be rank 3 (DyNet)
+
+ILoggerFinder* gLoggerFinder = nullptr;
+
+void logError(char const* where, char const* message) noexcept
+{
+    std::string const text = std::string(kPluginName) + " plugin, " + where + ": " + message;
+    ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+    if (logger != nullptr)
+    {
+        logger->log(ILogger::Severity::kERROR, text.c_str());
+    }
+    else
+    {
+        std::cerr << text << std::endl;
+    }
+}
+
+void checkInputs(int32_t nbInputs, int32_t nbOutputs)
+{
+    if (nbInputs < kMinInputs || nbInputs > kMaxInputs || nbOutputs != 1)
+    {
+        throw std::invalid_argument("expects 3 to 5 inputs (X, A, W[, B[, S]]) and 1 output, got "
+            + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
+    }
+}
+
+void checkRank(int32_t index, int32_t rank)
+{
+    bool const ok = rank == kExpectedRanks[index] || (index == 1 && rank == 3);
+    if (!ok)
+    {
+        static char const* const names[kMaxInputs] = {"X", "A", "W", "B", "S"};
+        throw std::invalid_argument(std::string("input ") + names[index] + " has rank " + std::to_string(rank)
+            + ", expected " + std::to_string(kExpectedRanks[index]) + (index == 1 ? " or 3" : ""));
+    }
+}
+
+ConvShape convShape(ConvAttributes const& a, Dims const& x, Dims const& attention, Dims const& w)
+{
+    ConvShape s{};
+    s.n = static_cast<int32_t>(x.d[0]);
+    s.c = static_cast<int32_t>(x.d[1]);
+    s.h = static_cast<int32_t>(x.d[2]);
+    s.w = static_cast<int32_t>(x.d[3]);
+    s.experts = static_cast<int32_t>(w.d[0]);
+    s.m = static_cast<int32_t>(w.d[1]);
+    s.kh = static_cast<int32_t>(w.d[3]);
+    s.kw = static_cast<int32_t>(w.d[4]);
+    s.groups = a.group;
+    s.stride_h = a.strides[0];
+    s.stride_w = a.strides[1];
+    s.pad_top = a.pads[0];
+    s.pad_left = a.pads[1];
+    s.pad_bottom = a.pads[2];
+    s.pad_right = a.pads[3];
+    s.dilation_h = a.dilations[0];
+    s.dilation_w = a.dilations[1];
+    s.channel_attention = attention.nbDims == 3;
+    return conv_shape(s);
+}
+
+// floor((size + pad_total - dilation * (kernel - 1) - 1) / stride) + 1 as a TensorRT shape expression.
+IDimensionExpr const* outputExtent(IExprBuilder& b, IDimensionExpr const& size, IDimensionExpr const& kernel,
+    int32_t padTotal, int32_t stride, int32_t dilation)
+{
+    auto const* grown = b.operation(DimensionOperation::kSUM, size, *b.constant(padTotal + dilation - 1));
+    auto const* span = b.operation(DimensionOperation::kPROD, kernel, *b.constant(dilation));
+    auto const* numerator = b.operation(DimensionOperation::kSUB, *grown, *span);
+    auto const* steps = b.operation(DimensionOperation::kFLOOR_DIV, *numerator, *b.constant(stride));
+    return b.operation(DimensionOperation::kSUM, *steps, *b.constant(1));
+}
+
+void readInts(PluginField const& field, int32_t* destination, int32_t count)
+{
+    if (field.length != count || field.data == nullptr)
+    {
+        throw std::invalid_argument(std::string("attribute '") + field.name + "' needs " + std::to_string(count)
+            + " ints, got " + std::to_string(field.length));
+    }
+    if (field.type == PluginFieldType::kINT32)
+    {
+        std::memcpy(destination, field.data, count * sizeof(int32_t));
+    }
+    else if (field.type == PluginFieldType::kINT64)
+    {
+        auto const* values = static_cast<int64_t const*>(field.data);
+        std::transform(values, values + count, destination, [](int64_t v) { return static_cast<int32_t>(v); });
+    }
+    else
+    {
+        throw std::invalid_argument(std::string("attribute '") + field.name + "' must be int32 or int64");
+    }
+}
+
+ConvAttributes parseAttributes(PluginFieldCollection const* fc)
+{
+    ConvAttributes a;
+    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
+    {
+        PluginField const& field = fc->fields[i];
+        std::string const name = field.name != nullptr ? field.name : "";
+        if (name == "strides")
+        {
+            readInts(field, a.strides, 2);
+        }
+        else if (name == "pads")
+        {
+            readInts(field, a.pads, 4);
+        }
+        else if (name == "dilations")
+        {
+            readInts(field, a.dilations, 2);
+        }
+        else if (name == "group")
+        {
+            readInts(field, &a.group, 1);
+        }
+    }
+    bool const valid = a.strides[0] > 0 && a.strides[1] > 0 && a.dilations[0] > 0 && a.dilations[1] > 0
+        && a.group > 0 && std::all_of(a.pads, a.pads + 4, [](int32_t p) { return p >= 0; });
+    if (!valid)
+    {
+        throw std::invalid_argument("strides, dilations and group must be positive and pads non-negative");
+    }
+    return a;
+}
+
+} // namespace
+
+DynamicConv2dPlugin::DynamicConv2dPlugin(ConvAttributes const& attributes)
+    : mAttributes(attributes)
+{
+    bindFields();
+}
+
+DynamicConv2dPlugin::DynamicConv2dPlugin(DynamicConv2dPlugin const& other)
+    : mAttributes(other.mAttributes)
+    , mNbInputs(other.mNbInputs)
+{
+    bindFields();
+}
+
+void DynamicConv2dPlugin::bindFields()
+{
+    ConvAttributes const& a = mAttributes;
+    mFields = {
+        PluginField("strides", a.strides, PluginFieldType::kINT32, 2),
+        PluginField("pads", a.pads, PluginFieldType::kINT32, 4),
+        PluginField("dilations", a.dilations, PluginFieldType::kINT32, 2),
+        PluginField("group", &a.group, PluginFieldType::kINT32, 1),
+    };
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+    mTimingCacheId = "s" + std::to_string(a.strides[0]) + "x" + std::to_string(a.strides[1]) + "_p"
+        + std::to_string(a.pads[0]) + "," + std::to_string(a.pads[1]) + "," + std::to_string(a.pads[2]) + ","
+        + std::to_string(a.pads[3]) + "_d" + std::to_string(a.dilations[0]) + "x" + std::to_string(a.dilations[1])
+        + "_g" + std::to_string(a.group);
+}
+
+IPluginCapability* DynamicConv2dPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* DynamicConv2dPlugin::clone() noexcept
+{
+    try
+    {
+        return new DynamicConv2dPlugin(*this);
+    }
+    catch (std::exception const& e)
+    {
+        logError("clone", e.what());
+    }
+    return nullptr;
+}
+
+char const* DynamicConv2dPlugin::getPluginName() const noexcept
+{
+    return kPluginName;
+}
+
+char const* DynamicConv2dPlugin::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* DynamicConv2dPlugin::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+int32_t DynamicConv2dPlugin::getNbOutputs() const noexcept
+{
+    return 1;
+}
+
+int32_t DynamicConv2dPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    try
+    {
+        checkInputs(nbInputs, nbOutputs);
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            checkRank(i, in[i].desc.dims.nbDims);
+        }
+        int64_t const channels = in[0].desc.dims.d[1];
+        int64_t const groupChannels = in[2].desc.dims.d[2];
+        if (channels >= 0 && groupChannels >= 0 && channels != groupChannels * mAttributes.group)
+        {
+            throw std::invalid_argument("X has " + std::to_string(channels) + " channels but W expects "
+                + std::to_string(groupChannels) + " per group x " + std::to_string(mAttributes.group) + " groups");
+        }
+        mNbInputs = nbInputs;
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logError("configurePlugin", e.what());
+    }
+    return -1;
+}
+
+int32_t DynamicConv2dPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbOutputs != 1 || nbInputs < kMinInputs)
+    {
+        logError("getOutputDataTypes", "expects at least 3 inputs and 1 output");
+        return -1;
+    }
+    outputTypes[0] = inputTypes[0];
+    return 0;
+}
+
+int32_t DynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
+{
+    try
+    {
+        checkInputs(nbInputs, nbOutputs);
+        checkRank(0, inputs[0].nbDims);
+        checkRank(2, inputs[2].nbDims);
+        DimsExprs const& x = inputs[0];
+        DimsExprs const& w = inputs[2];
+        ConvAttributes const& a = mAttributes;
+        outputs[0].nbDims = 4;
+        outputs[0].d[0] = x.d[0];
+        outputs[0].d[1] = w.d[1];
+        outputs[0].d[2] = outputExtent(exprBuilder, *x.d[2], *w.d[3], a.pads[0] + a.pads[2], a.strides[0], a.dilations[0]);
+        outputs[0].d[3] = outputExtent(exprBuilder, *x.d[3], *w.d[4], a.pads[1] + a.pads[3], a.strides[1], a.dilations[1]);
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logError("getOutputShapes", e.what());
+    }
+    return -1;
+}
+
+bool DynamicConv2dPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (pos < 0 || pos >= nbInputs + nbOutputs)
+    {
+        return false;
+    }
+    PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    if (pos == 0)
+    {
+        return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
+    }
+    return desc.type == inOut[0].desc.type;
+}
+
+size_t DynamicConv2dPlugin::getWorkspaceSize(
+    DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
+{
+    if (nbInputs < kMinInputs)
+    {
+        return 0;
+    }
+    // Sized at the profile's largest shapes; select_algo does not depend on the batch.
+    return workspace_size(convShape(mAttributes, inputs[0].max, inputs[1].max, inputs[2].max));
+}
+
+char const* DynamicConv2dPlugin::getTimingCacheID() noexcept
+{
+    return mTimingCacheId.c_str();
+}
+
+int32_t DynamicConv2dPlugin::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    try
+    {
+        checkInputs(nbInputs, nbOutputs);
+        if (validate(convShape(mAttributes, in[0].dims, in[1].dims, in[2].dims)) != cudaSuccess)
+        {
+            throw std::invalid_argument("inconsistent input shapes for the convolution attributes");
+        }
+        mNbInputs = nbInputs;
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logError("onShapeChange", e.what());
+    }
+    return -1;
+}
+
+int32_t DynamicConv2dPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    ConvShape const shape = convShape(mAttributes, inputDesc[0].dims, inputDesc[1].dims, inputDesc[2].dims);
+    ConvTensors const tensors{inputs[0], inputs[1], inputs[2], mNbInputs > 3 ? inputs[3] : nullptr,
+        mNbInputs > 4 ? inputs[4] : nullptr, outputs[0]};
+    DType const dtype = inputDesc[0].type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32;
+    cudaError_t const status
+        = dynamic_conv2d(shape, dtype, tensors, workspace, workspace_size(shape), stream);
+    if (status != cudaSuccess)
+    {
+        logError("enqueue", cudaGetErrorString(status));
+        return -1;
+    }
+    return 0;
+}
+
+IPluginV3* DynamicConv2dPlugin::attachToContext(IPluginResourceContext*) noexcept
+{
+    return clone();
+}
+
+PluginFieldCollection const* DynamicConv2dPlugin::getFieldsToSerialize() noexcept
+{
+    return &mFieldCollection;
+}
+
+DynamicConv2dPluginCreator::DynamicConv2dPluginCreator()
+    : mFieldNames{
+        PluginField("strides", nullptr, PluginFieldType::kINT32, 2),
+        PluginField("pads", nullptr, PluginFieldType::kINT32, 4),
+        PluginField("dilations", nullptr, PluginFieldType::kINT32, 2),
+        PluginField("group", nullptr, PluginFieldType::kINT32, 1),
+    }
+{
+    mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
+    mFieldCollection.fields = mFieldNames.data();
+}
+
+char const* DynamicConv2dPluginCreator::getPluginName() const noexcept
+{
+    return kPluginName;
+}
+
+char const* DynamicConv2dPluginCreator::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* DynamicConv2dPluginCreator::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+PluginFieldCollection const* DynamicConv2dPluginCreator::getFieldNames() noexcept
+{
+    return &mFieldCollection;
+}
+
+IPluginV3* DynamicConv2dPluginCreator::createPlugin(
+    char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+{
+    try
+    {
+        return new DynamicConv2dPlugin(parseAttributes(fc));
+    }
+    catch (std::exception const& e)
+    {
+        logError("createPlugin", e.what());
+    }
+    return nullptr;
+}
+
+} // namespace dyconv::trt
+
+extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
+{
+    dyconv::trt::gLoggerFinder = finder;
+}
+
+extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+{
+    static dyconv::trt::DynamicConv2dPluginCreator creator;
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
+    nbCreators = 1;
+    return creators;
+}

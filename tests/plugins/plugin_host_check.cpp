@@ -1,0 +1,158 @@
+// Host-side check of libdyconv_trt_plugin.so without TensorRT or a GPU: loads the library with dlopen and
+// drives the creator and plugin through the IPluginV3 interfaces (everything except getOutputShapes, which
+// needs TensorRT's expression builder, and enqueue, which needs a device).
+// Usage: plugin_host_check <path/to/libdyconv_trt_plugin.so>; prints one line per check, exit 1 on failure.
+#include "NvInferRuntime.h"
+
+#include <cstring>
+#include <dlfcn.h>
+#include <iostream>
+#include <string>
+#include <vector>
+
+using namespace nvinfer1;
+
+namespace
+{
+int gFailures = 0;
+
+void check(bool ok, std::string const& what)
+{
+    std::cout << (ok ? "ok      " : "FAILED  ") << what << std::endl;
+    gFailures += ok ? 0 : 1;
+}
+
+DynamicPluginTensorDesc tensorDesc(std::vector<int64_t> const& dims, DataType type)
+{
+    DynamicPluginTensorDesc d{};
+    d.desc.type = type;
+    d.desc.format = TensorFormat::kLINEAR;
+    d.desc.dims.nbDims = static_cast<int32_t>(dims.size());
+    for (size_t i = 0; i < dims.size(); ++i)
+    {
+        d.desc.dims.d[i] = dims[i];
+    }
+    d.min = d.opt = d.max = d.desc.dims;
+    return d;
+}
+
+std::vector<int32_t> fieldInts(PluginFieldCollection const* fc, char const* name)
+{
+    for (int32_t i = 0; i < fc->nbFields; ++i)
+    {
+        if (std::strcmp(fc->fields[i].name, name) == 0 && fc->fields[i].type == PluginFieldType::kINT32)
+        {
+            auto const* data = static_cast<int32_t const*>(fc->fields[i].data);
+            return {data, data + fc->fields[i].length};
+        }
+    }
+    return {};
+}
+
+void checkAttributes(IPluginV3* plugin, std::string const& label)
+{
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* fc = runtime->getFieldsToSerialize();
+    check(fieldInts(fc, "strides") == std::vector<int32_t>{2, 1} && fieldInts(fc, "pads") == std::vector<int32_t>{1, 0, 0, 1}
+            && fieldInts(fc, "dilations") == std::vector<int32_t>{1, 2} && fieldInts(fc, "group") == std::vector<int32_t>{2},
+        label + ": serialised fields carry the node attributes");
+}
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 2)
+    {
+        std::cerr << "usage: plugin_host_check <libdyconv_trt_plugin.so>\n";
+        return 2;
+    }
+    void* library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (library == nullptr)
+    {
+        std::cerr << "cannot load " << argv[1] << ": " << dlerror() << "\n";
+        return 1;
+    }
+    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(library, "getCreators"));
+    check(getCreators != nullptr && dlsym(library, "setLoggerFinder") != nullptr,
+        "exports getCreators and setLoggerFinder");
+    if (getCreators == nullptr)
+    {
+        return 1;
+    }
+    int32_t nbCreators = 0;
+    IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+    check(nbCreators == 1 && std::strcmp(creators[0]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0,
+        "one IPluginCreatorV3One");
+    auto* creator = static_cast<IPluginCreatorV3One*>(creators[0]);
+    check(std::string(creator->getPluginName()) == "DynamicConv2d" && std::string(creator->getPluginVersion()) == "1"
+            && std::string(creator->getPluginNamespace()).empty(),
+        "creator is DynamicConv2d, version 1, namespace \"\"");
+    PluginFieldCollection const* names = creator->getFieldNames();
+    check(names->nbFields == 4 && std::strcmp(names->fields[1].name, "pads") == 0 && names->fields[1].length == 4,
+        "field names: strides, pads (4), dilations, group");
+
+    int32_t const strides[] = {2, 1};
+    int32_t const pads[] = {1, 0, 0, 1};
+    int64_t const dilations[] = {1, 2}; // int64 fields are accepted too
+    int32_t const group = 2;
+    std::vector<PluginField> fields{PluginField("strides", strides, PluginFieldType::kINT32, 2),
+        PluginField("pads", pads, PluginFieldType::kINT32, 4),
+        PluginField("dilations", dilations, PluginFieldType::kINT64, 2),
+        PluginField("group", &group, PluginFieldType::kINT32, 1)};
+    PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
+    IPluginV3* plugin = creator->createPlugin("node", &fc, TensorRTPhase::kBUILD);
+    check(plugin != nullptr, "createPlugin from ONNX-parser fields");
+    if (plugin == nullptr)
+    {
+        return 1;
+    }
+    check(plugin->getCapabilityInterface(PluginCapabilityType::kCORE) != nullptr
+            && plugin->getCapabilityInterface(PluginCapabilityType::kBUILD) != nullptr
+            && plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME) != nullptr,
+        "core, build and runtime capabilities");
+    checkAttributes(plugin, "created plugin");
+
+    IPluginV3* cloned = plugin->clone();
+    checkAttributes(cloned, "clone");
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    IPluginV3* restored = creator->createPlugin("node", runtime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+    check(restored != nullptr, "createPlugin from serialised fields");
+    if (restored != nullptr)
+    {
+        checkAttributes(restored, "deserialised plugin");
+    }
+
+    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    std::vector<DynamicPluginTensorDesc> io{tensorDesc({8, 16, 32, 32}, DataType::kFLOAT),
+        tensorDesc({8, 4}, DataType::kFLOAT), tensorDesc({4, 32, 8, 3, 3}, DataType::kFLOAT),
+        tensorDesc({4, 32}, DataType::kFLOAT), tensorDesc({8, 16, 16, 32}, DataType::kFLOAT)};
+    check(build->getNbOutputs() == 1, "one output");
+    check(build->supportsFormatCombination(0, io.data(), 4, 1), "fp32 linear X accepted");
+    io[1].desc.type = DataType::kHALF;
+    check(!build->supportsFormatCombination(1, io.data(), 4, 1), "A must have X's type");
+    io[0].desc.type = DataType::kINT8;
+    check(!build->supportsFormatCombination(0, io.data(), 4, 1), "int8 X rejected");
+    io[0].desc.type = io[1].desc.type = DataType::kFLOAT;
+    DataType outputType{};
+    DataType const inputTypes[] = {DataType::kHALF, DataType::kHALF, DataType::kHALF};
+    check(build->getOutputDataTypes(&outputType, 1, inputTypes, 3) == 0 && outputType == DataType::kHALF,
+        "output type follows X");
+    check(build->configurePlugin(io.data(), 4, &io[4], 1) == 0, "configurePlugin with X, A, W, B");
+    std::cout << "(the two rejections below log one plugin error each)" << std::endl;
+    check(build->configurePlugin(io.data(), 2, &io[4], 1) != 0, "configurePlugin rejects 2 inputs");
+    // Ho = (32 + 1 - 2 - 1) / 2 + 1 = 16, Wo = 32 + 1 - 4 - 1 + 1 = 29 -> 464 pixels: aggregated path.
+    size_t const expected = 8ull * 32 * 8 * 3 * 3 * sizeof(float);
+    check(build->getWorkspaceSize(io.data(), 4, &io[4], 1) == expected, "workspace sized for the aggregated path");
+
+    int32_t const badPads[] = {1, 1, 1};
+    PluginField const bad("pads", badPads, PluginFieldType::kINT32, 3);
+    PluginFieldCollection badFc{1, &bad};
+    check(creator->createPlugin("node", &badFc, TensorRTPhase::kBUILD) == nullptr, "three pads rejected");
+
+    delete restored;
+    delete cloned;
+    delete plugin;
+    std::cout << (gFailures == 0 ? "plugin host check passed" : "plugin host check FAILED") << "\n";
+    return gFailures == 0 ? 0 : 1;
+}
