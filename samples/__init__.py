@@ -1,0 +1,123 @@
+"""Bundled sample networks (``sample:NAME`` model specs), each with its static twin.
+
+Every architecture is written once over a conv factory (:mod:`.blocks`); ``NAME_static``
+is the same network built with ``nn.Conv2d`` and no attention branches, for latency
+comparisons. Samples are built deterministically (seed 0) and deploy-ready: softmax
+temperatures at 1, the value the papers' 30 -> 1 annealing ends at.
+"""
+
+import difflib
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.nn import CondConv2d, DynamicConv2d, DyNetConv2d, DyReLU, ODConv2d
+from dyconv_deploy.samples.efficientnet import EfficientNetB0
+from dyconv_deploy.samples.mobilenetv2 import MobileNetV2
+from dyconv_deploy.samples.resnet import ResNet18
+from dyconv_deploy.samples.tiny import TinyNet
+
+IMAGENET_SHAPE = (1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """Parameter count and multiply-adds (224x224 input) a paper reports for the network."""
+
+    params: float
+    madds: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A named network: how to build it, its default input shape and the paper's figures."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    description: str
+    input_shape: tuple[int, ...] = IMAGENET_SHAPE
+    paper: Optional[PaperFigures] = None
+
+
+def _relu(channels: int) -> nn.Module:
+    return nn.ReLU()
+
+
+def _twins(name: str, dynamic: Callable[[], nn.Module], static: Callable[[], nn.Module], description: str,
+           input_shape=IMAGENET_SHAPE, paper: Optional[PaperFigures] = None,
+           static_paper: Optional[PaperFigures] = None) -> list[Sample]:
+    return [Sample(name, dynamic, description, input_shape, paper),
+            Sample(f"{name}_static", static, f"static twin of {name} (nn.Conv2d, no attention)", input_shape,
+                   static_paper)]
+
+
+_DYCONV_PAPER = "Chen et al., CVPR 2020, Table 2"
+_ODCONV_PAPER = "OSVAI/ODConv README (Li et al., ICLR 2022)"
+_CONDCONV_PAPER = "Yang et al., NeurIPS 2019, Table 2"
+_MOBILENETV2_PAPER = PaperFigures(3.5e6, 300.0e6, _DYCONV_PAPER)
+
+SAMPLES: dict[str, Sample] = {sample.name: sample for sample in [
+    *_twins("dy_mobilenetv2",
+            partial(MobileNetV2, partial(DynamicConv2d, num_kernels=4, reduction=4, temperature=1.0)),
+            MobileNetV2,
+            "DY-MobileNetV2 x1.0: DynamicConv (K=4, reduction 4) in every conv but the stem",
+            paper=PaperFigures(11.1e6, 312.9e6, _DYCONV_PAPER), static_paper=_MOBILENETV2_PAPER),
+    *_twins("dy_resnet18",
+            partial(ResNet18, partial(DynamicConv2d, num_kernels=4, reduction=4, temperature=1.0)),
+            ResNet18,
+            "DY-ResNet-18: DynamicConv (K=4, reduction 4) in every residual-block conv",
+            paper=PaperFigures(42.7e6, 1.85e9, _DYCONV_PAPER),
+            static_paper=PaperFigures(11.1e6, 1.81e9, _DYCONV_PAPER)),
+    *_twins("odconv_mobilenetv2",
+            partial(MobileNetV2, partial(ODConv2d, num_kernels=4, reduction=0.0625)),
+            MobileNetV2,
+            "ODConv (4x) MobileNetV2 x1.0: ODConv (K=4, reduction 1/16) in every conv but the stem",
+            paper=PaperFigures(11.51e6, 327.1e6, _ODCONV_PAPER),
+            static_paper=PaperFigures(3.50e6, 300.8e6, _ODCONV_PAPER)),
+    *_twins("condconv_efficientnet_b0",
+            partial(EfficientNetB0, partial(CondConv2d, num_experts=8)),
+            EfficientNetB0,
+            "CondConv-EfficientNet-B0 (8 experts) like timm efficientnet_cc_b0_8e: CondConv in the last 3 stages",
+            paper=PaperFigures(24.0e6, 413e6, _CONDCONV_PAPER),
+            static_paper=PaperFigures(5.3e6, 391e6, _CONDCONV_PAPER)),
+    *_twins("tiny_dynamic",
+            partial(TinyNet,
+                    (partial(DynamicConv2d, temperature=1.0), CondConv2d, ODConv2d, DyNetConv2d),
+                    (partial(DyReLU, mode="A"), partial(DyReLU, mode="B"), partial(DyReLU, mode="C"), _relu)),
+            partial(TinyNet, (nn.Conv2d,) * 4, (_relu,) * 4),
+            "tiny test network: DynamicConv, CondConv, ODConv, DyNet convs and DyReLU A/B/C",
+            input_shape=(1, 3, 32, 32)),
+]}
+
+
+def list_samples() -> list[str]:
+    """Names accepted by :func:`create_sample` (and ``sample:NAME``)."""
+    return list(SAMPLES)
+
+
+def get_sample(name: str) -> Sample:
+    """The registry entry for ``name``; an unknown name is a :class:`DyconvError` naming the closest."""
+    try:
+        return SAMPLES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, SAMPLES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise DyconvError(f"unknown sample {name!r}; {hint}known samples: {', '.join(SAMPLES)}") from None
+
+
+def create_sample(name: str) -> nn.Module:
+    """Build sample ``name`` with weights drawn from seed 0 (same weights on every call)."""
+    sample = get_sample(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return sample.build()
+
+
+def default_input_shape(name: str) -> tuple[int, ...]:
+    """The input shape sample ``name`` is meant for, e.g. ``(1, 3, 32, 32)`` for ``tiny_dynamic``."""
+    return get_sample(name).input_shape

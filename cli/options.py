@@ -1,0 +1,46 @@
+"""Arguments and options shared by the subcommands, as ``Annotated`` aliases.
+
+A command declares ``model: ModelArgument`` or ``input_shape: InputShapeOption = "auto"``
+and gets the same flag name, help text and parsing everywhere.
+"""
+
+from typing import Annotated
+
+import typer
+
+from dyconv_deploy.errors import DyconvError
+
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+
+ModelArgument = Annotated[str, typer.Argument(
+    metavar="MODEL", show_default=False,
+    help="sample:NAME, path/to/file.py:factory or pkg.module:factory (the factory returns an nn.Module).")]
+
+InputShapeOption = Annotated[str, typer.Option(
+    "--input-shape",
+    help="Input shape NxCxHxW, e.g. 1x3x224x224; 'auto' = the sample's own shape for sample:NAME, "
+         "else 1x3x224x224.")]
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``; anything else is a one-line :class:`DyconvError`."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise DyconvError(f"bad input shape {text!r}: expected positive integers joined by 'x', e.g. 1x3x224x224")
+    return shape
+
+
+def resolve_input_shape(model: str, text: str) -> tuple[int, ...]:
+    """The shape ``--input-shape`` asks for; ``auto`` picks the sample's default or 1x3x224x224."""
+    if text != "auto":
+        return parse_shape(text)
+    if model.startswith("sample:"):
+        from dyconv_deploy.samples import default_input_shape
+
+        return default_input_shape(model[len("sample:"):])
+    return DEFAULT_INPUT_SHAPE
