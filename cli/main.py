@@ -17,6 +17,7 @@ from dyconv_deploy.errors import DyconvError
 # (command name, "module:function") — modules are imported only when registered, and each
 # imports its heavy dependencies lazily inside the function.
 _COMMANDS = [
+    ("inspect", "dyconv_deploy.cli.inspect:inspect_command"),
 ]
 
 app = typer.Typer(

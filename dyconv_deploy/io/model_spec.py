@@ -1,7 +1,7 @@
 """Resolve a MODEL spec to an ``nn.Module`` in eval mode.
 
 Specs:
-    ``sample:NAME``           a bundled sample (``sample:NAME-static`` for its static twin)
+    ``sample:NAME``           a bundled sample (``sample:NAME_static`` for its static twin)
     ``path/to/file.py:fn``    call ``fn()`` defined in a Python file
     ``pkg.module:fn``         call ``fn()`` from an importable module
 """
