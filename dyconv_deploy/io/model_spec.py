@@ -4,22 +4,34 @@ Specs:
     ``sample:NAME``           a bundled sample (``sample:NAME_static`` for its static twin)
     ``path/to/file.py:fn``    call ``fn()`` defined in a Python file
     ``pkg.module:fn``         call ``fn()`` from an importable module
+    ``model.pt2``, ``weights.pt|.pth|.ckpt``  a checkpoint (:mod:`dyconv_deploy.io.checkpoint`)
 """
 
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.checkpoint import is_checkpoint, load_checkpoint
 
 
-def load_model(spec: str) -> nn.Module:
-    """Build the model that ``spec`` names and return it in eval mode."""
-    if spec.startswith("sample:"):
+def load_model(spec: str, arch: Optional[str] = None, trust_pickle: bool = False) -> nn.Module:
+    """Build the model that ``spec`` names and return it in eval mode.
+
+    ``arch`` (a model spec such as ``file.py:factory`` or ``sample:NAME``) builds the network a
+    state_dict checkpoint is loaded into; ``trust_pickle`` allows checkpoints that run code on
+    load (pickled modules, TorchScript).
+    """
+    if is_checkpoint(spec):
+        factory = None if arch is None else (lambda: load_model(arch))
+        model = load_checkpoint(spec, factory, trust_pickle)
+    elif arch is not None:
+        raise DyconvError(f"--arch applies to state_dict checkpoints (.pt, .pth, .ckpt), not to {spec!r}")
+    elif spec.startswith("sample:"):
         from dyconv_deploy.samples import create_sample
 
         model = create_sample(spec[len("sample:"):])
