@@ -18,6 +18,7 @@ from dyconv_deploy.errors import DyconvError
 # imports its heavy dependencies lazily inside the function.
 _COMMANDS = [
     ("inspect", "dyconv_deploy.cli.inspect:inspect_command"),
+    ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
 ]
 
 app = typer.Typer(

@@ -3,7 +3,8 @@
 #   1. plugins/kernels with nvcc for sm_80 and sm_90 (through CMake);
 #   2. the TensorRT plugin library, when TensorRT headers are found (TENSORRT_ROOT or third_party/tensorrt),
 #      then its exports (getCreators, setLoggerFinder, no libnvinfer dependency) and a host-side run of the
-#      creator and plugin interfaces (tests/plugins/plugin_host_check.cpp);
+#      creator and plugin interfaces (tests/plugins/plugin_host_check.cpp). The build goes to plugins/build
+#      (gitignored), where tests/trt/test_plugin_build.py opens the library instead of compiling it again;
 #   3. the plugin source against every other header set in third_party/tensorrt-*/include (e.g. 10.x).
 # Fails on any compile error; prints what it compiled.
 set -euo pipefail
@@ -16,8 +17,9 @@ if [ ! -x "$NVCC" ] || [ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]; then
   exit 0
 fi
 CUDA_INCLUDE="$CUDA_HOME/include"
-BUILD="$(mktemp -d)"
-trap 'rm -rf "$BUILD"' EXIT
+CMAKE_BUILD=plugins/build
+SCRATCH="$(mktemp -d)"
+trap 'rm -rf "$SCRATCH"' EXIT
 
 HEADERS=""
 for candidate in "${TENSORRT_ROOT:-}/include" third_party/tensorrt/include; do
@@ -27,25 +29,25 @@ done
 PLUGIN=OFF
 [ -n "$HEADERS" ] && PLUGIN=ON
 echo "ci_compile: nvcc $("$NVCC" --version | tail -1); TensorRT headers: ${HEADERS:-none (plugin skipped)}"
-cmake -S plugins -B "$BUILD/cmake" -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="80;90" \
-  -DDYCONV_BUILD_TENSORRT_PLUGIN="$PLUGIN" ${HEADERS:+-DTENSORRT_INCLUDE_DIR="$HEADERS"} >"$BUILD/configure.log" \
-  || { cat "$BUILD/configure.log"; exit 1; }
-cmake --build "$BUILD/cmake" -j"$(nproc)"
+cmake -S plugins -B "$CMAKE_BUILD" -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="80;90" \
+  -DDYCONV_BUILD_TENSORRT_PLUGIN="$PLUGIN" ${HEADERS:+-DTENSORRT_INCLUDE_DIR="$HEADERS"} >"$SCRATCH/configure.log" \
+  || { cat "$SCRATCH/configure.log"; exit 1; }
+cmake --build "$CMAKE_BUILD" -j"$(nproc)"
 echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_80 and sm_90"
 
 if [ "$PLUGIN" = ON ]; then
-  LIB="$BUILD/cmake/tensorrt/libdyconv_trt_plugin.so"
+  LIB="$CMAKE_BUILD/libdyconv_trt_plugin.so"
   EXPORTS="$(nm -D --defined-only "$LIB" | awk '{print $3}' | sort | tr '\n' ' ')"
   [ "$EXPORTS" = "getCreators setLoggerFinder " ] || { echo "ci_compile: unexpected exports: $EXPORTS" >&2; exit 1; }
   if readelf -d "$LIB" | grep -q 'libnvinfer'; then echo "ci_compile: plugin links libnvinfer" >&2; exit 1; fi
   echo "ci_compile: built $LIB against $HEADERS (exports: $EXPORTS; no libnvinfer)"
-  g++ -std=c++17 -isystem "$HEADERS" -I"$CUDA_INCLUDE" tests/plugins/plugin_host_check.cpp -ldl -o "$BUILD/host_check"
-  "$BUILD/host_check" "$LIB" 2>&1
+  g++ -std=c++17 -isystem "$HEADERS" -I"$CUDA_INCLUDE" tests/plugins/plugin_host_check.cpp -ldl -o "$SCRATCH/host_check"
+  "$SCRATCH/host_check" "$LIB" 2>&1
 fi
 
 for extra in third_party/tensorrt-*/include; do
   [ -f "$extra/NvInferVersion.h" ] || continue
   g++ -std=c++17 -fPIC -Wall -Wextra -Werror -isystem "$extra" -I"$CUDA_INCLUDE" -Iplugins/kernels \
-    -c plugins/tensorrt/dynamicConvPlugin.cpp -o "$BUILD/plugin_$(basename "$(dirname "$extra")").o"
+    -c plugins/tensorrt/dynamicConvPlugin.cpp -o "$SCRATCH/plugin_$(basename "$(dirname "$extra")").o"
   echo "ci_compile: compiled plugins/tensorrt/dynamicConvPlugin.cpp against $extra"
 done

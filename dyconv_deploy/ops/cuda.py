@@ -1,0 +1,104 @@
+"""CUDA kernels for ``torch.ops.dyconv.dynamic_conv2d``, built on demand from ``plugins/``.
+
+:func:`enable_cuda_kernels` compiles ``plugins/kernels/dynamic_conv.cu`` and
+``plugins/torch/dyconv_torch.cpp`` with ``torch.utils.cpp_extension.load`` (once per machine;
+torch caches the build under ``TORCH_EXTENSIONS_DIR``) and registers the result as the CUDA
+kernel of the op, so every :mod:`dyconv_deploy.nn` layer on a GPU runs the fused kernels.
+It needs a CUDA build of torch, a device and nvcc; without them it raises a one-line
+:class:`~dyconv_deploy.errors.DyconvError`. Backward still differentiates the reference math.
+"""
+
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.ops.contract import TORCH_OP
+
+# Paths of plugins/kernels (dyconv::Algo values; "auto" is the per-shape heuristic).
+ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated")
+EXTENSION_NAME = "dyconv_cuda"
+_state: dict = {"extension": None, "registered": False}
+
+
+def plugins_dir() -> Path:
+    """The ``plugins/`` source tree: ``DYCONV_PLUGINS_DIR`` or the checkout this package is installed from."""
+    candidates = [Path(os.environ["DYCONV_PLUGINS_DIR"])] if "DYCONV_PLUGINS_DIR" in os.environ else []
+    candidates.append(Path(__file__).resolve().parents[2] / "plugins")
+    for candidate in candidates:
+        if (candidate / "kernels" / "dynamic_conv.cu").is_file():
+            return candidate
+    raise DyconvError("the CUDA kernels are built from the plugins/ sources of a dyconv-deploy checkout, not found "
+                      f"in: {', '.join(map(str, candidates))}; install from a checkout (pip install -e .) "
+                      "or set DYCONV_PLUGINS_DIR")
+
+
+def extension_sources() -> list[Path]:
+    """The two translation units of the extension."""
+    root = plugins_dir()
+    return [root / "kernels" / "dynamic_conv.cu", root / "torch" / "dyconv_torch.cpp"]
+
+
+def load_extension(verbose: bool = False) -> ModuleType:
+    """Build (first call on a machine) and import the extension; raises DyconvError without CUDA."""
+    if _state["extension"] is None:
+        if not torch.cuda.is_available():
+            raise DyconvError(f"no CUDA device: the CUDA kernels need a CUDA build of torch and a GPU "
+                              f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'none'})")
+        from torch.utils import cpp_extension
+
+        if cpp_extension.CUDA_HOME is None:
+            raise DyconvError("nvcc not found: set CUDA_HOME to the CUDA toolkit to build the CUDA kernels")
+        sources = extension_sources()
+        _state["extension"] = cpp_extension.load(
+            name=EXTENSION_NAME, sources=[str(s) for s in sources], extra_include_paths=[str(sources[0].parent)],
+            extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=verbose)
+    return _state["extension"]
+
+
+def dynamic_conv2d_cuda(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                        spatial: Optional[Tensor] = None, stride: Sequence[int] = (1, 1),
+                        padding: Sequence[int] = (0, 0, 0, 0), dilation: Sequence[int] = (1, 1), groups: int = 1,
+                        algo: str = "auto") -> Tensor:
+    """The contract on CUDA tensors through ``plugins/kernels`` (operands are cast to ``x.dtype``).
+
+    Args:
+        x: ``[N, C, H, W]`` float32 or float16. attention: ``[N, K]`` or ``[N, K, M]``.
+        weight: ``[K, M, C/groups, kH, kW]``. bias: ``[K, M]`` or None. spatial: ``[N, kH, kW]`` or None.
+        padding: ``(top, left, bottom, right)``. algo: one of :data:`ALGOS`.
+    Returns:
+        ``[N, M, Ho, Wo]`` in ``x.dtype``.
+    """
+    if algo not in ALGOS:
+        raise DyconvError(f"unknown kernel path {algo!r}; choose one of {', '.join(ALGOS)}")
+
+    def cast(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.to(x.dtype)
+
+    return load_extension().dynamic_conv2d(x, cast(attention), cast(weight), cast(bias), cast(spatial),
+                                           list(stride), list(padding), list(dilation), int(groups),
+                                           ALGOS.index(algo))
+
+
+def selected_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence[int] = (1, 1),
+                  padding: Sequence[int] = (0, 0, 0, 0), dilation: Sequence[int] = (1, 1), groups: int = 1) -> str:
+    """The path the per-shape heuristic picks for these operands (see plugins/kernels/dynamic_conv.h)."""
+    return load_extension().select_algo(x, attention.to(x.dtype), weight.to(x.dtype), list(stride), list(padding),
+                                        list(dilation), int(groups))
+
+
+def _cuda_kernel(x, attention, weight, bias, spatial, stride, padding, dilation, groups):
+    return dynamic_conv2d_cuda(x, attention, weight, bias, spatial, stride, padding, dilation, groups)
+
+
+def enable_cuda_kernels(verbose: bool = False) -> ModuleType:
+    """Build/load the extension and register it as the CUDA kernel of ``dyconv::dynamic_conv2d`` (idempotent)."""
+    extension = load_extension(verbose)
+    if not _state["registered"]:
+        torch.library.register_kernel(TORCH_OP, "cuda", _cuda_kernel)
+        _state["registered"] = True
+    return extension
