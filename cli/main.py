@@ -19,6 +19,8 @@ from dyconv_deploy.errors import DyconvError
 _COMMANDS = [
     ("inspect", "dyconv_deploy.cli.inspect:inspect_command"),
     ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
+    ("build-engine", "dyconv_deploy.cli.build_engine:build_engine_command"),
+    ("triton-repo", "dyconv_deploy.cli.triton_repo:triton_repo_command"),
 ]
 
 app = typer.Typer(

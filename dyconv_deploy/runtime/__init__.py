@@ -1,1 +1,55 @@
-"""Run stage: backends behind one small interface (PyTorch, ONNX Runtime, TensorRT)."""
+"""Run stage: backends behind one small interface (PyTorch, onnx.reference, ONNX Runtime, TensorRT).
+
+``load_runtime(source, backend, **options)`` returns a :class:`Runtime`; every backend maps
+``{input name: numpy array}`` to ``{output name: numpy array}``.
+"""
+
+import os
+from pathlib import Path
+
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.runtime.base import Runtime, TensorSpec
+
+BACKENDS = ("torch", "reference", "ort-cpu", "ort-cuda", "trt")
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+def load_runtime(source, backend: str, **options) -> Runtime:
+    """Create (not yet load) the runtime for ``source`` on ``backend``.
+
+    Args:
+        source: ``torch``: an ``nn.Module`` or a MODEL spec; ``reference`` / ``ort-*``: an
+            ONNX path or ``ModelProto``; ``trt``: an engine path.
+        backend: one of :data:`BACKENDS`.
+        options: passed to the runtime class (e.g. ``threads``, ``custom_op_library``,
+            ``plugin_library``, ``device``, ``use_extension``).
+    """
+    if backend == "torch":
+        from dyconv_deploy.runtime.torch_runtime import TorchRuntime
+
+        if isinstance(source, (str, os.PathLike)):
+            from dyconv_deploy.io import load_model
+
+            source = load_model(str(source))
+        return TorchRuntime(source, **options)
+    if backend == "reference":
+        from dyconv_deploy.runtime.reference_runtime import ReferenceRuntime
+
+        return ReferenceRuntime(source, **options)
+    if backend in ("ort-cpu", "ort-cuda"):
+        from dyconv_deploy.runtime.onnxruntime_runtime import OnnxRuntimeRuntime
+
+        return OnnxRuntimeRuntime(source, device=backend.removeprefix("ort-"), **options)
+    if backend == "trt":
+        from dyconv_deploy.runtime.tensorrt_runtime import TensorRTRuntime
+
+        return TensorRTRuntime(source, **options)
+    raise DyconvError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+
+
+def is_engine(path: str | os.PathLike) -> bool:
+    """True for a TensorRT plan file name (``.engine`` / ``.plan``)."""
+    return Path(path).suffix in ENGINE_SUFFIXES
+
+
+__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "Runtime", "TensorSpec", "is_engine", "load_runtime"]

@@ -1,0 +1,101 @@
+"""TensorRT as a runtime: deserialise an engine and execute it asynchronously on a CUDA stream.
+
+Buffers are torch CUDA tensors: inputs are copied to the device, each input's shape is set
+on the execution context (dynamic batch), outputs are allocated from the shapes the
+context then reports, and ``execute_async_v3`` runs on a torch stream. The engine's sidecar
+is checked first so a TensorRT / GPU / plugin mismatch is one clear sentence instead of a
+deserialisation failure.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dyconv_deploy.deps import require
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.runtime.base import Runtime, TensorSpec
+from dyconv_deploy.trt.sidecar import check_compatible, current_environment, read_sidecar
+
+
+class TensorRTRuntime(Runtime):
+    """Run a serialised TensorRT engine (``.engine``/``.plan``) on the current CUDA device.
+
+    Args:
+        engine_path: the plan written by ``build-engine`` (its ``.json`` sidecar is checked
+            when present).
+        plugin_library: the DynamicConv2d plugin ``.so``, loaded before deserialising; not
+            needed when the library was serialised into the engine.
+    """
+
+    backend = "trt"
+
+    def __init__(self, engine_path: str | os.PathLike, *, plugin_library: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        self.engine_path = Path(engine_path)
+        self.plugin_library = Path(plugin_library) if plugin_library is not None else None
+        self._engine = self._context = self._stream = None
+
+    def _load(self) -> None:
+        trt = require("tensorrt", for_="the trt backend")
+        import torch
+
+        if not self.engine_path.is_file():
+            raise DyconvError(f"engine file not found: {self.engine_path}")
+        sidecar = read_sidecar(self.engine_path)
+        if sidecar is not None:
+            check_compatible(sidecar, current_environment(trt, self.plugin_library), self.engine_path.name)
+        elif not torch.cuda.is_available():
+            raise DyconvError(f"{self.engine_path.name} needs a CUDA GPU but PyTorch sees none")
+        logger = trt.Logger(trt.Logger.WARNING)
+        if self.plugin_library is not None:
+            from dyconv_deploy.trt.build import load_plugin_library
+
+            load_plugin_library(trt, self.plugin_library)
+        runtime = trt.Runtime(logger)
+        if sidecar is not None and sidecar.get("plugin_serialized"):
+            runtime.engine_host_code_allowed = True  # the plan carries the plugin library
+        self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self._engine is None:
+            raise DyconvError(f"TensorRT could not deserialise {self.engine_path}; rebuild it with "
+                              "`dyconv-deploy build-engine` (rerun with -v for TensorRT's log)")
+        self._context = self._engine.create_execution_context()
+        self._stream = torch.cuda.Stream()
+        specs = [_spec(trt, self._engine, self._engine.get_tensor_name(i)) for i in range(self._engine.num_io_tensors)]
+        self.input_specs = [s for s, is_input in specs if is_input]
+        self.output_specs = [s for s, is_input in specs if not is_input]
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        buffers = {}
+        with torch.cuda.stream(self._stream):
+            for spec in self.input_specs:
+                array = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
+                buffers[spec.name] = torch.from_numpy(array).to("cuda", non_blocking=True)
+                self._context.set_input_shape(spec.name, tuple(array.shape))
+            for spec in self.output_specs:
+                shape = tuple(self._context.get_tensor_shape(spec.name))
+                buffers[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device="cuda")
+            for name, tensor in buffers.items():
+                self._context.set_tensor_address(name, tensor.data_ptr())
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise DyconvError(f"TensorRT failed to execute {self.engine_path.name} (rerun with -v for its log)")
+        self._stream.synchronize()
+        return {spec.name: buffers[spec.name].cpu().numpy() for spec in self.output_specs}
+
+    def close(self) -> None:
+        self._context = self._engine = self._stream = None
+        super().close()
+
+
+def _spec(trt, engine, name: str) -> tuple[TensorSpec, bool]:
+    shape = tuple(None if d < 0 else d for d in engine.get_tensor_shape(name))
+    dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+    return TensorSpec(name, shape, dtype), engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+
+
+def _torch_dtype(dtype: np.dtype):
+    import torch
+
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
