@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from dyconv_deploy.convert.detect import UnknownDynamicConv, find_dynamic_convs
-from dyconv_deploy.convert.registry import ADAPTER_DOCS, Adapter, builtin_adapters, installed_adapters
+from dyconv_deploy.convert.detect import ROOT, UnknownDynamicConv, find_dynamic_convs
+from dyconv_deploy.convert.registry import (ADAPTER_DOCS, Adapter, builtin_adapters, installed_adapters,
+                                            load_adapter)
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.nn import DynamicConvBase, DyReLU
 from dyconv_deploy.tolerance import TOLERANCES, Tolerance, compare
@@ -60,30 +61,36 @@ class ConversionReport:
         return "\n".join(lines) or "no dynamic layers to convert"
 
 
-def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequence[Adapter]] = None,
+def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequence[Adapter | str]] = None,
                   tolerance: Tolerance = TOLERANCES["fp32"]) -> tuple[nn.Module, ConversionReport]:
     """Return a converted copy of ``model`` (eval mode) and the report; ``model`` is not modified.
 
     Args:
         example_input: a tensor ``[N, C, H, W]`` or a tuple of forward arguments.
-        adapters: extra adapters (e.g. from ``--adapter``), tried before installed and built-in ones.
+        adapters: extra adapters, or ``"file.py:ClassName"`` specs (``--adapter``), tried before the
+            installed (entry point) and built-in ones.
         tolerance: each canonical layer must match its original within this on random inputs.
     Raises:
         DyconvError: a canonical layer disagrees with the module it replaces (names the module).
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    candidates = [*(adapters or ()), *installed_adapters(), *builtin_adapters()]
+    extra = [load_adapter(a) if isinstance(a, str) else a for a in adapters or ()]
+    candidates = [*extra, *installed_adapters(), *builtin_adapters()]
     converted = copy.deepcopy(model).eval()
     matches = list(_match(converted, candidates))
     recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
     report = ConversionReport()
     for path, parent, module, adapter in matches:
+        path = path or ROOT
         if module not in recorded:
             log.info("convert: %s (%s) is not reached by the example input; left as is", path, adapter.family)
             continue
         canonical = adapter.to_canonical(module, parent)
         error = _check(path, adapter.family, module, canonical, recorded[module], tolerance)
-        setattr(parent, path.rpartition(".")[2], canonical)
+        if parent is None:
+            converted = canonical
+        else:
+            setattr(parent, path.rpartition(".")[2], canonical)
         row = ConvertedModule(path, adapter.family, _num_kernels(canonical), error)
         log.info("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels,
                  error)
@@ -93,18 +100,20 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
 
 
 def _match(model: nn.Module, adapters: Sequence[Adapter]):
-    """Yield ``(path, parent, module, adapter)`` top-down; matched modules are not descended into."""
-    def visit(parent: nn.Module, prefix: str):
-        for name, child in parent.named_children():
-            path = f"{prefix}{name}"
-            if isinstance(child, _CANONICAL):
-                continue
-            adapter = next((a for a in adapters if a.matches(child, parent)), None)
-            if adapter is not None:
-                yield path, parent, child, adapter
-            else:
-                yield from visit(child, f"{path}.")
-    yield from visit(model, "")
+    """Yield ``(path, parent, module, adapter)`` top-down (the root has path ``""`` and parent None).
+
+    Matched modules and canonical layers are not descended into.
+    """
+    def visit(module: nn.Module, parent: Optional[nn.Module], path: str):
+        if isinstance(module, _CANONICAL):
+            return
+        adapter = next((a for a in adapters if a.matches(module, parent)), None)
+        if adapter is not None:
+            yield path, parent, module, adapter
+            return
+        for name, child in module.named_children():
+            yield from visit(child, module, f"{path}.{name}" if path else name)
+    yield from visit(model, None, "")
 
 
 def _record_inputs(model: nn.Module, modules: list[nn.Module], inputs: tuple) -> dict:
@@ -138,8 +147,12 @@ def _check(path: str, family: str, original: nn.Module, canonical: nn.Module, sp
                             if isinstance(s, _TensorSpec) else s, spec)
     with torch.no_grad():
         expected = original(*args, **kwargs)
-        actual = canonical(*args, **kwargs)
-    comparison = compare(actual, expected, tolerance, name=path)
+        try:
+            actual = canonical(*args, **kwargs)
+            comparison = compare(actual, expected, tolerance, name=path)
+        except Exception as exc:  # the adapter built a layer that cannot stand in for the original
+            raise DyconvError(f"convert: the {family} layer built for {path} ({type(original).__name__}) fails on "
+                              f"the original's input: {type(exc).__name__}: {exc}") from exc
     if not comparison.passed:
         raise DyconvError(f"convert: {path} ({type(original).__name__}, family {family}) does not match its "
                           f"canonical layer: {comparison}")

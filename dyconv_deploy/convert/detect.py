@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+ROOT = "<model>"
+
 _CONVOLUTIONS = {"convolution", "_convolution", "conv2d", "conv1d", "conv3d"}
 
 
@@ -60,10 +62,10 @@ class _InputDependence(TorchDispatchMode):
 def find_dynamic_convs(model: nn.Module, example_inputs: tuple) -> list[UnknownDynamicConv]:
     """Convolutions in ``model(*example_inputs)`` whose weight depends on the inputs, by module path."""
     paths = {module: path for path, module in model.named_modules()}
-    stack = ["<model>"]
+    stack = [ROOT]
 
     def enter(module, args):
-        stack.append(paths[module] or "<model>")
+        stack.append(paths[module] or ROOT)
 
     def leave(module, args, output):
         stack.pop()
@@ -77,6 +79,6 @@ def find_dynamic_convs(model: nn.Module, example_inputs: tuple) -> list[UnknownD
     finally:
         for hook in hooks:
             hook.remove()
-    by_path = {path or "<model>": module for module, path in paths.items()}
+    by_path = {path or ROOT: module for module, path in paths.items()}
     return [UnknownDynamicConv(path, type(by_path[path]).__name__ if path in by_path else "?", calls)
             for path, calls in mode.hits.items()]

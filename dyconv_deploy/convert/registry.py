@@ -15,6 +15,7 @@ import inspect
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Optional
 
 from torch import nn
 
@@ -39,11 +40,11 @@ class Adapter:
 
     family: str = ""
 
-    def matches(self, module: nn.Module, parent: nn.Module) -> bool:
-        """True when ``module`` (a child of ``parent``) belongs to this family."""
+    def matches(self, module: nn.Module, parent: Optional[nn.Module]) -> bool:
+        """True when ``module`` (a child of ``parent``; None for the model itself) belongs to this family."""
         raise NotImplementedError
 
-    def to_canonical(self, module: nn.Module, parent: nn.Module) -> nn.Module:
+    def to_canonical(self, module: nn.Module, parent: Optional[nn.Module]) -> nn.Module:
         """A module computing the same function as ``module`` from the same parameters."""
         raise NotImplementedError
 

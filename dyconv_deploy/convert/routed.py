@@ -50,13 +50,17 @@ class RoutedConv2d(DynamicConvBase):
         """Experts come from the original module; nothing to initialise."""
 
     def routing(self, x: Tensor, *routing_args) -> Routing:
+        """The router's output; a router that needs arguments (timm) gets its ``probe_arguments(x)``
+        when called without them, so layout probes (``inspect``) can call ``routing(x)`` alone."""
+        if not routing_args and hasattr(self.router, "probe_arguments"):
+            routing_args = self.router.probe_arguments(x)
         return self.router(x, *routing_args)
 
     def forward(self, x: Tensor, *routing_args) -> Tensor:
         """``x [N, C, H, W]`` (plus whatever the original layer took) ``-> [N, M, Ho, Wo]``."""
         padding = same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation) if self.same_padding \
             else None
-        y = self.routed_conv(x, self.routing(x, *routing_args), padding)
+        y = self.routed_conv(x, self.router(x, *routing_args), padding)
         if self.output_bias is not None:
             y = y + self.output_bias[:, None, None]
         return y

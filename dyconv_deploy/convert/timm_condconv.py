@@ -19,8 +19,16 @@ from dyconv_deploy.nn import Routing
 class GivenRouting(nn.Module):
     """Routing passed in by the caller: ``(x, routing_weights [N, K]) -> Routing``."""
 
+    def __init__(self, num_experts: int):
+        super().__init__()
+        self.num_experts = num_experts
+
     def forward(self, x: Tensor, routing_weights: Tensor) -> Routing:
         return Routing(routing_weights)
+
+    def probe_arguments(self, x: Tensor) -> tuple[Tensor]:
+        """Stand-in routing weights ``[N, K]`` (all 0.5, sigmoid(0)) for layout probes."""
+        return (x.new_full((x.shape[0], self.num_experts), 0.5),)
 
 
 @register
@@ -34,6 +42,6 @@ class TimmCondConvAdapter(Adapter):
 
     def to_canonical(self, module: nn.Module, parent: nn.Module) -> RoutedConv2d:
         weight = module.weight.reshape(module.num_experts, *module.weight_shape)
-        return RoutedConv2d(GivenRouting(), weight, module.bias, stride=module.stride, padding=module.padding,
-                            dilation=module.dilation, groups=module.groups, same_padding=module.dynamic_padding,
-                            family=self.family)
+        return RoutedConv2d(GivenRouting(module.num_experts), weight, module.bias, stride=module.stride,
+                            padding=module.padding, dilation=module.dilation, groups=module.groups,
+                            same_padding=module.dynamic_padding, family=self.family)

@@ -1,0 +1,145 @@
+"""Layer configurations and stand-in builders shared by the convert tests.
+
+``LAYER_CASES`` covers kernel 1/3/5, stride 1/2, groups 1/depthwise, bias on/off, K 1/4 and
+batch 1/3 with few rows (each value appears with several of the others, not the full product).
+``FAMILIES`` maps an adapter family to a builder ``case -> module`` (None where the public
+implementation cannot express the case, e.g. OSVAI has no bias).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from standins import (dynet, external_attention, islanna_dyrelu, kaijieshi7, osvai_odconv, seed_dynamic_conv,
+                      seed_odconv, timm_condconv)
+from torch import nn
+
+CHANNELS = 8
+SIZE = 9
+
+
+@dataclass(frozen=True)
+class Case:
+    kernel: int
+    stride: int
+    depthwise: bool
+    bias: bool
+    k: int
+    batch: int
+
+    @property
+    def groups(self) -> int:
+        return CHANNELS if self.depthwise else 1
+
+    @property
+    def out_channels(self) -> int:
+        return CHANNELS if self.depthwise else 12
+
+    def __str__(self) -> str:
+        return (f"k{self.kernel}s{self.stride}{'dw' if self.depthwise else 'g1'}{'b' if self.bias else 'nb'}"
+                f"K{self.k}n{self.batch}")
+
+
+LAYER_CASES = [
+    Case(1, 1, False, True, 4, 3),
+    Case(3, 1, False, False, 4, 1),
+    Case(3, 2, True, True, 4, 3),
+    Case(5, 2, False, True, 1, 3),
+    Case(5, 1, True, False, 4, 1),
+    Case(1, 2, False, False, 1, 1),
+    Case(3, 1, True, True, 1, 3),
+]
+
+
+class RoutedBlock(nn.Module):
+    """A parent computing timm-style sigmoid routing and passing it to one timm ``CondConv2d``."""
+
+    def __init__(self, conv: nn.Module, in_channels: int):
+        super().__init__()
+        self.routing_fn = nn.Linear(in_channels, conv.num_experts)
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(x, torch.sigmoid(self.routing_fn(F.adaptive_avg_pool2d(x, 1).flatten(1))))
+
+
+def _timm(c: Case, padding="") -> nn.Module:
+    conv = timm_condconv.CondConv2d(CHANNELS, c.out_channels, c.kernel, c.stride, padding, groups=c.groups,
+                                    bias=c.bias, num_experts=c.k)
+    return RoutedBlock(conv, CHANNELS)
+
+
+def _osvai(c: Case):  # OSVAI's ODConv has no bias
+    return osvai_odconv.ODConv2d(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2, groups=c.groups,
+                                 kernel_num=c.k)
+
+
+def _kaijieshi7(c: Case):
+    return kaijieshi7.Dynamic_conv2d(CHANNELS, c.out_channels, c.kernel, stride=c.stride, padding=c.kernel // 2,
+                                     groups=c.groups, bias=c.bias, K=c.k, temperature=4)
+
+
+def _ea_dynamic(c: Case):
+    return external_attention.DynamicConv(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2,
+                                          grounps=c.groups, bias=c.bias, K=c.k, temprature=1)
+
+
+def _ea_cond(c: Case):
+    return external_attention.CondConv(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2, grounps=c.groups,
+                                       bias=c.bias, K=c.k)
+
+
+def _seed_dynamic(c: Case):
+    return seed_dynamic_conv.DynamicConv2D(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2,
+                                           groups=c.groups, bias=c.bias, num_experts=c.k)
+
+
+def _seed_odconv(c: Case):
+    return None if c.depthwise else seed_odconv.ODConv2D(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2,
+                                                         bias=c.bias, num_experts=c.k)
+
+
+def _dynet(c: Case):
+    return dynet.DyNetConv(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2, groups=c.groups,
+                           bias=c.bias, group_size=c.k)
+
+
+FAMILIES = {
+    "timm_condconv": _timm,
+    "osvai_odconv": _osvai,
+    "kaijieshi7_dynamic_conv": _kaijieshi7,
+    "external_attention": _ea_dynamic,
+    "external_attention(CondConv)": _ea_cond,
+    "per_sample_dynamic_conv": _seed_dynamic,
+    "per_sample_odconv": _seed_odconv,
+    "dynet": _dynet,
+}
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters (eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model.eval()
+
+
+def mixed_model() -> nn.Module:
+    """One layer of every family (a timm block: 3 CondConvs sharing a routing; both DyReLUs), 8 channels."""
+    return nn.Sequential(
+        timm_condconv.CondConvResidual(8, 8, 5, stride=2, pad_type="same", exp_ratio=1.5, num_experts=4),
+        osvai_odconv.ODConv2d(8, 8, 3, padding=1),
+        kaijieshi7.Dynamic_conv2d(8, 8, 3, padding=1, temperature=4),
+        external_attention.DynamicConv(8, 8, 1, 1),
+        external_attention.CondConv(8, 8, 3, 1, 1),
+        seed_dynamic_conv.DynamicConv2D(8, 8, 3, padding=1),
+        islanna_dyrelu.DyReLUB(8),  # its output is not contiguous: the batch-folding layers above would fail on it
+        seed_odconv.ODConv2D(8, 8, 3, padding=1),
+        dynet.DyNetConv(8, 8, 3, padding=1),
+        islanna_dyrelu.DyReLUA(8),
+    )

@@ -1,0 +1,113 @@
+"""Unknown dynamic convs are reported; user adapters load from a file or an entry point; the registry is strict."""
+
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+import torch
+from cases import randomize_norms
+from standins import kaijieshi7
+from torch import nn
+
+from dyconv_deploy.convert import Adapter, RoutedConv2d, convert_model, load_adapter
+from dyconv_deploy.convert import registry as registry_module
+from dyconv_deploy.convert.registry import Registry, builtin_adapters
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.tolerance import TOLERANCES, compare
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_adapter.py"
+ADAPTER_SPEC = f"{EXAMPLE}:ExpertMixAdapter"
+
+
+def _example_model():
+    namespace = {}
+    exec(compile(EXAMPLE.read_text(), str(EXAMPLE), "exec"), namespace)
+    torch.manual_seed(0)
+    return namespace["build"]()
+
+
+def test_unknown_dynamic_conv_is_reported_with_its_path():
+    model = _example_model()
+    converted, report = convert_model(model, torch.randn(2, 3, 8, 8))
+    assert report.converted == []
+    assert [(u.path, u.module_type) for u in report.unknown] == [("2", "ExpertMixConv"), ("4", "ExpertMixConv")]
+    with pytest.raises(DyconvError, match=r"in 2 \(ExpertMixConv\), 4 \(ExpertMixConv\).*--adapter"):
+        report.raise_for_unknown()
+
+
+def test_static_convs_and_input_scaled_activations_are_not_dynamic():
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1)))
+    _, report = convert_model(model, torch.randn(2, 3, 8, 8))
+    assert report.unknown == [] and report.converted == []
+
+
+def test_worked_example_adapter_converts_the_model():
+    model = _example_model()
+    x = torch.randn(3, 3, 8, 8)
+    converted, report = convert_model(model, x, adapters=[ADAPTER_SPEC])
+    assert [(r.path, r.family, r.num_kernels) for r in report.converted] == [("2", "expert_mix", 4),
+                                                                             ("4", "expert_mix", 4)]
+    assert report.unknown == []
+    with torch.no_grad():
+        assert compare(converted(x), model(x), TOLERANCES["fp32"]).passed
+
+
+def test_entry_point_adapters_are_used(monkeypatch):
+    point = EntryPoint("expert_mix", f"{__name__}:ExampleAdapterFromEntryPoint", registry_module.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [point] if group == point.group else [])
+    _, report = convert_model(_example_model(), torch.randn(1, 3, 8, 8))
+    assert {r.family for r in report.converted} == {"expert_mix"}
+
+
+class ExampleAdapterFromEntryPoint(Adapter):
+    """What a package would advertise under the ``dyconv_deploy.adapters`` entry-point group."""
+
+    family = "expert_mix"
+
+    def __init__(self):
+        self._inner = load_adapter(ADAPTER_SPEC)
+
+    def matches(self, module, parent):
+        return self._inner.matches(module, parent)
+
+    def to_canonical(self, module, parent):
+        return self._inner.to_canonical(module, parent)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_colon.py", "expected FILE.py:ClassName"),
+    ("missing.py:Adapter", "no such file"),
+    (f"{EXAMPLE}:ExpertMixAdaptor", "did you mean ExpertMixAdapter"),
+    (f"{EXAMPLE}:build", "is not an adapter"),
+])
+def test_load_adapter_errors_are_one_line(spec, message):
+    with pytest.raises(DyconvError, match=message):
+        load_adapter(spec)
+
+
+def test_registry_rejects_a_duplicate_family():
+    registry = Registry()
+    registry.register(type("First", (Adapter,), {"family": "mine"}))
+    with pytest.raises(DyconvError, match="'mine' is registered twice"):
+        registry.register(type("Second", (Adapter,), {"family": "mine"}))
+    assert "timm_condconv" in builtin_adapters().families()
+
+
+class WrongAdapter(Adapter):
+    """Claims kaijieshi7's layer but forgets its bias."""
+
+    family = "wrong"
+
+    def matches(self, module, parent):
+        return type(module).__name__ == "Dynamic_conv2d"
+
+    def to_canonical(self, module, parent):
+        from dyconv_deploy.convert.folded_attention import AttentionRouting
+        return RoutedConv2d(AttentionRouting(module.attention), module.weight, None, padding=module.padding)
+
+
+def test_a_wrong_canonical_layer_stops_conversion_naming_the_module():
+    model = nn.Sequential(nn.Identity(), kaijieshi7.Dynamic_conv2d(4, 4, 3, padding=1, temperature=4))
+    torch.nn.init.normal_(model[1].bias)
+    with pytest.raises(DyconvError, match=r"convert: 1 \(Dynamic_conv2d, family wrong\) does not match"):
+        convert_model(model, torch.randn(2, 4, 6, 6), adapters=[WrongAdapter()])

@@ -1,0 +1,56 @@
+"""Converted foreign models export with a dynamic batch, lower with every strategy and verify at batch 1 and 3."""
+
+import pytest
+import torch
+from cases import CHANNELS, SIZE, mixed_model, randomize_norms
+
+from dyconv_deploy.convert import convert_model
+from dyconv_deploy.export import contract_nodes, export_onnx
+from dyconv_deploy.export.verify import verify_onnx
+from dyconv_deploy.lower import STRATEGIES, lower
+from dyconv_deploy.nn import DynamicConvBase
+from dyconv_deploy.tolerance import TOLERANCES
+
+SHAPE = (2, CHANNELS, SIZE, SIZE)
+EQUIVALENT = [s for s in STRATEGIES if s != "static"]  # static drops the attention: a latency baseline only
+
+
+@pytest.fixture(scope="module")
+def exported():
+    torch.manual_seed(0)
+    model = randomize_norms(mixed_model())
+    converted, report = convert_model(model, torch.randn(*SHAPE))
+    report.raise_for_unknown()
+    return model, converted, export_onnx(converted, torch.randn(*SHAPE))
+
+
+def test_one_contract_node_per_converted_dynamic_conv(exported):
+    _, converted, proto = exported
+    dynamic = [m for m in converted.modules() if isinstance(m, DynamicConvBase)]
+    assert len(contract_nodes(proto)) == len(dynamic) == 10
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("strategy", EQUIVALENT)
+def test_every_strategy_matches_the_original_model(exported, strategy, batch):
+    model, _, proto = exported
+    lowered = lower(proto, strategy, static_batch=batch if strategy == "grouped" else None)
+    for comparison in verify_onnx(model, lowered, SHAPE, [batch], TOLERANCES["fp32"]):
+        assert comparison.passed, str(comparison)
+
+
+def test_static_baseline_lowers(exported):
+    assert contract_nodes(lower(exported[2], "static")) == []
+
+
+def test_timm_efficientnet_cc_converts_and_exports():
+    timm = pytest.importorskip("timm", reason="timm not installed: the stand-ins cover its CondConv in CI")
+    model = timm.create_model("efficientnet_cc_b0_4e", pretrained=False).eval()
+    shape = (2, 3, 64, 64)
+    converted, report = convert_model(model, torch.randn(*shape))
+    assert report.unknown == [] and {r.family for r in report.converted} == {"timm_condconv"}
+    proto = export_onnx(converted, torch.randn(*shape))
+    assert len(contract_nodes(proto)) == len(report.converted)
+    for comparison in verify_onnx(model, lower(proto, "plugin"), shape, [1, 3], TOLERANCES["fp32"]):
+        assert comparison.passed, str(comparison)
