@@ -4,7 +4,7 @@ A command declares ``model: ModelArgument`` or ``input_shape: InputShapeOption =
 and gets the same flag name, help text and parsing everywhere.
 """
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,7 +14,20 @@ DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
 ModelArgument = Annotated[str, typer.Argument(
     metavar="MODEL", show_default=False,
-    help="sample:NAME, path/to/file.py:factory or pkg.module:factory (the factory returns an nn.Module).")]
+    help="sample:NAME, path/to/file.py:factory or pkg.module:factory (the factory returns an nn.Module), "
+         "or a checkpoint: model.pt2 (torch.export), weights.pt/.pth/.ckpt (state_dict, with --arch).")]
+
+ArchOption = Annotated[Optional[str], typer.Option(
+    "--arch", show_default=False,
+    help="For a state_dict checkpoint: the model spec that builds its network (file.py:factory, sample:NAME).")]
+
+TrustPickleOption = Annotated[bool, typer.Option(
+    "--trust-pickle",
+    help="Allow checkpoints that run code when loaded (a whole pickled module, TorchScript). Only for trusted "
+         "files.")]
+
+AtolOption = Annotated[float, typer.Option("--atol", help="Absolute tolerance of the comparison.")]
+RtolOption = Annotated[float, typer.Option("--rtol", help="Relative tolerance of the comparison.")]
 
 InputShapeOption = Annotated[str, typer.Option(
     "--input-shape",

@@ -1,5 +1,21 @@
-"""Export stage: canonical model -> ONNX with one ``dyconv::DynamicConv2d`` node per dynamic conv, and its check."""
+"""Export stage: canonical model -> ONNX with one ``dyconv::DynamicConv2d`` node per dynamic conv, and its check.
 
-from dyconv_deploy.export.onnx_export import EXPORTERS, ExportError, check_model, contract_nodes, export_onnx
+``export_onnx`` (:mod:`.onnx_export`), ``verify_onnx`` (:mod:`.verify`) and the ``export`` /
+``verify`` pipelines (:mod:`.pipeline`). Names are imported on first use, so the CLI can
+read :mod:`.settings` without importing torch.
+"""
 
-__all__ = ["EXPORTERS", "ExportError", "check_model", "contract_nodes", "export_onnx"]
+from importlib import import_module
+
+_API = {
+    "EXPORTERS": "onnx_export", "ExportError": "onnx_export", "check_model": "onnx_export",
+    "contract_nodes": "onnx_export", "export_onnx": "onnx_export",
+    "verify_onnx": "verify", "export_model": "pipeline", "verify_model": "pipeline",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_API[name]}"), name)

@@ -23,17 +23,26 @@ from torch import Tensor, nn
 from dyconv_deploy import __version__
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
+from dyconv_deploy.export.settings import DEFAULT_OPSET, EXPORTER_OPSETS
 from dyconv_deploy.export.translation import register_torchscript_symbolic, translation_table
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE, OP_VERSION
 from dyconv_deploy.ops.onnx_schema import register_schema
 
+# torch logs a warning per torchvision op it cannot register, onnxscript an INFO line per optimiser pass.
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
-DEFAULT_OPSET = 18
 
 
 class ExportError(DyconvError):
-    """A step of :func:`export_onnx` failed; the message names the step and what to try next."""
+    """A step of :func:`export_onnx` failed; the message names the step and what to try next.
+
+    ``step`` is the step's label (e.g. ``"dynamo capture"``, ``"check"``).
+    """
+
+    def __init__(self, message: str, step: str):
+        super().__init__(message)
+        self.step = step
 
 
 class ExportRequest(NamedTuple):
@@ -65,13 +74,30 @@ def _dynamo_capture(model: nn.Module, request: ExportRequest) -> torch.export.Ex
 
 
 def _dynamo_translate(program: torch.export.ExportedProgram, request: ExportRequest) -> onnx.ModelProto:
-    # torch logs a warning per torchvision op it cannot register; none of them matters here
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=translation_table(),
-                                     dynamic_shapes=({0: BATCH_DIM},) if request.dynamic_batch else None,
-                                     input_names=[INPUT_NAME], output_names=request.output_names,
-                                     opset_version=request.opset, verbose=False)
+    with _quiet_exporter():
+        onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=translation_table(),
+                                         dynamic_shapes=({0: BATCH_DIM},) if request.dynamic_batch else None,
+                                         input_names=[INPUT_NAME], output_names=request.output_names,
+                                         opset_version=request.opset, verbose=False)
     return onnx_program.model_proto
+
+
+@contextmanager
+def _quiet_exporter():
+    """Hide the exporters' log lines and deprecation warnings, unless ``-v`` asked for debug output."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    verbose = logging.getLogger("dyconv_deploy").isEnabledFor(logging.DEBUG)
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET if verbose else logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _torchscript_export(model: nn.Module, request: ExportRequest) -> onnx.ModelProto:
@@ -79,8 +105,7 @@ def _torchscript_export(model: nn.Module, request: ExportRequest) -> onnx.ModelP
     axes = ({name: {0: BATCH_DIM} for name in [INPUT_NAME, *request.output_names]}
             if request.dynamic_batch else None)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated since torch 2.9, still working in 2.13
+    with _quiet_exporter():  # the TorchScript exporter is deprecated since torch 2.9, still working in 2.13
         torch.onnx.export(model, (request.example_input,), buffer, dynamo=False, input_names=[INPUT_NAME],
                           output_names=request.output_names, opset_version=request.opset, dynamic_axes=axes,
                           custom_opsets={DOMAIN: OP_VERSION})
@@ -90,12 +115,12 @@ def _torchscript_export(model: nn.Module, request: ExportRequest) -> onnx.ModelP
 _TRACEABLE = ("make forward() traceable (no Python branching on tensor values or on the batch size), "
               "or try --exporter torchscript.")
 EXPORTERS = {e.name: e for e in (
-    Exporter("dynamo", 18, 23, (
+    Exporter("dynamo", *EXPORTER_OPSETS["dynamo"], (
         ("dynamo capture", _dynamo_capture, _TRACEABLE),
         ("dynamo translate", _dynamo_translate, "run with -v for the exporter's traceback, or try "
                                                 "--exporter torchscript."),
     )),
-    Exporter("torchscript", 17, 20, (
+    Exporter("torchscript", *EXPORTER_OPSETS["torchscript"], (
         ("torchscript trace and translate", _torchscript_export, "run with -v for the exporter's traceback, or "
                                                                  "try --exporter dynamo."),
     )),
@@ -173,7 +198,8 @@ def _step(index: int, total: int, label: str, advice: str):
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         summary = lines[0][:300] if lines else type(exc).__name__
-        raise ExportError(f"export step {index}/{total} ({label}) failed: {summary} Next: {advice}") from exc
+        raise ExportError(f"export step {index}/{total} ({label}) failed: {summary} Next: {advice}",
+                          label) from exc
 
 
 def _exporter(name: str, opset: int) -> Exporter:

@@ -1,0 +1,205 @@
+"""The ``export`` and ``verify`` commands as library functions.
+
+``export_model``: load -> convert -> export -> checker -> lower -> write -> verify, printing
+a stage checklist; ``verify_model``: an existing ONNX file against its PyTorch model.
+Both raise :class:`~dyconv_deploy.errors.VerificationError` (exit 1) when an output is
+over tolerance, after printing the error table.
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import onnx
+import torch
+from rich.console import Console
+from torch import nn
+
+from dyconv_deploy.errors import DyconvError, VerificationError
+from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
+from dyconv_deploy.export.onnx_export import ExportError, check_model, contract_nodes, export_onnx
+from dyconv_deploy.export.report import Checklist, comparison_table
+from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, STRATEGIES
+from dyconv_deploy.export.verify import backend_for, verify_onnx
+from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance
+
+EXPORT_STAGES = ("load", "convert", "export", "checker", "lower", "write", "verify")
+VERIFY_STAGES = ("load", "checker", "verify")
+
+
+@dataclass
+class ExportResult:
+    """The written model and the verification results (empty when verification was skipped)."""
+
+    path: Path
+    model: onnx.ModelProto
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int], *, dynamic_batch: bool = True,
+                 strategy: str = "plugin", exporter: str = "dynamo", opset: int = DEFAULT_OPSET,
+                 arch: Optional[str] = None, trust_pickle: bool = False, verify: bool = True,
+                 batches: Sequence[int] = DEFAULT_BATCHES, tolerance: Tolerance = TOLERANCES["fp32"],
+                 console: Optional[Console] = None) -> ExportResult:
+    """Export MODEL ``spec`` to ``output`` with ``strategy`` and verify it against PyTorch.
+
+    Args:
+        input_shape: ``[N, C, H, W]``; N is the example batch and, with ``dynamic_batch=False``,
+            the graph's fixed batch.
+        batches: batch sizes verified for a dynamic batch (a static graph is verified at N).
+    Raises:
+        DyconvError: a stage failed (the checklist names it); VerificationError: over tolerance.
+    """
+    if strategy not in STRATEGIES:
+        raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    console = console or Console()
+    checklist = Checklist(EXPORT_STAGES)
+    try:
+        return _export(spec, Path(output), tuple(input_shape), dynamic_batch, strategy, exporter, opset, arch,
+                       trust_pickle, verify, batches, tolerance, console, checklist)
+    finally:
+        console.print(checklist.table(f"export {spec} -> {output}"))
+
+
+def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch, trust_pickle, verify, batches,
+            tolerance, console, checklist) -> ExportResult:
+    from dyconv_deploy.io import load_model
+
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with checklist.stage("load") as row:
+        source = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+        row.detail = type(source).__name__
+    with checklist.stage("convert") as row:
+        model, row.detail = _convert(source, example)
+    check_error = None
+    with checklist.stage("export") as row:
+        try:
+            proto = export_onnx(model, example, None, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch)
+        except ExportError as exc:
+            if exc.step != "check":
+                raise
+            check_error = exc  # the export itself worked: the failure belongs to the checker row
+        row.detail = f"{exporter}, opset {opset}, batch {'dynamic' if dynamic_batch else shape[0]}"
+    with checklist.stage("checker") as row:
+        if check_error is not None:
+            raise check_error
+        row.detail = (f"full check and strict shape inference passed; {len(contract_nodes(proto))} "
+                      "dyconv::DynamicConv2d node(s)")
+    with checklist.stage("lower") as row:
+        proto, row.detail = _lower(proto, strategy, None if dynamic_batch else shape[0])
+    stamp(proto, strategy=strategy, source_sha256=state_dict_sha256(source))
+    with checklist.stage("write") as row:
+        save_atomic(proto, output)
+        row.detail = f"{output} ({output.stat().st_size / 1e6:.2f} MB)"
+    result = ExportResult(output, proto)
+    if not verify:
+        checklist.skip("verify", "skipped (--no-verify)")
+    elif strategy == "static":
+        checklist.skip("verify", "skipped: the static baseline drops the attention branch, so it is not "
+                                 "numerically equivalent")
+    else:
+        result.comparisons = _verify(checklist, console, source, proto, shape,
+                                     batches if dynamic_batch else [shape[0]], tolerance)
+    return result
+
+
+def verify_model(spec: str, onnx_path: str | os.PathLike, *, batches: Sequence[int] = DEFAULT_BATCHES,
+                 tolerance: Tolerance = TOLERANCES["fp32"], arch: Optional[str] = None, trust_pickle: bool = False,
+                 console: Optional[Console] = None) -> list[Comparison]:
+    """Check ONNX file ``onnx_path`` against MODEL ``spec``; its input shape comes from the graph.
+
+    A graph with a dynamic batch is run at each of ``batches``, a static one at its own batch.
+    """
+    from dyconv_deploy.io import load_model
+
+    console = console or Console()
+    checklist = Checklist(VERIFY_STAGES)
+    try:
+        with checklist.stage("load") as row:
+            model = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+            proto = _load_onnx(onnx_path)
+            row.detail = f"{type(model).__name__} and {onnx_path}"
+        with checklist.stage("checker") as row:
+            check_model(proto)
+            row.detail = "onnx.checker full check and strict shape inference passed"
+        shape, dynamic = _graph_input_shape(proto)
+        return _verify(checklist, console, model, proto, shape, batches if dynamic else [shape[0]], tolerance)
+    finally:
+        console.print(checklist.table(f"verify {spec} against {onnx_path}"))
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``"1,4"`` -> ``(1, 4)``; anything else is a one-line :class:`DyconvError`."""
+    try:
+        batches = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise DyconvError(f"bad batch list {text!r}: expected positive integers joined by ',', e.g. 1,4")
+    return batches
+
+
+def _convert(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
+    try:
+        from dyconv_deploy.convert import convert_model
+    except ImportError:
+        return model, "converter not available in this install; model used as is"
+    converted, report = convert_model(model, example)
+    report.raise_for_unknown()
+    if not report.converted:
+        return converted, "already canonical (no foreign dynamic convs)"
+    return converted, f"{len(report.converted)} module(s) replaced by canonical layers"
+
+
+def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -> tuple[onnx.ModelProto, str]:
+    try:
+        from dyconv_deploy.lower import lower
+    except ImportError:
+        if strategy != "plugin":
+            raise DyconvError(f"strategy {strategy!r} needs dyconv_deploy.lower.lower, which this install "
+                              "lacks; use --strategy plugin") from None
+        return proto, "lowering passes not available; raw contract graph kept"
+    lowered = lower(proto, strategy, static_batch=static_batch)
+    nodes = len(contract_nodes(lowered))
+    return lowered, f"{strategy}: {len(lowered.graph.node)} nodes, {nodes} dyconv::DynamicConv2d"
+
+
+def _verify(checklist: Checklist, console: Console, model: nn.Module, proto: onnx.ModelProto,
+            shape: Sequence[int], batches: Sequence[int], tolerance: Tolerance) -> list[Comparison]:
+    backend = backend_for(proto)
+    with checklist.stage("verify") as row:
+        comparisons = verify_onnx(model, proto, shape, batches, tolerance, backend=backend)
+        console.print(comparison_table(comparisons, backend))
+        failed = [c.name for c in comparisons if not c.passed]
+        row.detail = (f"{backend}, batch {','.join(map(str, batches))}: "
+                      f"{len(comparisons) - len(failed)}/{len(comparisons)} within atol={tolerance.atol:g} "
+                      f"rtol={tolerance.rtol:g}")
+        if failed:
+            worst = max(comparisons, key=lambda c: c.required_atol)
+            raise VerificationError(f"{', '.join(failed)} over tolerance (worst {worst.name}: max abs error "
+                                    f"{worst.max_abs:.3g}; smallest passing atol {worst.required_atol:.3g})")
+    return comparisons
+
+
+def _load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    if not Path(path).is_file():
+        raise DyconvError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(os.fspath(path))
+    except Exception as exc:
+        raise DyconvError(f"cannot read {path} as ONNX: {exc}") from exc
+
+
+def _graph_input_shape(proto: onnx.ModelProto) -> tuple[tuple[int, ...], bool]:
+    """``([N, C, H, W], batch is dynamic)`` of the graph's single input (N = 1 when dynamic)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise DyconvError(f"verify handles graphs with one input; this one has {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
+        raise DyconvError(f"input '{inputs[0].name}' needs fixed sizes except the batch; re-export with a fixed "
+                          "--input-shape")
+    dynamic = not dims[0].HasField("dim_value")
+    return (1 if dynamic else dims[0].dim_value, *(d.dim_value for d in dims[1:])), dynamic

@@ -1,0 +1,7 @@
+"""Choices and defaults of the export stage, importable without torch (the CLI shows them in --help)."""
+
+STRATEGIES = ("plugin", "experts", "grouped", "static")
+# Exporter -> (lowest, highest) opset of the default ONNX domain it emits (torch 2.13).
+EXPORTER_OPSETS = {"dynamo": (18, 23), "torchscript": (17, 20)}
+DEFAULT_OPSET = 18
+DEFAULT_BATCHES = (1, 4)
