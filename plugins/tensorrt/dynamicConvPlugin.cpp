@@ -160,7 +160,8 @@ DynamicConv2dPlugin::DynamicConv2dPlugin(ConvAttributes const& attributes)
 
 DynamicConv2dPlugin::DynamicConv2dPlugin(DynamicConv2dPlugin const& other)
     : mAttributes(other.mAttributes)
-    , mNbInputs(other.mNbInputs)
+    , mHasBias(other.mHasBias)
+    , mHasSpatial(other.mHasSpatial)
 {
     bindFields();
 }
@@ -180,6 +181,21 @@ void DynamicConv2dPlugin::bindFields()
         + std::to_string(a.pads[0]) + "," + std::to_string(a.pads[1]) + "," + std::to_string(a.pads[2]) + ","
         + std::to_string(a.pads[3]) + "_d" + std::to_string(a.dilations[0]) + "x" + std::to_string(a.dilations[1])
         + "_g" + std::to_string(a.group);
+}
+
+void DynamicConv2dPlugin::setOptionalInputs(int32_t nbInputs, Dims const* dims[])
+{
+    bool present[kMaxInputs]{};
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        present[i] = i < kMinInputs || dims[i]->nbDims > 0;
+        if (present[i])
+        {
+            checkRank(i, dims[i]->nbDims);
+        }
+    }
+    mHasBias = present[3];
+    mHasSpatial = present[4];
 }
 
 IPluginCapability* DynamicConv2dPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -232,10 +248,12 @@ int32_t DynamicConv2dPlugin::configurePlugin(
     try
     {
         checkInputs(nbInputs, nbOutputs);
+        Dims const* dims[kMaxInputs]{};
         for (int32_t i = 0; i < nbInputs; ++i)
         {
-            checkRank(i, in[i].desc.dims.nbDims);
+            dims[i] = &in[i].desc.dims;
         }
+        setOptionalInputs(nbInputs, dims);
         int64_t const channels = in[0].desc.dims.d[1];
         int64_t const groupChannels = in[2].desc.dims.d[2];
         if (channels >= 0 && groupChannels >= 0 && channels != groupChannels * mAttributes.group)
@@ -243,7 +261,6 @@ int32_t DynamicConv2dPlugin::configurePlugin(
             throw std::invalid_argument("X has " + std::to_string(channels) + " channels but W expects "
                 + std::to_string(groupChannels) + " per group x " + std::to_string(mAttributes.group) + " groups");
         }
-        mNbInputs = nbInputs;
         return 0;
     }
     catch (std::exception const& e)
@@ -298,6 +315,10 @@ bool DynamicConv2dPlugin::supportsFormatCombination(
         return false;
     }
     PluginTensorDesc const& desc = inOut[pos].desc;
+    if (pos >= kMinInputs && pos < nbInputs && desc.dims.nbDims <= 0)
+    {
+        return true; // an absent optional input: nothing is read from it
+    }
     if (desc.format != TensorFormat::kLINEAR)
     {
         return false;
@@ -331,11 +352,16 @@ int32_t DynamicConv2dPlugin::onShapeChange(
     try
     {
         checkInputs(nbInputs, nbOutputs);
+        Dims const* dims[kMaxInputs]{};
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            dims[i] = &in[i].dims;
+        }
+        setOptionalInputs(nbInputs, dims);
         if (validate(convShape(mAttributes, in[0].dims, in[1].dims, in[2].dims)) != cudaSuccess)
         {
             throw std::invalid_argument("inconsistent input shapes for the convolution attributes");
         }
-        mNbInputs = nbInputs;
         return 0;
     }
     catch (std::exception const& e)
@@ -349,8 +375,8 @@ int32_t DynamicConv2dPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
     void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
 {
     ConvShape const shape = convShape(mAttributes, inputDesc[0].dims, inputDesc[1].dims, inputDesc[2].dims);
-    ConvTensors const tensors{inputs[0], inputs[1], inputs[2], mNbInputs > 3 ? inputs[3] : nullptr,
-        mNbInputs > 4 ? inputs[4] : nullptr, outputs[0]};
+    ConvTensors const tensors{inputs[0], inputs[1], inputs[2], mHasBias ? inputs[3] : nullptr,
+        mHasSpatial ? inputs[4] : nullptr, outputs[0]};
     DType const dtype = inputDesc[0].type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32;
     cudaError_t const status
         = dynamic_conv2d(shape, dtype, tensors, workspace, workspace_size(shape), stream);

@@ -19,7 +19,8 @@ struct ConvAttributes
     int32_t group{1};
 };
 
-//! Inputs X, A, W, then optionally B and S (3, 4 or 5 inputs); one output Y. fp32 or fp16, linear NCHW.
+//! Inputs X, A, W, then optionally B and S (3, 4 or 5 inputs; an input of rank 0 or a null pointer counts as
+//! absent); one output Y. fp32 or fp16, linear NCHW.
 class DynamicConv2dPlugin : public nvinfer1::IPluginV3,
                             public nvinfer1::IPluginV3OneCore,
                             public nvinfer1::IPluginV3OneBuild,
@@ -65,9 +66,11 @@ public:
 
 private:
     void bindFields();
+    void setOptionalInputs(int32_t nbInputs, nvinfer1::Dims const* dims[]);
 
     ConvAttributes mAttributes;
-    int32_t mNbInputs{0};
+    bool mHasBias{false};
+    bool mHasSpatial{false};
     std::string mTimingCacheId;
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};

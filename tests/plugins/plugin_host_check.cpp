@@ -139,6 +139,11 @@ int main(int argc, char** argv)
     check(build->getOutputDataTypes(&outputType, 1, inputTypes, 3) == 0 && outputType == DataType::kHALF,
         "output type follows X");
     check(build->configurePlugin(io.data(), 4, &io[4], 1) == 0, "configurePlugin with X, A, W, B");
+    std::vector<DynamicPluginTensorDesc> odconv{io[0], io[1], io[2], tensorDesc({}, DataType::kFLOAT),
+        tensorDesc({8, 3, 3}, DataType::kFLOAT)};
+    check(build->configurePlugin(odconv.data(), 5, &io[4], 1) == 0, "configurePlugin with S and an empty B");
+    odconv[3].desc.type = DataType::kINT32;
+    check(build->supportsFormatCombination(3, odconv.data(), 5, 1), "an empty B accepts any format");
     std::cout << "(the two rejections below log one plugin error each)" << std::endl;
     check(build->configurePlugin(io.data(), 2, &io[4], 1) != 0, "configurePlugin rejects 2 inputs");
     // Ho = (32 + 1 - 2 - 1) / 2 + 1 = 16, Wo = 32 + 1 - 4 - 1 + 1 = 29 -> 464 pixels: aggregated path.

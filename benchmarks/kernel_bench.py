@@ -1,0 +1,216 @@
+"""Dynamic-conv kernels vs cuDNN, per distinct dynamic layer shape of DY-MobileNetV2 and DY-ResNet-18.
+
+For every distinct ``DynamicConv2d`` shape of the two samples (224x224 input) at batch 1, 32
+and 256, one run times side by side, with CUDA events (median of ``--iters``):
+
+* ``ours``: ``plugins/kernels`` through the torch extension (the per-shape heuristic's path);
+* ``cudnn-static``: ``F.conv2d`` with one static kernel of the same shape (the lower bound a
+  dynamic conv is compared against; cuDNN may use TF32 tensor cores in fp32, see the header);
+* ``grouped``: the batch-folded grouped conv in PyTorch (einsum aggregation + one conv with
+  ``groups * N``), i.e. :func:`dyconv_deploy.ops.reference.dynamic_conv2d_reference`.
+
+It also checks ``ours`` against the per-sample reference at batch 1 (max abs error column).
+Writes ``benchmarks/results/kernel_bench_<gpu>_<dtype>.md`` and ``.json`` atomically.
+
+    python benchmarks/kernel_bench.py                 # fp32, batches 1 32 256
+    python benchmarks/kernel_bench.py --dtype fp16 --iters 50
+    python benchmarks/kernel_bench.py --list          # the layer shapes only (CPU is enough)
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dyconv_deploy.nn.base import DynamicConvBase
+from dyconv_deploy.ops.reference import dynamic_conv2d_reference, pad_input, per_sample_dynamic_conv2d
+from dyconv_deploy.samples import create_sample, default_input_shape
+from dyconv_deploy.tolerance import TOLERANCES, compare
+
+SAMPLES = ("dy_mobilenetv2", "dy_resnet18")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One distinct dynamic conv: input ``[c, h, w]``, ``m`` outputs, ``experts`` kernels."""
+
+    c: int
+    h: int
+    w: int
+    m: int
+    experts: int
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    bias: bool
+
+    @property
+    def label(self) -> str:
+        kind = "dw" if self.groups == self.c and self.groups > 1 else f"g{self.groups}" if self.groups > 1 else ""
+        return (f"{self.c}x{self.h}x{self.w} -> {self.m} k{self.kernel[0]}x{self.kernel[1]} "
+                f"s{self.stride[0]}{' ' + kind if kind else ''}")
+
+
+def dynamic_layer_shapes(sample: str) -> dict[LayerShape, list[str]]:
+    """Distinct dynamic conv shapes of ``sample`` -> the module paths that have them (one CPU forward)."""
+    model = create_sample(sample).eval()
+    shapes: dict[LayerShape, list[str]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicConvBase):
+            def record(mod, inputs, _output, name=name):
+                _, c, h, w = inputs[0].shape
+                shape = LayerShape(c, h, w, mod.out_channels, mod.num_kernels, mod.kernel_size, mod.stride,
+                                   mod.padding, mod.dilation, mod.groups, mod.bias is not None)
+                shapes.setdefault(shape, []).append(name)
+            hooks.append(module.register_forward_hook(record))
+    with torch.no_grad():
+        model(torch.zeros(default_input_shape(sample)))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def operands(shape: LayerShape, batch: int, dtype: torch.dtype) -> dict:
+    """Random CUDA operands of the contract for ``batch`` samples."""
+    g = torch.Generator(device="cuda").manual_seed(batch)
+
+    def randn(*dims):
+        return torch.randn(*dims, generator=g, device="cuda")
+
+    return {
+        "x": randn(batch, shape.c, shape.h, shape.w).to(dtype),
+        "attention": torch.softmax(randn(batch, shape.experts), dim=1).to(dtype),
+        "weight": (randn(shape.experts, shape.m, shape.c // shape.groups, *shape.kernel) * 0.1).to(dtype),
+        "bias": randn(shape.experts, shape.m).to(dtype) if shape.bias else None,
+    }
+
+
+def median_ms(fn, iters: int, warmup: int = 5) -> float:
+    """Median wall time of ``fn()`` on the current stream, in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, iters: int) -> dict:
+    """Median times (ms) of ours, cuDNN static and the grouped conv for one shape and batch."""
+    ops = operands(shape, batch, dtype)
+    conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
+    x_static, static_padding = pad_input(ops["x"], shape.padding)
+    static_weight = ops["weight"][0].contiguous()
+    static_bias = None if ops["bias"] is None else ops["bias"][0].contiguous()
+    with torch.no_grad():
+        timings = {
+            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv), iters),
+            "cudnn_static": median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride,
+                                                       static_padding, shape.dilation, shape.groups), iters),
+            "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv), iters),
+        }
+    algo = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
+    return {"batch": batch, "algo": algo, **{f"{k}_ms": v for k, v in timings.items()}}
+
+
+def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, precision: str) -> float:
+    """Max abs error of ours against the per-sample reference at batch 1 (raises when out of tolerance)."""
+    ops = operands(shape, 1, dtype)
+    conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
+    with torch.no_grad():
+        y = cuda_ops.dynamic_conv2d_cuda(**ops, **conv)
+        expected = per_sample_dynamic_conv2d(**{k: None if v is None else v.double() for k, v in ops.items()},
+                                             **conv)
+    result = compare(y, expected, TOLERANCES[precision], name=shape.label)
+    if not result.passed:
+        raise SystemExit(f"kernel mismatch: {result}")
+    return result.max_abs
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| sample | layer (C x H x W -> M) | uses | batch | path | ours ms | cuDNN static ms | grouped ms "
+             "| ours / cuDNN | ours / grouped | max abs err (b=1) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sample']} | {r['layer']} | {r['uses']} | {r['batch']} | {r['algo']} "
+                     f"| {r['ours_ms']:.4f} | {r['cudnn_static_ms']:.4f} | {r['grouped_ms']:.4f} "
+                     f"| {r['ours_ms'] / r['cudnn_static_ms']:.2f} | {r['ours_ms'] / r['grouped_ms']:.2f} "
+                     f"| {r['max_abs_err']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--iters", type=int, default=30, help="timed runs per measurement (median)")
+    parser.add_argument("--list", action="store_true", help="print the distinct layer shapes and exit")
+    args = parser.parse_args(argv)
+
+    layers = {sample: dynamic_layer_shapes(sample) for sample in SAMPLES}
+    if args.list:
+        for sample, shapes in layers.items():
+            print(f"{sample}: {len(shapes)} distinct dynamic layer shapes")
+            for shape, names in shapes.items():
+                print(f"  {shape.label:<34} x{len(names)}  e.g. {names[0]}")
+        return 0
+    if not torch.cuda.is_available():
+        print("kernel_bench: no CUDA device (the benchmark times GPU kernels; --list works on a CPU)",
+              file=sys.stderr)
+        return 2
+
+    from dyconv_deploy.ops import cuda as cuda_ops
+
+    cuda_ops.enable_cuda_kernels()
+    torch.backends.cudnn.benchmark = True
+    dtype = DTYPES[args.dtype]
+    rows = []
+    for sample, shapes in layers.items():
+        for shape, names in shapes.items():
+            error = check_shape(cuda_ops, shape, dtype, args.dtype)
+            for batch in args.batches:
+                row = bench_shape(cuda_ops, shape, batch, dtype, args.iters)
+                rows.append({"sample": sample, "layer": shape.label, "uses": len(names), "max_abs_err": error,
+                             "shape": asdict(shape), **row})
+                print(f"{sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<16} ours {row['ours_ms']:.4f} ms"
+                      f"  cuDNN {row['cudnn_static_ms']:.4f} ms  grouped {row['grouped_ms']:.4f} ms", flush=True)
+
+    gpu = torch.cuda.get_device_name()
+    header = (f"# Dynamic conv kernels vs cuDNN ({gpu}, {args.dtype}, torch {torch.__version__}, "
+              f"CUDA {torch.version.cuda}, median of {args.iters} runs)\n\n"
+              f"Generated by `python benchmarks/kernel_bench.py --dtype {args.dtype}`. cuDNN TF32 allowed: "
+              f"{torch.backends.cudnn.allow_tf32}. Ratios < 1 mean ours is faster.")
+    stem = RESULTS / f"kernel_bench_{gpu.replace(' ', '_')}_{args.dtype}"
+    atomic_write(stem.with_suffix(".md"), markdown(rows, header))
+    atomic_write(stem.with_suffix(".json"), json.dumps({"gpu": gpu, "dtype": args.dtype, "rows": rows}, indent=1))
+    print(f"wrote {stem}.md and {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
