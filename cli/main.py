@@ -18,6 +18,8 @@ from dyconv_deploy.errors import DyconvError
 # imports its heavy dependencies lazily inside the function.
 _COMMANDS = [
     ("inspect", "dyconv_deploy.cli.inspect:inspect_command"),
+    ("export", "dyconv_deploy.cli.export:export_command"),
+    ("verify", "dyconv_deploy.cli.verify:verify_command"),
     ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
     ("build-engine", "dyconv_deploy.cli.build_engine:build_engine_command"),
     ("triton-repo", "dyconv_deploy.cli.triton_repo:triton_repo_command"),
