@@ -1,10 +1,11 @@
 // Host-side check of libdyconv_trt_plugin.so without TensorRT or a GPU: loads the library with dlopen and
-// drives the creator and plugin through the IPluginV3 interfaces (everything except getOutputShapes, which
-// needs TensorRT's expression builder, and enqueue, which needs a device).
+// drives the creator and plugin through the IPluginV3 interfaces (everything but enqueue, which needs a device;
+// getOutputShapes runs against a constant-folding stand-in for TensorRT's expression builder).
 // Usage: plugin_host_check <path/to/libdyconv_trt_plugin.so>; prints one line per check, exit 1 on failure.
 #include "NvInferRuntime.h"
 
 #include <cstring>
+#include <deque>
 #include <dlfcn.h>
 #include <iostream>
 #include <string>
@@ -35,6 +36,69 @@ DynamicPluginTensorDesc tensorDesc(std::vector<int64_t> const& dims, DataType ty
     d.min = d.opt = d.max = d.desc.dims;
     return d;
 }
+
+// Constant shape expressions: what getOutputShapes sees for fully known input shapes.
+class ConstantExpr : public IDimensionExpr
+{
+    struct Impl : apiv::VDimensionExpr
+    {
+        int64_t value;
+        bool isConstant() const override { return true; }
+        int64_t getConstantValue() const override { return value; }
+        bool isSizeTensor() const override { return false; }
+    } mValue;
+
+public:
+    explicit ConstantExpr(int64_t value)
+    {
+        mValue.value = value;
+        mImpl = &mValue;
+    }
+};
+
+class FoldingExprBuilder : public IExprBuilder
+{
+    struct Impl : apiv::VExprBuilder
+    {
+        std::deque<ConstantExpr> exprs;
+
+        IDimensionExpr const* constant(int64_t value) override { return &exprs.emplace_back(value); }
+        IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
+        {
+            int64_t const x = a.getConstantValue();
+            int64_t const y = b.getConstantValue();
+            switch (op)
+            {
+            case DimensionOperation::kSUM: return constant(x + y);
+            case DimensionOperation::kPROD: return constant(x * y);
+            case DimensionOperation::kSUB: return constant(x - y);
+            case DimensionOperation::kFLOOR_DIV: return constant(x >= 0 ? x / y : -((-x + y - 1) / y));
+            default: return nullptr;
+            }
+        }
+        IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
+        {
+            return nullptr;
+        }
+    } mBuilder;
+
+public:
+    FoldingExprBuilder()
+    {
+        mImpl = &mBuilder;
+    }
+
+    DimsExprs dims(std::vector<int64_t> const& extents)
+    {
+        DimsExprs d{};
+        d.nbDims = static_cast<int32_t>(extents.size());
+        for (size_t i = 0; i < extents.size(); ++i)
+        {
+            d.d[i] = constant(extents[i]);
+        }
+        return d;
+    }
+};
 
 std::vector<int32_t> fieldInts(PluginFieldCollection const* fc, char const* name)
 {
@@ -128,6 +192,14 @@ int main(int argc, char** argv)
         tensorDesc({8, 4}, DataType::kFLOAT), tensorDesc({4, 32, 8, 3, 3}, DataType::kFLOAT),
         tensorDesc({4, 32}, DataType::kFLOAT), tensorDesc({8, 16, 16, 32}, DataType::kFLOAT)};
     check(build->getNbOutputs() == 1, "one output");
+    FoldingExprBuilder exprs;
+    DimsExprs const shapes[] = {exprs.dims({8, 16, 32, 32}), exprs.dims({8, 4}), exprs.dims({4, 32, 8, 3, 3})};
+    DimsExprs output{};
+    bool const shaped = build->getOutputShapes(shapes, 3, nullptr, 0, &output, 1, exprs) == 0;
+    // Ho = (32 + 1 + 0 - 1 * 2 - 1) / 2 + 1 = 16, Wo = (32 + 0 + 1 - 2 * 2 - 1) / 1 + 1 = 29.
+    check(shaped && output.nbDims == 4 && output.d[0]->getConstantValue() == 8 && output.d[1]->getConstantValue() == 32
+            && output.d[2]->getConstantValue() == 16 && output.d[3]->getConstantValue() == 29,
+        "getOutputShapes: [N, M, Ho, Wo] from X, W and the attributes");
     check(build->supportsFormatCombination(0, io.data(), 4, 1), "fp32 linear X accepted");
     io[1].desc.type = DataType::kHALF;
     check(!build->supportsFormatCombination(1, io.data(), 4, 1), "A must have X's type");
