@@ -2,7 +2,8 @@
 
 :func:`lower` folds BatchNorms into the dynamic convs (:func:`fold_batchnorm`), then runs one
 strategy pass; every pass is a pure ``ModelProto -> ModelProto`` function ending with
-``onnx.checker`` and strict shape inference.
+``onnx.checker`` and strict shape inference. The result's ``dyconv_deploy.strategy`` metadata
+names the strategy.
 """
 
 from typing import Callable, Optional
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 import onnx
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.export.metadata import stamp
 from dyconv_deploy.lower.experts import lower_experts
 from dyconv_deploy.lower.fold_bn import fold_batchnorm
 from dyconv_deploy.lower.graph import with_static_batch
@@ -39,7 +41,7 @@ def lower(model: onnx.ModelProto, strategy: str = DEFAULT_STRATEGY, *,
         raise DyconvError(f"unknown lowering strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
     if static_batch is not None:
         model = with_static_batch(model, static_batch, strategy)
-    return _PASSES[strategy](fold_batchnorm(model))
+    return stamp(_PASSES[strategy](fold_batchnorm(model)), strategy=strategy)
 
 
 __all__ = ["DEFAULT_STRATEGY", "EQUIVALENCE_KEY", "STATIC_BATCH_REASON", "STRATEGIES", "fold_batchnorm", "lower",

@@ -38,13 +38,20 @@ def lower_grouped(model: onnx.ModelProto, static_batch: int | None = None) -> on
 
 
 def _rewrite(graph: gs.Graph, contract: ContractNode, batch: int) -> None:
+    """With a batch of 1 the fold is the identity: no Reshapes, so ORT can still fuse the Conv's activation."""
     emit = emitter_for(graph, contract, NAME)
-    folded_x = emit.reshape(contract.x, [1, batch * contract.in_channels, 0, 0], "fold_batch")
+    output = detach_output(contract.node)
+    folded_x = contract.x if batch == 1 else emit.reshape(contract.x, [1, batch * contract.in_channels, 0, 0],
+                                                          "fold_batch")
     inputs = [folded_x, _kernels(emit, contract, batch)]
     if contract.bias is not None:
         inputs.append(_biases(emit, contract, batch))
-    y = emit.op("Conv", inputs, "conv", **contract.conv_attrs(group=contract.group * batch))
-    emit.reshape(y, [batch, contract.out_channels, 0, 0], "unfold_batch", detach_output(contract.node))
+    attrs = contract.conv_attrs(group=contract.group * batch)
+    if batch == 1:
+        emit.op("Conv", inputs, "conv", output, **attrs)
+    else:
+        y = emit.op("Conv", inputs, "conv", **attrs)
+        emit.reshape(y, [batch, contract.out_channels, 0, 0], "unfold_batch", output)
 
 
 def _kernels(emit: Emitter, contract: ContractNode, batch: int) -> gs.Variable:

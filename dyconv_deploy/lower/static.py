@@ -12,11 +12,12 @@ import logging
 import onnx
 import onnx_graphsurgeon as gs
 
+from dyconv_deploy.export.metadata import PREFIX, stamp
 from dyconv_deploy.lower.graph import (ContractNode, ancestors, constant_values, contract_nodes, detach_output,
                                        emitter_for, finish, load, producer, sole_consumer)
 
 NAME = "static"
-EQUIVALENCE_KEY = "dyconv_deploy.numerically_equivalent"
+EQUIVALENCE_KEY = PREFIX + "numerically_equivalent"
 log = logging.getLogger(__name__)
 
 
@@ -25,11 +26,7 @@ def lower_static(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = load(model, NAME)
     for contract in contract_nodes(graph, NAME):
         _rewrite(graph, contract)
-    lowered = finish(graph, model, NAME)
-    kept = [p for p in lowered.metadata_props if p.key != EQUIVALENCE_KEY]
-    del lowered.metadata_props[:]
-    lowered.metadata_props.extend(kept)
-    lowered.metadata_props.add(key=EQUIVALENCE_KEY, value="false")
+    lowered = stamp(finish(graph, model, NAME), numerically_equivalent="false")
     log.warning("lower[static]: the static baseline is NOT numerically equivalent to the dynamic model "
                 "(mean expert kernels, attention removed); use it for latency comparisons only")
     return lowered
