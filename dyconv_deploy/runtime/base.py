@@ -37,8 +37,8 @@ class TensorSpec:
 class Runtime(ABC):
     """A loaded model that maps named numpy inputs to named numpy outputs.
 
-    Subclasses set ``backend`` and implement :meth:`load` (idempotent, fills the specs)
-    and :meth:`_run`; :meth:`run` checks input names first.
+    Subclasses set ``backend`` and implement :meth:`_load` (fills the specs; :meth:`load`
+    calls it once) and :meth:`_run`; :meth:`run` checks input names first.
     """
 
     backend: str = ""
