@@ -1,0 +1,50 @@
+"""``dyconv-deploy inspect``: table, JSON, model specs and one-line errors."""
+
+import json
+
+import pytest
+
+from dyconv_deploy.cli.main import main
+
+FACTORY_FILE = """
+from dyconv_deploy.nn import CondConv2d
+
+def build():
+    return CondConv2d(3, 4, 3, padding=1, num_experts=2)
+"""
+
+
+def test_json_lists_every_dynamic_conv_and_paper_figures(capsys):
+    assert main(["inspect", "sample:tiny_dynamic", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_shape"] == [1, 3, 32, 32]
+    assert [layer["family"] for layer in report["layers"]] == ["dynamic_conv", "condconv", "odconv", "dynet"]
+    roles = ("attention", "aggregation", "convolution", "other")
+    assert sum(report[role]["params"] for role in roles) == report["total"]["params"]
+    assert report["paper"] is None
+
+
+def test_table_for_a_factory_file(tmp_path, capsys):
+    path = tmp_path / "net.py"
+    path.write_text(FACTORY_FILE)
+    assert main(["inspect", f"{path}:build", "--input-shape", "2x3x8x8"]) == 0
+    out = capsys.readouterr().out
+    assert "input 2x3x8x8" in out and "condconv" in out and "aggregation" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["inspect", "sample:tiny_dynamic", "--input-shape", "1x3xbig"], "bad input shape '1x3xbig'"),
+    (["inspect", "sample:tiny_dynamc"], "did you mean 'tiny_dynamic'"),
+    (["inspect", "no_such_module_xyz:build"], "cannot import 'no_such_module_xyz'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_verbose_shows_the_traceback():
+    from dyconv_deploy.errors import DyconvError
+
+    with pytest.raises(DyconvError, match="unknown sample"):
+        main(["-v", "inspect", "sample:nope"])
