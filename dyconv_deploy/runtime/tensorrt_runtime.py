@@ -25,7 +25,8 @@ class TensorRTRuntime(Runtime):
         engine_path: the plan written by ``build-engine`` (its ``.json`` sidecar is checked
             when present).
         plugin_library: the DynamicConv2d plugin ``.so``, loaded before deserialising; not
-            needed when the library was serialised into the engine.
+            needed when the library was serialised into the engine, and located with
+            :func:`dyconv_deploy.trt.plugin.locate_plugin_library` when the sidecar says one is needed.
     """
 
     backend = "trt"
@@ -43,6 +44,10 @@ class TensorRTRuntime(Runtime):
         if not self.engine_path.is_file():
             raise DyconvError(f"engine file not found: {self.engine_path}")
         sidecar = read_sidecar(self.engine_path)
+        if self.plugin_library is None and _needs_plugin_file(sidecar):
+            from dyconv_deploy.trt.plugin import locate_plugin_library
+
+            self.plugin_library = locate_plugin_library()
         if sidecar is not None:
             check_compatible(sidecar, current_environment(trt, self.plugin_library), self.engine_path.name)
         elif not torch.cuda.is_available():
@@ -87,6 +92,11 @@ class TensorRTRuntime(Runtime):
     def close(self) -> None:
         self._context = self._engine = self._stream = None
         super().close()
+
+
+def _needs_plugin_file(sidecar: dict | None) -> bool:
+    """True when the engine was built with a plugin library that is not serialised into it."""
+    return sidecar is not None and bool(sidecar.get("plugin_sha256")) and not sidecar.get("plugin_serialized")
 
 
 def _spec(trt, engine, name: str) -> tuple[TensorSpec, bool]:
