@@ -134,14 +134,16 @@ __global__ void aggregate_kernel(ConvShape s, Typed<T> t, float* kernels)
     }
 }
 
-// grid (pixel blocks, M, N); dynamic shared memory: kH*kW floats.
+// grid (pixel blocks * N, M); dynamic shared memory: kH*kW floats.
 template <typename T>
 __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape s, Typed<T> t)
 {
     extern __shared__ float taps[];
     __shared__ float bias;
+    int const pixels = s.ho * s.wo;
+    int const pixel_blocks = (pixels + blockDim.x - 1) / blockDim.x;
+    int const n = blockIdx.x / pixel_blocks;
     int const gm = blockIdx.y;
-    int const n = blockIdx.z;
     int const ntaps = s.kh * s.kw;
     for (int r = threadIdx.x; r < ntaps; r += blockDim.x)
     {
@@ -155,8 +157,8 @@ __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape 
 
     int const c = gm / (s.m / s.groups); // C/G == 1: group index == input channel
     T const* xc = t.x + (static_cast<size_t>(n) * s.c + c) * s.h * s.w;
-    int const pixels = s.ho * s.wo;
-    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += gridDim.x * blockDim.x)
+    int const p = (blockIdx.x - n * pixel_blocks) * blockDim.x + threadIdx.x;
+    if (p < pixels)
     {
         int const oh = p / s.wo;
         int const ow = p - oh * s.wo;
@@ -181,7 +183,7 @@ __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape 
     }
 }
 
-// Implicit GEMM, grid (pixel tiles, M/G tiles, N*G); each thread owns a 4x4 block of a BM x BN tile.
+// Implicit GEMM, grid (pixel tiles * N * G, M/G tiles); each thread owns a 4x4 block of a BM x BN tile.
 // kFused mixes weight tiles from the experts, otherwise reads them from `kernels` [N, M, R] (float32).
 // kPointwise: 1x1, stride 1, no padding, so im2col(X) is X itself.
 template <typename T, int BM, int BN, bool kFused, bool kPointwise>
@@ -197,10 +199,12 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
     int const mg = s.m / s.groups;
     int const kernel_size = cg * s.kh * s.kw;
     int const pixels = s.ho * s.wo;
-    int const n = blockIdx.z / s.groups;
-    int const g = blockIdx.z - n * s.groups;
+    int const pixel_tiles = (pixels + BN - 1) / BN;
+    int const sample_group = blockIdx.x / pixel_tiles; // n * groups + g
+    int const n = sample_group / s.groups;
+    int const g = sample_group - n * s.groups;
     int const m0 = blockIdx.y * BM;
-    int const p0 = blockIdx.x * BN;
+    int const p0 = (blockIdx.x - sample_group * pixel_tiles) * BN;
     int const tx = threadIdx.x % (BN / kGemmThreadN);
     int const ty = threadIdx.x / (BN / kGemmThreadN);
     T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
@@ -305,7 +309,7 @@ int multiprocessor_count()
 template <typename T, int BM, int BN, bool kFused>
 void launch_gemm_tiles(ConvShape const& s, Typed<T> const& t, float const* kernels, cudaStream_t stream)
 {
-    dim3 const grid(ceil_div(s.ho * s.wo, BN), ceil_div(s.m / s.groups, BM), s.n * s.groups);
+    dim3 const grid(ceil_div(s.ho * s.wo, BN) * s.n * s.groups, ceil_div(s.m / s.groups, BM));
     dim3 const block((BM / kGemmThreadM) * (BN / kGemmThreadN));
     if (is_pointwise(s))
     {
@@ -350,8 +354,7 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
     {
     case Algo::kDepthwise:
     {
-        int const pixel_blocks = ceil_div(s.ho * s.wo, kDepthwiseThreads);
-        dim3 const grid(pixel_blocks, s.m, s.n);
+        dim3 const grid(ceil_div(s.ho * s.wo, kDepthwiseThreads) * s.n, s.m);
         size_t const shared = static_cast<size_t>(s.kh) * s.kw * sizeof(float);
         depthwise_kernel<T><<<grid, kDepthwiseThreads, shared, stream>>>(s, t);
         break;
@@ -381,7 +384,8 @@ cudaError_t validate(ConvShape const& s)
         return cudaErrorInvalidValue;
     }
     ConvShape const derived = conv_shape(s);
-    bool const grid_fits = s.m <= 65535 && static_cast<long long>(s.n) * s.groups <= 65535;
+    // Grids: x = pixel tiles * N * G (< 2^31), y = output channels or their tiles (<= 65535).
+    bool const grid_fits = s.m <= 65535 && static_cast<long long>(s.n) * s.groups * s.ho * s.wo < (1LL << 31);
     if (derived.ho != s.ho || derived.wo != s.wo || s.ho <= 0 || s.wo <= 0 || !grid_fits)
     {
         return cudaErrorInvalidValue;

@@ -72,7 +72,8 @@ inline ConvShape conv_shape(ConvShape s)
     return s;
 }
 
-//! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0).
+//! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0) and fits
+//! the launch grids (M <= 65535, N * groups * Ho * Wo < 2^31).
 cudaError_t validate(ConvShape const& shape);
 
 //! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):

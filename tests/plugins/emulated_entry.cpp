@@ -19,3 +19,8 @@ extern "C" int emu_select_algo(dyconv::ConvShape const* shape)
 {
     return static_cast<int>(dyconv::select_algo(*shape));
 }
+
+extern "C" int emu_validate(dyconv::ConvShape const* shape)
+{
+    return static_cast<int>(dyconv::validate(*shape));
+}

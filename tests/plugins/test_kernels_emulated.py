@@ -142,3 +142,9 @@ def test_empty_batch_is_a_no_op(emulated):
     inputs = config.inputs(batch=0, generator=torch.Generator().manual_seed(3))
     status, y = run_emulated(emulated, config, inputs, "fp32", "auto")
     assert status == 0 and y.size == 0
+
+
+def test_large_batch_depthwise_fits_the_launch_grid(emulated):
+    # DY-MobileNetV2's 960-channel depthwise layer at batch 256: N * groups exceeds a grid's y/z limit.
+    config = LayerConfig("dw960", c=960, m=960, experts=4, kernel=3, h=7, w=7, padding=(1, 1, 1, 1), groups=960)
+    assert emulated.emu_validate(ctypes.byref(conv_shape(config, 256))) == 0
