@@ -65,7 +65,7 @@ def _print_tables(model: str, report, paper) -> None:
         cost = getattr(report, role)
         totals.add_row(role, _count(cost.params), _count(cost.madds))
     if paper is not None:
-        totals.add_row(f"paper ({paper['source']})", _count(paper["params"]), _count(paper["madds"]))
+        totals.add_row(f"paper: {paper['source']}", _count(paper["params"]), _count(paper["madds"]))
     console.print(totals)
 
 

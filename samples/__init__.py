@@ -56,9 +56,9 @@ def _twins(name: str, dynamic: Callable[[], nn.Module], static: Callable[[], nn.
                    static_paper)]
 
 
-_DYCONV_PAPER = "Chen et al., CVPR 2020, Table 2"
-_ODCONV_PAPER = "OSVAI/ODConv README (Li et al., ICLR 2022)"
-_CONDCONV_PAPER = "Yang et al., NeurIPS 2019, Table 2"
+_DYCONV_PAPER = "Chen et al., CVPR 2020"
+_ODCONV_PAPER = "Li et al., ICLR 2022 (OSVAI/ODConv README)"
+_CONDCONV_PAPER = "Yang et al., NeurIPS 2019"
 _MOBILENETV2_PAPER = PaperFigures(3.5e6, 300.0e6, _DYCONV_PAPER)
 
 SAMPLES: dict[str, Sample] = {sample.name: sample for sample in [

@@ -1,6 +1,6 @@
 """Train the tiny dynamic network on synthetic data, annealing the softmax temperature.
 
-Ten classes, each a fixed random 3x16x16 pattern plus Gaussian noise: learnable in seconds
+Ten classes, each a fixed random 3x16x16 pattern plus Gaussian noise: learnable in under a minute
 on a CPU. The temperature follows DynamicConv's schedule (30 -> 1 linearly, here over the
 first half of the epochs instead of 10 of 300) and is printed with the loss every epoch.
 
