@@ -97,7 +97,8 @@ def reference(config: LayerConfig, inputs: dict, np_dtype) -> torch.Tensor:
 
 
 def algos_for(config: LayerConfig) -> list[str]:
-    return ["auto", "gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
+    """Every path that applies (``auto`` runs in the fp16 test; the heuristic has its own test)."""
+    return ["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
 
 
 CASES = [pytest.param(config, algo, tiles, id=f"{config.name}-{algo}-{tiles}")
