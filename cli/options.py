@@ -36,6 +36,10 @@ InputShapeOption = Annotated[str, typer.Option(
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
+AdapterOption = Annotated[list[str], typer.Option(
+    "--adapter", metavar="FILE.py:CLASS",
+    help="A converter adapter for your own dynamic conv (repeatable); see README 'Bring your own model'.")]
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``; anything else is a one-line :class:`DyconvError`."""
