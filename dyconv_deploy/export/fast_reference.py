@@ -65,7 +65,7 @@ class MaxPool(_StockMaxPool):
         pads = None if auto_pad in ("VALID", b"VALID") else pads
         with torch.no_grad():
             t = _padded(_tensor(x), pads, spatial, float("-inf"))
-            y = pool(t, tuple(kernel_shape), stride=tuple(strides or kernel_shape),
+            y = pool(t, tuple(kernel_shape), stride=tuple(strides or (1,) * spatial),
                      dilation=tuple(dilations or (1,) * spatial), ceil_mode=bool(ceil_mode))
         return (y.numpy(),)
 

@@ -214,10 +214,17 @@ def _exporter(name: str, opset: int) -> Exporter:
     return spec
 
 
+def check_image_shape(shape) -> tuple[int, int, int, int]:
+    """``shape`` as ``(N, C, H, W)``; any other rank is a one-line :class:`DyconvError`."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise DyconvError(f"the input shape must be N x C x H x W, got {'x'.join(map(str, shape))}")
+    return shape
+
+
 def _capture_input(example_input: Tensor, dynamic_batch: bool) -> Tensor:
     """``torch.export`` specialises a batch of 1, so a dynamic batch is captured with 2 samples."""
-    if example_input.dim() != 4:
-        raise DyconvError(f"the input shape must be N x C x H x W, got {'x'.join(map(str, example_input.shape))}")
+    check_image_shape(example_input.shape)
     if dynamic_batch and example_input.shape[0] == 1:
         return example_input.expand(2, *example_input.shape[1:]).contiguous()
     return example_input

@@ -18,7 +18,8 @@ from torch import nn
 
 from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
-from dyconv_deploy.export.onnx_export import ExportError, check_model, contract_nodes, export_onnx
+from dyconv_deploy.export.onnx_export import (ExportError, check_image_shape, check_model, contract_nodes,
+                                              export_onnx)
 from dyconv_deploy.export.report import Checklist, comparison_table
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, STRATEGIES
 from dyconv_deploy.export.verify import backend_for, verify_onnx
@@ -53,10 +54,11 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
     """
     if strategy not in STRATEGIES:
         raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    shape = check_image_shape(input_shape)
     console = console or Console()
     checklist = Checklist(EXPORT_STAGES)
     try:
-        return _export(spec, Path(output), tuple(input_shape), dynamic_batch, strategy, exporter, opset, arch,
+        return _export(spec, Path(output), shape, dynamic_batch, strategy, exporter, opset, arch,
                        trust_pickle, verify, batches, tolerance, console, checklist)
     finally:
         console.print(checklist.table(f"export {spec} -> {output}"))
@@ -141,10 +143,8 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 
 def _convert(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
-    try:
-        from dyconv_deploy.convert import convert_model
-    except ImportError:
-        return model, "converter not available in this install; model used as is"
+    from dyconv_deploy.convert import convert_model
+
     converted, report = convert_model(model, example)
     report.raise_for_unknown()
     if not report.converted:
@@ -153,16 +153,10 @@ def _convert(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
 
 
 def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -> tuple[onnx.ModelProto, str]:
-    try:
-        from dyconv_deploy.lower import lower
-    except ImportError:
-        if strategy != "plugin":
-            raise DyconvError(f"strategy {strategy!r} needs dyconv_deploy.lower.lower, which this install "
-                              "lacks; use --strategy plugin") from None
-        return proto, "lowering passes not available; raw contract graph kept"
+    from dyconv_deploy.lower import lower
+
     lowered = lower(proto, strategy, static_batch=static_batch)
-    nodes = len(contract_nodes(lowered))
-    return lowered, f"{strategy}: {len(lowered.graph.node)} nodes, {nodes} dyconv::DynamicConv2d"
+    return lowered, f"{strategy}: {len(lowered.graph.node)} nodes, {len(contract_nodes(lowered))} dyconv::DynamicConv2d"
 
 
 def _verify(checklist: Checklist, console: Console, model: nn.Module, proto: onnx.ModelProto,

@@ -9,6 +9,7 @@
 """
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -43,7 +44,9 @@ def load_checkpoint(path: str, arch: Optional[Callable[[], nn.Module]] = None,
         return _load_program(file)
     if _is_torchscript(file):
         _require_trust(file, trust_pickle, "is a TorchScript archive")
-        return torch.jit.load(str(file), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still loadable
+            return torch.jit.load(str(file), map_location="cpu")
     try:
         content = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -1,0 +1,67 @@
+"""``dyconv-deploy export``: the tiny sample end to end, the checklist, and exit codes 0 / 1 / 2."""
+
+import onnx
+import pytest
+
+from dyconv_deploy.cli.main import main
+from dyconv_deploy.export import contract_nodes
+from dyconv_deploy.export.metadata import read_metadata
+
+TINY = "sample:tiny_dynamic"
+FAST = ["--exporter", "torchscript", "--opset", "17"]  # the dynamo path is covered by tests/export
+
+
+def test_export_writes_a_verified_dynamic_batch_plugin_graph(tmp_path, capsys):
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", TINY, "-o", str(out), *FAST, "--batch", "1,3"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("load", "convert", "export", "checker", "lower", "write", "verify"):
+        assert f"│ {stage}" in printed and "✗" not in printed
+    assert "output@batch1" in printed and "output@batch3" in printed
+    model = onnx.load(str(out))
+    assert len(contract_nodes(model)) == 4
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert read_metadata(model)["strategy"] == "plugin"
+
+
+def test_static_strategy_skips_verification_and_says_why(tmp_path, capsys):
+    out = tmp_path / "static.onnx"
+    assert main(["export", TINY, "-o", str(out), *FAST, "--strategy", "static"]) == 0
+    assert "not numerically equivalent" in capsys.readouterr().out
+    assert contract_nodes(onnx.load(str(out))) == []
+
+
+def test_grouped_with_a_static_batch_is_verified_at_that_batch(tmp_path, capsys):
+    out = tmp_path / "grouped.onnx"
+    assert main(["export", TINY, "-o", str(out), *FAST, "--strategy", "grouped", "--static-batch",
+                 "--input-shape", "2x3x32x32"]) == 0
+    printed = capsys.readouterr().out
+    assert "output@batch2" in printed and "output@batch1" not in printed
+
+
+def test_over_tolerance_exits_1_and_keeps_the_file(tmp_path, capsys):
+    out = tmp_path / "strict.onnx"
+    assert main(["export", TINY, "-o", str(out), *FAST, "--atol", "0", "--rtol", "0", "--batch", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "smallest passing atol" in captured.err
+    assert captured.err.count("\n") == 1 and out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--opset", "17"], "the dynamo exporter emits opsets 18-23, not 17"),
+    (["--input-shape", "3x32x32"], "the input shape must be N x C x H x W"),
+    (["--batch", "1,zero"], "bad batch list"),
+], ids=["opset", "input-shape", "batch"])
+def test_bad_options_are_one_line_errors_with_exit_2(tmp_path, capsys, args, message):
+    assert main(["export", TINY, "-o", str(tmp_path / "x.onnx"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_help_lists_the_options_with_their_defaults(capsys):
+    assert main(["export", "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("--static-batch", "--strategy", "default: plugin", "--exporter", "default: dynamo", "--trust-pickle",
+                 "--no-verify", "default: 1,4", "default: 0.0001"):
+        assert text in out

@@ -1,0 +1,38 @@
+"""``dyconv-deploy verify``: an exported file against its model; exit 1 for a different model."""
+
+import pytest
+import torch
+
+from dyconv_deploy.cli.main import main
+from dyconv_deploy.export import export_onnx
+from dyconv_deploy.io import load_model
+
+TINY = "sample:tiny_dynamic"
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("verify") / "tiny.onnx"
+    export_onnx(load_model(TINY), torch.randn(1, 3, 32, 32), path, exporter="torchscript", opset=17)
+    return path
+
+
+def test_matching_model_passes_at_each_batch(tiny_onnx, capsys):
+    assert main(["verify", TINY, str(tiny_onnx), "--batch", "1,3"]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX (reference) vs PyTorch eager" in out
+    assert "output@batch1" in out and "output@batch3" in out and "FAIL" not in out
+
+
+def test_different_weights_fail_with_exit_1_and_the_table(tiny_onnx, tmp_path, capsys):
+    state = load_model(TINY).state_dict()
+    state = {k: v + 0.1 if v.is_floating_point() and k.endswith("weight") else v for k, v in state.items()}
+    torch.save(state, tmp_path / "other.pt")
+    assert main(["verify", str(tmp_path / "other.pt"), str(tiny_onnx), "--arch", TINY, "--batch", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "over tolerance" in captured.err
+
+
+def test_missing_onnx_file_is_a_user_error(tmp_path, capsys):
+    assert main(["verify", TINY, str(tmp_path / "none.onnx")]) == 2
+    assert "ONNX file not found" in capsys.readouterr().err

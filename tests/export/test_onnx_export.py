@@ -1,0 +1,148 @@
+"""``export_onnx`` on single layers: graph structure, both exporters, dynamic batch, every strategy, metadata."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from layer_models import CONFIGS, FAMILIES, input_shape, make_layer
+
+from dyconv_deploy import __version__
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.export import ExportError, check_model, contract_nodes, export_onnx
+from dyconv_deploy.export.metadata import read_metadata, state_dict_sha256
+from dyconv_deploy.export.settings import EXPORTER_OPSETS, STRATEGIES
+from dyconv_deploy.export.verify import verify_onnx
+from dyconv_deploy.lower import STRATEGIES as LOWERING_STRATEGIES
+from dyconv_deploy.lower import lower
+from dyconv_deploy.nn import DyReLU, ODConv2d
+from dyconv_deploy.tolerance import TOLERANCES
+
+BATCHES = (1, 3)
+# torch.export takes ~2 s per model on 2 cores: dynamo gets one geometry per family (K=1; stride 2 with
+# asymmetric padding, groups and K=8; dilated depthwise; dilated groups), TorchScript the whole cross product.
+DYNAMO_CASES = list(zip(FAMILIES, [CONFIGS[0], CONFIGS[2], CONFIGS[3], CONFIGS[6]]))
+CASES = ([pytest.param(f, c, "dynamo", id=f"{f}-{c.name}-dynamo") for f, c in DYNAMO_CASES]
+         + [pytest.param(f, c, "torchscript", id=f"{f}-{c.name}-torchscript") for f in FAMILIES for c in CONFIGS])
+
+
+def assert_matches(model, proto, shape, batches):
+    for comparison in verify_onnx(model, proto, shape, batches, TOLERANCES["fp32"]):
+        assert comparison.passed, str(comparison)
+
+
+@pytest.mark.parametrize("family, config, exporter", CASES)
+def test_single_layer_exports_one_contract_node_and_matches_every_strategy(family, config, exporter):
+    layer = make_layer(family, config)
+    shape = input_shape(config)
+    proto = export_onnx(layer, torch.randn(*shape), exporter=exporter, opset=EXPORTER_OPSETS[exporter][0])
+
+    (node,) = contract_nodes(proto)
+    initializers = {t.name for t in proto.graph.initializer}
+    weight, bias = (list(node.input) + [""])[2:4]
+    assert weight in initializers and bias in ({""} | initializers)
+    assert node.input[1] not in initializers  # the attention is computed in the graph
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert_matches(layer, proto, shape, BATCHES)  # one file, two batch sizes: the batch really is free
+    for strategy in ("experts", "plugin"):
+        assert_matches(layer, lower(proto, strategy), shape, BATCHES)
+    assert_matches(layer, lower(proto, "grouped", static_batch=BATCHES[-1]), shape, BATCHES[-1:])
+    assert contract_nodes(lower(proto, "static")) == []
+
+
+@pytest.mark.parametrize("exporter", list(EXPORTER_OPSETS))
+def test_odconv_scales_are_muls_around_the_node_and_spatial_attention_is_input_s(exporter):
+    layer = ODConv2d(4, 6, 3, padding=1, bias=True).eval()
+    proto = export_onnx(layer, torch.randn(1, 4, 7, 7), exporter=exporter, opset=EXPORTER_OPSETS[exporter][0])
+    (node,) = contract_nodes(proto)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    consumers = [n for n in proto.graph.node if node.output[0] in n.input]
+    assert producers[node.input[0]].op_type == "Mul"  # input-channel attention
+    assert [n.op_type for n in consumers] == ["Mul"]  # filter attention
+    assert len(node.input) == 5 and node.input[4] not in {t.name for t in proto.graph.initializer}
+
+
+def test_dynet_attention_is_rank_3_and_dyrelu_stays_standard_ops():
+    model = torch.nn.Sequential(make_layer("dynet", CONFIGS[1]), DyReLU(6, mode="C")).eval()
+    proto = export_onnx(model, torch.randn(1, 4, 7, 7), exporter="torchscript", opset=17)
+    (node,) = contract_nodes(proto)
+    shapes = {v.name: v.type.tensor_type.shape for v in proto.graph.value_info}
+    assert len(shapes[node.input[1]].dim) == 3
+    assert {n.domain for n in proto.graph.node} == {"", "dyconv"}
+
+
+def test_static_batch_fixes_the_batch_of_the_input_shape():
+    layer = make_layer("dynamic_conv", CONFIGS[1])
+    proto = export_onnx(layer, torch.randn(2, 4, 7, 7), exporter="torchscript", opset=17, dynamic_batch=False)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert_matches(layer, proto, (2, 4, 7, 7), [2])
+
+
+def test_written_model_passes_the_full_checker_and_records_its_provenance(tmp_path):
+    layer = make_layer("condconv", CONFIGS[1])
+    path = tmp_path / "layer.onnx"
+    export_onnx(layer, torch.randn(1, 4, 7, 7), path, exporter="torchscript", opset=17)
+    loaded = onnx.load(str(path))
+    check_model(loaded)  # full check, strict shape inference, contract inputs
+    assert read_metadata(loaded) == {"version": __version__, "strategy": "plugin", "opset": "17",
+                                     "exporter": "torchscript", "source_sha256": state_dict_sha256(layer)}
+    assert [p.name for p in tmp_path.iterdir()] == ["layer.onnx"]  # no temporary file left behind
+
+
+def test_source_hash_changes_with_the_weights():
+    layer = make_layer("condconv", CONFIGS[1])
+    before = state_dict_sha256(layer)
+    with torch.no_grad():
+        layer.weight[0, 0, 0, 0, 0] += 1
+    assert state_dict_sha256(layer) != before
+
+
+def test_checker_rejects_computed_expert_kernels():
+    proto = export_onnx(make_layer("dynamic_conv", CONFIGS[1]), torch.randn(1, 4, 7, 7), exporter="torchscript",
+                        opset=17)
+    (node,) = contract_nodes(proto)
+    weight = next(t for t in proto.graph.initializer if t.name == node.input[2])
+    proto.graph.initializer.remove(weight)
+    proto.graph.node.insert(0, onnx.helper.make_node("Identity", ["raw_weight"], [node.input[2]]))
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight), "raw_weight"))
+    with pytest.raises(ValueError, match="must be initializers"):
+        check_model(proto)
+
+
+@pytest.mark.parametrize("exporter, opset", [("dynamo", 17), ("torchscript", 21), ("onnx2", 18)])
+def test_unsupported_exporter_or_opset_is_a_one_line_error(exporter, opset):
+    with pytest.raises(DyconvError, match="exporter") as info:
+        export_onnx(make_layer("dynamic_conv", CONFIGS[1]), torch.randn(1, 4, 7, 7), exporter=exporter, opset=opset)
+    assert "\n" not in str(info.value)
+
+
+def test_capture_failure_names_the_step_and_what_to_do():
+    class BatchBranch(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.shape[0] == 2 else x  # specialises the batch
+
+    with pytest.raises(ExportError, match=r"export step 1/4 \(dynamo capture\) failed: .* Next: ") as info:
+        export_onnx(BatchBranch(), torch.randn(2, 3, 4, 4))
+    assert info.value.step == "dynamo capture"
+
+
+def test_strategy_choices_match_the_lowering_passes():
+    assert STRATEGIES == LOWERING_STRATEGIES
+
+
+def test_outputs_of_a_multi_output_model_are_numbered():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = make_layer("dynamic_conv", CONFIGS[1])
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y, y.mean(dim=(2, 3))
+
+    model = TwoHeads().eval()
+    proto = export_onnx(model, torch.randn(1, 4, 7, 7), exporter="torchscript", opset=17)
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1"]
+    comparisons = verify_onnx(model, proto, (1, 4, 7, 7), [2])
+    assert [c.name for c in comparisons] == ["output_0@batch2", "output_1@batch2"]
+    assert all(c.passed for c in comparisons) and np.isfinite([c.max_abs for c in comparisons]).all()
