@@ -1,7 +1,7 @@
 """ONNX Runtime as a runtime: CPU, or CUDA where ``onnxruntime-gpu`` provides it.
 
 Graphs of the ``plugin`` strategy contain ``dyconv::DynamicConv2d`` nodes. ONNX Runtime runs
-them with the project's kernel (:mod:`dyconv_deploy.runtime.ort_custom_op`, registered
+them with the project's kernel (:mod:`dyconv_deploy.runtime.ort_custom_op`, applied
 automatically) or with another custom-op library given as ``custom_op_library``.
 """
 
@@ -62,11 +62,10 @@ class OnnxRuntimeRuntime(Runtime):
             if not self.custom_op_library.is_file():
                 raise DyconvError(f"custom-op library not found: {self.custom_op_library}")
             options.register_custom_ops_library(str(self.custom_op_library))
-        elif contract_nodes(proto):  # the project's kernel (onnxruntime-extensions Python custom op)
-            from dyconv_deploy.runtime.ort_custom_op import custom_op_library_path, to_onnxruntime
+        elif contract_nodes(proto):  # the project's kernel: the node expanded into standard ops
+            from dyconv_deploy.runtime.ort_custom_op import to_onnxruntime
 
             proto = to_onnxruntime(proto)
-            options.register_custom_ops_library(custom_op_library_path())
         try:
             self._session = ort.InferenceSession(proto.SerializeToString(), options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types, one per failure kind
