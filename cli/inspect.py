@@ -4,11 +4,11 @@ import json
 
 import typer
 
-from dyconv_deploy.cli.options import InputShapeOption, JsonOption, ModelArgument, resolve_input_shape
+from dyconv_deploy.cli.options import AdapterOption, InputShapeOption, JsonOption, ModelArgument, resolve_input_shape
 
 
 def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto",
-                    json_output: JsonOption = False) -> None:
+                    json_output: JsonOption = False, adapter: AdapterOption = []) -> None:
     """List every dynamic conv of MODEL (path, family, K, shapes) and its params and MAdds.
 
     Attention = routing branch; aggregation = mixing the K experts per sample; convolution = the conv itself.
@@ -19,12 +19,20 @@ def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto"
         dyconv-deploy inspect sample:dy_mobilenetv2
 
         dyconv-deploy inspect my_net.py:build --input-shape 1x3x256x256 --json
+
+        dyconv-deploy inspect timm_cc.py:build --adapter my_adapter.py:MyAdapter
     """
+    import torch
+
     from dyconv_deploy.analysis import analyze
+    from dyconv_deploy.convert import convert_model
     from dyconv_deploy.io import load_model
 
     shape = resolve_input_shape(model, input_shape)
-    report = analyze(load_model(model), shape)
+    converted, conversion = convert_model(load_model(model), torch.randn(*shape), adapters=adapter)
+    if conversion.unknown:
+        typer.echo(f"warning: {conversion.unknown_message()}", err=True)
+    report = analyze(converted, shape)
     paper = _paper_figures(model)
     if json_output:
         typer.echo(json.dumps({"model": model, **report.to_dict(), "paper": paper}, indent=2))

@@ -46,13 +46,18 @@ class ConversionReport:
     converted: list[ConvertedModule] = field(default_factory=list)
     unknown: list[UnknownDynamicConv] = field(default_factory=list)
 
+    def unknown_message(self) -> str:
+        """One line naming every unconverted dynamic conv and how to add an adapter ("" when none)."""
+        if not self.unknown:
+            return ""
+        names = ", ".join(f"{u.path} ({u.module_type})" for u in self.unknown)
+        return (f"convolution weight depends on the input in {names}; no adapter recognises this layer: "
+                f"write one and pass it with --adapter FILE.py:ClassName (see {ADAPTER_DOCS})")
+
     def raise_for_unknown(self) -> None:
         """Raise :class:`DyconvError` naming every unconverted dynamic conv (exporters would fail on them)."""
         if self.unknown:
-            names = ", ".join(f"{u.path} ({u.module_type})" for u in self.unknown)
-            raise DyconvError(f"convolution weight depends on the input in {names}; no adapter recognises "
-                              f"this layer: write one and pass it with --adapter FILE.py:ClassName "
-                              f"(see {ADAPTER_DOCS})")
+            raise DyconvError(self.unknown_message())
 
     def __str__(self) -> str:
         lines = [f"{r.path}: {r.family} K={r.num_kernels} max_error={r.max_error:.3g}" for r in self.converted]

@@ -111,3 +111,14 @@ def test_a_wrong_canonical_layer_stops_conversion_naming_the_module():
     torch.nn.init.normal_(model[1].bias)
     with pytest.raises(DyconvError, match=r"convert: 1 \(Dynamic_conv2d, family wrong\) does not match"):
         convert_model(model, torch.randn(2, 4, 6, 6), adapters=[WrongAdapter()])
+
+
+def test_inspect_cli_takes_adapters_and_warns_about_unknown_convs(capsys):
+    from dyconv_deploy.cli.main import main
+
+    model = f"{EXAMPLE}:build"
+    assert main(["inspect", model, "--input-shape", "2x3x8x8"]) == 0
+    assert "ExpertMixConv" in capsys.readouterr().err
+    assert main(["inspect", model, "--input-shape", "2x3x8x8", "--adapter", ADAPTER_SPEC, "--json"]) == 0
+    out = capsys.readouterr()
+    assert '"family": "expert_mix"' in out.out and "warning" not in out.err

@@ -46,7 +46,7 @@ def test_static_baseline_lowers(exported):
 
 def test_timm_efficientnet_cc_converts_and_exports():
     timm = pytest.importorskip("timm", reason="timm not installed: the stand-ins cover its CondConv in CI")
-    model = timm.create_model("efficientnet_cc_b0_4e", pretrained=False).eval()
+    model = randomize_norms(timm.create_model("efficientnet_cc_b0_4e", pretrained=False))
     shape = (2, 3, 64, 64)
     converted, report = convert_model(model, torch.randn(*shape))
     assert report.unknown == [] and {r.family for r in report.converted} == {"timm_condconv"}
