@@ -122,3 +122,23 @@ def test_inspect_cli_takes_adapters_and_warns_about_unknown_convs(capsys):
     assert main(["inspect", model, "--input-shape", "2x3x8x8", "--adapter", ADAPTER_SPEC, "--json"]) == 0
     out = capsys.readouterr()
     assert '"family": "expert_mix"' in out.out and "warning" not in out.err
+
+
+def test_readme_adapter_commands_run_as_written(capsys, monkeypatch):
+    import re
+    import shlex
+
+    from dyconv_deploy.cli.main import main
+
+    root = EXAMPLE.parents[1]
+    section = (root / "README.md").read_text().split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
+    commands = [line for block in re.findall(r"```shell\n(.*?)```", section, flags=re.S)
+                for line in block.splitlines() if line.startswith("dyconv-deploy ")]
+    assert len(commands) == 2
+    monkeypatch.chdir(root)
+    outputs = []
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command
+        outputs.append(capsys.readouterr())
+    assert "2 (ExpertMixConv), 4 (ExpertMixConv)" in outputs[0].err
+    assert "expert_mix" in outputs[1].out
