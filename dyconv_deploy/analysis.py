@@ -145,9 +145,10 @@ def analyze(model: nn.Module, input_shape: Sequence[int],
         for handle in handles:
             handle.remove()
 
+    # A dynamic conv that did not run on this input has no shapes; it counts as "other".
     layers = [_layer_report(path, modules[path], layout, *shapes[path], attention_madds[path])
               for path, layout in layouts.items() if path in shapes]
-    dynamic_params = sum(_param_count(modules[path]) for path in layouts)
+    dynamic_params = sum(_param_count(modules[layer.path]) for layer in layers)
     return ComplexityReport(
         input_shape=tuple(input_shape),
         layers=layers,

@@ -32,6 +32,12 @@ def test_table_for_a_factory_file(tmp_path, capsys):
     assert "input 2x3x8x8" in out and "condconv" in out and "aggregation" in out
 
 
+def test_module_factory_without_dynamic_convs(capsys):
+    assert main(["inspect", "torch.nn:Identity", "--input-shape", "1x3x4x4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layers"] == [] and report["total"] == {"params": 0, "madds": 0}
+
+
 @pytest.mark.parametrize("args,message", [
     (["inspect", "sample:tiny_dynamic", "--input-shape", "1x3xbig"], "bad input shape '1x3xbig'"),
     (["inspect", "sample:tiny_dynamc"], "did you mean 'tiny_dynamic'"),
