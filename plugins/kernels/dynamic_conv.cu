@@ -7,9 +7,13 @@
 //                    one sample's output plane spans many pixel tiles (each tile would re-mix the weights).
 // A 1x1 / stride-1 / unpadded conv is the GEMM's pointwise specialisation, i.e. a batched GEMM over
 // (sample, group). Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
+// When even 32x32 tiles leave the GPU mostly idle (batch 1, late layers), the GEMM also splits its
+// reduction over blockIdx.z and adds float32 partial sums atomically into a small workspace buffer.
 #include "dynamic_conv.h"
 
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 namespace dyconv
 {
@@ -21,6 +25,9 @@ constexpr int kGemmThreadM = 4; // outputs per thread along M
 constexpr int kGemmThreadN = 4; // outputs per thread along pixels
 constexpr int kDepthwiseThreads = 256;
 constexpr int kAggregateThreads = 256;
+constexpr int kMinStepsPerSplit = 4; // reduction tiles per split-K slice, at least
+constexpr int kMaxSplits = 16;
+constexpr size_t kWorkspaceAlignment = 256;
 
 __device__ __forceinline__ float load(float const* p, size_t i)
 {
@@ -183,12 +190,13 @@ __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape 
     }
 }
 
-// Implicit GEMM, grid (pixel tiles * N * G, M/G tiles); each thread owns a 4x4 block of a BM x BN tile.
-// kFused mixes weight tiles from the experts, otherwise reads them from `kernels` [N, M, R] (float32).
-// kPointwise: 1x1, stride 1, no padding, so im2col(X) is X itself.
+// Implicit GEMM, grid (pixel tiles * N * G, M/G tiles, splits); each thread owns a 4x4 block of a BM x BN
+// tile. kFused mixes weight tiles from the experts, otherwise reads them from `kernels` [N, M, R] (float32).
+// kPointwise: 1x1, stride 1, no padding, so im2col(X) is X itself. With `partial` set, block z reduces its
+// slice of `steps_per_split` reduction tiles and adds into partial [N, M, Ho*Wo] (float32) instead of Y.
 template <typename T, int BM, int BN, bool kFused, bool kPointwise>
 __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
-    gemm_kernel(ConvShape s, Typed<T> t, float const* kernels)
+    gemm_kernel(ConvShape s, Typed<T> t, float const* kernels, float* partial, int steps_per_split)
 {
     constexpr int kThreads = (BM / kGemmThreadM) * (BN / kGemmThreadN);
     // +4 keeps rows 16-byte aligned and spreads the transposed weight stores over banks.
@@ -209,8 +217,12 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
     int const ty = threadIdx.x / (BN / kGemmThreadN);
     T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
 
+    int const r_begin = blockIdx.z * steps_per_split * kGemmBK;
+    int const r_stop = r_begin + steps_per_split * kGemmBK;
+    int const r_end = r_stop < kernel_size ? r_stop : kernel_size;
+
     float acc[kGemmThreadM][kGemmThreadN] = {};
-    for (int r0 = 0; r0 < kernel_size; r0 += kGemmBK)
+    for (int r0 = r_begin; r0 < r_end; r0 += kGemmBK)
     {
         for (int e = threadIdx.x; e < BM * kGemmBK; e += kThreads)
         {
@@ -219,7 +231,7 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
             int const m = m0 + mm;
             int const r = r0 + rr;
             float v = 0.f;
-            if (m < mg && r < kernel_size)
+            if (m < mg && r < r_end)
             {
                 int const gm = g * mg + m;
                 v = kFused ? mixed_weight(s, t, n, gm, r, kernel_size)
@@ -234,7 +246,7 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
             int const r = r0 + rr;
             int const p = p0 + pp;
             float v = 0.f;
-            if (r < kernel_size && p < pixels)
+            if (r < r_end && p < pixels)
             {
                 v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
             }
@@ -270,16 +282,32 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
             continue;
         }
         int const gm = g * mg + m;
-        float const bias = mixed_bias(s, t, n, gm);
+        float const bias = blockIdx.z == 0 ? mixed_bias(s, t, n, gm) : 0.f;
 #pragma unroll
         for (int j = 0; j < kGemmThreadN; ++j)
         {
             int const p = p0 + tx * kGemmThreadN + j;
-            if (p < pixels)
+            size_t const out = (static_cast<size_t>(n) * s.m + gm) * pixels + p;
+            if (p < pixels && partial != nullptr)
             {
-                store(t.y, (static_cast<size_t>(n) * s.m + gm) * pixels + p, acc[i][j] + bias);
+                atomicAdd(partial + out, acc[i][j] + bias);
+            }
+            else if (p < pixels)
+            {
+                store(t.y, out, acc[i][j] + bias);
             }
         }
+    }
+}
+
+// y = partial (split-K sums, bias included) in y's element type.
+template <typename T>
+__global__ void store_partial_kernel(float const* partial, T* y, size_t count)
+{
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        store(y, i, partial[i]);
     }
 }
 
@@ -306,35 +334,88 @@ int multiprocessor_count()
     return count;
 }
 
-template <typename T, int BM, int BN, bool kFused>
-void launch_gemm_tiles(ConvShape const& s, Typed<T> const& t, float const* kernels, cudaStream_t stream)
+// How the GEMM is launched: tile size and split-K factor (1: no split).
+struct GemmPlan
 {
-    dim3 const grid(ceil_div(s.ho * s.wo, BN) * s.n * s.groups, ceil_div(s.m / s.groups, BM));
+    bool small_tiles;
+    int splits;
+};
+
+long long gemm_blocks(ConvShape const& s, int tile)
+{
+    return static_cast<long long>(ceil_div(s.ho * s.wo, tile)) * ceil_div(s.m / s.groups, tile) * s.n * s.groups;
+}
+
+// 64x64 tiles unless they leave fewer than two blocks per multiprocessor; then 32x32, and if those are still
+// too few, split the reduction so that about two blocks per multiprocessor run (each split >= 4 tiles of R).
+GemmPlan plan_gemm(ConvShape const& s)
+{
+    long long const target = 2LL * multiprocessor_count();
+    if (gemm_blocks(s, 64) >= target)
+    {
+        return {false, 1};
+    }
+    long long const blocks = gemm_blocks(s, 32);
+    int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
+    long long const wanted = blocks >= target ? 1 : (target + blocks - 1) / blocks;
+    long long const splits = std::min<long long>({wanted, steps / kMinStepsPerSplit, kMaxSplits});
+    return {true, static_cast<int>(std::max<long long>(splits, 1))};
+}
+
+// Split-K partial sums: at most 2 * SMs * 32 * 32 outputs (a split only happens below that many blocks).
+size_t partial_bytes(ConvShape const& s)
+{
+    size_t const outputs = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
+    size_t const cap = 2ull * multiprocessor_count() * 32 * 32;
+    return std::min(outputs, cap) * sizeof(float);
+}
+
+// Per-sample kernels of the aggregated path, rounded up so the split-K buffer after them stays aligned.
+size_t kernels_bytes(ConvShape const& s)
+{
+    size_t const bytes = static_cast<size_t>(s.n) * s.m * (s.c / s.groups) * s.kh * s.kw * sizeof(float);
+    return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
+}
+
+template <typename T, int BM, int BN, bool kFused>
+void launch_gemm_tiles(
+    ConvShape const& s, Typed<T> const& t, float const* kernels, float* partial, int splits, cudaStream_t stream)
+{
+    int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
+    int const steps_per_split = ceil_div(steps, splits);
+    int const slices = ceil_div(steps, steps_per_split);
+    dim3 const grid(ceil_div(s.ho * s.wo, BN) * s.n * s.groups, ceil_div(s.m / s.groups, BM), slices);
     dim3 const block((BM / kGemmThreadM) * (BN / kGemmThreadN));
     if (is_pointwise(s))
     {
-        gemm_kernel<T, BM, BN, kFused, true><<<grid, block, 0, stream>>>(s, t, kernels);
+        gemm_kernel<T, BM, BN, kFused, true><<<grid, block, 0, stream>>>(s, t, kernels, partial, steps_per_split);
     }
     else
     {
-        gemm_kernel<T, BM, BN, kFused, false><<<grid, block, 0, stream>>>(s, t, kernels);
+        gemm_kernel<T, BM, BN, kFused, false><<<grid, block, 0, stream>>>(s, t, kernels, partial, steps_per_split);
     }
 }
 
-// 64x64 tiles unless they leave fewer than two blocks per multiprocessor, then 32x32.
+// `partial` is the split-K buffer (partial_bytes), used only when the plan splits.
 template <typename T, bool kFused>
-void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, cudaStream_t stream)
+void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, float* partial, cudaStream_t stream)
 {
-    long long const large_tiles
-        = static_cast<long long>(ceil_div(s.ho * s.wo, 64)) * ceil_div(s.m / s.groups, 64) * s.n * s.groups;
-    if (large_tiles < 2LL * multiprocessor_count())
+    GemmPlan const plan = plan_gemm(s);
+    if (!plan.small_tiles)
     {
-        launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, stream);
+        launch_gemm_tiles<T, 64, 64, kFused>(s, t, kernels, nullptr, 1, stream);
+        return;
     }
-    else
+    if (plan.splits == 1)
     {
-        launch_gemm_tiles<T, 64, 64, kFused>(s, t, kernels, stream);
+        launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, nullptr, 1, stream);
+        return;
     }
+    size_t const count = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
+    cudaMemsetAsync(partial, 0, count * sizeof(float), stream);
+    launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, partial, plan.splits, stream);
+    size_t const blocks = std::min<size_t>((count + kAggregateThreads - 1) / kAggregateThreads, 65535);
+    store_partial_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(partial, t.y, count);
 }
 
 template <typename T>
@@ -359,12 +440,13 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
         depthwise_kernel<T><<<grid, kDepthwiseThreads, shared, stream>>>(s, t);
         break;
     }
-    case Algo::kGemmFused: launch_gemm<T, true>(s, t, nullptr, stream); break;
+    case Algo::kGemmFused: launch_gemm<T, true>(s, t, nullptr, static_cast<float*>(workspace), stream); break;
     case Algo::kGemmAggregated:
     {
         float* kernels = static_cast<float*>(workspace);
+        float* partial = reinterpret_cast<float*>(static_cast<char*>(workspace) + kernels_bytes(s));
         launch_aggregate<T>(s, t, kernels, stream);
-        launch_gemm<T, false>(s, t, kernels, stream);
+        launch_gemm<T, false>(s, t, kernels, partial, stream);
         break;
     }
     case Algo::kAuto: return cudaErrorInvalidValue;
@@ -405,11 +487,11 @@ Algo select_algo(ConvShape const& s)
 size_t workspace_size(ConvShape const& s, Algo algo)
 {
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
-    if (chosen != Algo::kGemmAggregated)
+    if (chosen == Algo::kDepthwise || s.n == 0)
     {
         return 0;
     }
-    return static_cast<size_t>(s.n) * s.m * (s.c / s.groups) * s.kh * s.kw * sizeof(float);
+    return (chosen == Algo::kGemmAggregated ? kernels_bytes(s) : 0) + partial_bytes(s);
 }
 
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,

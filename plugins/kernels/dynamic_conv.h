@@ -84,7 +84,9 @@ Algo select_algo(ConvShape const& shape);
 //! mixed at most a few times per sample, and the per-sample kernels never go to global memory.
 constexpr int32_t kFusedMaxPixels = 256;
 
-//! Workspace bytes needed by `algo` for `shape` (0 except for kGemmAggregated: N*M*(C/G)*kH*kW floats).
+//! Workspace bytes needed by `algo` for `shape`: 0 for kDepthwise; for the GEMM paths a split-K buffer of
+//! min(N*M*Ho*Wo, 2048 * multiprocessors) floats, plus N*M*(C/G)*kH*kW floats of kernels for kGemmAggregated.
+//! Monotone in N, so a size computed for the largest batch serves every smaller one.
 size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! Y for one call. `workspace` must hold workspace_size(shape, algo) bytes (may be null when that is 0).

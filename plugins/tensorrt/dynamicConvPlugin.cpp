@@ -296,8 +296,11 @@ int32_t DynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nb
         outputs[0].nbDims = 4;
         outputs[0].d[0] = x.d[0];
         outputs[0].d[1] = w.d[1];
-        outputs[0].d[2] = outputExtent(exprBuilder, *x.d[2], *w.d[3], a.pads[0] + a.pads[2], a.strides[0], a.dilations[0]);
-        outputs[0].d[3] = outputExtent(exprBuilder, *x.d[3], *w.d[4], a.pads[1] + a.pads[3], a.strides[1], a.dilations[1]);
+        for (int32_t axis = 0; axis < 2; ++axis)
+        {
+            outputs[0].d[2 + axis] = outputExtent(exprBuilder, *x.d[2 + axis], *w.d[3 + axis],
+                a.pads[axis] + a.pads[axis + 2], a.strides[axis], a.dilations[axis]);
+        }
         return 0;
     }
     catch (std::exception const& e)

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <barrier>
 #include <cstring>
 #include <thread>
@@ -97,5 +98,16 @@ extern "C" cudaError_t cudaGetDevice(int* device)
 extern "C" cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int)
 {
     *value = emu::multiprocessor_count;
+    return cudaSuccess;
+}
+
+inline float atomicAdd(float* address, float value)
+{
+    return std::atomic_ref<float>(*address).fetch_add(value);
+}
+
+extern "C" cudaError_t cudaMemsetAsync(void* destination, int value, size_t bytes, cudaStream_t)
+{
+    std::memset(destination, value, bytes);
     return cudaSuccess;
 }

@@ -24,3 +24,9 @@ extern "C" int emu_validate(dyconv::ConvShape const* shape)
 {
     return static_cast<int>(dyconv::validate(*shape));
 }
+
+extern "C" int emu_gemm_splits(dyconv::ConvShape const* shape, int multiprocessor_count)
+{
+    emu::multiprocessor_count = multiprocessor_count;
+    return dyconv::plan_gemm(*shape).splits;
+}

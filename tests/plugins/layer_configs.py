@@ -2,8 +2,8 @@
 
 Each config covers one code path of ``plugins/kernels``: pointwise GEMM, k x k implicit GEMM
 (stride, asymmetric padding, dilation, groups), depthwise with and without a channel
-multiplier, DyNet channel attention, ODConv spatial attention, and a plane large enough for
-the aggregated path.
+multiplier, DyNet channel attention, ODConv spatial attention, a plane large enough for the
+aggregated path, and reductions deep enough for split-K.
 """
 
 from dataclasses import dataclass
@@ -35,6 +35,11 @@ class LayerConfig:
     @property
     def depthwise(self) -> bool:
         return self.c // self.groups == 1
+
+    @property
+    def reduction(self) -> int:
+        """GEMM reduction length ``C/groups * kH * kW``."""
+        return self.c // self.groups * self.kernel * self.kernel
 
     @property
     def output_hw(self) -> tuple[int, int]:
@@ -73,4 +78,8 @@ LAYER_CONFIGS = [
     LayerConfig("depthwise-5x5-multiplier-dilated", c=6, m=12, experts=2, kernel=5, h=10, w=10,
                 padding=(4, 4, 4, 4), dilation=(2, 2), groups=6, channel_attention=True),
     LayerConfig("3x3-large-plane", c=4, m=8, experts=2, kernel=3, h=20, w=20, padding=(1, 1, 1, 1)),
+    # Deep reductions (C/G*kH*kW >= 128), where small grids split the reduction (split-K).
+    LayerConfig("pointwise-deep-7x7", c=160, m=24, experts=4, kernel=1, h=7, w=7),
+    LayerConfig("3x3-deep-dynet", c=32, m=12, experts=2, kernel=3, h=6, w=6, padding=(1, 1, 1, 1),
+                channel_attention=True),
 ]

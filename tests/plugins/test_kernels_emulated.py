@@ -26,8 +26,9 @@ KERNEL_SOURCE = HERE.parents[1] / "plugins" / "kernels" / "dynamic_conv.cu"
 ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3}
 DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
 CUDA_ERROR_INVALID_VALUE = 1
-# Multiprocessor counts that make the launcher pick its 64x64 and its 32x32 GEMM tiles.
-TILE_CHOICES = {"tiles64": 1, "tiles32": 1 << 20}
+GEMM_TILE = 16  # kGemmBK: reduction tile
+MIN_SPLIT_STEPS = 4  # kMinStepsPerSplit
+LAUNCHES = ("tiles64", "tiles32", "split-k")
 
 
 class ConvShape(ctypes.Structure):
@@ -96,20 +97,44 @@ def reference(config: LayerConfig, inputs: dict, np_dtype) -> torch.Tensor:
     return per_sample_dynamic_conv2d(**rounded, **config.conv_kwargs())
 
 
+def gemm_blocks(config: LayerConfig, batch: int, tile: int) -> int:
+    ho, wo = config.output_hw
+    return -(-ho * wo // tile) * -(-(config.m // config.groups) // tile) * batch * config.groups
+
+
+def multiprocessor_count_for(launch: str, config: LayerConfig, batch: int) -> int | None:
+    """A multiprocessor count that makes the GEMM launcher pick ``launch`` (None: impossible here).
+
+    64x64 tiles need >= 2 blocks per SM; 32x32 tiles are used when 64x64 give fewer but 32x32 enough;
+    split-K when even 32x32 give fewer and the reduction has >= 2 slices of 4 tiles.
+    """
+    if launch == "tiles64":
+        return 1
+    if launch == "tiles32":
+        count = gemm_blocks(config, batch, 32) // 2
+        return count if 2 * count > gemm_blocks(config, batch, 64) else None
+    return 1 << 20 if -(-config.reduction // GEMM_TILE) >= 2 * MIN_SPLIT_STEPS else None
+
+
 def algos_for(config: LayerConfig) -> list[str]:
     """Every path that applies (``auto`` runs in the fp16 test; the heuristic has its own test)."""
     return ["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
 
 
-CASES = [pytest.param(config, algo, tiles, id=f"{config.name}-{algo}-{tiles}")
+BATCH = 3
+CASES = [pytest.param(config, algo, launch, id=f"{config.name}-{algo}-{launch}")
          for config in LAYER_CONFIGS for algo in algos_for(config)
-         for tiles in (TILE_CHOICES if algo.startswith("gemm") else ["tiles64"])]
+         for launch in (LAUNCHES if algo.startswith("gemm") else ["tiles64"])
+         if multiprocessor_count_for(launch, config, BATCH) is not None]
 
 
-@pytest.mark.parametrize("config, algo, tiles", CASES)
-def test_emulated_kernels_match_reference_fp32(emulated, config, algo, tiles):
-    inputs = config.inputs(batch=3, generator=torch.Generator().manual_seed(0))
-    status, y = run_emulated(emulated, config, inputs, "fp32", algo, TILE_CHOICES[tiles])
+@pytest.mark.parametrize("config, algo, launch", CASES)
+def test_emulated_kernels_match_reference_fp32(emulated, config, algo, launch):
+    inputs = config.inputs(batch=BATCH, generator=torch.Generator().manual_seed(0))
+    count = multiprocessor_count_for(launch, config, BATCH)
+    if launch == "split-k":
+        assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(config, BATCH)), count) > 1
+    status, y = run_emulated(emulated, config, inputs, "fp32", algo, count)
     assert status == 0
     result = compare(y, reference(config, inputs, np.float32), TOLERANCES["fp32"])
     assert result.passed, str(result)
@@ -118,7 +143,7 @@ def test_emulated_kernels_match_reference_fp32(emulated, config, algo, tiles):
 @pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
 def test_emulated_kernels_match_reference_fp16(emulated, config):
     inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(1))
-    status, y = run_emulated(emulated, config, inputs, "fp16", "auto")
+    status, y = run_emulated(emulated, config, inputs, "fp16", "auto", multiprocessor_count=1 << 20)
     assert status == 0
     result = compare(y, reference(config, inputs, np.float16), TOLERANCES["fp16"])
     assert result.passed, str(result)
