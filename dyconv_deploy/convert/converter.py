@@ -121,13 +121,22 @@ def _match(model: nn.Module, adapters: Sequence[Adapter]):
     yield from visit(model, None, "")
 
 
+@dataclass(frozen=True)
+class _TensorSpec:
+    """A recorded tensor argument: replaced by a random tensor like it in the check."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
 def _record_inputs(model: nn.Module, modules: list[nn.Module], inputs: tuple) -> dict:
-    """The first ``(args, kwargs)`` each module receives in ``model(*inputs)``, tensors as ``(shape, dtype)``."""
+    """The first ``(args, kwargs)`` each module receives in ``model(*inputs)``, tensors as :class:`_TensorSpec`."""
     recorded = {}
 
     def hook(module, args, kwargs):
-        recorded.setdefault(module, tree_map(lambda t: _TensorSpec(t.shape, t.dtype) if isinstance(t, Tensor)
-                                             else t, (args, kwargs)))
+        recorded.setdefault(module, tree_map(lambda t: _TensorSpec(t.shape, t.dtype, t.device)
+                                             if isinstance(t, Tensor) else t, (args, kwargs)))
 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
     try:
@@ -139,16 +148,10 @@ def _record_inputs(model: nn.Module, modules: list[nn.Module], inputs: tuple) ->
     return recorded
 
 
-@dataclass(frozen=True)
-class _TensorSpec:
-    shape: torch.Size
-    dtype: torch.dtype
-
-
 def _check(path: str, family: str, original: nn.Module, canonical: nn.Module, spec, tolerance: Tolerance) -> float:
     """Max abs error of ``canonical`` against ``original`` on random inputs shaped as ``spec``."""
     generator = torch.Generator().manual_seed(0)
-    args, kwargs = tree_map(lambda s: torch.randn(s.shape, generator=generator).to(s.dtype)
+    args, kwargs = tree_map(lambda s: torch.randn(s.shape, generator=generator).to(s.device, s.dtype)
                             if isinstance(s, _TensorSpec) else s, spec)
     with torch.no_grad():
         expected = original(*args, **kwargs)

@@ -16,7 +16,8 @@ from torch.utils._pytree import tree_leaves
 
 ROOT = "<model>"
 
-_CONVOLUTIONS = {"convolution", "_convolution", "conv2d", "conv1d", "conv3d"}
+# ATen ops every F.conv*d / nn.Conv*d call reaches below autograd (conv2d & co. decompose into them).
+_CONVOLUTIONS = {"convolution", "_convolution"}
 
 
 @dataclass(frozen=True)
@@ -80,5 +81,4 @@ def find_dynamic_convs(model: nn.Module, example_inputs: tuple) -> list[UnknownD
         for hook in hooks:
             hook.remove()
     by_path = {path or ROOT: module for module, path in paths.items()}
-    return [UnknownDynamicConv(path, type(by_path[path]).__name__ if path in by_path else "?", calls)
-            for path, calls in mode.hits.items()]
+    return [UnknownDynamicConv(path, type(by_path[path]).__name__, calls) for path, calls in mode.hits.items()]

@@ -24,7 +24,8 @@ class IslannaDyReLUAdapter(Adapter):
     family = "islanna_dyrelu"
 
     def matches(self, module: nn.Module, parent: nn.Module) -> bool:
-        if type(module).__name__ not in _MODES or getattr(module, "conv_type", None) != "2d":
+        if type(module).__name__ not in _MODES or getattr(module, "conv_type", None) != "2d" \
+                or not all(hasattr(module, a) for a in ("k", "channels", "lambdas", "init_v", "fc1", "fc2")):
             return False
         k, lambdas = module.k, module.lambdas
         return bool((lambdas[:k] == lambdas[0]).all() and (lambdas[k:] == lambdas[k]).all())

@@ -51,7 +51,7 @@ class PerSampleLoopAdapter(Adapter):
 
     class_name = ""
     attention_attributes: tuple[str, ...] = ()
-    routing = nn.Module
+    routing: type[nn.Module]  # builds the batched routing from the original ``_attention_fn``
 
     def matches(self, module: nn.Module, parent: nn.Module) -> bool:
         attention = getattr(module, "_attention_fn", None)

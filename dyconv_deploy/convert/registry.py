@@ -75,9 +75,6 @@ class Registry:
     def __iter__(self):
         return iter(self._adapters.values())
 
-    def __len__(self) -> int:
-        return len(self._adapters)
-
 
 BUILTIN = Registry()
 register = BUILTIN.register
