@@ -412,7 +412,7 @@ void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, fl
         return;
     }
     size_t const count = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
-    cudaMemsetAsync(partial, 0, count * sizeof(float), stream);
+    cudaMemsetAsync(partial, 0, count * sizeof(float), stream); // a failure surfaces in launch()'s cudaGetLastError
     launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, partial, plan.splits, stream);
     size_t const blocks = std::min<size_t>((count + kAggregateThreads - 1) / kAggregateThreads, 65535);
     store_partial_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(partial, t.y, count);
