@@ -3,13 +3,17 @@
 Every architecture is written once over a conv factory (:mod:`.blocks`); ``NAME_static``
 is the same network built with ``nn.Conv2d`` and no attention branches, for latency
 comparisons. Samples are built deterministically (seed 0) and deploy-ready: softmax
-temperatures at 1, the value the papers' 30 -> 1 annealing ends at.
+temperatures at 1, the value the papers' 30 -> 1 annealing ends at, and BatchNorm statistics
+calibrated on one random batch, as training leaves them. (With the initial statistics, mean 0
+and variance 1, the signal of a freshly initialised deep net fades layer by layer and the
+output no longer depends on the input, so comparing two backends on it would prove nothing.)
 """
 
 import difflib
+import functools
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -111,11 +115,58 @@ def get_sample(name: str) -> Sample:
 
 
 def create_sample(name: str) -> nn.Module:
-    """Build sample ``name`` with weights drawn from seed 0 (same weights on every call)."""
+    """Build sample ``name`` in eval mode, with the same weights on every call (seed 0, calibrated)."""
+    sample = get_sample(name)
+    model = sample.build()
+    model.load_state_dict(_weights(name))
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _weights(name: str) -> dict[str, torch.Tensor]:
+    """Sample ``name``'s state dict: initialised from seed 0, BatchNorms calibrated (built once per process)."""
     sample = get_sample(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return sample.build()
+        model = sample.build()
+    _calibrate_batch_norms(model, sample.input_shape)
+    return model.state_dict()
+
+
+_CALIBRATION_BATCH = 16
+_MIN_VARIANCE = 1e-2  # caps the gain of a channel that was (nearly) constant over the batch at 10x
+
+
+def _calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Set every BatchNorm's running statistics from one batch of random ``input_shape`` images.
+
+    The model runs in eval mode and each BatchNorm takes the statistics of its input just before
+    normalising it, so every layer is calibrated on what it sees at inference. The images are
+    noise with a random contrast and colour shift per image, so that globally pooled features
+    (the input of every attention branch) vary across the batch as they do across real images;
+    plain noise pools to almost the same vector, and the tiny variance of the pooled values would
+    blow up the attention of any other input. Variances are floored at ``_MIN_VARIANCE`` times
+    the layer's median, so a channel that was nearly constant over the batch is not amplified.
+    """
+    def calibrate(norm: nn.Module, args: tuple) -> None:
+        x = args[0]
+        dims = [0, *range(2, x.dim())]
+        variance = x.var(dims, unbiased=False)
+        norm.running_mean.copy_(x.mean(dims))
+        norm.running_var.copy_(variance.clamp(min=_MIN_VARIANCE * float(variance.median())))
+
+    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    generator = torch.Generator().manual_seed(0)
+    batch, channels = _CALIBRATION_BATCH, input_shape[1]
+    images = (torch.randn(batch, *input_shape[1:], generator=generator)
+              * (0.5 + torch.rand(batch, 1, 1, 1, generator=generator))
+              + torch.randn(batch, channels, 1, 1, generator=generator))
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
 
 
 def default_input_shape(name: str) -> tuple[int, ...]:
