@@ -5,8 +5,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from dyconv_deploy.cli.options import (ArchOption, AtolOption, InputShapeOption, ModelArgument, RtolOption,
-                                       TrustPickleOption, resolve_input_shape)
+from dyconv_deploy.cli.options import (AdapterOption, ArchOption, AtolOption, InputShapeOption, ModelArgument,
+                                       RtolOption, TrustPickleOption, resolve_input_shape)
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, EXPORTER_OPSETS, STRATEGIES
 from dyconv_deploy.tolerance import TOLERANCES
 
@@ -29,6 +29,7 @@ def export_command(
     opset: Annotated[int, typer.Option(help="ONNX opset of the default domain.")] = DEFAULT_OPSET,
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
+    adapter: AdapterOption = [],
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
                                          help="Compare the ONNX graph with PyTorch eager after writing it.")] = True,
     batch: Annotated[str, typer.Option(help="Batch sizes verified for a dynamic batch.")] = _BATCHES,
@@ -56,4 +57,4 @@ def export_command(
 
     export_model(model, output, resolve_input_shape(model, input_shape), dynamic_batch=dynamic_batch,
                  strategy=strategy, exporter=exporter, opset=opset, arch=arch, trust_pickle=trust_pickle,
-                 verify=verify, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol))
+                 adapters=adapter, verify=verify, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol))

@@ -58,8 +58,9 @@ class RoutedConv2d(DynamicConvBase):
 
     def forward(self, x: Tensor, *routing_args) -> Tensor:
         """``x [N, C, H, W]`` (plus whatever the original layer took) ``-> [N, M, Ho, Wo]``."""
-        padding = same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation) if self.same_padding \
-            else None
+        # 'same' pads are attributes of the contract node: the spatial size is static in every export
+        padding = (same_padding([int(v) for v in x.shape[-2:]], self.kernel_size, self.stride, self.dilation)
+                   if self.same_padding else None)
         y = self.routed_conv(x, self.router(x, *routing_args), padding)
         if self.output_bias is not None:
             y = y + self.output_bias[:, None, None]

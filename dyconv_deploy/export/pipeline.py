@@ -22,7 +22,8 @@ from dyconv_deploy.export.onnx_export import (ExportError, check_image_shape, ch
                                               export_onnx)
 from dyconv_deploy.export.report import Checklist, comparison_table
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, STRATEGIES
-from dyconv_deploy.export.verify import backend_for, verify_onnx
+from dyconv_deploy.export.verify import open_runtime, verify_onnx
+from dyconv_deploy.runtime.base import TensorSpec
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance
 
 EXPORT_STAGES = ("load", "convert", "export", "checker", "lower", "write", "verify")
@@ -40,14 +41,15 @@ class ExportResult:
 
 def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int], *, dynamic_batch: bool = True,
                  strategy: str = "plugin", exporter: str = "dynamo", opset: int = DEFAULT_OPSET,
-                 arch: Optional[str] = None, trust_pickle: bool = False, verify: bool = True,
-                 batches: Sequence[int] = DEFAULT_BATCHES, tolerance: Tolerance = TOLERANCES["fp32"],
-                 console: Optional[Console] = None) -> ExportResult:
+                 arch: Optional[str] = None, trust_pickle: bool = False, adapters: Sequence[str] = (),
+                 verify: bool = True, batches: Sequence[int] = DEFAULT_BATCHES,
+                 tolerance: Tolerance = TOLERANCES["fp32"], console: Optional[Console] = None) -> ExportResult:
     """Export MODEL ``spec`` to ``output`` with ``strategy`` and verify it against PyTorch.
 
     Args:
         input_shape: ``[N, C, H, W]``; N is the example batch and, with ``dynamic_batch=False``,
             the graph's fixed batch.
+        adapters: ``file.py:ClassName`` converter adapters for foreign dynamic convs (``--adapter``).
         batches: batch sizes verified for a dynamic batch (a static graph is verified at N).
     Raises:
         DyconvError: a stage failed (the checklist names it); VerificationError: over tolerance.
@@ -59,13 +61,13 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
     checklist = Checklist(EXPORT_STAGES)
     try:
         return _export(spec, Path(output), shape, dynamic_batch, strategy, exporter, opset, arch,
-                       trust_pickle, verify, batches, tolerance, console, checklist)
+                       trust_pickle, adapters, verify, batches, tolerance, console, checklist)
     finally:
         console.print(checklist.table(f"export {spec} -> {output}"))
 
 
-def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch, trust_pickle, verify, batches,
-            tolerance, console, checklist) -> ExportResult:
+def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch, trust_pickle, adapters, verify,
+            batches, tolerance, console, checklist) -> ExportResult:
     from dyconv_deploy.io import load_model
 
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -73,7 +75,7 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
         source = load_model(spec, arch=arch, trust_pickle=trust_pickle)
         row.detail = type(source).__name__
     with checklist.stage("convert") as row:
-        model, row.detail = _convert(source, example)
+        model, row.detail = _convert(source, example, adapters)
     check_error = None
     with checklist.stage("export") as row:
         try:
@@ -106,29 +108,35 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
     return result
 
 
-def verify_model(spec: str, onnx_path: str | os.PathLike, *, batches: Sequence[int] = DEFAULT_BATCHES,
-                 tolerance: Tolerance = TOLERANCES["fp32"], arch: Optional[str] = None, trust_pickle: bool = False,
-                 console: Optional[Console] = None) -> list[Comparison]:
-    """Check ONNX file ``onnx_path`` against MODEL ``spec``; its input shape comes from the graph.
+def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[int] = DEFAULT_BATCHES,
+                 tolerance: Tolerance = TOLERANCES["fp32"], backend: str = "auto", arch: Optional[str] = None,
+                 trust_pickle: bool = False, console: Optional[Console] = None) -> list[Comparison]:
+    """Check an ONNX file or TensorRT engine against MODEL ``spec``; the input shape comes from the file.
 
-    A graph with a dynamic batch is run at each of ``batches``, a static one at its own batch.
+    A dynamic batch is run at each of ``batches``, a static one at its own batch. ``backend``:
+    one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (``auto``: TensorRT for an engine,
+    onnx.reference for a plugin graph, ONNX Runtime CPU otherwise).
     """
     from dyconv_deploy.io import load_model
+    from dyconv_deploy.runtime import is_engine
 
     console = console or Console()
     checklist = Checklist(VERIFY_STAGES)
+    engine = is_engine(model_file)
     try:
         with checklist.stage("load") as row:
             model = load_model(spec, arch=arch, trust_pickle=trust_pickle)
-            proto = _load_onnx(onnx_path)
-            row.detail = f"{type(model).__name__} and {onnx_path}"
-        with checklist.stage("checker") as row:
-            check_model(proto)
-            row.detail = "onnx.checker full check and strict shape inference passed"
-        shape, dynamic = _graph_input_shape(proto)
-        return _verify(checklist, console, model, proto, shape, batches if dynamic else [shape[0]], tolerance)
+            source = model_file if engine else _load_onnx(model_file)
+            row.detail = f"{type(model).__name__} and {model_file}"
+        if engine:
+            checklist.skip("checker", "a TensorRT engine (its sidecar is checked when it loads)")
+        else:
+            with checklist.stage("checker") as row:
+                check_model(source)
+                row.detail = "onnx.checker full check and strict shape inference passed"
+        return _verify(checklist, console, model, source, None, batches, tolerance, backend)
     finally:
-        console.print(checklist.table(f"verify {spec} against {onnx_path}"))
+        console.print(checklist.table(f"verify {spec} against {model_file}"))
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -142,10 +150,10 @@ def parse_batches(text: str) -> tuple[int, ...]:
     return batches
 
 
-def _convert(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
+def _convert(model: nn.Module, example: torch.Tensor, adapters: Sequence[str]) -> tuple[nn.Module, str]:
     from dyconv_deploy.convert import convert_model
 
-    converted, report = convert_model(model, example)
+    converted, report = convert_model(model, example, adapters=list(adapters))
     report.raise_for_unknown()
     if not report.converted:
         return converted, "already canonical (no foreign dynamic convs)"
@@ -159,14 +167,20 @@ def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -
     return lowered, f"{strategy}: {len(lowered.graph.node)} nodes, {len(contract_nodes(lowered))} dyconv::DynamicConv2d"
 
 
-def _verify(checklist: Checklist, console: Console, model: nn.Module, proto: onnx.ModelProto,
-            shape: Sequence[int], batches: Sequence[int], tolerance: Tolerance) -> list[Comparison]:
-    backend = backend_for(proto)
+def _verify(checklist: Checklist, console: Console, model: nn.Module, source: onnx.ModelProto | str | os.PathLike,
+            shape: Optional[Sequence[int]], batches: Sequence[int], tolerance: Tolerance,
+            backend: str = "auto") -> list[Comparison]:
+    """The verify stage; ``shape=None`` takes the input shape from the model file (a fixed batch
+    replaces ``batches``)."""
     with checklist.stage("verify") as row:
-        comparisons = verify_onnx(model, proto, shape, batches, tolerance, backend=backend)
-        console.print(comparison_table(comparisons, backend))
+        runtime = open_runtime(source, backend)
+        if shape is None:
+            shape, dynamic = _input_shape(runtime.input_specs)
+            batches = batches if dynamic else [shape[0]]
+        comparisons = verify_onnx(model, runtime, shape, batches, tolerance)
+        console.print(comparison_table(comparisons, runtime.backend))
         failed = [c.name for c in comparisons if not c.passed]
-        row.detail = (f"{backend}, batch {','.join(map(str, batches))}: "
+        row.detail = (f"{runtime.backend}, batch {','.join(map(str, batches))}: "
                       f"{len(comparisons) - len(failed)}/{len(comparisons)} within atol={tolerance.atol:g} "
                       f"rtol={tolerance.rtol:g}")
         if failed:
@@ -185,15 +199,13 @@ def _load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise DyconvError(f"cannot read {path} as ONNX: {exc}") from exc
 
 
-def _graph_input_shape(proto: onnx.ModelProto) -> tuple[tuple[int, ...], bool]:
-    """``([N, C, H, W], batch is dynamic)`` of the graph's single input (N = 1 when dynamic)."""
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise DyconvError(f"verify handles graphs with one input; this one has {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
-        raise DyconvError(f"input '{inputs[0].name}' needs fixed sizes except the batch; re-export with a fixed "
-                          "--input-shape")
-    dynamic = not dims[0].HasField("dim_value")
-    return (1 if dynamic else dims[0].dim_value, *(d.dim_value for d in dims[1:])), dynamic
+def _input_shape(specs: Sequence[TensorSpec]) -> tuple[tuple[int, ...], bool]:
+    """``([N, C, H, W], batch is dynamic)`` of the single input (N = 1 when dynamic)."""
+    if len(specs) != 1:
+        raise DyconvError(f"verify handles models with one input; this one has {len(specs)}: "
+                          f"{[spec.name for spec in specs]}")
+    spec = specs[0]
+    fixed = [isinstance(d, int) and d > 0 for d in spec.shape]
+    if not spec.shape or not all(fixed[1:]):
+        raise DyconvError(f"input {spec} needs fixed sizes except the batch; re-export with a fixed --input-shape")
+    return (spec.shape[0] if fixed[0] else 1, *spec.shape[1:]), not fixed[0]

@@ -4,6 +4,7 @@ The checklist lists every stage with ✓ (done), ✗ (failed) or – (skipped) a
 detail, like torch's export status, and is printed even when a stage fails.
 """
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -22,6 +23,7 @@ class StageRow:
     name: str
     status: str = SKIPPED
     detail: str = "not reached"
+    seconds: float | None = None
 
 
 class Checklist:
@@ -35,30 +37,35 @@ class Checklist:
         """Run a stage: ✓ when the block ends, ✗ (with the error's first line) when it raises."""
         row = self.rows[name]
         row.detail = ""
+        start = time.perf_counter()
         try:
             yield row
         except BaseException as exc:
             row.status = FAILED
             row.detail = row.detail or (str(exc).splitlines() or [type(exc).__name__])[0]
             raise
-        row.status = DONE
+        else:
+            row.status = DONE
+        finally:
+            row.seconds = time.perf_counter() - start
 
     def skip(self, name: str, reason: str) -> None:
         self.rows[name].status = SKIPPED
         self.rows[name].detail = reason
 
     def table(self, title: str) -> Table:
-        table = Table("stage", "", "detail", title=title, title_justify="left")
+        table = Table("stage", "", "time", "detail", title=title, title_justify="left")
         for row in self.rows.values():
             style = {DONE: "green", FAILED: "red", SKIPPED: "dim"}[row.status]
-            table.add_row(row.name, f"[{style}]{row.status}[/{style}]", row.detail)
+            seconds = "" if row.seconds is None else f"{row.seconds:.1f}s"
+            table.add_row(row.name, f"[{style}]{row.status}[/{style}]", seconds, row.detail)
         return table
 
 
 def comparison_table(comparisons: Sequence[Comparison], backend: str) -> Table:
     """Max/mean absolute error per output and batch size, against PyTorch eager."""
     tolerance = comparisons[0].tolerance if comparisons else None
-    title = f"ONNX ({backend}) vs PyTorch eager" + (
+    title = f"{'engine' if backend == 'trt' else 'ONNX'} ({backend}) vs PyTorch eager" + (
         f", atol={tolerance.atol:g} rtol={tolerance.rtol:g}" if tolerance else "")
     table = Table("output", "max abs", "mean abs", "max rel", "smallest passing atol", "result", title=title,
                   title_justify="left")

@@ -1,68 +1,69 @@
-"""Check an exported graph against PyTorch eager on random inputs, per output and batch size.
+"""Check an exported graph or engine against PyTorch eager on random inputs, per output and batch.
 
-Backends: graphs of standard ops run on ONNX Runtime (CPU); graphs with
-``dyconv::DynamicConv2d`` nodes run on ``onnx.reference`` with the contract's reference
-kernel and the torch-backed Conv/MaxPool of :mod:`dyconv_deploy.export.fast_reference`
-(exact, and seconds instead of minutes at 224x224).
+Every backend of :mod:`dyconv_deploy.runtime` can be checked. ``auto`` picks: ``trt`` for an
+engine file; ``reference`` for graphs with ``dyconv::DynamicConv2d`` nodes (``onnx.reference``
+with the contract's reference kernel and the torch-backed Conv/MaxPool of
+:mod:`dyconv_deploy.export.fast_reference`: exact, and seconds instead of minutes at 224x224);
+ONNX Runtime CPU for standard-op graphs. ``ort-cpu`` on a plugin graph checks the ONNX Runtime
+expansion of the node (:mod:`dyconv_deploy.runtime.ort_custom_op`).
 """
 
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from dyconv_deploy.deps import require
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
 from dyconv_deploy.ops.onnx_schema import register_schema
+from dyconv_deploy.export.settings import VERIFY_BACKENDS
+from dyconv_deploy.runtime import Runtime, is_engine, load_runtime
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance, compare
 
-Session = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+def backend_for(source: onnx.ModelProto | str | os.PathLike) -> str:
+    """The ``auto`` backend: ``trt`` for an engine file, ``reference`` for graphs with contract nodes,
+    else ``ort-cpu``."""
+    if not isinstance(source, onnx.ModelProto):
+        if is_engine(source):
+            return "trt"
+        source = onnx.load(os.fspath(source))
+    return "reference" if contract_nodes(source) else "ort-cpu"
 
 
-def backend_for(proto: onnx.ModelProto) -> str:
-    """``"reference"`` for graphs with contract nodes, else ``"onnxruntime"``."""
-    return "reference" if contract_nodes(proto) else "onnxruntime"
+def open_runtime(source: onnx.ModelProto | str | os.PathLike, backend: str = "auto", **options) -> Runtime:
+    """The loaded runtime ``verify`` runs ``source`` on (``auto``: :func:`backend_for`)."""
+    if backend not in VERIFY_BACKENDS:
+        raise DyconvError(f"unknown verify backend {backend!r}; choose one of: {', '.join(VERIFY_BACKENDS)}")
+    if backend == "auto":
+        backend = backend_for(source)
+    engine = not isinstance(source, onnx.ModelProto) and is_engine(source)
+    if engine != (backend == "trt"):
+        raise DyconvError(f"the {backend} backend cannot run {'an engine' if engine else 'an ONNX graph'}: TensorRT "
+                          "runs engines (dyconv-deploy build-engine makes one), the other backends run ONNX")
+    register_schema()
+    return load_runtime(source, backend, **options).load()
 
 
-def open_session(proto: onnx.ModelProto, backend: str) -> Session:
-    """A callable ``{input name: array} -> [outputs]`` on ``backend``."""
-    if backend == "reference":
-        from onnx.reference import ReferenceEvaluator
-
-        from dyconv_deploy.export.fast_reference import FAST_REFERENCE_OPS
-        from dyconv_deploy.ops.onnx_reference import REFERENCE_OPS
-
-        register_schema()
-        evaluator = ReferenceEvaluator(proto, new_ops=REFERENCE_OPS + FAST_REFERENCE_OPS)
-        return lambda feeds: list(evaluator.run(None, feeds))
-    if backend == "onnxruntime":
-        ort = require("onnxruntime", for_="verify")
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return lambda feeds: session.run(None, feeds)
-    raise DyconvError(f"unknown verify backend {backend!r}; choose reference or onnxruntime")
-
-
-def verify_onnx(model: nn.Module, onnx_model: onnx.ModelProto | str | os.PathLike, input_shape: Sequence[int],
-                batches: Sequence[int], tolerance: Tolerance = TOLERANCES["fp32"], *, seed: int = 0,
-                backend: str | None = None) -> list[Comparison]:
-    """Compare ``onnx_model`` with ``model`` (eager, eval mode) at each batch size.
+def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | Runtime,
+                input_shape: Sequence[int], batches: Sequence[int], tolerance: Tolerance = TOLERANCES["fp32"], *,
+                seed: int = 0, backend: str = "auto") -> list[Comparison]:
+    """Compare a graph, an engine or a loaded runtime with ``model`` (eager, eval mode) at each batch.
 
     Args:
         input_shape: ``[N, C, H, W]`` of the single input; N is replaced by each of ``batches``.
-        backend: ``"reference"`` or ``"onnxruntime"``; None picks :func:`backend_for`.
+        backend: one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (ignored when ``source`` is a runtime).
     Returns:
         One :class:`Comparison` per output and batch, named ``<output>@batch<N>``.
     """
-    proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(os.fspath(onnx_model))
-    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if len(inputs) != 1:
-        raise DyconvError(f"verify handles models with one input; this graph has {len(inputs)}: {inputs}")
-    outputs = [o.name for o in proto.graph.output]
-    session = open_session(proto, backend or backend_for(proto))
+    runtime = source if isinstance(source, Runtime) else open_runtime(source, backend)
+    if len(runtime.input_specs) != 1:
+        raise DyconvError(f"verify handles models with one input; this one has {len(runtime.input_specs)}: "
+                          f"{[spec.name for spec in runtime.input_specs]}")
+    name = runtime.input_specs[0].name
     generator = torch.Generator().manual_seed(seed)
     model = model.eval()
     comparisons = []
@@ -70,11 +71,12 @@ def verify_onnx(model: nn.Module, onnx_model: onnx.ModelProto | str | os.PathLik
         x = torch.randn(batch, *input_shape[1:], generator=generator)
         with torch.no_grad():
             expected = _flatten(model(x))
-        actual = session({inputs[0]: x.numpy()})
+        actual = runtime.run({name: x.numpy()})
         if len(actual) != len(expected):
-            raise DyconvError(f"the ONNX graph has {len(actual)} outputs but the model returns {len(expected)}")
-        comparisons += [compare(a, e, tolerance, f"{name}@batch{batch}")
-                        for name, a, e in zip(outputs, actual, expected)]
+            raise DyconvError(f"the {runtime.backend} model has {len(actual)} outputs but the PyTorch model returns "
+                              f"{len(expected)}")
+        comparisons += [compare(np.asarray(value), reference, tolerance, f"{output}@batch{batch}")
+                        for (output, value), reference in zip(actual.items(), expected)]
     return comparisons
 
 

@@ -36,3 +36,21 @@ def test_different_weights_fail_with_exit_1_and_the_table(tiny_onnx, tmp_path, c
 def test_missing_onnx_file_is_a_user_error(tmp_path, capsys):
     assert main(["verify", TINY, str(tmp_path / "none.onnx")]) == 2
     assert "ONNX file not found" in capsys.readouterr().err
+
+
+def test_plugin_graph_on_onnx_runtime_runs_the_expanded_node(tiny_onnx, capsys):
+    assert main(["verify", TINY, str(tiny_onnx), "--backend", "ort-cpu", "--batch", "1,5"]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX (ort-cpu) vs PyTorch eager" in out and "output@batch5" in out and "FAIL" not in out
+
+
+@pytest.mark.parametrize("backend, file_name, message", [
+    ("trt", "tiny.onnx", "the trt backend cannot run an ONNX graph"),
+    ("ort-cpu", "tiny.engine", "the ort-cpu backend cannot run an engine"),
+    ("onnx2", "tiny.onnx", "unknown verify backend 'onnx2'"),
+])
+def test_backend_that_cannot_run_the_file_is_a_user_error(tiny_onnx, tmp_path, capsys, backend, file_name, message):
+    path = tmp_path / file_name
+    path.write_bytes(tiny_onnx.read_bytes())
+    assert main(["verify", TINY, str(path), "--backend", backend]) == 2
+    assert message in capsys.readouterr().err
