@@ -33,16 +33,19 @@ class OnnxRuntimeRuntime(Runtime):
         device: ``"cpu"`` or ``"cuda"`` (CUDA needs ``onnxruntime-gpu``; CPU is the fallback
             provider for nodes CUDA lacks).
         threads: intra-op threads (0 = ONNX Runtime's default, one per physical core).
+        spinning: let idle intra-op threads spin (ONNX Runtime's default: lower latency for one
+            session, but spinning threads take cores from the other sessions of the process, so
+            ``bench``, which interleaves sessions, turns it off).
         custom_op_library: a shared library registering ``dyconv::DynamicConv2d`` under its own
             name; when omitted, graphs with the node use the project's kernel.
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, device: str = "cpu", threads: int = 0,
-                 custom_op_library: str | os.PathLike | None = None) -> None:
+                 spinning: bool = True, custom_op_library: str | os.PathLike | None = None) -> None:
         super().__init__()
         if device not in PROVIDERS:
             raise DyconvError(f"ONNX Runtime device must be one of {', '.join(PROVIDERS)}, got {device!r}")
-        self.model, self.device, self.threads = model, device, threads
+        self.model, self.device, self.threads, self.spinning = model, device, threads, spinning
         self.custom_op_library = Path(custom_op_library) if custom_op_library is not None else None
         self.backend = f"ort-{device}"
         self.providers: list[str] = []
@@ -57,6 +60,8 @@ class OnnxRuntimeRuntime(Runtime):
                               f"{', '.join(available)}; install onnxruntime-gpu for CUDA")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(str(self.model))
         if self.custom_op_library is not None:
             if not self.custom_op_library.is_file():

@@ -70,9 +70,9 @@ def _expand(node: onnx.NodeProto, kernels: dict, graph: onnx.GraphProto) -> list
         graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), f"{prefix}_{label}"))
         return f"{prefix}_{label}"
 
-    def add(op_type: str, inputs: list[str], label: str, **kwargs) -> str:
-        nodes.append(helper.make_node(op_type, inputs, [f"{prefix}_{label}"], **kwargs))
-        return f"{prefix}_{label}"
+    def add(op_type: str, inputs: list[str], label: str, output: str = "", **kwargs) -> str:
+        nodes.append(helper.make_node(op_type, inputs, [output or f"{prefix}_{label}"], **kwargs))
+        return output or f"{prefix}_{label}"
 
     def mix(experts: str, label: str, flat_kernels: bool) -> str:
         """``sum_k A[n,k] E[k]`` (one MatMul) or, for rank-3 A, ``sum_k A[n,k,m] E[k,m(,q)]``.
@@ -93,11 +93,36 @@ def _expand(node: onnx.NodeProto, kernels: dict, graph: onnx.GraphProto) -> list
     if spatial:
         per_sample = add("Mul", [per_sample, add("Unsqueeze", [spatial, constant("s_axes", [1, 2])], "s")],
                          "kernels_s")
-    scan_inputs = [x, per_sample] + ([mix(bias, "b", flat_kernels=False)] if bias else [])
+    mixed_bias = mix(bias, "b", flat_kernels=False) if bias else ""
+    if kh == kw == 1 and not any(attrs["pads"]):
+        _pointwise_conv(x, per_sample, mixed_bias, node.output[0], attrs, m, c, add, constant)
+        return nodes
+    scan_inputs = [x, per_sample] + ([mixed_bias] if bias else [])
     body = _per_sample_conv(prefix, constant("n_axis", [0]), bool(bias), attrs, kernels[weight].data_type)
     nodes.append(helper.make_node("Scan", scan_inputs, list(node.output), name=f"{prefix}_scan", body=body,
                                   num_scan_inputs=len(scan_inputs)))
     return nodes
+
+
+def _pointwise_conv(x: str, kernels: str, bias: str, output: str, attrs: dict, m: int, c: int, add, constant) -> None:
+    """Unpadded 1x1 conv with per-sample kernels as one batched MatMul, no per-sample loop::
+
+        Xs = X[:, :, ::sH, ::sW]                                                (strided only)
+        Y  = Wn.reshape(N, G, M/G, C/G) @ Xs.reshape(N, G, C/G, Ho*Wo)  (+ Bn.reshape(N, G, M/G, 1))
+        Y  = Y.reshape(N, M, Ho, Wo)                                            -> ``output``
+    """
+    groups, strides = int(attrs["group"]), list(attrs["strides"])
+    if strides != [1, 1]:
+        x = add("Slice", [x, constant("starts", [0, 0]), constant("ends", [2**62, 2**62]), constant("axes", [2, 3]),
+                          constant("steps", strides)], "strided")
+    w = add("Reshape", [kernels, constant("pw_w_shape", [0, groups, m // groups, c])], "pw_w")
+    y = add("MatMul", [w, add("Reshape", [x, constant("pw_x_shape", [0, groups, c, -1])], "pw_x")], "pw_y")
+    if bias:
+        y = add("Add", [y, add("Reshape", [bias, constant("pw_b_shape", [0, groups, m // groups, 1])], "pw_b")],
+                "pw_yb")
+    shape = add("Concat", [add("Shape", [x], "pw_n", end=1), constant("pw_m", [m]),
+                           add("Shape", [x], "pw_hw", start=2)], "pw_shape", axis=0)
+    add("Reshape", [y, shape], "pw_out", output=output)
 
 
 def _per_sample_conv(prefix: str, batch_axis: str, has_bias: bool, attrs: dict, dtype: int) -> onnx.GraphProto:

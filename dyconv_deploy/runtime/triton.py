@@ -9,7 +9,9 @@ Layout written by :func:`write_triton_repo` (``MOUNT`` is where the server sees 
     REPO/NAME/README.md             how to start the server with that library loaded
 
 Dynamic batching needs a dynamic leading dimension on every input (``plugin`` and
-``experts`` graphs; a ``grouped`` graph has a static batch and is refused).
+``experts`` graphs; a ``grouped`` graph has a static batch and is refused). For the
+onnxruntime backend, ``dyconv::DynamicConv2d`` nodes are expanded into standard ops
+(:func:`dyconv_deploy.runtime.ort_custom_op.to_onnxruntime`) unless a custom-op library is given.
 """
 
 import os
@@ -21,9 +23,9 @@ import onnx
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
-from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.runtime import ENGINE_SUFFIXES
 from dyconv_deploy.runtime.base import TensorSpec, onnx_io_specs
+from dyconv_deploy.runtime.ort_custom_op import to_onnxruntime
 from dyconv_deploy.trt.sidecar import atomic_write_bytes, read_sidecar
 
 TRITON_BACKENDS = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
@@ -97,8 +99,8 @@ def write_triton_repo(model_file: str | os.PathLike, repo_dir: str | os.PathLike
     plugin = Path(plugin_library) if plugin_library is not None else None
     if plugin is not None and not plugin.is_file():
         raise DyconvError(f"plugin library not found: {plugin}")
-    inputs, outputs = (_onnx_io(model_file, plugin) if backend == "onnxruntime"
-                       else _engine_io(model_file, max_batch))
+    payload, inputs, outputs = (_onnx_model(model_file, plugin) if backend == "onnxruntime"
+                                else _engine_model(model_file, max_batch))
     if max_batch > 0:
         _check_batch_dims(inputs + outputs)
     served_plugin = f"{mount_path.rstrip('/')}/{name}/{plugin.name}" if plugin else None
@@ -106,7 +108,7 @@ def write_triton_repo(model_file: str | os.PathLike, repo_dir: str | os.PathLike
                          op_library=served_plugin if backend == "onnxruntime" else None)
 
     model_dir = Path(repo_dir) / name
-    atomic_write_bytes(model_dir / "1" / TRITON_BACKENDS[backend], model_file.read_bytes())
+    atomic_write_bytes(model_dir / "1" / TRITON_BACKENDS[backend], payload)
     if plugin is not None:
         atomic_write_bytes(model_dir / plugin.name, plugin.read_bytes())
     atomic_write_bytes(model_dir / "config.pbtxt", config_pbtxt(config).encode())
@@ -114,18 +116,17 @@ def write_triton_repo(model_file: str | os.PathLike, repo_dir: str | os.PathLike
     return model_dir
 
 
-def _onnx_io(path: Path, plugin: Path | None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def _onnx_model(path: Path, plugin: Path | None) -> tuple[bytes, list[TensorSpec], list[TensorSpec]]:
+    """The bytes to serve and the I/O; without ``plugin``, contract nodes are expanded into standard ops."""
     if path.suffix != ".onnx":
         raise DyconvError(f"the onnxruntime backend serves an .onnx file, got {path.name}")
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load(str(path))
     if plugin is None and contract_nodes(model):
-        raise DyconvError(f"{path.name} has {DOMAIN}::{OP_TYPE} nodes, which Triton's onnxruntime backend runs only "
-                          "with a C++ custom-op library (the project's ONNX Runtime kernel is a Python custom op); "
-                          "serve the experts-strategy graph or pass --plugin")
-    return onnx_io_specs(model)
+        model = to_onnxruntime(model)
+    return model.SerializeToString(), *onnx_io_specs(model)
 
 
-def _engine_io(path: Path, max_batch: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def _engine_model(path: Path, max_batch: int) -> tuple[bytes, list[TensorSpec], list[TensorSpec]]:
     if path.suffix not in ENGINE_SUFFIXES:
         raise DyconvError(f"the tensorrt backend serves an engine ({', '.join(ENGINE_SUFFIXES)}); build one from "
                           f"{path.name} with `dyconv-deploy build-engine` first")
@@ -142,7 +143,7 @@ def _engine_io(path: Path, max_batch: int) -> tuple[list[TensorSpec], list[Tenso
         return [TensorSpec(r["name"], tuple(None if d < 0 else d for d in r["shape"]), np.dtype(r["dtype"]))
                 for r in records]
 
-    return specs(sidecar["inputs"]), specs(sidecar["outputs"])
+    return path.read_bytes(), specs(sidecar["inputs"]), specs(sidecar["outputs"])
 
 
 def _check_batch_dims(specs: list[TensorSpec]) -> None:

@@ -133,13 +133,24 @@ def test_static_batch_graph_is_refused_for_dynamic_batching(tmp_path, capsys):
     assert not (tmp_path / "repo").exists()
 
 
-def test_contract_graph_needs_a_cpp_custom_op_library(tmp_path, capsys):
-    from onnx import TensorProto, helper
+def test_contract_graph_is_served_as_standard_ops(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
 
-    node = helper.make_node("DynamicConv2d", ["x", "a", "w"], ["y"], domain="dyconv")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                            for n in ("x", "a", "w")],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    onnx.save(helper.make_model(graph), str(tmp_path / "plugin.onnx"))
-    assert main(["triton-repo", str(tmp_path / "plugin.onnx"), "-o", str(tmp_path / "repo")]) == 2
-    assert "serve the experts-strategy graph or pass --plugin" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    weight, x = rng.standard_normal((2, 4, 3, 3, 3)).astype(np.float32), rng.standard_normal((3, 3, 5, 5))
+    attention = rng.random((3, 2)).astype(np.float32)
+    node = helper.make_node("DynamicConv2d", ["x", "a", "W"], ["y"], domain="dyconv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 5]),
+                                            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 5, 5])],
+                              [numpy_helper.from_array(weight, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("dyconv", 1)])
+    onnx.save(model, str(tmp_path / "plugin.onnx"))
+    assert main(["triton-repo", str(tmp_path / "plugin.onnx"), "-o", str(tmp_path / "repo")]) == 0
+    served_path = tmp_path / "repo" / "dyconv_model" / "1" / "model.onnx"
+    served = onnx.load(str(served_path))
+    assert all(n.domain in ("", "ai.onnx") for n in served.graph.node)  # Triton's ORT needs no custom op
+    feeds = {"x": x.astype(np.float32), "a": attention}
+    result = compare(load_runtime(served_path, "ort-cpu").run(feeds)["y"], load_runtime(model, "reference").run(feeds)["y"],
+                     TOLERANCES["fp32"])
+    assert result.passed, str(result)
