@@ -20,9 +20,11 @@ _COMMANDS = [
     ("inspect", "dyconv_deploy.cli.inspect:inspect_command"),
     ("export", "dyconv_deploy.cli.export:export_command"),
     ("verify", "dyconv_deploy.cli.verify:verify_command"),
-    ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
     ("build-engine", "dyconv_deploy.cli.build_engine:build_engine_command"),
     ("triton-repo", "dyconv_deploy.cli.triton_repo:triton_repo_command"),
+    ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
+    ("bench", "dyconv_deploy.cli.bench:bench_command"),
+    ("demo", "dyconv_deploy.cli.demo:demo_command"),
 ]
 
 app = typer.Typer(

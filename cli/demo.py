@@ -1,0 +1,37 @@
+"""``dyconv-deploy demo``: DY-MobileNetV2 through convert, export, verify and bench on ONNX Runtime (CPU)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def demo_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the graphs, bench.json and bench.png.")]
+    = Path("demo-out"),
+    sample: Annotated[str, typer.Option(help="The bundled sample to run (see dyconv-deploy inspect).")]
+    = "dy_mobilenetv2",
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes to bench.")] = "1,8",
+    iterations: Annotated[int, typer.Option(help="Timed runs per graph and batch (few, to finish quickly).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per graph and batch.")] = 2,
+) -> None:
+    """Run the main job on a bundled sample (DY-MobileNetV2) with this machine's defaults.
+
+    Converts the sample, exports it once and lowers it to every strategy (plugin, experts,
+    grouped, static), verifies each equivalent graph against PyTorch, then benches them against
+    the static twin (sample:NAME_static) on ONNX Runtime CPU, printing the table and writing
+    OUTPUT/<strategy>.onnx, OUTPUT/bench.json and OUTPUT/bench.png. Graphs are cached, so a
+    second run is faster.
+
+    Examples:
+
+        dyconv-deploy demo
+
+        dyconv-deploy demo -o out --batch 1,8,32 --iterations 30
+
+        dyconv-deploy demo --sample dy_resnet18
+    """
+    from dyconv_deploy.bench.demo import run_demo
+    from dyconv_deploy.export.pipeline import parse_batches
+
+    run_demo(output, sample=sample, batches=parse_batches(batch), warmup=warmup, iterations=iterations)

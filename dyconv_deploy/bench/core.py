@@ -1,0 +1,241 @@
+"""``bench``: a dynamic model's graphs against its static twin, side by side in one process.
+
+For each batch size, every strategy's graph and the twin run interleaved
+(:func:`~dyconv_deploy.bench.measure.interleaved`), so the dynamic/static ratio compares
+runs made under the same conditions. Graphs come from :class:`~dyconv_deploy.bench.graphs.GraphSet`
+(exported once, cached); a strategy that fails to lower or load is reported and skipped.
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from dyconv_deploy.bench import BACKENDS
+from dyconv_deploy.bench.graphs import TWIN, GraphSet, default_cache_dir, twin_spec
+from dyconv_deploy.bench.measure import Stats, interleaved, rss_mb, summarize
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
+
+EAGER = "eager"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One graph at one batch size, with the twin's stats from the same interleaved run."""
+
+    strategy: str
+    batch: int
+    stats: Stats
+    static: Stats
+
+    @property
+    def ratio(self) -> float:
+        """Dynamic / static p50 latency."""
+        return self.stats.p50_ms / self.static.p50_ms
+
+
+@dataclass
+class BenchResult:
+    """Everything a benchmark measured; ``to_dict`` is the JSON layout."""
+
+    model: str
+    twin: str
+    backend: str
+    rows: list[Row]
+    settings: dict
+    environment: dict
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def batches(self) -> list[int]:
+        return list(dict.fromkeys(row.batch for row in self.rows))
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "twin": self.twin, "backend": self.backend, "settings": self.settings,
+                "environment": self.environment, "skipped": self.skipped,
+                "results": [{"strategy": row.strategy, "batch": row.batch, "ratio_p50": row.ratio,
+                             "dynamic": asdict(row.stats), "static": asdict(row.static)} for row in self.rows]}
+
+
+def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] = STRATEGIES,
+          batches: Sequence[int] = (1, 8, 32), *, warmup: int = 5, iterations: int = 30,
+          input_shape: Optional[Sequence[int]] = None, json_path: Optional[str | Path] = None,
+          plot_path: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, threads: int = 0,
+          opset: int = DEFAULT_OPSET, arch: Optional[str] = None, trust_pickle: bool = False,
+          adapters: Sequence[str] = (), console: Optional[Console] = None) -> BenchResult:
+    """Measure ``model_spec``'s graphs against its static twin on ``backend`` at each batch size.
+
+    Args:
+        strategies: lowering strategies to time (ignored by the eager ``torch`` backends).
+        input_shape: ``[N, C, H, W]`` (N ignored); default: the sample's shape or 1x3x224x224.
+        cache_dir: where exported graphs and engines are cached (default :func:`default_cache_dir`).
+        threads: ONNX Runtime intra-op threads (0: its default, one per physical core).
+        arch, trust_pickle, adapters: how to load and convert MODEL, as for ``export``.
+    Returns:
+        The result, also printed as a table and written to ``json_path`` / ``plot_path`` when given.
+    """
+    _check_arguments(backend, strategies, batches, warmup, iterations)
+    console = console or Console()
+    shape = tuple(input_shape) if input_shape else _default_shape(model_spec)
+    model, twin, twin_name = _load_models(model_spec, shape, arch, trust_pickle, adapters)
+    if backend.startswith("torch"):
+        runtimes = _EagerRuntimes(model, twin, backend, model_spec, shape)
+        strategies = (EAGER,)
+    else:
+        graphs = GraphSet(model, twin, shape, Path(cache_dir) if cache_dir else default_cache_dir(), opset)
+        runtimes = _GraphRuntimes(graphs, backend, threads, max(batches))
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    for batch in batches:
+        with console.status(f"batch {batch}: preparing {', '.join(strategies)} and the static twin"):
+            ready = _prepare(runtimes, [TWIN, *(s for s in strategies if s not in skipped)], batch, skipped)
+        if TWIN not in ready:
+            raise DyconvError(f"the static twin could not run at batch {batch}: {skipped[TWIN]}")
+        feeds = {ready[TWIN][0].input_specs[0].name: _random_input(batch, shape)}
+        with console.status(f"batch {batch}: timing {len(ready)} graphs interleaved, {iterations} iterations"):
+            times = interleaved({name: _runner(rt, feeds) for name, (rt, _) in ready.items()}, warmup, iterations)
+        static = summarize(times[TWIN], batch, ready[TWIN][1])
+        rows += [Row(name, batch, summarize(times[name], batch, memory), static)
+                 for name, (_, memory) in ready.items() if name != TWIN]
+    runtimes.close()
+    settings = {"strategies": list(strategies), "batches": list(batches), "warmup": warmup, "iterations": iterations,
+                "input_shape": list(shape[1:]), "threads": threads, "opset": opset,
+                "memory": runtimes.memory_note}
+    from dyconv_deploy.bench.report import environment, plot, table, write_json
+
+    result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped)
+    console.print(table(result))
+    for name, reason in skipped.items():
+        console.print(f"[yellow]skipped {name}[/yellow]: {reason}")
+    if json_path is not None:
+        console.print(f"wrote {write_json(result, json_path)}")
+    if plot_path is not None:
+        console.print(f"wrote {plot(result, plot_path)}")
+    return result
+
+
+def _check_arguments(backend, strategies, batches, warmup, iterations) -> None:
+    if backend not in BACKENDS:
+        raise DyconvError(f"unknown bench backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise DyconvError(f"unknown strategy {', '.join(unknown) or '(none)'}; choose from: {', '.join(STRATEGIES)}")
+    if not batches or min(batches) < 1:
+        raise DyconvError(f"batch sizes must be positive integers, got {list(batches)}")
+    if warmup < 0 or iterations < 1:
+        raise DyconvError(f"need warmup >= 0 and iterations >= 1, got {warmup} and {iterations}")
+
+
+def _default_shape(spec: str) -> tuple[int, ...]:
+    if spec.startswith("sample:"):
+        from dyconv_deploy.samples import default_input_shape
+
+        return tuple(default_input_shape(spec[len("sample:"):]))
+    return (1, 3, 224, 224)
+
+
+def _load_models(spec: str, shape, arch, trust_pickle, adapters):
+    """The converted dynamic model, its twin module (None: use the static graph) and the twin's name."""
+    from dyconv_deploy.convert import convert_model
+    from dyconv_deploy.io import load_model
+
+    example = torch.randn(1, *shape[1:], generator=torch.Generator().manual_seed(0))
+    model, report = convert_model(load_model(spec, arch=arch, trust_pickle=trust_pickle), example,
+                                  adapters=list(adapters))
+    report.raise_for_unknown()
+    twin = twin_spec(spec)
+    if twin is None:
+        return model, None, f"{spec} lowered with the static strategy"
+    return model, load_model(twin), twin
+
+
+def _random_input(batch: int, shape) -> np.ndarray:
+    return torch.randn(batch, *shape[1:], generator=torch.Generator().manual_seed(batch)).numpy()
+
+
+def _runner(runtime, feeds):
+    return lambda: runtime.run(feeds)
+
+
+def _prepare(runtimes, names, batch, skipped) -> dict:
+    """``{name: (loaded runtime, peak memory MB)}`` for the graphs that load and run at ``batch``."""
+    ready = {}
+    for name in names:
+        try:
+            ready[name] = runtimes.get(name, batch)
+        except DyconvError as exc:
+            skipped[name] = str(exc)
+    return ready
+
+
+class _GraphRuntimes:
+    """ONNX Runtime sessions or TensorRT engines per graph file, loaded once and reused across batches."""
+
+    def __init__(self, graphs: GraphSet, backend: str, threads: int, max_batch: int):
+        self.graphs, self.backend, self.threads, self.max_batch = graphs, backend, threads, max_batch
+        self._loaded: dict[Path, tuple] = {}
+        self.memory_note = ("growth of the process's resident memory while loading each graph and first "
+                            "running it at each batch size (approximate)")
+
+    def get(self, name: str, batch: int):
+        from dyconv_deploy.runtime import load_runtime
+
+        path = self.graphs.path(name, batch)
+        before = rss_mb()
+        if path in self._loaded:
+            runtime, memory = self._loaded[path]
+        else:
+            runtime, memory = (load_runtime(self._engine(path), "trt") if self.backend == "trt"
+                               else load_runtime(path, self.backend, threads=self.threads, spinning=False)), 0.0
+            runtime.load()
+        runtime.run({runtime.input_specs[0].name: _random_input(batch, self.graphs.input_shape)})
+        self._loaded[path] = (runtime, memory + rss_mb() - before)  # grows with each larger batch
+        return self._loaded[path]
+
+    def _engine(self, onnx_path: Path) -> Path:
+        from dyconv_deploy.trt.build import build_engine
+
+        engine = onnx_path.with_suffix(f".max{self.max_batch}.engine")
+        if not engine.is_file():
+            build_engine(onnx_path, engine, min_batch=1, opt_batch=self.max_batch, max_batch=self.max_batch)
+        return engine
+
+    def close(self) -> None:
+        for runtime, _ in self._loaded.values():
+            runtime.close()
+
+
+class _EagerRuntimes:
+    """PyTorch eager: the dynamic model (label ``eager``) and its twin module, on CPU or CUDA."""
+
+    def __init__(self, model, twin, backend: str, spec: str, shape):
+        if twin is None:
+            raise DyconvError(f"the {backend} backend times modules, so it needs a bundled static twin; {spec} has "
+                              "none (use an ONNX backend, where the static strategy graph is the twin)")
+        from dyconv_deploy.runtime import load_runtime
+
+        self.cuda, self.shape = backend == "torch-cuda", shape
+        device = "cuda" if self.cuda else "cpu"
+        self._runtimes = {EAGER: load_runtime(model, "torch", device=device, use_extension=self.cuda),
+                          TWIN: load_runtime(twin, "torch", device=device)}
+        self.memory_note = ("torch.cuda.max_memory_allocated during the first run at each batch" if self.cuda
+                            else "growth of the process's resident memory during the first run (approximate)")
+
+    def get(self, name: str, batch: int):
+        runtime = self._runtimes[name].load()
+        feeds = {runtime.input_specs[0].name: _random_input(batch, self.shape)}
+        if not self.cuda:
+            before = rss_mb()
+            runtime.run(feeds)
+            return runtime, rss_mb() - before
+        torch.cuda.reset_peak_memory_stats()
+        runtime.run(feeds)
+        return runtime, torch.cuda.max_memory_allocated() / 2**20
+
+    def close(self) -> None:
+        for runtime in self._runtimes.values():
+            runtime.close()

@@ -1,0 +1,122 @@
+"""``bench`` and ``demo``: graphs against the static twin, interleaved; the table, JSON, plot and cache."""
+
+import json
+
+import pytest
+
+from dyconv_deploy.bench import bench
+from dyconv_deploy.bench.graphs import CACHE_ENV, twin_spec
+from dyconv_deploy.bench.measure import interleaved, summarize
+from dyconv_deploy.cli.main import main
+from dyconv_deploy.export.settings import STRATEGIES
+
+TINY = "sample:tiny_dynamic"
+QUICK = {"warmup": 0, "iterations": 3}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("graph-cache")
+
+
+def test_every_strategy_against_the_twin_at_every_batch(cache, tmp_path):
+    result = bench(TINY, "ort-cpu", STRATEGIES, (1, 2), cache_dir=cache, json_path=tmp_path / "b.json",
+                   plot_path=tmp_path / "b.png", **QUICK)
+    assert result.twin == "sample:tiny_dynamic_static" and not result.skipped
+    assert [(r.strategy, r.batch) for r in result.rows] == [(s, b) for b in (1, 2) for s in STRATEGIES]
+    for row in result.rows:
+        assert row.stats.iterations == row.static.iterations == 3
+        assert row.stats.p50_ms <= row.stats.p90_ms <= row.stats.p99_ms
+        assert row.ratio == pytest.approx(row.stats.p50_ms / row.static.p50_ms)
+        assert row.stats.throughput == pytest.approx(row.batch * 1e3 / row.stats.p50_ms)
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert {"versions", "cpu", "logical_cpus", "python"} <= set(report["environment"])
+    assert report["environment"]["versions"]["onnxruntime"]
+    assert len(report["results"]) == 8 and report["settings"]["batches"] == [1, 2]
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_graphs_are_cached_by_content_and_grouped_per_batch(cache):
+    bench(TINY, "ort-cpu", ("plugin", "grouped"), (1, 2), cache_dir=cache, **QUICK)
+    files = sorted(p.name for p in cache.iterdir())
+    assert len([f for f in files if f.startswith("grouped-")]) == 2  # a static batch: one graph per batch
+    assert len([f for f in files if f.startswith("plugin-")]) == 1   # a dynamic batch: one graph
+    stamps = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    bench(TINY, "ort-cpu", ("plugin", "grouped"), (1, 2), cache_dir=cache, **QUICK)
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+
+
+def test_torch_backend_times_the_modules(cache):
+    result = bench(TINY, "torch", ("plugin",), (1, 2), cache_dir=cache, **QUICK)
+    assert [(r.strategy, r.batch) for r in result.rows] == [("eager", 1), ("eager", 2)]
+    assert result.backend == "torch" and all(r.static.p50_ms > 0 for r in result.rows)
+
+
+def test_a_model_without_a_bundled_twin_is_timed_against_its_static_graph(tmp_path, cache):
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom dyconv_deploy.nn import DynamicConv2d\n"
+        "def build():\n    return torch.nn.Sequential(DynamicConv2d(3, 8, 3, padding=1), torch.nn.ReLU())\n")
+    spec = f"{tmp_path / 'net.py'}:build"
+    assert twin_spec(spec) is None
+    result = bench(spec, "ort-cpu", ("experts",), (2,), input_shape=(1, 3, 16, 16), cache_dir=cache, **QUICK)
+    assert "static strategy" in result.twin and [r.strategy for r in result.rows] == ["experts"]
+
+
+def test_interleaving_rotates_the_order_and_times_every_run():
+    calls = []
+    times = interleaved({name: (lambda n=name: calls.append(n)) for name in "abc"}, warmup=1, iterations=3)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(len(t) == 3 and min(t) >= 0 for t in times.values())
+    stats = summarize([0.001, 0.002, 0.003], batch=4)
+    assert stats.p50_ms == pytest.approx(2.0) and stats.throughput == pytest.approx(2000.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "tvm"], "unknown bench backend 'tvm'"),
+    (["--strategy", "plugin,fast"], "unknown strategy fast"),
+    (["--batch", "0,2"], "bad batch list"),
+    (["--iterations", "0"], "need warmup >= 0 and iterations >= 1"),
+])
+def test_bad_arguments_are_one_line_errors(capsys, args, message):
+    assert main(["bench", TINY, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_trt_backend_without_tensorrt_says_what_to_install(capsys, cache):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is importable here; the engine path is covered by tests/trt")
+    assert main(["bench", TINY, "--backend", "trt", "--strategy", "plugin", "--batch", "1",
+                 "--cache-dir", str(cache)]) == 2
+    assert "tensorrt" in capsys.readouterr().err
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, cache, capsys):
+    assert main(["bench", TINY, "--strategy", "plugin,static", "--batch", "1", "--warmup", "0", "--iterations",
+                 "2", "--json", str(tmp_path / "out.json"), "--cache-dir", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert "static twin" in printed and "dyn/static" in printed and "plugin" in printed
+    assert json.loads((tmp_path / "out.json").read_text())["twin"] == "sample:tiny_dynamic_static"
+
+
+def test_demo_runs_every_stage_and_writes_the_graphs(tmp_path, cache, capsys, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--sample", "tiny_dynamic", "--batch", "1,2", "--iterations", "2",
+                 "--warmup", "0"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("load", "convert", "export", "verify", "bench"):
+        assert f"│ {stage}" in printed
+    assert "✗" not in printed and "max abs error" in printed
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(["bench.json", "bench.png", *(f"{s}.onnx" for s in STRATEGIES)])
+    results = json.loads((out / "bench.json").read_text())["results"]
+    assert {(r["strategy"], r["batch"]) for r in results} == {(s, b) for s in STRATEGIES for b in (1, 2)}
+
+
+def test_demo_refuses_a_sample_without_a_twin(capsys):
+    assert main(["demo", "--sample", "tiny_dynamic_static"]) == 2
+    assert "needs a dynamic sample with a static twin" in capsys.readouterr().err
