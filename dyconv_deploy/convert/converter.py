@@ -51,6 +51,10 @@ class ConversionReport:
         if not self.unknown:
             return ""
         names = ", ".join(f"{u.path} ({u.module_type})" for u in self.unknown)
+        if any(u.module_type == "GraphModule" for u in self.unknown):
+            return (f"convolution weight depends on the input in {names}: a traced or torch.export program keeps no "
+                    "layer structure for the adapters to recognise; export from the nn.Module instead "
+                    "(file.py:factory, or a state_dict with --arch)")
         return (f"convolution weight depends on the input in {names}; no adapter recognises this layer: "
                 f"write one and pass it with --adapter FILE.py:ClassName (see {ADAPTER_DOCS})")
 

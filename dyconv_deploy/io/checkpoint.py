@@ -51,7 +51,12 @@ def load_checkpoint(path: str, arch: Optional[Callable[[], nn.Module]] = None,
         content = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         _require_trust(file, trust_pickle, "holds a pickled object (not just tensors)")
-        content = torch.load(file, map_location="cpu", weights_only=False)
+        try:
+            content = torch.load(file, map_location="cpu", weights_only=False)
+        except (ModuleNotFoundError, AttributeError) as exc:  # the classes the pickle names are not importable
+            raise DyconvError(f"{path} was pickled with classes this process cannot import ({exc}); make the code "
+                              "that defined the model importable (PYTHONPATH, or run from its folder), or save "
+                              "model.state_dict() and load it with --arch file.py:factory") from exc
     if isinstance(content, nn.Module):
         return content
     state_dict = _unwrap_state_dict(content, file)

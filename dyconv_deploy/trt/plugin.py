@@ -30,14 +30,16 @@ def default_build_dir() -> Path:
 
 
 def tensorrt_header_candidates(tensorrt_root: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for ``NvInferRuntime.h``, in order: the argument, ``TENSORRT_ROOT``, the
-    ``tensorrt``/``tensorrt_libs`` pip packages, system paths, the checkout's ``third_party/tensorrt``."""
-    roots = [Path(r) for r in (tensorrt_root, os.environ.get("TENSORRT_ROOT")) if r]
-    for package in ("tensorrt", "tensorrt_libs"):
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.origin:
-            roots.append(Path(spec.origin).parent)
-    roots += [Path("/usr/local/tensorrt"), Path("/usr"), plugins_dir().parent / "third_party" / "tensorrt"]
+    """Folders searched for ``NvInferRuntime.h``: only under ``tensorrt_root`` when it is given
+    (an explicit choice is never replaced by another TensorRT); else, in order, ``TENSORRT_ROOT``,
+    the ``tensorrt``/``tensorrt_libs`` pip packages, system paths, the checkout's ``third_party/tensorrt``."""
+    roots = [Path(r) for r in (tensorrt_root or os.environ.get("TENSORRT_ROOT"),) if r]
+    if tensorrt_root is None:
+        for package in ("tensorrt", "tensorrt_libs"):
+            spec = importlib.util.find_spec(package)
+            if spec is not None and spec.origin:
+                roots.append(Path(spec.origin).parent)
+        roots += [Path("/usr/local/tensorrt"), Path("/usr"), plugins_dir().parent / "third_party" / "tensorrt"]
     candidates = []
     for root in roots:
         candidates += [root / "include", root / "include" / "x86_64-linux-gnu", root / "include" / "aarch64-linux-gnu"]

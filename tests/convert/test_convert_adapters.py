@@ -9,6 +9,7 @@ from cases import randomize_norms
 from standins import kaijieshi7
 from torch import nn
 
+from dyconv_deploy.cli.main import main
 from dyconv_deploy.convert import Adapter, RoutedConv2d, convert_model, load_adapter
 from dyconv_deploy.convert import registry as registry_module
 from dyconv_deploy.convert.registry import Registry, builtin_adapters
@@ -142,3 +143,12 @@ def test_readme_adapter_commands_run_as_written(capsys, monkeypatch):
         outputs.append(capsys.readouterr())
     assert "2 (ExpertMixConv), 4 (ExpertMixConv)" in outputs[0].err
     assert "expert_mix" in outputs[1].out
+
+
+def test_program_of_a_foreign_dynamic_conv_asks_for_the_module(tmp_path, capsys):
+
+    layer = kaijieshi7.Dynamic_conv2d(3, 4, 3, padding=1, K=4).eval()
+    torch.export.save(torch.export.export(layer, (torch.randn(1, 3, 8, 8),)), tmp_path / "layer.pt2")
+    assert main(["export", str(tmp_path / "layer.pt2"), "-o", str(tmp_path / "x.onnx"), "--input-shape",
+                 "1x3x8x8"]) == 2
+    assert "keeps no layer structure" in capsys.readouterr().err

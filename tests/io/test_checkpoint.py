@@ -94,3 +94,17 @@ def test_arch_only_applies_to_state_dicts(arch):
 def test_missing_checkpoint_is_a_user_error():
     with pytest.raises(DyconvError, match="checkpoint not found"):
         load_model("no/such/weights.pt")
+
+
+def test_trusted_pickle_whose_classes_cannot_be_imported_says_how_to_fix_it(tmp_path, monkeypatch):
+    (tmp_path / "private_net.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import private_net
+
+    torch.save(private_net.Net(2, 2), tmp_path / "whole.pt")
+    monkeypatch.delitem(__import__("sys").modules, "private_net")
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    (tmp_path / "private_net.py").rename(tmp_path / "moved.py")
+    with pytest.raises(DyconvError, match="cannot import .*make the code that defined the model importable"):
+        load_model(str(tmp_path / "whole.pt"), trust_pickle=True)
+

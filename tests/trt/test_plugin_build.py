@@ -85,3 +85,12 @@ def test_built_library_opens_with_one_creator():
     except DyconvError as exc:
         pytest.skip(f"plugin library not built ({exc})")
     plugin.open_plugin_library(library)
+
+
+def test_an_explicit_tensorrt_root_without_headers_is_not_replaced_by_another(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORRT_ROOT", str(tmp_path))  # would have the headers
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "NvInferRuntime.h").write_text("")
+    with pytest.raises(DyconvError, match=f"searched: {tmp_path / 'other' / 'include'},"):
+        plugin.find_tensorrt_headers(tmp_path / "other")
+    assert plugin.find_tensorrt_headers() == tmp_path / "include"
