@@ -2,8 +2,8 @@
 
 Every command in a ```bash block that starts with ``dyconv-deploy `` (continuation lines
 ending in ``\\`` joined) must exit 0. They run in README order through bash, in one shared
-temporary directory (so a command may use a file an earlier one wrote), with this
-interpreter's scripts first on PATH. A command whose trailing comment ends in ``needs-gpu``
+temporary directory (so a command may use a file an earlier one wrote, and the graph cache is
+there too), with this interpreter's scripts first on PATH. A command whose trailing comment ends in ``needs-gpu``
 (``# needs-gpu``, or ``# TensorRT backend; needs-gpu``) is skipped here: it needs a CUDA
 device or TensorRT. The block with the test command must match what ``.ci/run`` runs.
 """
@@ -45,14 +45,15 @@ def test_test_command_matches_ci():
 
 
 def test_readme_has_commands():
-    assert COMMANDS[0] == "dyconv-deploy inspect sample:dy_mobilenetv2"
+    assert COMMANDS[0] == "dyconv-deploy demo"  # the main job, end to end
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_exits_0(command, workdir):
     if NEEDS_GPU.search(command):
         pytest.skip("marked '# needs-gpu' in the README (needs a CUDA device or TensorRT)")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DYCONV_DEPLOY_CACHE": str(workdir / "cache")}
     process = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
                              timeout=300)
     assert process.returncode == 0, f"{command}\n{process.stdout[-2000:]}\n{process.stderr[-2000:]}"
