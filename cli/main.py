@@ -17,14 +17,14 @@ from dyconv_deploy.errors import DyconvError
 # (command name, "module:function") — modules are imported only when registered, and each
 # imports its heavy dependencies lazily inside the function.
 _COMMANDS = [
+    ("demo", "dyconv_deploy.cli.demo:demo_command"),
     ("inspect", "dyconv_deploy.cli.inspect:inspect_command"),
     ("export", "dyconv_deploy.cli.export:export_command"),
     ("verify", "dyconv_deploy.cli.verify:verify_command"),
+    ("bench", "dyconv_deploy.cli.bench:bench_command"),
+    ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
     ("build-engine", "dyconv_deploy.cli.build_engine:build_engine_command"),
     ("triton-repo", "dyconv_deploy.cli.triton_repo:triton_repo_command"),
-    ("build-plugin", "dyconv_deploy.cli.build_plugin:build_plugin_command"),
-    ("bench", "dyconv_deploy.cli.bench:bench_command"),
-    ("demo", "dyconv_deploy.cli.demo:demo_command"),
 ]
 
 app = typer.Typer(

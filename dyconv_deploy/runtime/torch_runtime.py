@@ -36,7 +36,8 @@ class TorchRuntime(Runtime):
 
     def _load(self) -> None:
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise DyconvError("the torch backend was asked for CUDA but PyTorch sees no CUDA device; use --device cpu")
+            raise DyconvError("the torch backend was asked for CUDA but PyTorch sees no CUDA device (a CPU build "
+                              "of torch, or no GPU); run it on the CPU")
         if self.use_extension:
             _enable_extension()
         self.model = self.model.eval().to(self.device)

@@ -151,6 +151,6 @@ def test_contract_graph_is_served_as_standard_ops(tmp_path):
     served = onnx.load(str(served_path))
     assert all(n.domain in ("", "ai.onnx") for n in served.graph.node)  # Triton's ORT needs no custom op
     feeds = {"x": x.astype(np.float32), "a": attention}
-    result = compare(load_runtime(served_path, "ort-cpu").run(feeds)["y"], load_runtime(model, "reference").run(feeds)["y"],
-                     TOLERANCES["fp32"])
+    expected = load_runtime(model, "reference").run(feeds)["y"]
+    result = compare(load_runtime(served_path, "ort-cpu").run(feeds)["y"], expected, TOLERANCES["fp32"])
     assert result.passed, str(result)
