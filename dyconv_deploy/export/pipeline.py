@@ -126,6 +126,8 @@ def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[
     try:
         with checklist.stage("load") as row:
             model = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+            if engine and not Path(model_file).is_file():
+                raise DyconvError(f"engine not found: {model_file}")
             source = model_file if engine else _load_onnx(model_file)
             row.detail = f"{type(model).__name__} and {model_file}"
         if engine:

@@ -54,3 +54,17 @@ def test_backend_that_cannot_run_the_file_is_a_user_error(tiny_onnx, tmp_path, c
     path.write_bytes(tiny_onnx.read_bytes())
     assert main(["verify", TINY, str(path), "--backend", backend]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_engine_is_verified_on_tensorrt_which_says_what_to_install_when_missing(tiny_onnx, tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is importable here; tests/trt runs real engines")
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"not a plan")
+    assert main(["verify", TINY, str(engine)]) == 2
+    captured = capsys.readouterr()
+    assert "tensorrt" in captured.err and "checker" in captured.out  # the checklist skips the ONNX checker
