@@ -42,24 +42,29 @@ def main() -> None:
     print(f"{args.sample} {list(shape[1:])}, {args.threads} threads, {args.iterations} interleaved rounds; "
           f"p50 / p90 ms and p50 ratio to 'ort {TWIN}'")
     print(f"{'batch':>5}  {'graph':<22} {'p50':>9} {'p90':>9} {'ratio':>8}  check vs eager")
+    def ort(name: str, batch: int):
+        return load_runtime(graphs.path(name, batch), "ort-cpu", threads=args.threads, spinning=False).load()
+
+    shared = {f"ort {name}": ort(name, 1) for name in (TWIN, *STRATEGIES) if name != "grouped"}  # any batch
+    shared |= {"torch eager": load_runtime(dynamic, "torch").load(),
+               f"torch {TWIN}": load_runtime(twin, "torch").load()}
     for batch in args.batches:
-        runtimes = {f"ort {name}": load_runtime(graphs.path(name, batch), "ort-cpu", threads=args.threads,
-                                                spinning=False).load() for name in (TWIN, *STRATEGIES)}
-        runtimes |= {"torch eager": load_runtime(dynamic, "torch").load(),
-                     f"torch {TWIN}": load_runtime(twin, "torch").load()}
-        checks = {name: "pass" if all(c.passed for c in verify_onnx(dynamic, runtimes[f"ort {name}"], shape,
-                                                                    [batch])) else "FAIL"
-                  for name in ("plugin", "experts", "grouped")}
-        x = np.random.default_rng(batch).standard_normal((batch, *shape[1:])).astype(np.float32)
-        feeds = {name: {runtime.input_specs[0].name: x} for name, runtime in runtimes.items()}
-        times = interleaved({name: (lambda r=runtime, f=feeds[name]: r.run(f)) for name, runtime in runtimes.items()},
-                            args.warmup, args.iterations)
-        stats = {name: summarize(seconds, batch) for name, seconds in times.items()}
+        with ort("grouped", batch) as grouped:  # a static batch: one graph per batch size
+            runtimes = {**shared, "ort grouped": grouped}
+            checks = {name: "pass" if all(c.passed for c in verify_onnx(dynamic, runtimes[f"ort {name}"], shape,
+                                                                        [batch])) else "FAIL"
+                      for name in ("plugin", "experts", "grouped")}
+            x = np.random.default_rng(batch).standard_normal((batch, *shape[1:])).astype(np.float32)
+            runners = {name: (lambda r=runtime: r.run({r.input_specs[0].name: x}))
+                       for name, runtime in runtimes.items()}
+            stats = {name: summarize(seconds, batch)
+                     for name, seconds in interleaved(runners, args.warmup, args.iterations).items()}
         baseline = stats[f"ort {TWIN}"].p50_ms
         for name, s in stats.items():
             check = checks.get(name.removeprefix("ort "), "")
             print(f"{batch:>5}  {name:<22} {s.p50_ms:>9.2f} {s.p90_ms:>9.2f} {s.p50_ms / baseline:>7.2f}x  {check}")
-
+    for runtime in shared.values():
+        runtime.close()
 
 if __name__ == "__main__":
     main()

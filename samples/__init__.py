@@ -10,9 +10,8 @@ output no longer depends on the input, so comparing two backends on it would pro
 """
 
 import difflib
-import functools
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -116,13 +115,13 @@ def get_sample(name: str) -> Sample:
 
 def create_sample(name: str) -> nn.Module:
     """Build sample ``name`` in eval mode, with the same weights on every call (seed 0, calibrated)."""
-    sample = get_sample(name)
-    model = sample.build()
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights; the caller's RNG is left alone
+        model = get_sample(name).build()
     model.load_state_dict(_weights(name))
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@lru_cache(maxsize=None)
 def _weights(name: str) -> dict[str, torch.Tensor]:
     """Sample ``name``'s state dict: initialised from seed 0, BatchNorms calibrated (built once per process)."""
     sample = get_sample(name)

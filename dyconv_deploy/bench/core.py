@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from dyconv_deploy.bench import BACKENDS
 from dyconv_deploy.bench.graphs import TWIN, GraphSet, default_cache_dir, twin_spec
@@ -82,26 +83,22 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     console = console or Console()
     shape = tuple(input_shape) if input_shape else _default_shape(model_spec)
     model, twin, twin_name = _load_models(model_spec, shape, arch, trust_pickle, adapters)
+    skipped: dict[str, str] = {}
     if backend.startswith("torch"):
         runtimes = _EagerRuntimes(model, twin, backend, model_spec, shape)
         strategies = (EAGER,)
     else:
         graphs = GraphSet(model, twin, shape, Path(cache_dir) if cache_dir else default_cache_dir(), opset)
         runtimes = _GraphRuntimes(graphs, backend, threads, max(batches))
+        if twin is None and "static" in strategies:  # the twin is that very graph
+            strategies = tuple(s for s in strategies if s != "static")
+            skipped["static"] = "it is the static twin of this model (no bundled twin)"
     rows: list[Row] = []
-    skipped: dict[str, str] = {}
-    for batch in batches:
-        with console.status(f"batch {batch}: preparing {', '.join(strategies)} and the static twin"):
-            ready = _prepare(runtimes, [TWIN, *(s for s in strategies if s not in skipped)], batch, skipped)
-        if TWIN not in ready:
-            raise DyconvError(f"the static twin could not run at batch {batch}: {skipped[TWIN]}")
-        feeds = {ready[TWIN][0].input_specs[0].name: _random_input(batch, shape)}
-        with console.status(f"batch {batch}: timing {len(ready)} graphs interleaved, {iterations} iterations"):
-            times = interleaved({name: _runner(rt, feeds) for name, (rt, _) in ready.items()}, warmup, iterations)
-        static = summarize(times[TWIN], batch, ready[TWIN][1])
-        rows += [Row(name, batch, summarize(times[name], batch, memory), static)
-                 for name, (_, memory) in ready.items() if name != TWIN]
-    runtimes.close()
+    try:
+        for batch in batches:
+            rows += _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console)
+    finally:
+        runtimes.close()
     settings = {"strategies": list(strategies), "batches": list(batches), "warmup": warmup, "iterations": iterations,
                 "input_shape": list(shape[1:]), "threads": threads, "opset": opset,
                 "memory": runtimes.memory_note}
@@ -110,12 +107,39 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped)
     console.print(table(result))
     for name, reason in skipped.items():
-        console.print(f"[yellow]skipped {name}[/yellow]: {reason}")
+        console.print(f"[yellow]skipped {name}[/yellow]: {escape(reason)}")
     if json_path is not None:
         console.print(f"wrote {write_json(result, json_path)}")
     if plot_path is not None:
         console.print(f"wrote {plot(result, plot_path)}")
     return result
+
+
+def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console) -> list[Row]:
+    """The twin and every strategy that runs at ``batch``, interleaved; a strategy that fails is skipped."""
+    with console.status(f"batch {batch}: preparing the static twin and {', '.join(strategies)}"):
+        try:
+            ready = {TWIN: runtimes.get(TWIN, batch)}
+        except Exception as exc:  # noqa: BLE001 - any backend failure, reported in one sentence
+            raise DyconvError(f"the static twin could not run at batch {batch}: {_reason(exc)}") from exc
+        for name in strategies:
+            if name in skipped:
+                continue
+            try:
+                ready[name] = runtimes.get(name, batch)
+            except Exception as exc:  # noqa: BLE001 - report it and time the others
+                skipped[name] = _reason(exc)
+    feeds = {ready[TWIN][0].input_specs[0].name: _random_input(batch, shape)}
+    with console.status(f"batch {batch}: timing {len(ready)} graphs interleaved, {iterations} iterations"):
+        times = interleaved({name: _runner(rt, feeds) for name, (rt, _) in ready.items()}, warmup, iterations)
+    static = summarize(times[TWIN], batch, ready[TWIN][1])
+    return [Row(name, batch, summarize(times[name], batch, memory), static)
+            for name, (_, memory) in ready.items() if name != TWIN]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, DyconvError) else f"{type(exc).__name__}: {text}"
 
 
 def _check_arguments(backend, strategies, batches, warmup, iterations) -> None:
@@ -161,17 +185,6 @@ def _runner(runtime, feeds):
     return lambda: runtime.run(feeds)
 
 
-def _prepare(runtimes, names, batch, skipped) -> dict:
-    """``{name: (loaded runtime, peak memory MB)}`` for the graphs that load and run at ``batch``."""
-    ready = {}
-    for name in names:
-        try:
-            ready[name] = runtimes.get(name, batch)
-        except DyconvError as exc:
-            skipped[name] = str(exc)
-    return ready
-
-
 class _GraphRuntimes:
     """ONNX Runtime sessions or TensorRT engines per graph file, loaded once and reused across batches."""
 
@@ -185,22 +198,33 @@ class _GraphRuntimes:
         from dyconv_deploy.runtime import load_runtime
 
         path = self.graphs.path(name, batch)
-        before = rss_mb()
         if path in self._loaded:
             runtime, memory = self._loaded[path]
+            before = rss_mb()
         else:
-            runtime, memory = (load_runtime(self._engine(path), "trt") if self.backend == "trt"
-                               else load_runtime(path, self.backend, threads=self.threads, spinning=False)), 0.0
+            model = self._engine(path) if self.backend == "trt" else path  # built before memory is measured
+            before = rss_mb()
+            runtime, memory = (load_runtime(model, "trt") if self.backend == "trt"
+                               else load_runtime(model, self.backend, threads=self.threads, spinning=False)), 0.0
             runtime.load()
         runtime.run({runtime.input_specs[0].name: _random_input(batch, self.graphs.input_shape)})
-        self._loaded[path] = (runtime, memory + rss_mb() - before)  # grows with each larger batch
+        self._loaded[path] = (runtime, memory + rss_mb() - before)
         return self._loaded[path]
 
     def _engine(self, onnx_path: Path) -> Path:
+        """The cached engine of ``onnx_path`` (profile 1..max batch), rebuilt when it cannot load here."""
+        from dyconv_deploy.deps import require
         from dyconv_deploy.trt.build import build_engine
+        from dyconv_deploy.trt.sidecar import check_compatible, current_environment, read_sidecar
 
         engine = onnx_path.with_suffix(f".max{self.max_batch}.engine")
-        if not engine.is_file():
+        sidecar = read_sidecar(engine) if engine.is_file() else None
+        if sidecar is not None:
+            try:
+                check_compatible(sidecar, current_environment(require("tensorrt", for_="bench --backend trt")))
+            except DyconvError:  # another TensorRT, GPU or plugin built it
+                sidecar = None
+        if sidecar is None:
             build_engine(onnx_path, engine, min_batch=1, opt_batch=self.max_batch, max_batch=self.max_batch)
         return engine
 

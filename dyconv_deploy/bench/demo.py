@@ -2,7 +2,7 @@
 
 sample DY-MobileNetV2 -> convert -> export -> lower to every strategy -> verify each against
 PyTorch -> bench against the static twin. Writes ``<output>/<strategy>.onnx``,
-``bench.json`` and ``bench.png``; graphs are cached (:mod:`.graphs`), so a second run skips
+``bench.json`` and, with matplotlib installed, ``bench.png``; graphs are cached (:mod:`.graphs`), so a second run skips
 the export.
 """
 
@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 
 from dyconv_deploy.bench.core import bench
+from dyconv_deploy.deps import available
 from dyconv_deploy.bench.graphs import GraphSet, default_cache_dir, twin_spec
 from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
@@ -63,11 +64,13 @@ def run_demo(output_dir: str | Path = "demo-out", *, sample: str = "dy_mobilenet
             worst = _verify(model, files, shape)
             row.detail = f"plugin, experts, grouped vs PyTorch: max abs error {worst:.2g} (static is a baseline)"
         with checklist.stage("bench") as row:
+            plot = available("matplotlib")
             result = bench(spec, "ort-cpu", STRATEGIES, batches, warmup=warmup, iterations=iterations,
-                           input_shape=shape, json_path=output / "bench.json", plot_path=output / "bench.png",
-                           cache_dir=cache_dir, console=console)
+                           input_shape=shape, json_path=output / "bench.json",
+                           plot_path=output / "bench.png" if plot else None, cache_dir=cache_dir, console=console)
             plugin = [f"{r.ratio:.2f}x at batch {r.batch}" for r in result.rows if r.strategy == "plugin"]
-            row.detail = f"plugin vs static twin: {', '.join(plugin)}"
+            row.detail = f"plugin vs static twin: {', '.join(plugin)}" + (
+                "" if plot else " (no bench.png: pip install 'dyconv-deploy[plot]' for the plot)")
     finally:
         console.print(checklist.table(f"demo: {spec} on ONNX Runtime (CPU)"))
     return result

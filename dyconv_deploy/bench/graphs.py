@@ -2,8 +2,11 @@
 
 A graph's key hashes the model's weights (``state_dict_sha256``), the strategy, the fixed
 batch (``grouped`` only; the others keep the batch dynamic), the input shape, the opset and
-the package version, so a changed model or pass never reuses a stale file. The cache lives
-in ``$DYCONV_DEPLOY_CACHE`` or ``~/.cache/dyconv-deploy`` unless a folder is given.
+the package version, so a changed model or a new release never reuses a stale file (an
+editable checkout whose passes changed without a version bump should clear the cache).
+TensorRT engines built from these graphs are rebuilt when their sidecar does not match the
+installed TensorRT, GPU or plugin. The cache lives in ``$DYCONV_DEPLOY_CACHE`` or
+``~/.cache/dyconv-deploy`` unless a folder is given.
 
 The static twin: for ``sample:NAME`` it is the bundled ``sample:NAME_static`` (same
 architecture, ``nn.Conv2d``, no attention branches); for any other model it is the ``static``

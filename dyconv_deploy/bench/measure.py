@@ -6,6 +6,7 @@ drifts (thermal, other processes) hit the dynamic graphs and their static twin a
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -18,9 +19,9 @@ class Stats:
     """Latency percentiles (ms) and throughput (samples/s) of ``iterations`` runs at ``batch``.
 
     ``peak_memory_mb``: what the backend reports (torch CUDA: ``max_memory_allocated``), or
-    the growth of the process's resident memory while loading and first running the graph
-    (CPU backends report nothing: approximate, since allocators keep freed memory); None when
-    nothing was measured.
+    the growth of the process's resident memory that bench attributes to the graph (CPU
+    backends report nothing; see ``BenchResult.settings["memory"]``: approximate, since
+    allocators keep freed memory); None when nothing was measured.
     """
 
     batch: int
@@ -63,4 +64,5 @@ def rss_mb() -> float:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024

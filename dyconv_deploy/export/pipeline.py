@@ -174,8 +174,7 @@ def _verify(checklist: Checklist, console: Console, model: nn.Module, source: on
             backend: str = "auto") -> list[Comparison]:
     """The verify stage; ``shape=None`` takes the input shape from the model file (a fixed batch
     replaces ``batches``)."""
-    with checklist.stage("verify") as row:
-        runtime = open_runtime(source, backend)
+    with checklist.stage("verify") as row, open_runtime(source, backend) as runtime:
         if shape is None:
             shape, dynamic = _input_shape(runtime.input_specs)
             batches = batches if dynamic else [shape[0]]

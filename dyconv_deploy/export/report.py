@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from rich.markup import escape
 from rich.table import Table
 
 from dyconv_deploy.tolerance import Comparison
@@ -58,7 +59,7 @@ class Checklist:
         for row in self.rows.values():
             style = {DONE: "green", FAILED: "red", SKIPPED: "dim"}[row.status]
             seconds = "" if row.seconds is None else f"{row.seconds:.1f}s"
-            table.add_row(row.name, f"[{style}]{row.status}[/{style}]", seconds, row.detail)
+            table.add_row(row.name, f"[{style}]{row.status}[/{style}]", seconds, escape(row.detail))  # not markup
         return table
 
 

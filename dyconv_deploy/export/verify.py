@@ -39,6 +39,8 @@ def open_runtime(source: onnx.ModelProto | str | os.PathLike, backend: str = "au
     if backend not in VERIFY_BACKENDS:
         raise DyconvError(f"unknown verify backend {backend!r}; choose one of: {', '.join(VERIFY_BACKENDS)}")
     if backend == "auto":
+        if not isinstance(source, onnx.ModelProto) and not is_engine(source):
+            source = onnx.load(os.fspath(source))  # read once: backend_for and the runtime both need it
         backend = backend_for(source)
     engine = not isinstance(source, onnx.ModelProto) and is_engine(source)
     if engine != (backend == "trt"):
@@ -55,11 +57,15 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
 
     Args:
         input_shape: ``[N, C, H, W]`` of the single input; N is replaced by each of ``batches``.
-        backend: one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (ignored when ``source`` is a runtime).
+        backend: one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (ignored when ``source`` is a
+            runtime; a runtime opened here is closed before returning).
     Returns:
         One :class:`Comparison` per output and batch, named ``<output>@batch<N>``.
     """
-    runtime = source if isinstance(source, Runtime) else open_runtime(source, backend)
+    if not isinstance(source, Runtime):
+        with open_runtime(source, backend) as runtime:
+            return verify_onnx(model, runtime, input_shape, batches, tolerance, seed=seed)
+    runtime = source
     if len(runtime.input_specs) != 1:
         raise DyconvError(f"verify handles models with one input; this one has {len(runtime.input_specs)}: "
                           f"{[spec.name for spec in runtime.input_specs]}")

@@ -6,14 +6,15 @@ when a graph is loaded, into standard ops that keep the batch dynamic and the co
     Wn = A @ W.reshape(K, -1)            [N, M*C/G*kH*kW]   (rank-3 A: sum_k A[n,k,m] W[k,m])
     Wn = Wn.reshape(N, M, C/G, kH, kW) * S[:, None, None]   (when S is given)
     Bn = A @ B                           [N, M]             (when B is given)
-    Y  = Scan over n: Conv(X[n:n+1], Wn[n], Bn[n], strides, pads, dilations, group)
+    Y  = Wn.reshape(N, G, M/G, C/G) @ X.reshape(N, G, C/G, H*W) (+ Bn)   (unpadded 1x1: one batched MatMul,
+                                                                        X strided first)
+    Y  = Scan over n: Conv(X[n:n+1], Wn[n], Bn[n], strides, pads, dilations, group)   (any other conv)
 
-so every per-sample convolution runs on ONNX Runtime's own Conv kernel and the kernel
-aggregation is one MatMul for the whole batch. This was picked by measurement over
-onnxruntime-extensions' Python custom ops (the other option that installs from PyPI; ONNX
-Runtime's C API headers ship in no PyPI package, so a C++ custom-op library cannot be built
-from a clean clone): DY-MobileNetV2 on 2 CPU cores, plugin/static latency ratio 2.0 (this)
-vs 4.2 (Python op) at batch 1, equal at batch 8. Usage::
+so the kernel aggregation is one MatMul for the whole batch and every convolution runs on
+ONNX Runtime's own MatMul or Conv kernels. This was picked over onnxruntime-extensions'
+Python custom ops (slower in an earlier measurement: every call crosses into Python) and a
+C++ custom-op library (ONNX Runtime's C API headers ship in no PyPI package, so it cannot be
+built from a clean clone). Usage::
 
     session = onnxruntime.InferenceSession(to_onnxruntime(model).SerializeToString())
 """
@@ -27,11 +28,6 @@ from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.ops.onnx_schema import register_schema
 
 _DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1}
-
-
-def has_dyconv_nodes(model: onnx.ModelProto) -> bool:
-    """True when the main graph has a ``dyconv::DynamicConv2d`` node."""
-    return any(_is_contract(node) for node in model.graph.node)
 
 
 def to_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -33,7 +33,8 @@ def tensorrt_header_candidates(tensorrt_root: str | os.PathLike | None = None) -
     """Folders searched for ``NvInferRuntime.h``: only under ``tensorrt_root`` when it is given
     (an explicit choice is never replaced by another TensorRT); else, in order, ``TENSORRT_ROOT``,
     the ``tensorrt``/``tensorrt_libs`` pip packages, system paths, the checkout's ``third_party/tensorrt``."""
-    roots = [Path(r) for r in (tensorrt_root or os.environ.get("TENSORRT_ROOT"),) if r]
+    root = tensorrt_root if tensorrt_root is not None else os.environ.get("TENSORRT_ROOT")
+    roots = [Path(root)] if root else []
     if tensorrt_root is None:
         for package in ("tensorrt", "tensorrt_libs"):
             spec = importlib.util.find_spec(package)

@@ -120,3 +120,23 @@ def test_demo_runs_every_stage_and_writes_the_graphs(tmp_path, cache, capsys, mo
 def test_demo_refuses_a_sample_without_a_twin(capsys):
     assert main(["demo", "--sample", "tiny_dynamic_static"]) == 2
     assert "needs a dynamic sample with a static twin" in capsys.readouterr().err
+
+
+def test_a_model_without_a_twin_does_not_time_its_static_graph_twice(tmp_path, cache):
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom dyconv_deploy.nn import CondConv2d\n"
+        "def build():\n    return torch.nn.Sequential(CondConv2d(3, 4, 3, padding=1), torch.nn.ReLU())\n")
+    result = bench(f"{tmp_path / 'net.py'}:build", "ort-cpu", STRATEGIES, (1,), input_shape=(1, 3, 8, 8),
+                   cache_dir=cache, **QUICK)
+    assert [r.strategy for r in result.rows] == ["plugin", "experts", "grouped"]
+    assert "it is the static twin of this model" in result.skipped["static"]
+
+
+def test_demo_without_matplotlib_still_runs_and_says_how_to_get_the_plot(tmp_path, cache, capsys, monkeypatch):
+    from dyconv_deploy.bench import demo
+
+    monkeypatch.setattr(demo, "available", lambda module: module != "matplotlib")
+    monkeypatch.setenv("COLUMNS", "250")  # one line per table row
+    demo.run_demo(tmp_path / "out", sample="tiny_dynamic", batches=(1,), warmup=0, iterations=1, cache_dir=cache)
+    assert not (tmp_path / "out" / "bench.png").exists() and (tmp_path / "out" / "bench.json").is_file()
+    assert "dyconv-deploy[plot]" in capsys.readouterr().out

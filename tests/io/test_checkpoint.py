@@ -103,8 +103,6 @@ def test_trusted_pickle_whose_classes_cannot_be_imported_says_how_to_fix_it(tmp_
 
     torch.save(private_net.Net(2, 2), tmp_path / "whole.pt")
     monkeypatch.delitem(__import__("sys").modules, "private_net")
-    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
     (tmp_path / "private_net.py").rename(tmp_path / "moved.py")
     with pytest.raises(DyconvError, match="cannot import .*make the code that defined the model importable"):
         load_model(str(tmp_path / "whole.pt"), trust_pickle=True)
-
