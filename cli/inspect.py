@@ -4,11 +4,13 @@ import json
 
 import typer
 
-from dyconv_deploy.cli.options import AdapterOption, InputShapeOption, JsonOption, ModelArgument, resolve_input_shape
+from dyconv_deploy.cli.options import (AdapterOption, ArchOption, InputShapeOption, JsonOption, ModelArgument,
+                                       TrustPickleOption, resolve_input_shape)
 
 
 def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto",
-                    json_output: JsonOption = False, adapter: AdapterOption = []) -> None:
+                    json_output: JsonOption = False, adapter: AdapterOption = [], arch: ArchOption = None,
+                    trust_pickle: TrustPickleOption = False) -> None:
     """List every dynamic conv of MODEL (path, family, K, shapes) and its params and MAdds.
 
     Attention = routing branch; aggregation = mixing the K experts per sample; convolution = the conv itself.
@@ -21,6 +23,8 @@ def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto"
         dyconv-deploy inspect my_net.py:build --input-shape 1x3x256x256 --json
 
         dyconv-deploy inspect timm_cc.py:build --adapter my_adapter.py:MyAdapter
+
+        dyconv-deploy inspect weights.pth --arch my_net.py:build
     """
     import torch
 
@@ -29,7 +33,8 @@ def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto"
     from dyconv_deploy.io import load_model
 
     shape = resolve_input_shape(model, input_shape)
-    converted, conversion = convert_model(load_model(model), torch.randn(*shape), adapters=adapter)
+    source = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    converted, conversion = convert_model(source, torch.randn(*shape), adapters=adapter)
     if conversion.unknown:
         typer.echo(f"warning: {conversion.unknown_message()}", err=True)
     report = analyze(converted, shape)

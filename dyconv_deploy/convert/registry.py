@@ -10,9 +10,7 @@ group ``dyconv_deploy.adapters`` or from ``--adapter file.py:ClassName`` (:func:
 
 import difflib
 import importlib
-import importlib.util
 import inspect
-import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Optional
@@ -20,6 +18,7 @@ from typing import Optional
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.user_code import load_python_file
 
 ENTRY_POINT_GROUP = "dyconv_deploy.adapters"
 ADAPTER_DOCS = "README.md#bring-your-own-model"
@@ -100,11 +99,7 @@ def load_adapter(spec: str) -> Adapter:
     path = Path(path_text)
     if not path.is_file():
         raise DyconvError(f"--adapter {spec!r}: no such file {path}")
-    module_name = f"dyconv_user_adapter_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    module_spec.loader.exec_module(module)
+    module = load_python_file(path, "adapter")
     if not hasattr(module, name):
         candidates = [n for n, obj in vars(module).items()
                       if inspect.isclass(obj) and issubclass(obj, Adapter) and obj is not Adapter]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.user_code import user_code_path
 
 CHECKPOINT_SUFFIXES = (".pt2", ".pt", ".pth", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
@@ -52,7 +53,8 @@ def load_checkpoint(path: str, arch: Optional[Callable[[], nn.Module]] = None,
     except pickle.UnpicklingError:
         _require_trust(file, trust_pickle, "holds a pickled object (not just tensors)")
         try:
-            content = torch.load(file, map_location="cpu", weights_only=False)
+            with user_code_path(file.parent):  # the classes it names, from here or beside the file
+                content = torch.load(file, map_location="cpu", weights_only=False)
         except (ModuleNotFoundError, AttributeError) as exc:  # the classes the pickle names are not importable
             raise DyconvError(f"{path} was pickled with classes this process cannot import ({exc}); make the code "
                               "that defined the model importable (PYTHONPATH, or run from its folder), or save "

@@ -8,8 +8,6 @@ Specs:
 """
 
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,6 +15,7 @@ from torch import nn
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io.checkpoint import is_checkpoint, load_checkpoint
+from dyconv_deploy.io.user_code import load_python_file, user_code_path
 
 
 def load_model(spec: str, arch: Optional[str] = None, trust_pickle: bool = False) -> nn.Module:
@@ -36,7 +35,9 @@ def load_model(spec: str, arch: Optional[str] = None, trust_pickle: bool = False
 
         model = create_sample(spec[len("sample:"):])
     else:
-        model = _call_factory(resolve_factory(spec), spec)
+        location = spec.rpartition(":")[0]
+        with user_code_path(*([Path(location).parent] if location.endswith(".py") else [])):
+            model = _call_factory(resolve_factory(spec), spec)  # lazy imports in the factory find the user's code
     if not isinstance(model, nn.Module):
         raise DyconvError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
@@ -48,7 +49,7 @@ def resolve_factory(spec: str) -> Callable:
     if not sep or not location or not name:
         raise DyconvError(f"cannot read MODEL spec {spec!r}: expected sample:NAME, file.py:factory, "
                           "pkg.module:factory or a checkpoint file")
-    module = _load_file(location) if location.endswith(".py") else _import(location, spec)
+    module = load_python_file(location, "model") if location.endswith(".py") else _import(location, spec)
     factory = getattr(module, name, None)
     if not callable(factory):
         public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
@@ -56,25 +57,10 @@ def resolve_factory(spec: str) -> Callable:
     return factory
 
 
-def _load_file(path: str):
-    file = Path(path)
-    if not file.is_file():
-        raise DyconvError(f"model file not found: {path}")
-    module_name = f"_dyconv_user_{file.stem}_{abs(hash(str(file.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
-    sys.path.insert(0, str(file.parent.resolve()))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(file.parent.resolve()))
-    return module
-
-
 def _import(module_name: str, spec: str):
     try:
-        return importlib.import_module(module_name)
+        with user_code_path():  # pkg.module from the current folder, as python -m finds it
+            return importlib.import_module(module_name)
     except ImportError as exc:
         raise DyconvError(f"cannot import {module_name!r} for MODEL spec {spec!r}: {exc}") from exc
 
