@@ -10,8 +10,6 @@ import typer
 
 from dyconv_deploy.errors import DyconvError
 
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
-
 ModelArgument = Annotated[str, typer.Argument(
     metavar="MODEL", show_default=False,
     help="sample:NAME, path/to/file.py:factory or pkg.module:factory (the factory returns an nn.Module), "
@@ -56,8 +54,6 @@ def resolve_input_shape(model: str, text: str) -> tuple[int, ...]:
     """The shape ``--input-shape`` asks for; ``auto`` picks the sample's default or 1x3x224x224."""
     if text != "auto":
         return parse_shape(text)
-    if model.startswith("sample:"):
-        from dyconv_deploy.samples import default_input_shape
+    from dyconv_deploy.io import default_input_shape
 
-        return default_input_shape(model[len("sample:"):])
-    return DEFAULT_INPUT_SHAPE
+    return default_input_shape(model)

@@ -19,6 +19,7 @@ from dyconv_deploy.bench import BACKENDS
 from dyconv_deploy.bench.graphs import TWIN, GraphSet, default_cache_dir, twin_spec
 from dyconv_deploy.bench.measure import Stats, interleaved, rss_mb, summarize
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io import default_input_shape
 from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
 
 EAGER = "eager"
@@ -81,7 +82,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     """
     _check_arguments(backend, strategies, batches, warmup, iterations)
     console = console or Console()
-    shape = tuple(input_shape) if input_shape else _default_shape(model_spec)
+    shape = tuple(input_shape) if input_shape else default_input_shape(model_spec)
     model, twin, twin_name = _load_models(model_spec, shape, arch, trust_pickle, adapters)
     skipped: dict[str, str] = {}
     if backend.startswith("torch"):
@@ -152,14 +153,6 @@ def _check_arguments(backend, strategies, batches, warmup, iterations) -> None:
         raise DyconvError(f"batch sizes must be positive integers, got {list(batches)}")
     if warmup < 0 or iterations < 1:
         raise DyconvError(f"need warmup >= 0 and iterations >= 1, got {warmup} and {iterations}")
-
-
-def _default_shape(spec: str) -> tuple[int, ...]:
-    if spec.startswith("sample:"):
-        from dyconv_deploy.samples import default_input_shape
-
-        return tuple(default_input_shape(spec[len("sample:"):]))
-    return (1, 3, 224, 224)
 
 
 def _load_models(spec: str, shape, arch, trust_pickle, adapters):

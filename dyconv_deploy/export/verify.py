@@ -18,8 +18,8 @@ from torch import nn
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
-from dyconv_deploy.ops.onnx_schema import register_schema
 from dyconv_deploy.export.settings import VERIFY_BACKENDS
+from dyconv_deploy.ops.onnx_schema import register_schema
 from dyconv_deploy.runtime import Runtime, is_engine, load_runtime
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance, compare
 

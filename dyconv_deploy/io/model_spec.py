@@ -17,6 +17,8 @@ from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io.checkpoint import is_checkpoint, load_checkpoint
 from dyconv_deploy.io.user_code import load_python_file, user_code_path
 
+IMAGENET_SHAPE = (1, 3, 224, 224)
+
 
 def load_model(spec: str, arch: Optional[str] = None, trust_pickle: bool = False) -> nn.Module:
     """Build the model that ``spec`` names and return it in eval mode.
@@ -43,6 +45,15 @@ def load_model(spec: str, arch: Optional[str] = None, trust_pickle: bool = False
     return model.eval()
 
 
+def default_input_shape(spec: str) -> tuple[int, ...]:
+    """The input shape MODEL ``spec`` is meant for: a sample's own, else ``1x3x224x224``."""
+    if spec.startswith("sample:"):
+        from dyconv_deploy.samples import default_input_shape as sample_shape
+
+        return tuple(sample_shape(spec[len("sample:"):]))
+    return IMAGENET_SHAPE
+
+
 def resolve_factory(spec: str) -> Callable:
     """``file.py:fn`` or ``pkg.module:fn`` -> the callable (not called)."""
     location, sep, name = spec.rpartition(":")
@@ -59,8 +70,7 @@ def resolve_factory(spec: str) -> Callable:
 
 def _import(module_name: str, spec: str):
     try:
-        with user_code_path():  # pkg.module from the current folder, as python -m finds it
-            return importlib.import_module(module_name)
+        return importlib.import_module(module_name)  # load_model put the current folder on the path
     except ImportError as exc:
         raise DyconvError(f"cannot import {module_name!r} for MODEL spec {spec!r}: {exc}") from exc
 
