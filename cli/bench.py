@@ -36,7 +36,7 @@ def bench_command(
     """Time MODEL's graphs (one per --strategy) against its static twin at each batch size.
 
     Every graph and the twin run interleaved in this process; the table shows p50/p90/p99 latency,
-    throughput, the dynamic/static p50 ratio and peak memory. Graphs are exported once and cached.
+    throughput, the dynamic/static p50 ratio and memory. Graphs are exported once and cached.
 
     The static twin of sample:NAME is sample:NAME_static; for other models it is the model's own
     static-strategy graph (mean expert kernels, no attention).

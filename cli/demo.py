@@ -20,8 +20,8 @@ def demo_command(
     Converts the sample, exports it once and lowers it to every strategy (plugin, experts,
     grouped, static), verifies each equivalent graph against PyTorch, then benches them against
     the static twin (sample:NAME_static) on ONNX Runtime CPU, printing the table and writing
-    OUTPUT/<strategy>.onnx, OUTPUT/bench.json and OUTPUT/bench.png. Graphs are cached, so a
-    second run is faster.
+    OUTPUT/<strategy>.onnx, OUTPUT/bench.json and (with matplotlib) OUTPUT/bench.png. Graphs are
+    cached, so a second run is faster.
 
     Examples:
 
