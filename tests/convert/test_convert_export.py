@@ -43,14 +43,3 @@ def test_every_strategy_matches_the_original_model(exported, strategy, batch):
 def test_static_baseline_lowers(exported):
     assert contract_nodes(lower(exported[2], "static")) == []
 
-
-def test_timm_efficientnet_cc_converts_and_exports():
-    timm = pytest.importorskip("timm", reason="timm not installed: the stand-ins cover its CondConv in CI")
-    model = randomize_norms(timm.create_model("efficientnet_cc_b0_4e", pretrained=False))
-    shape = (2, 3, 64, 64)
-    converted, report = convert_model(model, torch.randn(*shape))
-    assert report.unknown == [] and {r.family for r in report.converted} == {"timm_condconv"}
-    proto = export_onnx(converted, torch.randn(*shape))
-    assert len(contract_nodes(proto)) == len(report.converted)
-    for comparison in verify_onnx(model, lower(proto, "plugin"), shape, [1, 3], TOLERANCES["fp32"]):
-        assert comparison.passed, str(comparison)

@@ -1,0 +1,1 @@
+from torchvision import missing as __getattr__  # noqa: F401
