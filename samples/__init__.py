@@ -128,7 +128,7 @@ def _weights(name: str) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = sample.build()
-    _calibrate_batch_norms(model, sample.input_shape)
+    calibrate_batch_norms(model, sample.input_shape)
     return model.state_dict()
 
 
@@ -136,17 +136,26 @@ _CALIBRATION_BATCH = 16
 _MIN_VARIANCE = 1e-2  # caps the gain of a channel that was (nearly) constant over the batch at 10x
 
 
-def _calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int]) -> None:
-    """Set every BatchNorm's running statistics from one batch of random ``input_shape`` images.
+def calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int], batch: int = _CALIBRATION_BATCH,
+                          seed: int = 0) -> nn.Module:
+    """Set every BatchNorm's running statistics from one batch of ``random_images`` of ``input_shape``.
 
     The model runs in eval mode and each BatchNorm takes the statistics of its input just before
-    normalising it, so every layer is calibrated on what it sees at inference. The images are
-    noise with a random contrast and colour shift per image, so that globally pooled features
-    (the input of every attention branch) vary across the batch as they do across real images;
-    plain noise pools to almost the same vector, and the tiny variance of the pooled values would
-    blow up the attention of any other input. Variances are floored at ``_MIN_VARIANCE`` times
-    the layer's median, so a channel that was nearly constant over the batch is not amplified.
+    normalising it, so every layer is calibrated on what it sees at inference. The images
+    (:func:`dyconv_deploy.export.verify.random_images`, what ``verify`` feeds too) are noise with a
+    random contrast and colour shift per image, so that globally pooled features (the input of every
+    attention branch) vary across the batch as they do across real images; plain noise pools to
+    almost the same vector, and the tiny variance of the pooled values would blow up the attention
+    of any other input. Variances are floored at ``_MIN_VARIANCE`` times the layer's median, so a
+    channel that was nearly constant over the batch is not amplified.
+
+    Args:
+        input_shape: ``[N, C, H, W]`` (N is replaced by ``batch``).
+    Returns:
+        ``model``, calibrated, in eval mode.
     """
+    from dyconv_deploy.export.verify import random_images
+
     def calibrate(norm: nn.Module, args: tuple) -> None:
         x = args[0]
         dims = [0, *range(2, x.dim())]
@@ -156,16 +165,16 @@ def _calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int]) -> None
 
     hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    generator = torch.Generator().manual_seed(0)
-    batch, channels = _CALIBRATION_BATCH, input_shape[1]
-    images = (torch.randn(batch, *input_shape[1:], generator=generator)
-              * (0.5 + torch.rand(batch, 1, 1, 1, generator=generator))
-              + torch.randn(batch, channels, 1, 1, generator=generator))
+    images = random_images((batch, *input_shape[1:]), torch.Generator().manual_seed(seed))
     model.eval()
     with torch.no_grad():
         model(images)
     for hook in hooks:
         hook.remove()
+    return model
+
+
+_calibrate_batch_norms = calibrate_batch_norms  # the name tests/convert/test_timm.py imports
 
 
 def default_input_shape(name: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Check an exported graph or engine against PyTorch eager on random inputs, per output and batch.
+"""Check an exported graph or engine against PyTorch eager on random images, per output and batch.
 
 Every backend of :mod:`dyconv_deploy.runtime` can be checked. ``auto`` picks: ``trt`` for an
 engine file; ``reference`` for graphs with ``dyconv::DynamicConv2d`` nodes (``onnx.reference``
@@ -6,6 +6,11 @@ with the contract's reference kernel and the torch-backed Conv/MaxPool of
 :mod:`dyconv_deploy.export.fast_reference`: exact, and seconds instead of minutes at 224x224);
 ONNX Runtime CPU for standard-op graphs. ``ort-cpu`` on a plugin graph checks the ONNX Runtime
 expansion of the node (:mod:`dyconv_deploy.runtime.ort_custom_op`).
+
+The inputs are :func:`random_images`: noise with a contrast and a colour shift per image, so that
+the globally pooled features every attention branch starts from differ between the samples of a
+batch (plain noise pools to nearly the same vector and gives nearly the same attention to every
+sample, which would let a graph that mixes up samples pass).
 """
 
 import os
@@ -56,7 +61,8 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
     """Compare a graph, an engine or a loaded runtime with ``model`` (eager, eval mode) at each batch.
 
     Args:
-        input_shape: ``[N, C, H, W]`` of the single input; N is replaced by each of ``batches``.
+        input_shape: ``[N, C, H, W]`` of the single input; N is replaced by each of ``batches``; the inputs
+            are :func:`random_images` from ``seed``.
         backend: one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (ignored when ``source`` is a
             runtime; a runtime opened here is closed before returning).
     Returns:
@@ -70,11 +76,9 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
         raise DyconvError(f"verify handles models with one input; this one has {len(runtime.input_specs)}: "
                           f"{[spec.name for spec in runtime.input_specs]}")
     name = runtime.input_specs[0].name
-    generator = torch.Generator().manual_seed(seed)
     model = model.eval()
     comparisons = []
-    for batch in batches:
-        x = torch.randn(batch, *input_shape[1:], generator=generator)
+    for batch, x in zip(batches, verify_inputs(input_shape, batches, seed)):
         with torch.no_grad():
             expected = _flatten(model(x))
         actual = runtime.run({name: x.numpy()})
@@ -84,6 +88,27 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
         comparisons += [compare(np.asarray(value), reference, tolerance, f"{output}@batch{batch}")
                         for (output, value), reference in zip(actual.items(), expected)]
     return comparisons
+
+
+def verify_inputs(input_shape: Sequence[int], batches: Sequence[int], seed: int = 0) -> list[torch.Tensor]:
+    """The inputs :func:`verify_onnx` feeds: ``random_images`` of ``[batch, *input_shape[1:]]`` for each of
+    ``batches``, drawn in that order from one generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [random_images((batch, *input_shape[1:]), generator) for batch in batches]
+
+
+def random_images(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random ``shape = [N, C, ...]`` float32 images that differ per sample as real images do.
+
+    Unit Gaussian noise times a contrast drawn uniformly from [0.5, 1.5) per image, plus a shift
+    drawn from N(0, 1) per image and channel. These are also the images the bundled samples
+    calibrate their BatchNorm statistics on (:func:`dyconv_deploy.samples.calibrate_batch_norms`).
+    """
+    if len(shape) < 2:
+        raise ValueError(f"random_images needs a shape [N, C, ...], got {list(shape)}")
+    batch, channels, spatial = shape[0], shape[1], [1] * (len(shape) - 2)
+    return (torch.randn(*shape, generator=generator) * (0.5 + torch.rand(batch, 1, *spatial, generator=generator))
+            + torch.randn(batch, channels, *spatial, generator=generator))
 
 
 def _flatten(outputs) -> list[torch.Tensor]:

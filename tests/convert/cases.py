@@ -3,7 +3,10 @@
 ``LAYER_CASES`` covers kernel 1/3/5, stride 1/2, groups 1/depthwise, bias on/off, K 1/4 and
 batch 1/3 with few rows (each value appears with several of the others, not the full product).
 ``FAMILIES`` maps an adapter family to a builder ``case -> module`` (None where the public
-implementation cannot express the case, e.g. OSVAI has no bias).
+implementation cannot express the case, e.g. OSVAI has no bias), with softmax temperatures at their
+deployed values; :func:`calibrated` gives a model BatchNorm statistics as the samples' have, and
+:func:`images` the inputs. With 16 channels every routing MLP has at least 4 hidden units, so that
+no attention is the same for every sample because its only hidden unit is dead.
 """
 
 from dataclasses import dataclass
@@ -14,12 +17,20 @@ from standins import (dynet, external_attention, islanna_dyrelu, kaijieshi7, osv
                       seed_odconv, timm_condconv)
 from torch import nn
 
-CHANNELS = 8
+from dyconv_deploy.export.verify import random_images
+from dyconv_deploy.samples import calibrate_batch_norms
+
+CHANNELS = 16
 SIZE = 9
+SHAPE = (3, CHANNELS, SIZE, SIZE)  # the comparisons' input: three samples, so that attention can be mixed up
+# Families whose kernel attention is a softmax: over one expert it is 1, and the layer a static conv.
+SOFTMAX_FAMILIES = ("kaijieshi7_dynamic_conv", "external_attention", "per_sample_dynamic_conv")
 
 
 @dataclass(frozen=True)
 class Case:
+    """One layer geometry; ``batch`` is the batch the converter probes the layer with."""
+
     kernel: int
     stride: int
     depthwise: bool
@@ -34,6 +45,10 @@ class Case:
     @property
     def out_channels(self) -> int:
         return CHANNELS if self.depthwise else 12
+
+    def static_by_construction(self, label: str) -> bool:
+        """Family ``label`` on this case has no input-dependent routing (softmax over K=1)."""
+        return self.k == 1 and label in SOFTMAX_FAMILIES
 
     def __str__(self) -> str:
         return (f"k{self.kernel}s{self.stride}{'dw' if self.depthwise else 'g1'}{'b' if self.bias else 'nb'}"
@@ -90,8 +105,15 @@ def _ea_cond(c: Case):
 
 
 def _seed_dynamic(c: Case):
-    return seed_dynamic_conv.DynamicConv2D(CHANNELS, c.out_channels, c.kernel, c.stride, c.kernel // 2,
-                                           groups=c.groups, bias=c.bias, num_experts=c.k)
+    return _deployed_seed(seed_dynamic_conv.DynamicConv2D(CHANNELS, c.out_channels, c.kernel, c.stride,
+                                                          c.kernel // 2, groups=c.groups, bias=c.bias,
+                                                          num_experts=c.k))
+
+
+def _deployed_seed(layer: nn.Module) -> nn.Module:
+    """The blog-post layer hard-codes the training-time tau = 30; deployed, it is 1 (as the samples')."""
+    layer._attention_fn.tau = 1.0
+    return layer
 
 
 def _seed_odconv(c: Case):
@@ -117,7 +139,10 @@ FAMILIES = {
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial running statistics and affine parameters (eval mode)."""
+    """Give every BatchNorm non-trivial running statistics and affine parameters (eval mode).
+
+    For tests of BatchNorm handling only: the output of a model normalised so hardly depends on its input.
+    Comparisons use :func:`calibrated` models."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -129,17 +154,39 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def mixed_model() -> nn.Module:
-    """One layer of every family (a timm block: 3 CondConvs sharing a routing; both DyReLUs), 8 channels."""
-    return nn.Sequential(
-        timm_condconv.CondConvResidual(8, 8, 5, stride=2, pad_type="same", exp_ratio=1.5, num_experts=4),
-        osvai_odconv.ODConv2d(8, 8, 3, padding=1),
-        kaijieshi7.Dynamic_conv2d(8, 8, 3, padding=1, temperature=4),
-        external_attention.DynamicConv(8, 8, 1, 1),
-        external_attention.CondConv(8, 8, 3, 1, 1),
-        seed_dynamic_conv.DynamicConv2D(8, 8, 3, padding=1),
-        islanna_dyrelu.DyReLUB(8),  # its output is not contiguous: the batch-folding layers above would fail on it
-        seed_odconv.ODConv2D(8, 8, 3, padding=1),
-        dynet.DyNetConv(8, 8, 3, padding=1),
-        islanna_dyrelu.DyReLUA(8),
-    )
+def calibrated(model: nn.Module, input_shape=SHAPE) -> nn.Module:
+    """``model`` in eval mode with its BatchNorms calibrated on ``random_images`` of ``[N, C, H, W] = input_shape``
+    as the samples' are."""
+    return calibrate_batch_norms(model, input_shape)
+
+
+def images(batch: int = SHAPE[0], channels: int = CHANNELS, size: int = SIZE) -> torch.Tensor:
+    """``[batch, channels, size, size]`` :func:`~dyconv_deploy.export.verify.random_images` (global RNG)."""
+    return random_images((batch, channels, size, size))
+
+
+def mixed_model(seed: int = 2) -> nn.Module:
+    """One layer of every family (a timm block: 3 CondConvs sharing a routing; both DyReLUs), 16 channels,
+    each followed by a BatchNorm (calibrated; without them the signal fades layer by layer and the attention of
+    the later layers is the same for every sample). Initialised from ``seed``, whatever the global RNG: the
+    default is one where every layer's attention varies by 0.06 or more (the tests assert > 0.01)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return calibrated(_mixed_layers())
+
+
+def _mixed_layers() -> nn.Sequential:
+    layers = [
+        timm_condconv.CondConvResidual(CHANNELS, CHANNELS, 5, stride=2, pad_type="same", exp_ratio=1.5,
+                                       num_experts=4),
+        osvai_odconv.ODConv2d(CHANNELS, CHANNELS, 3, padding=1),
+        _deployed_seed(seed_dynamic_conv.DynamicConv2D(CHANNELS, CHANNELS, 3, padding=1)),
+        kaijieshi7.Dynamic_conv2d(CHANNELS, CHANNELS, 3, padding=1, temperature=4),
+        external_attention.DynamicConv(CHANNELS, CHANNELS, 1, 1, temprature=1),
+        external_attention.CondConv(CHANNELS, CHANNELS, 3, 1, 1),
+        islanna_dyrelu.DyReLUB(CHANNELS),  # its output is not contiguous: the batch-folding layers would fail on it
+        seed_odconv.ODConv2D(CHANNELS, CHANNELS, 3, padding=1),
+        dynet.DyNetConv(CHANNELS, CHANNELS, 3, padding=1),
+        islanna_dyrelu.DyReLUA(CHANNELS),
+    ]
+    return nn.Sequential(*[m for layer in layers for m in (layer, nn.BatchNorm2d(CHANNELS))][:-1])
