@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from guards import assert_attention_varies, assert_fails, rolled_attention
 
 from dyconv_deploy.cli.main import main
 from dyconv_deploy.export import export_onnx
+from dyconv_deploy.export.verify import verify_inputs, verify_onnx
 from dyconv_deploy.io import load_model
 
 TINY = "sample:tiny_dynamic"
@@ -22,6 +24,13 @@ def test_matching_model_passes_at_each_batch(tiny_onnx, capsys):
     out = capsys.readouterr().out
     assert "ONNX (reference) vs PyTorch eager" in out
     assert "output@batch1" in out and "output@batch3" in out and "FAIL" not in out
+
+
+def test_verify_inputs_give_each_sample_its_own_attention_and_a_mix_up_fails(tiny_onnx):
+    model, shape = load_model(TINY), (1, 3, 32, 32)
+    assert_attention_varies(model, verify_inputs(shape, [3])[0])
+    with rolled_attention(model):
+        assert_fails(verify_onnx(model, tiny_onnx, shape, [3]), "giving sample n sample n-1's attention")
 
 
 def test_different_weights_fail_with_exit_1_and_the_table(tiny_onnx, tmp_path, capsys):

@@ -15,6 +15,7 @@ _spec.loader.exec_module(_layers)
 CONFIGS = _layers.CONFIGS
 FAMILIES = tuple(_layers.LAYERS)
 make_layer = _layers.make_layer
+static_by_construction = _layers.static_by_construction
 
 
 def input_shape(config) -> tuple[int, int, int, int]:

@@ -1,26 +1,31 @@
-"""``export_onnx`` on single layers: graph structure, both exporters, dynamic batch, every strategy, metadata."""
+"""``export_onnx`` on single layers: graph structure, both exporters, dynamic batch, every strategy, metadata.
+
+The comparisons can fail: on verify's inputs every layer's attention varies across the batch, and giving
+sample n sample n-1's attention fails verification (:mod:`guards`).
+"""
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from layer_models import CONFIGS, FAMILIES, input_shape, make_layer
+from guards import assert_attention_varies, assert_fails, rolled_attention
+from layer_models import CONFIGS, FAMILIES, input_shape, make_layer, static_by_construction
 
 from dyconv_deploy import __version__
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import ExportError, check_model, contract_nodes, export_onnx
 from dyconv_deploy.export.metadata import read_metadata, state_dict_sha256
 from dyconv_deploy.export.settings import EXPORTER_OPSETS, STRATEGIES
-from dyconv_deploy.export.verify import verify_onnx
+from dyconv_deploy.export.verify import verify_inputs, verify_onnx
 from dyconv_deploy.lower import STRATEGIES as LOWERING_STRATEGIES
 from dyconv_deploy.lower import lower
 from dyconv_deploy.nn import DyReLU, ODConv2d
 from dyconv_deploy.tolerance import TOLERANCES
 
 BATCHES = (1, 3)
-# torch.export takes ~2 s per model on 2 cores: dynamo gets one geometry per family (K=1; stride 2 with
-# asymmetric padding, groups and K=8; dilated depthwise; dilated groups), TorchScript the whole cross product.
-DYNAMO_CASES = list(zip(FAMILIES, [CONFIGS[0], CONFIGS[2], CONFIGS[3], CONFIGS[6]]))
+# torch.export takes ~2 s per model on 2 cores: dynamo gets one geometry per family (K=4 without bias; stride 2
+# with asymmetric padding, groups and K=8; dilated depthwise; dilated groups), TorchScript the whole cross product.
+DYNAMO_CASES = list(zip(FAMILIES, [CONFIGS[1], CONFIGS[2], CONFIGS[3], CONFIGS[6]]))
 CASES = ([pytest.param(f, c, "dynamo", id=f"{f}-{c.name}-dynamo") for f, c in DYNAMO_CASES]
          + [pytest.param(f, c, "torchscript", id=f"{f}-{c.name}-torchscript") for f in FAMILIES for c in CONFIGS])
 
@@ -28,6 +33,13 @@ CASES = ([pytest.param(f, c, "dynamo", id=f"{f}-{c.name}-dynamo") for f, c in DY
 def assert_matches(model, proto, shape, batches):
     for comparison in verify_onnx(model, proto, shape, batches, TOLERANCES["fp32"]):
         assert comparison.passed, str(comparison)
+
+
+def assert_catches_a_sample_mix_up(model, proto, shape):
+    """On verify's batch-3 input the attention varies, and rolling it along the batch fails verification."""
+    assert_attention_varies(model, verify_inputs(shape, [3])[0])
+    with rolled_attention(model):
+        assert_fails(verify_onnx(model, proto, shape, [3]), "giving sample n sample n-1's attention")
 
 
 @pytest.mark.parametrize("family, config, exporter", CASES)
@@ -43,6 +55,8 @@ def test_single_layer_exports_one_contract_node_and_matches_every_strategy(famil
     assert node.input[1] not in initializers  # the attention is computed in the graph
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert_matches(layer, proto, shape, BATCHES)  # one file, two batch sizes: the batch really is free
+    if not static_by_construction(family, config):
+        assert_catches_a_sample_mix_up(layer, proto, shape)
     for strategy in ("experts", "plugin"):
         assert_matches(layer, lower(proto, strategy), shape, BATCHES)
     assert_matches(layer, lower(proto, "grouped", static_batch=BATCHES[-1]), shape, BATCHES[-1:])
@@ -72,10 +86,11 @@ def test_dynet_attention_is_rank_3_and_dyrelu_stays_standard_ops():
 
 def test_static_batch_fixes_the_batch_of_the_input_shape():
     layer = make_layer("dynamic_conv", CONFIGS[1])
-    proto = export_onnx(layer, torch.randn(2, 4, 7, 7), exporter="torchscript", opset=17, dynamic_batch=False)
-    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
-    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 2
-    assert_matches(layer, proto, (2, 4, 7, 7), [2])
+    proto = export_onnx(layer, torch.randn(3, 4, 7, 7), exporter="torchscript", opset=17, dynamic_batch=False)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert_matches(layer, proto, (3, 4, 7, 7), [3])
+    assert_attention_varies(layer, verify_inputs((3, 4, 7, 7), [3])[0])
 
 
 def test_written_model_passes_the_full_checker_and_records_its_provenance(tmp_path):

@@ -1,58 +1,72 @@
-"""``lower()``: strategy dispatch, and every strategy on a model exported from ``dyconv_deploy.nn`` layers."""
+"""``lower()``: strategy dispatch, and every strategy on a model exported from ``dyconv_deploy.nn`` layers.
+
+The comparisons can fail: the model is calibrated as the samples are, its input is ``random_images``, every
+layer's attention varies across the batch and each strategy's output fails against the model with the
+attention rolled along the batch (:mod:`guards`).
+"""
 
 import pytest
 import torch
 from graphs import assert_matches, op_types, run_onnxruntime, run_reference
+from guards import assert_attention_varies, assert_depends_on_input, assert_fails, rolled_attention
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import export_onnx
 from dyconv_deploy.export.metadata import read_metadata
+from dyconv_deploy.export.verify import random_images
 from dyconv_deploy.lower import STRATEGIES, lower
 from dyconv_deploy.nn import CondConv2d, DynamicConv2d, DyNetConv2d, ODConv2d
+from dyconv_deploy.samples import calibrate_batch_norms
+from dyconv_deploy.tolerance import TOLERANCES, compare
 
-BATCH = 2
+BATCH = 3
+SHAPE = (BATCH, 3, 10, 10)
 
 
 def _every_family() -> nn.Module:
-    """Softmax + BN (folds into B), sigmoid + BN (keeps an Add), ODConv full and depthwise, DyNet."""
+    """Softmax + BN (folds into B), DyNet, sigmoid + BN (keeps an Add), ODConv full and depthwise; BatchNorms
+    calibrated as the samples' (eval mode)."""
     model = nn.Sequential(
         DynamicConv2d(3, 8, 3, padding=1, temperature=1.0), nn.BatchNorm2d(8), nn.ReLU(),
+        DyNetConv2d(8, 8, 1),  # early: at the end, after two ODConvs, its input hardly varies across the batch
         CondConv2d(8, 8, 3, stride=2, padding=(1, 0, 0, 1), groups=2, bias=False), nn.BatchNorm2d(8),
         ODConv2d(8, 8, 3, padding=1), ODConv2d(8, 8, 3, padding=1, groups=8),
-        DyNetConv2d(8, 6, 1),
     )
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return calibrate_batch_norms(model, SHAPE)
 
 
 @pytest.fixture(scope="module")
 def exported():
+    """``(graph, feeds, expected output, expected output with the attention rolled along the batch)``."""
     torch.manual_seed(0)
     model = _every_family()
-    x = torch.randn(BATCH, 3, 10, 10)
+    x = random_images(SHAPE)
+    assert_depends_on_input(model, x)
+    assert_attention_varies(model, x)
     with torch.no_grad():
         expected = model(x).numpy()
-    return export_onnx(model, x), {"input": x.numpy()}, expected
+        with rolled_attention(model):
+            rolled = model(x).numpy()
+    return export_onnx(model, x), {"input": x.numpy()}, expected, rolled
 
 
 @pytest.mark.parametrize("strategy", ["plugin", "experts", "grouped"])
 def test_exact_strategies_match_pytorch(exported, strategy):
-    proto, feeds, expected = exported
+    proto, feeds, expected, rolled = exported
     lowered = lower(proto, strategy, static_batch=BATCH if strategy == "grouped" else None)
     run = run_reference if strategy == "plugin" else run_onnxruntime
-    assert_matches(run(lowered, feeds), [expected])
+    (output,) = run(lowered, feeds)
+    assert_matches([output], [expected])
+    assert_fails(compare(output, rolled, TOLERANCES["fp32"]), "giving sample n sample n-1's attention")
     assert "BatchNormalization" not in op_types(lowered)
     assert read_metadata(lowered)["strategy"] == strategy
 
 
 def test_static_removes_every_dynamic_part(exported):
-    proto, feeds, expected = exported
+    proto, feeds, expected, _ = exported
     lowered = lower(proto, "static")
-    assert op_types(lowered) == ["Conv", "Relu", "Conv", "Add", "Conv", "Conv", "Conv"]
+    assert op_types(lowered) == ["Conv", "Relu", "Conv", "Conv", "Add", "Conv", "Conv"]
     assert read_metadata(lowered)["numerically_equivalent"] == "false"
     assert run_onnxruntime(lowered, feeds)[0].shape == expected.shape
 

@@ -4,11 +4,16 @@
 ``b^k = beta^k + lambda_b db^k``, residuals ``2 sigmoid(FC(ReLU(FC(GAP x)))) - 1`` (first the
 K slopes, then the K intercepts, each over C channels or shared), ``alpha^1 = 1``, other
 initial values 0; mode C scales both by ``pi[n,h,w] = min(HW/3 softmax_hw(conv1x1(x)/tau), 1)``.
+The inputs are ``random_images``; the coefficients vary across the batch and giving sample n sample
+n-1's coefficients fails the comparison (:mod:`guards`).
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+from guards import assert_attention_varies, assert_fails, rolled_attention
+
+from dyconv_deploy.export.verify import random_images
 
 from dyconv_deploy.nn import DyReLU
 from dyconv_deploy.tolerance import TOLERANCES, compare
@@ -41,11 +46,18 @@ def dyrelu_formula(layer: DyReLU, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode,k", [("A", 2), ("B", 2), ("C", 2), ("B", 3)])
 def test_dyrelu_matches_formula(mode, k):
-    layer = DyReLU(6, mode=mode, k=k).eval()
-    x = torch.randn(2, 6, 5, 4)
-    with torch.no_grad():
-        result = compare(layer(x), dyrelu_formula(layer, x), TOLERANCES["layer"])
+    layer = DyReLU(6, mode=mode, k=k, reduction=1).eval()  # reduction 4 leaves 1 hidden unit, dead for all samples
+    x = random_images((2, 6, 5, 4))
+
+    def comparison():
+        with torch.no_grad():
+            return compare(layer(x), dyrelu_formula(layer, x), TOLERANCES["layer"])
+
+    result = comparison()
     assert result.passed, str(result)
+    assert_attention_varies(layer, x)
+    with rolled_attention(layer):
+        assert_fails(comparison(), "giving sample n sample n-1's coefficients")
 
 
 def test_dyrelu_rejects_unknown_mode():

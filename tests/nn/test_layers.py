@@ -2,14 +2,18 @@
 
 The expected output recomputes the layer from its own routing with
 ``per_sample_dynamic_conv2d`` (one ``F.conv2d`` per sample with ``sum_k A W``), so it
-checks the batch-folded contract op, the padding convention and the ODConv scalings.
+checks the batch-folded contract op, the padding convention and the ODConv scalings. Inputs are
+``random_images`` (per-sample contrast and shift), every layer's attention varies across the batch and
+giving sample n sample n-1's routing fails the comparison (:mod:`guards`).
 """
 
 from dataclasses import dataclass
 
 import pytest
 import torch
+from guards import assert_attention_varies, assert_fails, attention_spread, rolled_attention
 
+from dyconv_deploy.export.verify import random_images
 from dyconv_deploy.nn import CondConv2d, DynamicConv2d, DyNetConv2d, ODConv2d, set_temperature
 from dyconv_deploy.ops import per_sample_dynamic_conv2d
 from dyconv_deploy.tolerance import TOLERANCES, compare
@@ -48,7 +52,8 @@ CONFIGS = [
 ]
 
 LAYERS = {
-    "dynamic_conv": lambda c, **kw: DynamicConv2d(num_kernels=c.num_kernels, **kw),
+    # reduction 1: with 4 input channels the paper's 4 leaves one hidden unit, 0 after ReLU for every sample
+    "dynamic_conv": lambda c, **kw: DynamicConv2d(num_kernels=c.num_kernels, reduction=1, **kw),
     "condconv": lambda c, **kw: CondConv2d(num_experts=c.num_kernels, **kw),
     "odconv": lambda c, **kw: ODConv2d(num_kernels=c.num_kernels, **kw),
     "dynet": lambda c, **kw: DyNetConv2d(num_kernels=c.num_kernels, **kw),
@@ -74,7 +79,13 @@ def naive_forward(layer, x):
 
 
 def random_input(config: Config) -> torch.Tensor:
-    return torch.randn(config.batch, config.in_channels, config.size, config.size)
+    """``[batch, in_channels, size, size]`` random images (global RNG)."""
+    return random_images((config.batch, config.in_channels, config.size, config.size))
+
+
+def static_by_construction(family: str, config: Config) -> bool:
+    """Softmax attention over one kernel is 1: the layer is a static conv."""
+    return family == "dynamic_conv" and config.num_kernels == 1
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
@@ -82,9 +93,21 @@ def random_input(config: Config) -> torch.Tensor:
 def test_forward_matches_per_sample_loop(family, config):
     layer = make_layer(family, config)
     x = random_input(config)
-    with torch.no_grad():
-        result = compare(layer(x), naive_forward(layer, x), TOLERANCES["layer"])
+
+    def comparison():
+        with torch.no_grad():
+            return compare(layer(x), naive_forward(layer, x), TOLERANCES["layer"])
+
+    result = comparison()
     assert result.passed, str(result)
+    if config.batch == 1:
+        return  # one sample: nothing to mix up
+    if static_by_construction(family, config):
+        assert attention_spread(layer, x) == {}
+        return
+    assert_attention_varies(layer, x)
+    with rolled_attention(layer):
+        assert_fails(comparison(), "giving sample n sample n-1's routing")
 
 
 @pytest.mark.parametrize("config", CONFIGS[1:4], ids=lambda c: c.name)

@@ -4,7 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from guards import assert_depends_on_input
+
 from dyconv_deploy.analysis import analyze
+from dyconv_deploy.export.verify import random_images
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io import load_model
 from dyconv_deploy.nn import DynamicConv2d, DynamicConvBase
@@ -28,6 +31,10 @@ def test_unknown_sample_names_the_closest():
 def test_samples_are_deterministic():
     first, second = create_sample("tiny_dynamic"), create_sample("tiny_dynamic")
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_tiny_sample_output_depends_on_the_input():
+    assert_depends_on_input(create_sample("tiny_dynamic"), random_images((3, *default_input_shape("tiny_dynamic")[1:])))
 
 
 @pytest.mark.parametrize("name", [name for name in DYNAMIC if name != "tiny_dynamic"])  # tiny has DyReLU too
