@@ -3,7 +3,8 @@
 Each config covers one code path of ``plugins/kernels``: pointwise GEMM, k x k implicit GEMM
 (stride, asymmetric padding, dilation, groups), depthwise with and without a channel
 multiplier, DyNet channel attention, ODConv spatial attention, a plane large enough for the
-aggregated path, and reductions deep enough for split-K.
+aggregated path, reductions deep enough for split-K, and reductions of >= 1000 terms, where
+fp16 accumulation is far outside the ``fp16-kernel`` tolerance that fp32 accumulation meets.
 """
 
 from dataclasses import dataclass
@@ -82,4 +83,7 @@ LAYER_CONFIGS = [
     LayerConfig("pointwise-deep-7x7", c=160, m=24, experts=4, kernel=1, h=7, w=7),
     LayerConfig("3x3-deep-dynet", c=32, m=12, experts=2, kernel=3, h=6, w=6, padding=(1, 1, 1, 1),
                 channel_attention=True),
+    # Reductions of >= 1000 terms (pointwise and implicit-GEMM kernels): see TOLERANCES["fp16-kernel"].
+    LayerConfig("pointwise-1024-deep", c=1024, m=8, experts=2, kernel=1, h=4, w=4),
+    LayerConfig("3x3-1008-deep", c=112, m=8, experts=4, kernel=3, h=5, w=5, padding=(1, 1, 1, 1)),
 ]

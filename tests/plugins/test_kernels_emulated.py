@@ -140,13 +140,47 @@ def test_emulated_kernels_match_reference_fp32(emulated, config, algo, launch):
     assert result.passed, str(result)
 
 
+FP16_BATCH = 2
+# Multiprocessor counts: 64x64 tiles, or what a large GPU plans (32x32 tiles, split-K where R allows it).
+FP16_LAUNCHES = {"tiles64": 1, "small-grid": 1 << 20}
+DEEP_CONFIGS = [config for config in LAYER_CONFIGS if config.reduction >= 1000]
+
+
+@pytest.mark.parametrize("launch", FP16_LAUNCHES)
 @pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
-def test_emulated_kernels_match_reference_fp16(emulated, config):
-    inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(1))
-    status, y = run_emulated(emulated, config, inputs, "fp16", "auto", multiprocessor_count=1 << 20)
+def test_emulated_kernels_match_reference_fp16(emulated, config, launch):
+    inputs = config.inputs(batch=FP16_BATCH, generator=torch.Generator().manual_seed(1))
+    status, y = run_emulated(emulated, config, inputs, "fp16", "auto", FP16_LAUNCHES[launch])
     assert status == 0
-    result = compare(y, reference(config, inputs, np.float16), TOLERANCES["fp16"])
+    result = compare(y, reference(config, inputs, np.float16), TOLERANCES["fp16-kernel"])
     assert result.passed, str(result)
+
+
+def fp16_accumulated(config: LayerConfig, inputs: dict) -> np.ndarray:
+    """Y of a kernel that rounds every product and partial sum to fp16 (dense, per-expert attention, bias)."""
+    assert config.groups == 1 and not config.channel_attention and not config.spatial and config.bias
+    half = {k: torch.from_numpy(v.numpy().astype(np.float16)).double() for k, v in inputs.items() if v is not None}
+    weights = torch.einsum("nk,kmr->nmr", half["attention"], half["weight"].flatten(2)).numpy().astype(np.float16)
+    bias = (half["attention"] @ half["bias"]).numpy().astype(np.float16)
+    top, left, bottom, right = config.padding
+    x = torch.nn.functional.pad(half["x"], (left, right, top, bottom))
+    columns = torch.nn.functional.unfold(x, config.kernel, dilation=config.dilation, stride=config.stride)
+    columns = columns.numpy().astype(np.float16)
+    acc = np.zeros((x.shape[0], config.m, columns.shape[2]), np.float16)
+    for r in range(config.reduction):
+        acc += weights[:, :, r, None] * columns[:, None, r, :]
+    return (acc + bias[:, :, None]).reshape(x.shape[0], config.m, *config.output_hw)
+
+
+@pytest.mark.parametrize("config", DEEP_CONFIGS, ids=lambda c: c.name)
+def test_fp16_kernel_tolerance_rejects_fp16_accumulation(config):
+    # Needs no compiler: the tolerance the kernels must meet is checked against both kinds of accumulation.
+    inputs = config.inputs(batch=FP16_BATCH, generator=torch.Generator().manual_seed(1))
+    expected = reference(config, inputs, np.float16)
+    fp32_accumulated = expected.numpy().astype(np.float16)  # exact sums, rounded once to the fp16 output
+    assert compare(fp32_accumulated, expected, TOLERANCES["fp16-kernel"]).passed
+    result = compare(fp16_accumulated(config, inputs), expected, TOLERANCES["fp16-kernel"])
+    assert result.required_atol > 10 * TOLERANCES["fp16-kernel"].atol, str(result)
 
 
 @pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
