@@ -176,9 +176,6 @@ def calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int], batch: i
     return model
 
 
-_calibrate_batch_norms = calibrate_batch_norms  # the name tests/convert/test_timm.py imports
-
-
 def default_input_shape(name: str) -> tuple[int, ...]:
     """The input shape sample ``name`` is meant for, e.g. ``(1, 3, 32, 32)`` for ``tiny_dynamic``."""
     return get_sample(name).input_shape
