@@ -15,7 +15,6 @@ strategy graph of the model itself (mean expert kernels, attention removed).
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,14 +24,9 @@ import torch
 from torch import nn
 
 from dyconv_deploy import __version__
+from dyconv_deploy.cache import CACHE_ENV, default_cache_dir  # noqa: F401 - re-exported for bench users
 
-CACHE_ENV = "DYCONV_DEPLOY_CACHE"
 TWIN = "static twin"
-
-
-def default_cache_dir() -> Path:
-    """``$DYCONV_DEPLOY_CACHE``, else ``~/.cache/dyconv-deploy``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dyconv-deploy")
 
 
 def twin_spec(spec: str) -> Optional[str]:

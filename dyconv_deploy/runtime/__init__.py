@@ -1,4 +1,4 @@
-"""Run stage: backends behind one small interface (PyTorch, onnx.reference, ONNX Runtime, TensorRT).
+"""Run stage: backends behind one small interface (PyTorch, onnx.reference, ONNX Runtime, OpenVINO, TensorRT).
 
 ``load_runtime(source, backend, **options)`` returns a :class:`Runtime`; every backend maps
 ``{input name: numpy array}`` to ``{output name: numpy array}``.
@@ -10,7 +10,7 @@ from pathlib import Path
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.runtime.base import Runtime, TensorSpec
 
-BACKENDS = ("torch", "reference", "ort-cpu", "ort-cuda", "trt")
+BACKENDS = ("torch", "reference", "ort-cpu", "ort-cuda", "openvino", "trt")
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 
@@ -18,11 +18,11 @@ def load_runtime(source, backend: str, **options) -> Runtime:
     """Create (not yet load) the runtime for ``source`` on ``backend``.
 
     Args:
-        source: ``torch``: an ``nn.Module`` or a MODEL spec; ``reference`` / ``ort-*``: an
+        source: ``torch``: an ``nn.Module`` or a MODEL spec; ``reference`` / ``ort-*`` / ``openvino``: an
             ONNX path or ``ModelProto``; ``trt``: an engine path.
         backend: one of :data:`BACKENDS`.
         options: passed to the runtime class (e.g. ``threads``, ``custom_op_library``,
-            ``plugin_library``, ``device``, ``use_extension``).
+            ``plugin_library``, ``device``, ``use_extension``, ``precision``, ``expert_dtype``).
     """
     if backend == "torch":
         from dyconv_deploy.runtime.torch_runtime import TorchRuntime
@@ -40,6 +40,10 @@ def load_runtime(source, backend: str, **options) -> Runtime:
         from dyconv_deploy.runtime.onnxruntime_runtime import OnnxRuntimeRuntime
 
         return OnnxRuntimeRuntime(source, device=backend.removeprefix("ort-"), **options)
+    if backend == "openvino":
+        from dyconv_deploy.runtime.openvino_runtime import OpenVinoRuntime
+
+        return OpenVinoRuntime(source, **options)
     if backend == "trt":
         from dyconv_deploy.runtime.tensorrt_runtime import TensorRTRuntime
 

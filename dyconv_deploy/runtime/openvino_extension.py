@@ -1,0 +1,111 @@
+"""The OpenVINO extension library (``plugins/openvino``): build it with CMake, cache it, find it.
+
+The library (``libdyconv_openvino.so``) converts every ``dyconv::DynamicConv2d`` node when
+OpenVINO's ONNX frontend reads a graph: the project's ``MixKernels`` operation makes the
+per-sample kernels, OpenVINO's own convolutions apply them. It is built against the headers
+and CMake package that the ``openvino`` wheel ships, so it needs only CMake and a C++17
+compiler. :func:`extension_library` returns a library for the installed OpenVINO: the one in
+``DYCONV_OPENVINO_EXTENSION`` when set, else a cached build keyed by the sources and the
+OpenVINO version (built on first use, under a lock, into a temporary folder that is renamed
+into place only when the build succeeded).
+"""
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from dyconv_deploy.cache import default_cache_dir
+from dyconv_deploy.deps import require
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.ops.cuda import plugins_dir
+
+LIBRARY_NAME = "libdyconv_openvino.so"
+LIBRARY_ENV = "DYCONV_OPENVINO_EXTENSION"
+SOURCE_SUFFIXES = (".cpp", ".hpp", ".txt")
+
+
+def extension_sources() -> Path:
+    """``plugins/openvino`` (CMakeLists.txt and the C++ sources)."""
+    return plugins_dir() / "openvino"
+
+
+def openvino_cmake_dir() -> Path:
+    """The ``cmake/`` folder of the installed ``openvino`` wheel (``OpenVINO_DIR`` for CMake)."""
+    openvino = require("openvino", for_="the OpenVINO extension")
+    folder = Path(openvino.__file__).parent / "cmake"
+    if not (folder / "OpenVINOConfig.cmake").is_file():
+        raise DyconvError(f"this openvino package has no CMake package at {folder}: the extension is built against "
+                          "the PyPI wheel's headers (pip install openvino)")
+    return folder
+
+
+def build_extension(output_dir: str | os.PathLike, *, native: bool = True) -> Path:
+    """Configure and build ``plugins/openvino`` into ``output_dir``; returns the library path.
+
+    Args:
+        output_dir: CMake build folder; the log goes to ``build.log`` there.
+        native: compile for this CPU (``-march=native``); off for a library shipped to other machines.
+    Raises:
+        DyconvError: no cmake or compiler, or the build failed (the message names the log).
+    """
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise DyconvError("cmake not found on PATH: building the OpenVINO extension needs CMake >= 3.18 "
+                          "(pip install cmake)")
+    build = Path(output_dir)
+    build.mkdir(parents=True, exist_ok=True)
+    log = build / "build.log"
+    configure = [cmake, "-S", str(extension_sources()), "-B", str(build), f"-DOpenVINO_DIR={openvino_cmake_dir()}",
+                 f"-DDYCONV_NATIVE_ARCH={'ON' if native else 'OFF'}", "-DCMAKE_BUILD_TYPE=Release"]
+    with log.open("w") as stream:
+        for step in (configure, [cmake, "--build", str(build), "-j", str(os.cpu_count() or 1)]):
+            stream.write(f"$ {' '.join(step)}\n")
+            stream.flush()
+            if subprocess.run(step, stdout=stream, stderr=subprocess.STDOUT).returncode != 0:
+                raise DyconvError(f"building the OpenVINO extension failed at `{' '.join(step[:2])} ...`; see {log}")
+    library = build / LIBRARY_NAME
+    if not library.is_file():
+        raise DyconvError(f"the OpenVINO extension build wrote no {LIBRARY_NAME}; see {log}")
+    return library
+
+
+def build_key() -> str:
+    """Hash of the extension's sources and the installed OpenVINO version (a new either means a new build)."""
+    openvino = require("openvino", for_="the OpenVINO extension")
+    digest = hashlib.sha256(openvino.__version__.encode())
+    for path in sorted(extension_sources().iterdir()):
+        if path.suffix in SOURCE_SUFFIXES:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def extension_library(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The extension for the installed OpenVINO: ``$DYCONV_OPENVINO_EXTENSION``, else the cached build
+    (built now when missing; a failed build leaves nothing behind)."""
+    if os.environ.get(LIBRARY_ENV):
+        library = Path(os.environ[LIBRARY_ENV])
+        if not library.is_file():
+            raise DyconvError(f"{LIBRARY_ENV}={library}: no such file (build one with: dyconv-deploy build-plugin "
+                              "--target openvino)")
+        return library
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = root / f"openvino-extension-{build_key()}"
+    library = target / LIBRARY_NAME
+    if library.is_file():
+        return library
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".openvino-extension.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
+        if not library.is_file():
+            scratch = Path(tempfile.mkdtemp(prefix=".openvino-build-", dir=root))
+            try:
+                build_extension(scratch)
+                os.replace(scratch, target)
+            except BaseException:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise
+    return library

@@ -1,0 +1,128 @@
+// ONNX frontend conversion of dyconv::DynamicConv2d (contract version 1) into OpenVINO operations:
+//
+//   Wn = MixKernels(A, W[, S])                    [N*G, M/G, C/G, kH, kW]   (the project's kernel)
+//   Y  = GroupConvolution(X as [1, N*C, H, W], Wn) as [N, M, Ho, Wo]       (oneDNN; batch folded into groups)
+//        or, for an unpadded stride-1 1x1 conv with G = 1, MatMul(Wn as [N, M, C], X as [N, C, H*W])
+//   Y += (A @ B)[:, :, None, None]                (rank-3 A: sum_k A[n,k,m] B[k,m])
+//
+// The batch stays dynamic: every reshape copies or infers N. Only the expert mixing is custom; the
+// convolutions are OpenVINO's own, which measured faster than a hand-written conv here.
+#include "dynamic_conv_conversion.hpp"
+
+#include <string>
+#include <vector>
+
+#include <openvino/op/add.hpp>
+#include <openvino/op/concat.hpp>
+#include <openvino/op/constant.hpp>
+#include <openvino/op/gather.hpp>
+#include <openvino/op/group_conv.hpp>
+#include <openvino/op/matmul.hpp>
+#include <openvino/op/multiply.hpp>
+#include <openvino/op/reduce_sum.hpp>
+#include <openvino/op/reshape.hpp>
+#include <openvino/op/shape_of.hpp>
+#include <openvino/op/unsqueeze.hpp>
+
+#include "mix_kernels.hpp"
+
+namespace dyconv_ov {
+namespace {
+
+using ov::Output;
+using ov::Node;
+
+std::shared_ptr<ov::op::v0::Constant> ints(const std::vector<int64_t>& values) {
+    return ov::op::v0::Constant::create(ov::element::i64, ov::Shape{values.size()}, values);
+}
+
+// The ONNX frontend passes an empty optional input ("") as a placeholder node of its own.
+bool is_absent(const Output<Node>& input) {
+    return std::string(input.get_node()->get_type_name()) == "NullNode";
+}
+
+std::vector<int64_t> attribute(const ov::frontend::NodeContext& context, const std::string& name,
+                               std::vector<int64_t> fallback) {
+    const auto values = context.get_attribute<std::vector<int64_t>>(name, fallback);
+    const size_t expected = name == "pads" ? 4 : 2;
+    if (values.size() != expected) {
+        OPENVINO_THROW("dyconv::DynamicConv2d: attribute '", name, "' needs ", expected, " values, got ",
+                       values.size());
+    }
+    for (const auto v : values) {
+        if (v < (name == "pads" ? 0 : 1)) OPENVINO_THROW("dyconv::DynamicConv2d: invalid '", name, "' value ", v);
+    }
+    return values;
+}
+
+// Y [N, M, H, W] from MatMul(Wn [N, M, C], X [N, C, H*W]) for an unpadded stride-1 1x1 conv without groups.
+Output<Node> pointwise(const Output<Node>& x, const Output<Node>& kernels, int64_t m, int64_t c) {
+    using namespace ov::op;
+    const auto w = std::make_shared<v1::Reshape>(kernels, ints({-1, m, c}), false);
+    const auto flat = std::make_shared<v1::Reshape>(x, ints({0, c, -1}), true);
+    const auto y = std::make_shared<v0::MatMul>(w, flat);
+    const auto x_shape = std::make_shared<v3::ShapeOf>(x);
+    const auto batch = std::make_shared<v8::Gather>(x_shape, ints({0}), ints({0}));
+    const auto plane = std::make_shared<v8::Gather>(x_shape, ints({2, 3}), ints({0}));
+    const auto shape = std::make_shared<v0::Concat>(ov::OutputVector{batch, ints({m}), plane}, 0);
+    return std::make_shared<v1::Reshape>(y, shape, false);
+}
+
+}  // namespace
+
+ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context) {
+    using namespace ov::op;
+    const size_t count = context.get_input_size();
+    if (count < 3 || count > 5) {
+        OPENVINO_THROW("dyconv::DynamicConv2d takes 3 to 5 inputs (X, A, W[, B][, S]); got ", count);
+    }
+    const auto x = context.get_input(0), attention = context.get_input(1), weight = context.get_input(2);
+    const auto optional = [&](size_t i) { return i < count && !is_absent(context.get_input(i)); };
+    const auto strides = attribute(context, "strides", {1, 1});
+    const auto pads = attribute(context, "pads", {0, 0, 0, 0});
+    const auto dilations = attribute(context, "dilations", {1, 1});
+    const auto group = context.get_attribute<int64_t>("group", 1);
+
+    const auto& w_shape = weight.get_partial_shape();
+    if (!w_shape.is_static() || w_shape.size() != 5) {
+        OPENVINO_THROW("dyconv::DynamicConv2d: W must have the static shape [K, M, C/G, kH, kW]; got ", w_shape);
+    }
+    const auto& x_shape = x.get_partial_shape();
+    const int64_t m = w_shape[1].get_length(), c_per_group = w_shape[2].get_length();
+    if (x_shape.rank().is_static() && (x_shape.size() != 4 ||
+                                       !x_shape[1].compatible(c_per_group * group))) {
+        OPENVINO_THROW("dyconv::DynamicConv2d: X ", x_shape, " must be [N, C, H, W] with C = group * C/G = ",
+                       group * c_per_group);
+    }
+
+    ov::OutputVector mix_inputs{attention, weight};
+    if (optional(4)) mix_inputs.push_back(context.get_input(4));
+    const auto kernels = std::make_shared<MixKernels>(mix_inputs, group);
+
+    Output<Node> y;
+    const bool unpadded_1x1 = w_shape[3] == 1 && w_shape[4] == 1 && strides == std::vector<int64_t>{1, 1} &&
+                              pads == std::vector<int64_t>{0, 0, 0, 0};
+    if (unpadded_1x1 && group == 1) {
+        y = pointwise(x, kernels, m, c_per_group);
+    } else {
+        const auto folded = std::make_shared<v1::Reshape>(x, ints({1, -1, 0, 0}), true);
+        const auto conv = std::make_shared<v1::GroupConvolution>(
+            folded, kernels, ov::Strides(strides.begin(), strides.end()), ov::CoordinateDiff{pads[0], pads[1]},
+            ov::CoordinateDiff{pads[2], pads[3]}, ov::Strides(dilations.begin(), dilations.end()));
+        y = std::make_shared<v1::Reshape>(conv, ints({-1, m, 0, 0}), true);
+    }
+    if (optional(3)) {
+        const auto bias = context.get_input(3);
+        Output<Node> mixed;
+        if (attention.get_partial_shape().rank().get_length() == 2) {
+            mixed = std::make_shared<v0::MatMul>(attention, bias);
+        } else {
+            const auto weighted = std::make_shared<v1::Multiply>(attention, bias);
+            mixed = std::make_shared<v1::ReduceSum>(weighted, ints({1}), false);
+        }
+        y = std::make_shared<v1::Add>(y, std::make_shared<v0::Unsqueeze>(mixed, ints({2, 3})));
+    }
+    return {y};
+}
+
+}  // namespace dyconv_ov

@@ -1,0 +1,174 @@
+#include "mix_kernels.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <openvino/core/parallel.hpp>
+#include <openvino/core/type/bfloat16.hpp>
+#include <openvino/core/type/float16.hpp>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace dyconv_ov {
+namespace {
+
+// Floats of one work tile: K expert tiles of this size stay in L1/L2 while every sample's output tile is
+// written from them.
+constexpr size_t kTileFloats = 2048;
+
+// `count` floats of W from element `offset`: a pointer into W itself for f32, else converted into `scratch`.
+const float* expert_rows(const ov::Tensor& weight, size_t offset, size_t count, float* scratch) {
+    const auto type = weight.get_element_type();
+    if (type == ov::element::f32) {
+        return weight.data<const float>() + offset;
+    }
+    float* buffer = scratch;
+    if (type == ov::element::bf16) {
+        const auto* bits = reinterpret_cast<const uint16_t*>(weight.data()) + offset;
+        for (size_t i = 0; i < count; ++i) {
+            const uint32_t word = static_cast<uint32_t>(bits[i]) << 16;
+            std::memcpy(&buffer[i], &word, sizeof(float));
+        }
+    } else {  // f16
+        const auto* halves = reinterpret_cast<const uint16_t*>(weight.data()) + offset;
+        size_t i = 0;
+#if defined(__F16C__)
+        for (; i + 8 <= count; i += 8) {
+            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(halves + i));
+            _mm256_storeu_ps(buffer + i, _mm256_cvtph_ps(h));
+        }
+#endif
+        for (; i < count; ++i) {
+            buffer[i] = static_cast<float>(ov::float16::from_bits(halves[i]));
+        }
+    }
+    return buffer;
+}
+
+// out[j] = sum_k coefficient[k] * experts[k][j] for j < count; coefficient k at coefficient[k * stride].
+inline void mix_span(float* out, const float* const* experts, const float* coefficient, size_t stride, size_t k_count,
+                     size_t count) {
+    const float c0 = coefficient[0];
+    const float* e0 = experts[0];
+    for (size_t j = 0; j < count; ++j) out[j] = c0 * e0[j];
+    for (size_t k = 1; k < k_count; ++k) {
+        const float c = coefficient[k * stride];
+        const float* e = experts[k];
+        for (size_t j = 0; j < count; ++j) out[j] += c * e[j];
+    }
+}
+
+}  // namespace
+
+MixKernels::MixKernels(const ov::OutputVector& inputs, int64_t group) : ov::op::Op(inputs), m_group(group) {
+    constructor_validate_and_infer_types();
+}
+
+void MixKernels::validate_and_infer_types() {
+    const auto inputs = get_input_size();
+    NODE_VALIDATION_CHECK(this, inputs == 2 || inputs == 3, "MixKernels takes A, W and optionally S; got ", inputs,
+                          " inputs");
+    const auto& a = get_input_partial_shape(0);
+    const auto& w = get_input_partial_shape(1);
+    NODE_VALIDATION_CHECK(this, w.is_static() && w.size() == 5,
+                          "expert kernels W must have the static shape [K, M, C/G, kH, kW]; got ", w);
+    const auto k = w[0].get_length(), m = w[1].get_length();
+    NODE_VALIDATION_CHECK(this, m_group >= 1 && m % m_group == 0, "group ", m_group, " does not divide the ", m,
+                          " output channels of W");
+    NODE_VALIDATION_CHECK(this, a.rank().is_static() && (a.size() == 2 || a.size() == 3),
+                          "attention A must be [N, K] or [N, K, M]; got ", a);
+    NODE_VALIDATION_CHECK(this, a[1].compatible(k), "attention A ", a, " does not have the K = ", k,
+                          " experts of W ", w);
+    if (a.size() == 3) {
+        NODE_VALIDATION_CHECK(this, a[2].compatible(m), "per-channel attention A ", a, " must have M = ", m,
+                              " channels (W ", w, ")");
+    }
+    const auto w_type = get_input_element_type(1);
+    NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32, "attention A must be f32; got ",
+                          get_input_element_type(0));
+    NODE_VALIDATION_CHECK(this, w_type == ov::element::f32 || w_type == ov::element::f16 || w_type == ov::element::bf16,
+                          "expert kernels W must be f32, f16 or bf16; got ", w_type);
+    if (inputs == 3) {
+        const auto& s = get_input_partial_shape(2);
+        NODE_VALIDATION_CHECK(this, get_input_element_type(2) == ov::element::f32, "spatial attention S must be f32");
+        NODE_VALIDATION_CHECK(this, s.rank().compatible(3) && s[0].compatible(a[0]) && s[1].compatible(w[3]) &&
+                                        s[2].compatible(w[4]),
+                              "spatial attention S must be [N, kH, kW] = [", a[0], ", ", w[3], ", ", w[4], "]; got ", s);
+    }
+    set_output_type(0, ov::element::f32, ov::PartialShape{a[0] * m_group, m / m_group, w[2], w[3], w[4]});
+}
+
+std::shared_ptr<ov::Node> MixKernels::clone_with_new_inputs(const ov::OutputVector& inputs) const {
+    return std::make_shared<MixKernels>(inputs, m_group);
+}
+
+bool MixKernels::visit_attributes(ov::AttributeVisitor& visitor) {
+    visitor.on_attribute("group", m_group);
+    return true;
+}
+
+bool MixKernels::has_evaluate() const {
+    return true;
+}
+
+bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    const ov::Tensor& attention = inputs[0];
+    const ov::Tensor& weight = inputs[1];
+    const ov::Shape a_shape = attention.get_shape(), w_shape = weight.get_shape();
+    const size_t n_count = a_shape[0], k_count = w_shape[0], m_count = w_shape[1];
+    const size_t taps = w_shape[3] * w_shape[4], row = w_shape[2] * taps;  // one output channel's kernel
+    const bool per_channel = a_shape.size() == 3;
+    const bool spatial = inputs.size() == 3;
+    OPENVINO_ASSERT(a_shape[1] == k_count && (!per_channel || a_shape[2] == m_count),
+                    "MixKernels: attention ", a_shape, " does not fit W ", w_shape);
+    OPENVINO_ASSERT(!spatial || inputs[2].get_shape() == ov::Shape({n_count, w_shape[3], w_shape[4]}),
+                    "MixKernels: spatial attention ", inputs[2].get_shape(), " must be [N, kH, kW]");
+    const size_t group = static_cast<size_t>(m_group);
+    outputs[0].set_shape({n_count * group, m_count / group, w_shape[2], w_shape[3], w_shape[4]});
+
+    const float* a = attention.data<const float>();
+    const float* s = spatial ? inputs[2].data<const float>() : nullptr;
+    float* out = outputs[0].data<float>();
+    const size_t per_sample = m_count * row;
+    // Tiles are whole output channels, so a per-channel coefficient and the spatial pattern line up.
+    const size_t rows_per_tile = std::max<size_t>(1, kTileFloats / row);
+    const size_t tiles = (m_count + rows_per_tile - 1) / rows_per_tile;
+
+    ov::parallel_nt(0, [&](int thread, int threads) {
+        std::vector<float> scratch;  // converted expert tiles (f16 / bf16 W)
+        std::vector<const float*> experts(k_count), channel(k_count);
+        size_t first = 0, last = 0;
+        ov::splitter(tiles, threads, thread, first, last);
+        for (size_t tile = first; tile < last; ++tile) {
+            const size_t m0 = tile * rows_per_tile, m1 = std::min(m_count, m0 + rows_per_tile);
+            const size_t begin = m0 * row, count = (m1 - m0) * row;
+            scratch.resize(k_count * count);
+            for (size_t k = 0; k < k_count; ++k) {
+                experts[k] = expert_rows(weight, k * per_sample + begin, count, scratch.data() + k * count);
+            }
+            for (size_t n = 0; n < n_count; ++n) {
+                float* o = out + n * per_sample + begin;
+                if (!per_channel) {
+                    mix_span(o, experts.data(), a + n * k_count, 1, k_count, count);
+                } else {
+                    for (size_t m = m0; m < m1; ++m) {
+                        const size_t offset = (m - m0) * row;
+                        for (size_t k = 0; k < k_count; ++k) channel[k] = experts[k] + offset;
+                        mix_span(o + offset, channel.data(), a + n * k_count * m_count + m, m_count, k_count, row);
+                    }
+                }
+                if (spatial) {
+                    const float* pattern = s + n * taps;
+                    for (size_t j = 0; j < count; ++j) o[j] *= pattern[j % taps];
+                }
+            }
+        }
+    });
+    return true;
+}
+
+}  // namespace dyconv_ov
