@@ -6,22 +6,25 @@ from typing import Annotated, Optional
 import typer
 
 from dyconv_deploy.bench import BACKENDS
-from dyconv_deploy.cli.options import (AdapterOption, ArchOption, InputShapeOption, ModelArgument, TrustPickleOption,
-                                       resolve_input_shape)
+from dyconv_deploy.cli.options import (AdapterOption, ArchOption, ExpertDtypeOption, InputShapeOption, ModelArgument,
+                                       PrecisionOption, TrustPickleOption, openvino_options, resolve_input_shape)
 from dyconv_deploy.export.settings import STRATEGIES
 
 
 def bench_command(
     model: ModelArgument,
     backend: Annotated[str, typer.Option(
-        help=f"One of {', '.join(BACKENDS)} (torch: eager modules, no lowering).")] = "ort-cpu",
+        help=f"One of {', '.join(BACKENDS)} (openvino: OpenVINO CPU with the project's extension; torch: eager "
+             "modules, no lowering).")] = "ort-cpu",
     strategy: Annotated[str, typer.Option(
         help="Comma-separated lowering strategies to time against the static twin.")] = ",".join(STRATEGIES),
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
     warmup: Annotated[int, typer.Option(help="Untimed runs per graph and batch.")] = 5,
     iterations: Annotated[int, typer.Option(help="Timed runs per graph and batch.")] = 30,
     input_shape: InputShapeOption = "auto",
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: one per core).")] = 0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO threads (0: one per core).")] = 0,
+    precision: PrecisionOption = "f32",
+    expert_dtype: ExpertDtypeOption = "f32",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results and environment here.",
                                                      show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of latency and ratio against batch size.",
@@ -46,6 +49,8 @@ def bench_command(
         dyconv-deploy bench sample:dy_mobilenetv2 --batch 1,8 --json bench.json --plot bench.png
 
         dyconv-deploy bench sample:tiny_dynamic --strategy plugin,experts --iterations 10
+
+        dyconv-deploy bench sample:dy_mobilenetv2 --backend openvino --strategy plugin --batch 1,8 --precision bf16
     """
     from dyconv_deploy.bench import bench
     from dyconv_deploy.export.pipeline import parse_batches
@@ -53,4 +58,5 @@ def bench_command(
     bench(model, backend, [s.strip() for s in strategy.split(",") if s.strip()], parse_batches(batch),
           warmup=warmup, iterations=iterations, input_shape=resolve_input_shape(model, input_shape),
           json_path=json_out, plot_path=plot, cache_dir=cache_dir, threads=threads, arch=arch,
-          trust_pickle=trust_pickle, adapters=adapter)
+          trust_pickle=trust_pickle, adapters=adapter,
+          runtime_options=openvino_options(backend, precision, expert_dtype))

@@ -14,14 +14,18 @@ def demo_command(
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes to bench.")] = "1,8",
     iterations: Annotated[int, typer.Option(help="Timed runs per graph and batch (few, to finish quickly).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed runs per graph and batch.")] = 2,
+    engine: Annotated[str, typer.Option(
+        help="Comma-separated engines to bench: ort-cpu, openvino; 'auto': both when openvino is installed.")]
+    = "auto",
 ) -> None:
     """Run the main job on a bundled sample (DY-MobileNetV2) with this machine's defaults.
 
     Converts the sample, exports it once and lowers it to every strategy (plugin, experts,
     grouped, static), verifies each equivalent graph against PyTorch, then benches them against
-    the static twin (sample:NAME_static) on ONNX Runtime CPU, printing the table and writing
-    OUTPUT/<strategy>.onnx, OUTPUT/bench.json and (with matplotlib) OUTPUT/bench.png. Graphs are
-    cached, so a second run is faster.
+    the static twin (sample:NAME_static) on ONNX Runtime CPU and, when the openvino package is
+    installed, on OpenVINO with the project's extension (the two tables side by side), writing
+    OUTPUT/<strategy>.onnx, OUTPUT/bench.json, OUTPUT/bench-openvino.json and (with matplotlib)
+    their .png plots. Graphs are cached, so a second run is faster.
 
     Examples:
 
@@ -29,9 +33,11 @@ def demo_command(
 
         dyconv-deploy demo -o out --batch 1,8,32 --iterations 30
 
-        dyconv-deploy demo --sample dy_resnet18
+        dyconv-deploy demo --sample dy_resnet18 --engine openvino
     """
     from dyconv_deploy.bench.demo import run_demo
     from dyconv_deploy.export.pipeline import parse_batches
 
-    run_demo(output, sample=sample, batches=parse_batches(batch), warmup=warmup, iterations=iterations)
+    engines = None if engine == "auto" else tuple(e.strip() for e in engine.split(",") if e.strip())
+    run_demo(output, sample=sample, batches=parse_batches(batch), warmup=warmup, iterations=iterations,
+             engines=engines)

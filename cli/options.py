@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.runtime import EXPERT_DTYPES, OPENVINO_PRECISIONS
 
 ModelArgument = Annotated[str, typer.Argument(
     metavar="MODEL", show_default=False,
@@ -32,11 +33,29 @@ InputShapeOption = Annotated[str, typer.Option(
     help="Input shape NxCxHxW, e.g. 1x3x224x224; 'auto' = the sample's own shape for sample:NAME, "
          "else 1x3x224x224.")]
 
+PrecisionOption = Annotated[str, typer.Option(
+    "--precision", help=f"openvino backend: inference precision, one of {', '.join(OPENVINO_PRECISIONS)} (bf16 needs a "
+                        "CPU with bf16; the expert mixing stays fp32).")]
+
+ExpertDtypeOption = Annotated[str, typer.Option(
+    "--expert-dtype", help=f"openvino backend: storage of the expert kernels, one of {', '.join(EXPERT_DTYPES)} "
+                           "(bf16/f16 halve the bytes the mixing reads; verify shows the accuracy cost).")]
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 AdapterOption = Annotated[list[str], typer.Option(
     "--adapter", metavar="FILE.py:CLASS",
     help="A converter adapter for your own dynamic conv (repeatable); see README 'Bring your own model'.")]
+
+
+def openvino_options(backend: str, precision: str, expert_dtype: str) -> dict:
+    """The runtime options of ``--precision``/``--expert-dtype``; refused unless the backend is openvino."""
+    if backend == "openvino":
+        return {"precision": precision, "expert_dtype": expert_dtype}
+    if (precision, expert_dtype) != ("f32", "f32"):
+        raise DyconvError(f"--precision and --expert-dtype apply to --backend openvino only (got --backend {backend}); "
+                          f"e.g. --backend openvino --precision {precision} --expert-dtype {expert_dtype}")
+    return {}
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from dyconv_deploy.cli.options import ArchOption, AtolOption, ModelArgument, RtolOption, TrustPickleOption
+from dyconv_deploy.cli.options import (ArchOption, AtolOption, ExpertDtypeOption, ModelArgument, PrecisionOption,
+                                       RtolOption, TrustPickleOption, openvino_options)
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, VERIFY_BACKENDS
 from dyconv_deploy.tolerance import TOLERANCES
 
@@ -21,7 +22,9 @@ def verify_command(
     backend: Annotated[str, typer.Option(
         help=f"One of {', '.join(VERIFY_BACKENDS)}. auto: trt for an engine, reference (onnx.reference) for a "
              "plugin graph, ort-cpu otherwise; ort-cpu on a plugin graph runs ONNX Runtime's expansion of "
-             "the node.")] = "auto",
+             "the node; openvino runs it with the project's OpenVINO extension.")] = "auto",
+    precision: PrecisionOption = "f32",
+    expert_dtype: ExpertDtypeOption = "f32",
     atol: AtolOption = _FP32.atol,
     rtol: RtolOption = _FP32.rtol,
     arch: ArchOption = None,
@@ -39,10 +42,13 @@ def verify_command(
 
         dyconv-deploy verify weights.pt net.onnx --arch my_net.py:build --batch 1,8 --atol 1e-3
 
+        dyconv-deploy verify sample:tiny_dynamic tiny.onnx --backend openvino --expert-dtype bf16 --atol 5e-2
+
         dyconv-deploy verify sample:dy_mobilenetv2 model.engine --atol 1e-2 --rtol 1e-2
     """
     from dyconv_deploy.export.pipeline import parse_batches, verify_model
     from dyconv_deploy.tolerance import Tolerance
 
     verify_model(model, model_file, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol), backend=backend,
-                 arch=arch, trust_pickle=trust_pickle)
+                 arch=arch, trust_pickle=trust_pickle,
+                 runtime_options=openvino_options(backend, precision, expert_dtype))

@@ -68,7 +68,8 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
           input_shape: Optional[Sequence[int]] = None, json_path: Optional[str | Path] = None,
           plot_path: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, threads: int = 0,
           opset: int = DEFAULT_OPSET, arch: Optional[str] = None, trust_pickle: bool = False,
-          adapters: Sequence[str] = (), console: Optional[Console] = None) -> BenchResult:
+          adapters: Sequence[str] = (), runtime_options: Optional[dict] = None,
+          console: Optional[Console] = None) -> BenchResult:
     """Measure ``model_spec``'s graphs against its static twin on ``backend`` at each batch size.
 
     Args:
@@ -77,6 +78,8 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
         cache_dir: where exported graphs and engines are cached (default :func:`default_cache_dir`).
         threads: ONNX Runtime intra-op threads (0: its default, one per physical core).
         arch, trust_pickle, adapters: how to load and convert MODEL, as for ``export``.
+        runtime_options: passed to every graph's runtime (``openvino``: ``precision``, ``expert_dtype``; the
+            twin gets the same precision, its experts are plain weights).
     Returns:
         The result, also printed as a table and written to ``json_path`` / ``plot_path`` when given.
     """
@@ -90,7 +93,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
         strategies = (EAGER,)
     else:
         graphs = GraphSet(model, twin, shape, Path(cache_dir) if cache_dir else default_cache_dir(), opset)
-        runtimes = _GraphRuntimes(graphs, backend, threads, max(batches))
+        runtimes = _GraphRuntimes(graphs, backend, threads, max(batches), runtime_options or {})
         if twin is None and "static" in strategies:  # the twin is that very graph
             strategies = tuple(s for s in strategies if s != "static")
             skipped["static"] = "it is the static twin of this model (no bundled twin)"
@@ -101,7 +104,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     finally:
         runtimes.close()
     settings = {"strategies": list(strategies), "batches": list(batches), "warmup": warmup, "iterations": iterations,
-                "input_shape": list(shape[1:]), "threads": threads, "opset": opset,
+                "input_shape": list(shape[1:]), "threads": threads, "opset": opset, **(runtime_options or {}),
                 "memory": runtimes.memory_note}
     from dyconv_deploy.bench.report import environment, plot, table, write_json
 
@@ -179,10 +182,12 @@ def _runner(runtime, feeds):
 
 
 class _GraphRuntimes:
-    """ONNX Runtime sessions or TensorRT engines per graph file, loaded once and reused across batches."""
+    """ONNX Runtime sessions, OpenVINO models or TensorRT engines per graph file, loaded once and reused across
+    batches."""
 
-    def __init__(self, graphs: GraphSet, backend: str, threads: int, max_batch: int):
+    def __init__(self, graphs: GraphSet, backend: str, threads: int, max_batch: int, options: dict):
         self.graphs, self.backend, self.threads, self.max_batch = graphs, backend, threads, max_batch
+        self.options = options
         self._loaded: dict[Path, tuple] = {}
         self.memory_note = ("growth of the process's resident memory while loading each graph and first "
                             "running it at each batch size (approximate)")
@@ -197,12 +202,18 @@ class _GraphRuntimes:
         else:
             model = self._engine(path) if self.backend == "trt" else path  # built before memory is measured
             before = rss_mb()
-            runtime, memory = (load_runtime(model, "trt") if self.backend == "trt"
-                               else load_runtime(model, self.backend, threads=self.threads, spinning=False)), 0.0
+            runtime, memory = load_runtime(model, self.backend, **self._options()), 0.0
             runtime.load()
         runtime.run({runtime.input_specs[0].name: _random_input(batch, self.graphs.input_shape)})
         self._loaded[path] = (runtime, memory + rss_mb() - before)
         return self._loaded[path]
+
+    def _options(self) -> dict:
+        if self.backend == "trt":
+            return {}
+        if self.backend == "openvino":
+            return {"threads": self.threads, **self.options}
+        return {"threads": self.threads, "spinning": False}
 
     def _engine(self, onnx_path: Path) -> Path:
         """The cached engine of ``onnx_path`` (profile 1..max batch), rebuilt when it cannot load here."""

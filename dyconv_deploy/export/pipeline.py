@@ -110,12 +110,14 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
 
 def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[int] = DEFAULT_BATCHES,
                  tolerance: Tolerance = TOLERANCES["fp32"], backend: str = "auto", arch: Optional[str] = None,
-                 trust_pickle: bool = False, console: Optional[Console] = None) -> list[Comparison]:
+                 trust_pickle: bool = False, console: Optional[Console] = None,
+                 runtime_options: Optional[dict] = None) -> list[Comparison]:
     """Check an ONNX file or TensorRT engine against MODEL ``spec``; the input shape comes from the file.
 
     A dynamic batch is run at each of ``batches``, a static one at its own batch. ``backend``:
     one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (``auto``: TensorRT for an engine,
-    onnx.reference for a plugin graph, ONNX Runtime CPU otherwise).
+    onnx.reference for a plugin graph, ONNX Runtime CPU otherwise); ``runtime_options`` go to its
+    runtime (e.g. ``{"precision": "bf16", "expert_dtype": "bf16"}`` for ``openvino``).
     """
     from dyconv_deploy.io import load_model
     from dyconv_deploy.runtime import is_engine
@@ -136,7 +138,7 @@ def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[
             with checklist.stage("checker") as row:
                 check_model(source)
                 row.detail = "onnx.checker full check and strict shape inference passed"
-        return _verify(checklist, console, model, source, None, batches, tolerance, backend)
+        return _verify(checklist, console, model, source, None, batches, tolerance, backend, runtime_options or {})
     finally:
         console.print(checklist.table(f"verify {spec} against {model_file}"))
 
@@ -171,17 +173,18 @@ def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -
 
 def _verify(checklist: Checklist, console: Console, model: nn.Module, source: onnx.ModelProto | str | os.PathLike,
             shape: Optional[Sequence[int]], batches: Sequence[int], tolerance: Tolerance,
-            backend: str = "auto") -> list[Comparison]:
+            backend: str = "auto", runtime_options: Optional[dict] = None) -> list[Comparison]:
     """The verify stage; ``shape=None`` takes the input shape from the model file (a fixed batch
     replaces ``batches``)."""
-    with checklist.stage("verify") as row, open_runtime(source, backend) as runtime:
+    with checklist.stage("verify") as row, open_runtime(source, backend, **(runtime_options or {})) as runtime:
         if shape is None:
             shape, dynamic = _input_shape(runtime.input_specs)
             batches = batches if dynamic else [shape[0]]
         comparisons = verify_onnx(model, runtime, shape, batches, tolerance)
         console.print(comparison_table(comparisons, runtime.backend))
         failed = [c.name for c in comparisons if not c.passed]
-        row.detail = (f"{runtime.backend}, batch {','.join(map(str, batches))}: "
+        settings = "".join(f", {key} {value}" for key, value in (runtime_options or {}).items())
+        row.detail = (f"{runtime.backend}{settings}, batch {','.join(map(str, batches))}: "
                       f"{len(comparisons) - len(failed)}/{len(comparisons)} within atol={tolerance.atol:g} "
                       f"rtol={tolerance.rtol:g}")
         if failed:

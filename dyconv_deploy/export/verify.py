@@ -57,7 +57,7 @@ def open_runtime(source: onnx.ModelProto | str | os.PathLike, backend: str = "au
 
 def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | Runtime,
                 input_shape: Sequence[int], batches: Sequence[int], tolerance: Tolerance = TOLERANCES["fp32"], *,
-                seed: int = 0, backend: str = "auto") -> list[Comparison]:
+                seed: int = 0, backend: str = "auto", **options) -> list[Comparison]:
     """Compare a graph, an engine or a loaded runtime with ``model`` (eager, eval mode) at each batch.
 
     Args:
@@ -65,11 +65,12 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
             are :func:`random_images` from ``seed``.
         backend: one of :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS` (ignored when ``source`` is a
             runtime; a runtime opened here is closed before returning).
+        options: passed to the runtime (e.g. ``precision`` and ``expert_dtype`` for ``openvino``).
     Returns:
         One :class:`Comparison` per output and batch, named ``<output>@batch<N>``.
     """
     if not isinstance(source, Runtime):
-        with open_runtime(source, backend) as runtime:
+        with open_runtime(source, backend, **options) as runtime:
             return verify_onnx(model, runtime, input_shape, batches, tolerance, seed=seed)
     runtime = source
     if len(runtime.input_specs) != 1:

@@ -12,6 +12,9 @@ from dyconv_deploy.runtime.base import Runtime, TensorSpec
 
 BACKENDS = ("torch", "reference", "ort-cpu", "ort-cuda", "openvino", "trt")
 ENGINE_SUFFIXES = (".engine", ".plan")
+# The openvino backend's choices: inference precision, and how the expert kernels are stored.
+OPENVINO_PRECISIONS = ("f32", "bf16")
+EXPERT_DTYPES = ("f32", "bf16", "f16")
 
 
 def load_runtime(source, backend: str, **options) -> Runtime:
@@ -56,4 +59,4 @@ def is_engine(path: str | os.PathLike) -> bool:
     return Path(path).suffix in ENGINE_SUFFIXES
 
 
-__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "Runtime", "TensorSpec", "is_engine", "load_runtime"]
+__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "EXPERT_DTYPES", "OPENVINO_PRECISIONS", "Runtime", "TensorSpec", "is_engine", "load_runtime"]

@@ -70,6 +70,11 @@ def build_extension(output_dir: str | os.PathLike, *, native: bool = True) -> Pa
     library = build / LIBRARY_NAME
     if not library.is_file():
         raise DyconvError(f"the OpenVINO extension build wrote no {LIBRARY_NAME}; see {log}")
+    try:  # a library OpenVINO cannot load (wrong ABI, missing symbol) fails here, not at the first model
+        require("openvino", for_="the OpenVINO extension").Core().add_extension(str(library))
+    except RuntimeError as exc:
+        raise DyconvError(f"OpenVINO cannot load the extension it just built ({library}): "
+                          f"{str(exc).strip().splitlines()[-1]}") from exc
     return library
 
 

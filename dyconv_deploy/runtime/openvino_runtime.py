@@ -4,9 +4,10 @@ Graphs with contract nodes are read with the extension (:mod:`~dyconv_deploy.run
 built on first use): each node becomes ``MixKernels`` (the per-sample kernels, streamed from the
 experts once per call) followed by OpenVINO's own convolution. OpenVINO's CPU convolutions need
 weights of a static shape, and a per-sample kernel's shape contains the batch, so the runtime
-compiles the graph once per input shape it is given (the graph itself keeps its dynamic batch):
-the first call at a new batch size pays a compile (about a second for MobileNetV2), later ones
-reuse it. Every graph is compiled this way, standard-op ones and the static twin too, so ratios
+reads and compiles the graph once per input shape it is given, with the inputs fixed to that
+shape (the file keeps its dynamic batch; the extension then picks per shape, e.g. a plain
+convolution at batch 1, a batched MatMul for 1x1 layers above): the first call at a new batch
+size pays a compile (about a second for MobileNetV2), later ones reuse it. Every graph is compiled this way, standard-op ones and the static twin too, so ratios
 compare like with like (OpenVINO's CPU plugin is also fastest on static shapes).
 
 Precision: ``f32`` (default; the reference for ratios) or ``bf16`` where the CPU has it (OpenVINO's
@@ -25,10 +26,9 @@ import onnx
 from dyconv_deploy.deps import require
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
+from dyconv_deploy.runtime import EXPERT_DTYPES, OPENVINO_PRECISIONS as PRECISIONS
 from dyconv_deploy.runtime.base import Runtime, TensorSpec
 
-PRECISIONS = ("f32", "bf16")
-EXPERT_DTYPES = ("f32", "bf16", "f16")
 MIX_OP = "MixKernels"
 
 
@@ -57,7 +57,7 @@ class OpenVinoRuntime(Runtime):
         self.model, self.precision, self.threads, self.expert_dtype = model, precision, threads, expert_dtype
         self.extension = Path(extension) if extension is not None else None
         self.collect_profile = profile
-        self._core = self._graph = None
+        self._core = self._proto = None
         self._compiled: dict[tuple, object] = {}  # input shapes -> infer request
 
     def _load(self) -> None:
@@ -65,35 +65,47 @@ class OpenVinoRuntime(Runtime):
         self._core = ov.Core()
         if self.precision == "bf16" and "BF16" not in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise DyconvError("this CPU has no bf16 support (OpenVINO's CPU capabilities lack BF16); use --precision f32")
-        proto = self.model if isinstance(self.model, onnx.ModelProto) else None
-        has_contract = bool(contract_nodes(proto if proto is not None else onnx.load(os.fspath(self.model),
-                                                                                      load_external_data=False)))
-        if has_contract:
+        if isinstance(self.model, onnx.ModelProto):
+            self._proto = self.model
+        else:
+            try:
+                self._proto = onnx.load(os.fspath(self.model))
+            except Exception as exc:  # onnx raises DecodeError, OSError, ... for a file that is not ONNX
+                raise DyconvError(f"cannot read {self.model} as ONNX: {exc}") from exc
+        if contract_nodes(self._proto):
             from dyconv_deploy.runtime.openvino_extension import extension_library
 
             self._core.add_extension(str(self.extension or extension_library()))
-        self._graph = self._read(proto)
-        if self.expert_dtype != "f32":
-            _store_experts(self._graph, self.expert_dtype)
-        self.input_specs = [_spec(port) for port in self._graph.inputs]
-        self.output_specs = [_spec(port) for port in self._graph.outputs]
+        graph = self._read(None)
+        self.input_specs = [_spec(port) for port in graph.inputs]
+        self.output_specs = [_spec(port) for port in graph.outputs]
 
-    def _read(self, proto: onnx.ModelProto | None):
+    def _read(self, shapes: tuple | None):
+        """The OpenVINO model of the graph, with its inputs fixed to ``shapes`` (None: as in the file)."""
+        proto = self._proto
+        if shapes is not None:
+            proto = onnx.ModelProto.FromString(proto.SerializeToString())
+            initializers = {t.name for t in proto.graph.initializer}
+            inputs = [value for value in proto.graph.input if value.name not in initializers]
+            for value, shape in zip(inputs, shapes):
+                for dim, size in zip(value.type.tensor_type.shape.dim, shape):
+                    dim.Clear()
+                    dim.dim_value = size
         try:
-            if proto is None:
-                return self._core.read_model(os.fspath(self.model))
             with tempfile.TemporaryDirectory() as folder:  # the ONNX frontend reads files
                 path = Path(folder) / "model.onnx"
                 onnx.save_model(proto, path)
-                return self._core.read_model(str(path))
+                graph = self._core.read_model(str(path))
         except RuntimeError as exc:
             raise DyconvError(f"OpenVINO could not read the model: {_first_line(exc)}") from exc
+        if self.expert_dtype != "f32":
+            _store_experts(graph, self.expert_dtype)
+        return graph
 
     def _request(self, shapes: tuple):
-        """The infer request compiled for these input shapes (compiled on first use)."""
+        """The infer request compiled for these input shapes (read and compiled on first use)."""
         if shapes not in self._compiled:
-            graph = self._graph.clone()
-            graph.reshape({port: list(shape) for port, shape in zip(graph.inputs, shapes)})
+            graph = self._read(shapes)
             config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY",
                       "PERF_COUNT": self.collect_profile}
             if self.threads:
@@ -124,7 +136,7 @@ class OpenVinoRuntime(Runtime):
 
     def close(self) -> None:
         self._compiled.clear()
-        self._graph = self._core = None
+        self._proto = self._core = None
         super().close()
 
 

@@ -2,7 +2,9 @@
 //
 //   Wn = MixKernels(A, W[, S])                    [N*G, M/G, C/G, kH, kW]   (the project's kernel)
 //   Y  = GroupConvolution(X as [1, N*C, H, W], Wn) as [N, M, Ho, Wo]       (oneDNN; batch folded into groups)
-//        or, for an unpadded stride-1 1x1 conv with G = 1, MatMul(Wn as [N, M, C], X as [N, C, H*W])
+//        or, for an unpadded stride-1 1x1 conv with G = 1 and a batch that is not known to be 1,
+//        MatMul(Wn as [N, M, C], X as [N, C, H*W])  (faster than N groups of 1x1 convs; at N = 1 the plain
+//        convolution wins: it keeps oneDNN's channels-last layout, no reorders around it)
 //   Y += (A @ B)[:, :, None, None]                (rank-3 A: sum_k A[n,k,m] B[k,m])
 //
 // The batch stays dynamic: every reshape copies or infers N. Only the expert mixing is custom; the
@@ -102,7 +104,8 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
     Output<Node> y;
     const bool unpadded_1x1 = w_shape[3] == 1 && w_shape[4] == 1 && strides == std::vector<int64_t>{1, 1} &&
                               pads == std::vector<int64_t>{0, 0, 0, 0};
-    if (unpadded_1x1 && group == 1) {
+    const bool single_sample = x_shape.rank().is_static() && x_shape[0].is_static() && x_shape[0].get_length() == 1;
+    if (unpadded_1x1 && group == 1 && !single_sample) {
         y = pointwise(x, kernels, m, c_per_group);
     } else {
         const auto folded = std::make_shared<v1::Reshape>(x, ints({1, -1, 0, 0}), true);

@@ -100,17 +100,23 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, cache, capsys):
 
 def test_demo_runs_every_stage_and_writes_the_graphs(tmp_path, cache, capsys, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(cache))
+    monkeypatch.setenv("COLUMNS", "250")  # one line per table row
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--sample", "tiny_dynamic", "--batch", "1,2", "--iterations", "2",
                  "--warmup", "0"]) == 0
     printed = capsys.readouterr().out
-    for stage in ("load", "convert", "export", "verify", "bench"):
+    for stage in ("load", "convert", "export", "verify", "bench ort-cpu", "bench openvino"):  # openvino: installed
         assert f"│ {stage}" in printed
-    assert "✗" not in printed and "max abs error" in printed
+    assert "✗" not in printed and "max abs error" in printed and "(ort-cpu, openvino)" in printed
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(["bench.json", "bench.png", *(f"{s}.onnx" for s in STRATEGIES)])
+    assert written == sorted(["bench.json", "bench.png", "bench-openvino.json", "bench-openvino.png",
+                              *(f"{s}.onnx" for s in STRATEGIES)])
     results = json.loads((out / "bench.json").read_text())["results"]
     assert {(r["strategy"], r["batch"]) for r in results} == {(s, b) for s in STRATEGIES for b in (1, 2)}
+    openvino = json.loads((out / "bench-openvino.json").read_text())
+    assert openvino["backend"] == "openvino"
+    assert {(r["strategy"], r["batch"]) for r in openvino["results"]} == {
+        (s, b) for s in ("plugin", "grouped", "static") for b in (1, 2)}
 
 
 def test_demo_refuses_a_sample_without_a_twin(capsys):
@@ -133,6 +139,7 @@ def test_demo_without_matplotlib_still_runs_and_says_how_to_get_the_plot(tmp_pat
 
     monkeypatch.setattr(demo, "available", lambda module: module != "matplotlib")
     monkeypatch.setenv("COLUMNS", "250")  # one line per table row
-    demo.run_demo(tmp_path / "out", sample="tiny_dynamic", batches=(1,), warmup=0, iterations=1, cache_dir=cache)
+    demo.run_demo(tmp_path / "out", sample="tiny_dynamic", batches=(1,), warmup=0, iterations=1, cache_dir=cache,
+                  engines=("ort-cpu",))
     assert not (tmp_path / "out" / "bench.png").exists() and (tmp_path / "out" / "bench.json").is_file()
     assert "dyconv-deploy[plot]" in capsys.readouterr().out
