@@ -23,6 +23,9 @@ def bench_command(
     iterations: Annotated[int, typer.Option(help="Timed runs per graph and batch.")] = 30,
     input_shape: InputShapeOption = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO threads (0: one per core).")] = 0,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="Also run each graph under the engine's profiler and show the time per op category "
+                          "(attention, mixing, convolution, other); ort-cpu and openvino.")] = False,
     precision: PrecisionOption = "f32",
     expert_dtype: ExpertDtypeOption = "f32",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results and environment here.",
@@ -51,6 +54,8 @@ def bench_command(
         dyconv-deploy bench sample:tiny_dynamic --strategy plugin,experts --iterations 10
 
         dyconv-deploy bench sample:dy_mobilenetv2 --backend openvino --strategy plugin --batch 1,8 --precision bf16
+
+        dyconv-deploy bench sample:dy_mobilenetv2 --strategy plugin,grouped --batch 1 --profile
     """
     from dyconv_deploy.bench import bench
     from dyconv_deploy.export.pipeline import parse_batches
@@ -59,4 +64,4 @@ def bench_command(
           warmup=warmup, iterations=iterations, input_shape=resolve_input_shape(model, input_shape),
           json_path=json_out, plot_path=plot, cache_dir=cache_dir, threads=threads, arch=arch,
           trust_pickle=trust_pickle, adapters=adapter,
-          runtime_options=openvino_options(backend, precision, expert_dtype))
+          runtime_options=openvino_options(backend, precision, expert_dtype), profile=profile)

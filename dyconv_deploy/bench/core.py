@@ -23,6 +23,7 @@ from dyconv_deploy.io import default_input_shape
 from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
 
 EAGER = "eager"
+PROFILED_BACKENDS = ("ort-cpu", "openvino")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Row:
     batch: int
     stats: Stats
     static: Stats
+    profile: Optional[dict] = None  # --profile: {"categories": {category: ms}, "total_ms", "nodes"}
+    static_profile: Optional[dict] = None
 
     @property
     def ratio(self) -> float:
@@ -60,7 +63,9 @@ class BenchResult:
         return {"model": self.model, "twin": self.twin, "backend": self.backend, "settings": self.settings,
                 "environment": self.environment, "skipped": self.skipped,
                 "results": [{"strategy": row.strategy, "batch": row.batch, "ratio_p50": row.ratio,
-                             "dynamic": asdict(row.stats), "static": asdict(row.static)} for row in self.rows]}
+                             "dynamic": asdict(row.stats), "static": asdict(row.static),
+                             **({"profile": row.profile, "static_profile": row.static_profile}
+                                if row.profile is not None else {})} for row in self.rows]}
 
 
 def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] = STRATEGIES,
@@ -68,7 +73,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
           input_shape: Optional[Sequence[int]] = None, json_path: Optional[str | Path] = None,
           plot_path: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, threads: int = 0,
           opset: int = DEFAULT_OPSET, arch: Optional[str] = None, trust_pickle: bool = False,
-          adapters: Sequence[str] = (), runtime_options: Optional[dict] = None,
+          adapters: Sequence[str] = (), runtime_options: Optional[dict] = None, profile: bool = False,
           console: Optional[Console] = None) -> BenchResult:
     """Measure ``model_spec``'s graphs against its static twin on ``backend`` at each batch size.
 
@@ -80,10 +85,15 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
         arch, trust_pickle, adapters: how to load and convert MODEL, as for ``export``.
         runtime_options: passed to every graph's runtime (``openvino``: ``precision``, ``expert_dtype``; the
             twin gets the same precision, its experts are plain weights).
+        profile: after timing, run each graph under the engine's profiler and report the time per op
+            category (attention, mixing, convolution, other; :mod:`.profile`) in the table and JSON
+            (``ort-cpu`` and ``openvino`` only).
     Returns:
         The result, also printed as a table and written to ``json_path`` / ``plot_path`` when given.
     """
     _check_arguments(backend, strategies, batches, warmup, iterations)
+    if profile and backend not in PROFILED_BACKENDS:
+        raise DyconvError(f"--profile works on {', '.join(PROFILED_BACKENDS)}, not {backend}")
     console = console or Console()
     shape = tuple(input_shape) if input_shape else default_input_shape(model_spec)
     model, twin, twin_name = _load_models(model_spec, shape, arch, trust_pickle, adapters)
@@ -100,16 +110,18 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     rows: list[Row] = []
     try:
         for batch in batches:
-            rows += _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console)
+            rows += _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console, profile)
     finally:
         runtimes.close()
     settings = {"strategies": list(strategies), "batches": list(batches), "warmup": warmup, "iterations": iterations,
                 "input_shape": list(shape[1:]), "threads": threads, "opset": opset, **(runtime_options or {}),
-                "memory": runtimes.memory_note}
-    from dyconv_deploy.bench.report import environment, plot, table, write_json
+                "memory": runtimes.memory_note, "profile": profile}
+    from dyconv_deploy.bench.report import environment, plot, profile_table, table, write_json
 
     result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped)
     console.print(table(result))
+    if profile:
+        console.print(profile_table(result))
     for name, reason in skipped.items():
         console.print(f"[yellow]skipped {name}[/yellow]: {escape(reason)}")
     if json_path is not None:
@@ -119,8 +131,9 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     return result
 
 
-def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console) -> list[Row]:
-    """The twin and every strategy that runs at ``batch``, interleaved; a strategy that fails is skipped."""
+def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console, profile) -> list[Row]:
+    """The twin and every strategy that runs at ``batch``, interleaved; a strategy that fails is skipped.
+    With ``profile``, each graph is then run under the engine's profiler (not timed with it)."""
     with console.status(f"batch {batch}: preparing the static twin and {', '.join(strategies)}"):
         try:
             ready = {TWIN: runtimes.get(TWIN, batch)}
@@ -137,7 +150,11 @@ def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped,
     with console.status(f"batch {batch}: timing {len(ready)} graphs interleaved, {iterations} iterations"):
         times = interleaved({name: _runner(rt, feeds) for name, (rt, _) in ready.items()}, warmup, iterations)
     static = summarize(times[TWIN], batch, ready[TWIN][1])
-    return [Row(name, batch, summarize(times[name], batch, memory), static)
+    profiles = {}
+    if profile:
+        with console.status(f"batch {batch}: profiling {len(ready)} graphs"):
+            profiles = {name: runtimes.profile(name, batch, feeds, max(3, iterations // 3)).to_dict() for name in ready}
+    return [Row(name, batch, summarize(times[name], batch, memory), static, profiles.get(name), profiles.get(TWIN))
             for name, (_, memory) in ready.items() if name != TWIN]
 
 
@@ -207,6 +224,19 @@ class _GraphRuntimes:
         runtime.run({runtime.input_specs[0].name: _random_input(batch, self.graphs.input_shape)})
         self._loaded[path] = (runtime, memory + rss_mb() - before)
         return self._loaded[path]
+
+    def profile(self, name: str, batch: int, feeds: dict, iterations: int):
+        """The :class:`~dyconv_deploy.bench.profile.Profile` of graph ``name`` at ``batch`` (a runtime of its own)."""
+        import onnx
+
+        from dyconv_deploy.bench.profile import profile_onnxruntime, profile_openvino
+        from dyconv_deploy.runtime import load_runtime
+
+        path = self.graphs.path(name, batch)
+        if self.backend == "ort-cpu":
+            return profile_onnxruntime(path, feeds, iterations, threads=self.threads)
+        with load_runtime(path, "openvino", profile=True, **self._options()) as runtime:
+            return profile_openvino(runtime, feeds, onnx.load(str(path)), iterations)
 
     def _options(self) -> dict:
         if self.backend == "trt":

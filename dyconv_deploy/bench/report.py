@@ -58,6 +58,22 @@ def table(result) -> Table:
     return out
 
 
+def profile_table(result) -> Table:
+    """Per batch and graph: milliseconds per run in each op category, as the engine's profiler saw them."""
+    from dyconv_deploy.bench.profile import CATEGORIES
+
+    out = Table(title=f"where the time goes on {result.backend} (ms per run, engine profiler)")
+    for column in ("graph", "batch", *CATEGORIES, "total", "nodes"):
+        out.add_column(column, justify="left" if column == "graph" else "right", no_wrap=True)
+    for batch in result.batches:
+        rows = [row for row in result.rows if row.batch == batch and row.profile is not None]
+        entries = [("static twin", rows[0].static_profile)] if rows else []
+        for label, profile in entries + [(row.strategy, row.profile) for row in rows]:
+            out.add_row(label, str(batch), *(f"{profile['categories'][c]:.2f}" for c in CATEGORIES),
+                        f"{profile['total_ms']:.2f}", str(profile["nodes"]), end_section=label == rows[-1].strategy)
+    return out
+
+
 def _add_row(out: Table, label: str, stats, ratio: str, style=None, end_section=False) -> None:
     memory = "" if stats.peak_memory_mb is None else f"{stats.peak_memory_mb:.0f}"
     out.add_row(label, str(stats.batch), f"{stats.p50_ms:.2f}", f"{stats.p90_ms:.2f}", f"{stats.p99_ms:.2f}",

@@ -143,3 +143,28 @@ def test_demo_without_matplotlib_still_runs_and_says_how_to_get_the_plot(tmp_pat
                   engines=("ort-cpu",))
     assert not (tmp_path / "out" / "bench.png").exists() and (tmp_path / "out" / "bench.json").is_file()
     assert "dyconv-deploy[plot]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_profile_splits_each_graph_into_op_categories(tmp_path, cache, backend):
+    result = bench("sample:tiny_dynamic", backend, ("plugin", "grouped"), (2,), cache_dir=cache, profile=True,
+                   json_path=tmp_path / "bench.json", **QUICK)
+    for row in result.rows:
+        dynamic, twin = row.profile["categories"], row.static_profile["categories"]
+        assert dynamic["attention"] > 0 and dynamic["mixing"] > 0 and dynamic["convolution"] > 0, row.strategy
+        assert twin["attention"] == twin["mixing"] == 0 and twin["convolution"] > 0
+        assert sum(dynamic.values()) == pytest.approx(row.profile["total_ms"])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["settings"]["profile"] is True
+    assert all(set(r["profile"]["categories"]) == {"attention", "mixing", "convolution", "other"}
+               for r in saved["results"])
+
+
+def test_profile_is_refused_where_no_profiler_is_wired(capsys):
+    assert main(["bench", "sample:tiny_dynamic", "--backend", "torch", "--profile"]) == 2
+    assert "--profile works on ort-cpu, openvino" in capsys.readouterr().err
+
+
+def test_openvino_options_are_refused_on_other_backends(capsys):
+    assert main(["bench", "sample:tiny_dynamic", "--precision", "bf16"]) == 2
+    assert "apply to --backend openvino only" in capsys.readouterr().err
