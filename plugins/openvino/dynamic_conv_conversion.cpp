@@ -1,11 +1,11 @@
 // ONNX frontend conversion of dyconv::DynamicConv2d (contract version 1) into OpenVINO operations:
 //
-//   Wn = MixKernels(A, W[, S])                    [N*G, M/G, C/G, kH, kW]   (the project's kernel)
+//   Wn, Bn = MixKernels(A, W[, S][, B])           [N*G, M/G, C/G, kH, kW], [N, M]   (the project's kernel)
 //   Y  = GroupConvolution(X as [1, N*C, H, W], Wn) as [N, M, Ho, Wo]       (oneDNN; batch folded into groups)
 //        or, for an unpadded stride-1 1x1 conv with G = 1 and a batch that is not known to be 1,
 //        MatMul(Wn as [N, M, C], X as [N, C, H*W])  (faster than N groups of 1x1 convs; at N = 1 the plain
 //        convolution wins: it keeps oneDNN's channels-last layout, no reorders around it)
-//   Y += (A @ B)[:, :, None, None]                (rank-3 A: sum_k A[n,k,m] B[k,m])
+//   Y += Bn[:, :, None, None]                     (Bn[n] = sum_k A[n,k(,m)] B[k(,m)], mixed in the same op)
 //
 // The batch stays dynamic: every reshape copies or infers N. Only the expert mixing is custom; the
 // convolutions are OpenVINO's own, which measured faster than a hand-written conv here.
@@ -20,8 +20,6 @@
 #include <openvino/op/gather.hpp>
 #include <openvino/op/group_conv.hpp>
 #include <openvino/op/matmul.hpp>
-#include <openvino/op/multiply.hpp>
-#include <openvino/op/reduce_sum.hpp>
 #include <openvino/op/reshape.hpp>
 #include <openvino/op/shape_of.hpp>
 #include <openvino/op/unsqueeze.hpp>
@@ -97,9 +95,12 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
                        group * c_per_group);
     }
 
+    const bool spatial = optional(4), bias = optional(3);
     ov::OutputVector mix_inputs{attention, weight};
-    if (optional(4)) mix_inputs.push_back(context.get_input(4));
-    const auto kernels = std::make_shared<MixKernels>(mix_inputs, group);
+    if (spatial) mix_inputs.push_back(context.get_input(4));
+    if (bias) mix_inputs.push_back(context.get_input(3));
+    const auto mix = std::make_shared<MixKernels>(mix_inputs, group, spatial, bias);
+    const Output<Node> kernels = mix->output(0);
 
     Output<Node> y;
     const bool unpadded_1x1 = w_shape[3] == 1 && w_shape[4] == 1 && strides == std::vector<int64_t>{1, 1} &&
@@ -114,16 +115,8 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
             ov::CoordinateDiff{pads[2], pads[3]}, ov::Strides(dilations.begin(), dilations.end()));
         y = std::make_shared<v1::Reshape>(conv, ints({-1, m, 0, 0}), true);
     }
-    if (optional(3)) {
-        const auto bias = context.get_input(3);
-        Output<Node> mixed;
-        if (attention.get_partial_shape().rank().get_length() == 2) {
-            mixed = std::make_shared<v0::MatMul>(attention, bias);
-        } else {
-            const auto weighted = std::make_shared<v1::Multiply>(attention, bias);
-            mixed = std::make_shared<v1::ReduceSum>(weighted, ints({1}), false);
-        }
-        y = std::make_shared<v1::Add>(y, std::make_shared<v0::Unsqueeze>(mixed, ints({2, 3})));
+    if (bias) {
+        y = std::make_shared<v1::Add>(y, std::make_shared<v0::Unsqueeze>(mix->output(1), ints({2, 3})));
     }
     return {y};
 }

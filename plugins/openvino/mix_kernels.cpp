@@ -64,14 +64,16 @@ inline void mix_span(float* out, const float* const* experts, const float* coeff
 
 }  // namespace
 
-MixKernels::MixKernels(const ov::OutputVector& inputs, int64_t group) : ov::op::Op(inputs), m_group(group) {
+MixKernels::MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias)
+    : ov::op::Op(inputs), m_group(group), m_with_spatial(with_spatial), m_with_bias(with_bias) {
     constructor_validate_and_infer_types();
 }
 
 void MixKernels::validate_and_infer_types() {
     const auto inputs = get_input_size();
-    NODE_VALIDATION_CHECK(this, inputs == 2 || inputs == 3, "MixKernels takes A, W and optionally S; got ", inputs,
-                          " inputs");
+    const size_t expected = 2 + (m_with_spatial ? 1 : 0) + (m_with_bias ? 1 : 0);
+    NODE_VALIDATION_CHECK(this, inputs == expected, "MixKernels takes A, W", m_with_spatial ? ", S" : "",
+                          m_with_bias ? ", B" : "", "; got ", inputs, " inputs");
     const auto& a = get_input_partial_shape(0);
     const auto& w = get_input_partial_shape(1);
     NODE_VALIDATION_CHECK(this, w.is_static() && w.size() == 5,
@@ -92,7 +94,7 @@ void MixKernels::validate_and_infer_types() {
                           get_input_element_type(0));
     NODE_VALIDATION_CHECK(this, w_type == ov::element::f32 || w_type == ov::element::f16 || w_type == ov::element::bf16,
                           "expert kernels W must be f32, f16 or bf16; got ", w_type);
-    if (inputs == 3) {
+    if (m_with_spatial) {
         const auto& s = get_input_partial_shape(2);
         NODE_VALIDATION_CHECK(this, get_input_element_type(2) == ov::element::f32, "spatial attention S must be f32");
         NODE_VALIDATION_CHECK(this, s.rank().compatible(3) && s[0].compatible(a[0]) && s[1].compatible(w[3]) &&
@@ -100,14 +102,24 @@ void MixKernels::validate_and_infer_types() {
                               "spatial attention S must be [N, kH, kW] = [", a[0], ", ", w[3], ", ", w[4], "]; got ", s);
     }
     set_output_type(0, ov::element::f32, ov::PartialShape{a[0] * m_group, m / m_group, w[2], w[3], w[4]});
+    if (m_with_bias) {
+        const size_t index = inputs - 1;
+        const auto& b = get_input_partial_shape(index);
+        NODE_VALIDATION_CHECK(this, get_input_element_type(index) == ov::element::f32, "expert biases B must be f32");
+        NODE_VALIDATION_CHECK(this, b.compatible(ov::PartialShape{k, m}), "expert biases B must be [K, M] = [", k,
+                              ", ", m, "]; got ", b);
+        set_output_type(1, ov::element::f32, ov::PartialShape{a[0], m});
+    }
 }
 
 std::shared_ptr<ov::Node> MixKernels::clone_with_new_inputs(const ov::OutputVector& inputs) const {
-    return std::make_shared<MixKernels>(inputs, m_group);
+    return std::make_shared<MixKernels>(inputs, m_group, m_with_spatial, m_with_bias);
 }
 
 bool MixKernels::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("group", m_group);
+    visitor.on_attribute("with_spatial", m_with_spatial);
+    visitor.on_attribute("with_bias", m_with_bias);
     return true;
 }
 
@@ -122,7 +134,7 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     const size_t n_count = a_shape[0], k_count = w_shape[0], m_count = w_shape[1];
     const size_t taps = w_shape[3] * w_shape[4], row = w_shape[2] * taps;  // one output channel's kernel
     const bool per_channel = a_shape.size() == 3;
-    const bool spatial = inputs.size() == 3;
+    const bool spatial = m_with_spatial;
     OPENVINO_ASSERT(a_shape[1] == k_count && (!per_channel || a_shape[2] == m_count),
                     "MixKernels: attention ", a_shape, " does not fit W ", w_shape);
     OPENVINO_ASSERT(!spatial || inputs[2].get_shape() == ov::Shape({n_count, w_shape[3], w_shape[4]}),
@@ -168,6 +180,25 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
             }
         }
     });
+    if (m_with_bias) {  // Bn[n, m] = sum_k A[n,k(,m)] B[k, m]: N*K*M multiply-adds, no threads needed
+        const float* b = inputs.back().data<const float>();
+        outputs[1].set_shape({n_count, m_count});
+        float* bn = outputs[1].data<float>();
+        for (size_t n = 0; n < n_count; ++n) {
+            float* out_n = bn + n * m_count;
+            std::fill(out_n, out_n + m_count, 0.0f);
+            for (size_t k = 0; k < k_count; ++k) {
+                const float* bias_k = b + k * m_count;
+                if (per_channel) {
+                    const float* a_nk = a + (n * k_count + k) * m_count;
+                    for (size_t m = 0; m < m_count; ++m) out_n[m] += a_nk[m] * bias_k[m];
+                } else {
+                    const float a_nk = a[n * k_count + k];
+                    for (size_t m = 0; m < m_count; ++m) out_n[m] += a_nk * bias_k[m];
+                }
+            }
+        }
+    }
     return true;
 }
 

@@ -2,9 +2,12 @@
 //
 //   inputs   A  [N, K] or [N, K, M]   f32   attention, already normalised (rank 3: per output channel, DyNet)
 //            W  [K, M, C/G, kH, kW]   f32 | f16 | bf16   expert kernels (static shape, usually a Constant)
-//            S  [N, kH, kW]           f32   optional per-sample spatial attention (ODConv)
-//   output   Wn [N*G, M/G, C/G, kH, kW]  f32, with Wn[n] = (sum_k A[n,k] W[k]) * S[n]
-//   attr     group G (the conv's group count; only the output's leading split depends on it)
+//            S  [N, kH, kW]           f32   per-sample spatial attention (ODConv), when with_spatial
+//            B  [K, M]                f32   expert biases, when with_bias (after S when both)
+//   outputs  Wn [N*G, M/G, C/G, kH, kW]  f32, with Wn[n] = (sum_k A[n,k] W[k]) * S[n]
+//            Bn [N, M]                f32, with Bn[n] = sum_k A[n,k] B[k], when with_bias
+//   attrs    group G (the conv's group count; only the output's leading split depends on it),
+//            with_spatial, with_bias
 //
 // The output is laid out for GroupConvolution with the batch folded into the groups (sample n's kernels
 // are groups n*G .. n*G+G-1), and, reshaped to [N, M, C], for a batched MatMul when the conv is 1x1.
@@ -21,7 +24,7 @@ public:
     OPENVINO_OP("MixKernels", "dyconv");
 
     MixKernels() = default;
-    MixKernels(const ov::OutputVector& inputs, int64_t group);
+    MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias);
 
     void validate_and_infer_types() override;
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
@@ -33,6 +36,8 @@ public:
 
 private:
     int64_t m_group = 1;
+    bool m_with_spatial = false;
+    bool m_with_bias = false;
 };
 
 }  // namespace dyconv_ov
