@@ -83,3 +83,21 @@ def test_analysis_splits_a_single_layer_by_hand():
     assert row.attention.madds == 2 * (4 * 2 + 2 * 4)  # FC 4 -> 2 and FC 2 -> 4 per sample
     assert row.convolution.params == kernel + 6 and row.aggregation.params == 3 * (kernel + 6)
     assert report.total.params == sum(p.numel() for p in layer.parameters())
+
+
+def test_odconv_sample_is_well_conditioned_on_verify_inputs():
+    """Untrained, ODConv's attention-dependent gain compounded over 52 layers: a few images blew up (fp32 and
+    fp64 differed by 4.5 at magnitude 5) and the rest faded; the sample starts near its static twin instead."""
+    import copy
+
+    from guards import assert_attention_varies
+
+    from dyconv_deploy.export.verify import verify_inputs
+
+    model = create_sample("odconv_mobilenetv2")
+    (x,) = verify_inputs(default_input_shape("odconv_mobilenetv2"), (3,))
+    with torch.no_grad():
+        y, y64 = model(x), copy.deepcopy(model).double()(x.double())
+    assert float((y.double() - y64).abs().max() / y64.abs().max()) < 1e-4
+    assert float(y64.std(0).max()) > 0.1 * float(y64.abs().max())  # the output depends on the image
+    assert_attention_varies(model, x)
