@@ -6,6 +6,10 @@
 //        MatMul(Wn as [N, M, C], X as [N, C, H*W])  (faster than N groups of 1x1 convs; at N = 1 the plain
 //        convolution wins: it keeps oneDNN's channels-last layout, no reorders around it)
 //   Y += Bn[:, :, None, None]                     (Bn[n] = sum_k A[n,k(,m)] B[k(,m)], mixed in the same op)
+//   Y += B[0][None, :, None, None]                (instead, when every expert has the same bias and A is a
+//                                                  softmax over K: sum_k A[n,k] B[0] = B[0]; a constant bias
+//                                                  that OpenVINO fuses into the convolution, as after a
+//                                                  BatchNorm folded into bias-free experts)
 //
 // The batch stays dynamic: every reshape copies or infers N. Only the expert mixing is custom; the
 // convolutions are OpenVINO's own, which measured faster than a hand-written conv here.
@@ -22,6 +26,7 @@
 #include <openvino/op/matmul.hpp>
 #include <openvino/op/reshape.hpp>
 #include <openvino/op/shape_of.hpp>
+#include <openvino/op/softmax.hpp>
 #include <openvino/op/unsqueeze.hpp>
 
 #include "mix_kernels.hpp"
@@ -68,6 +73,33 @@ Output<Node> pointwise(const Output<Node>& x, const Output<Node>& kernels, int64
     return std::make_shared<v1::Reshape>(y, shape, false);
 }
 
+// True when A [N, K] is a softmax over K, so its rows sum to 1.
+bool sums_to_one(const Output<Node>& attention) {
+    const auto& shape = attention.get_partial_shape();
+    if (shape.rank().is_dynamic() || shape.size() != 2) return false;
+    const auto node = attention.get_node_shared_ptr();
+    if (const auto softmax = ov::as_type_ptr<ov::op::v8::Softmax>(node)) {
+        return softmax->get_axis() == 1 || softmax->get_axis() == -1;
+    }
+    if (const auto softmax = ov::as_type_ptr<ov::op::v1::Softmax>(node)) return softmax->get_axis() == 1;
+    return false;
+}
+
+// B[0] as a [1, M, 1, 1] constant when B [K, M] is a constant whose K rows are equal; null otherwise.
+std::shared_ptr<Node> shared_bias(const Output<Node>& bias) {
+    const auto constant = ov::as_type_ptr<ov::op::v0::Constant>(bias.get_node_shared_ptr());
+    if (!constant || constant->get_element_type() != ov::element::f32 || constant->get_shape().size() != 2) {
+        return nullptr;
+    }
+    const auto values = constant->cast_vector<float>();
+    const size_t m = constant->get_shape()[1];
+    for (size_t i = m; i < values.size(); ++i) {
+        if (values[i] != values[i % m]) return nullptr;
+    }
+    const std::vector<float> row(values.begin(), values.begin() + m);
+    return ov::op::v0::Constant::create(ov::element::f32, ov::Shape{1, m, 1, 1}, row);
+}
+
 }  // namespace
 
 ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context) {
@@ -95,7 +127,9 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
                        group * c_per_group);
     }
 
-    const bool spatial = optional(4), bias = optional(3);
+    const bool spatial = optional(4);
+    const auto constant_bias = optional(3) && sums_to_one(attention) ? shared_bias(context.get_input(3)) : nullptr;
+    const bool bias = optional(3) && !constant_bias;
     ov::OutputVector mix_inputs{attention, weight};
     if (spatial) mix_inputs.push_back(context.get_input(4));
     if (bias) mix_inputs.push_back(context.get_input(3));
@@ -117,6 +151,8 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
     }
     if (bias) {
         y = std::make_shared<v1::Add>(y, std::make_shared<v0::Unsqueeze>(mix->output(1), ints({2, 3})));
+    } else if (constant_bias) {
+        y = std::make_shared<v1::Add>(y, constant_bias);
     }
     return {y};
 }
