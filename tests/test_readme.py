@@ -91,6 +91,17 @@ def check_bench(out: str, workdir: Path) -> None:
     assert "p50" in out
 
 
+def check_bench_openvino_profile(out: str, workdir: Path) -> None:
+    result = json.loads((workdir / "bench-openvino.json").read_text())
+    assert result["backend"] == "openvino" and result["settings"]["profile"] is True
+    for row in result["results"]:
+        assert set(row["profile"]["categories"]) == {"attention", "mixing", "convolution", "other"}
+        if row["strategy"] != "static":
+            assert row["profile"]["categories"]["mixing"] > 0 and row["profile"]["categories"]["attention"] > 0
+        assert row["static_profile"]["categories"]["mixing"] == 0
+    assert "where the time goes on openvino" in out
+
+
 def check_triton_repo(out: str, workdir: Path) -> None:
     folder = workdir / "model_repository" / "dy_mobilenetv2"
     config = (folder / "config.pbtxt").read_text()
@@ -107,6 +118,8 @@ CHECKS = {
     "dyconv-deploy inspect sample:tiny_dynamic --json": check_inspect_json,
     "dyconv-deploy bench sample:tiny_dynamic --batch 1,8 --iterations 10 --json bench.json --plot bench.png":
         check_bench,
+    "dyconv-deploy bench sample:tiny_dynamic --backend openvino --batch 1,8 --iterations 10 --profile --json "
+    "bench-openvino.json": check_bench_openvino_profile,
     "dyconv-deploy triton-repo dy_mobilenetv2.onnx -o model_repository --name dy_mobilenetv2 --max-batch 32 "
     "--preferred-batch 8,16": check_triton_repo,
 }

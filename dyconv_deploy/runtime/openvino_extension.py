@@ -14,13 +14,13 @@ import fcntl
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from dyconv_deploy.cache import default_cache_dir
 from dyconv_deploy.deps import require
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.native import cmake_build
 from dyconv_deploy.ops.cuda import plugins_dir
 
 LIBRARY_NAME = "libdyconv_openvino.so"
@@ -52,21 +52,10 @@ def build_extension(output_dir: str | os.PathLike, *, native: bool = True) -> Pa
     Raises:
         DyconvError: no cmake or compiler, or the build failed (the message names the log).
     """
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        raise DyconvError("cmake not found on PATH: building the OpenVINO extension needs CMake >= 3.18 "
-                          "(pip install cmake)")
     build = Path(output_dir)
-    build.mkdir(parents=True, exist_ok=True)
-    log = build / "build.log"
-    configure = [cmake, "-S", str(extension_sources()), "-B", str(build), f"-DOpenVINO_DIR={openvino_cmake_dir()}",
-                 f"-DDYCONV_NATIVE_ARCH={'ON' if native else 'OFF'}", "-DCMAKE_BUILD_TYPE=Release"]
-    with log.open("w") as stream:
-        for step in (configure, [cmake, "--build", str(build), "-j", str(os.cpu_count() or 1)]):
-            stream.write(f"$ {' '.join(step)}\n")
-            stream.flush()
-            if subprocess.run(step, stdout=stream, stderr=subprocess.STDOUT).returncode != 0:
-                raise DyconvError(f"building the OpenVINO extension failed at `{' '.join(step[:2])} ...`; see {log}")
+    log = cmake_build(extension_sources(), build, {"OpenVINO_DIR": str(openvino_cmake_dir()),
+                                                   "DYCONV_NATIVE_ARCH": "ON" if native else "OFF",
+                                                   "CMAKE_BUILD_TYPE": "Release"}, "the OpenVINO extension", "3.18")
     library = build / LIBRARY_NAME
     if not library.is_file():
         raise DyconvError(f"the OpenVINO extension build wrote no {LIBRARY_NAME}; see {log}")

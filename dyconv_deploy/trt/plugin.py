@@ -12,10 +12,10 @@ import ctypes
 import importlib.util
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.native import cmake_build
 from dyconv_deploy.ops.cuda import plugins_dir
 
 LIBRARY_NAME = "libdyconv_trt_plugin.so"
@@ -78,22 +78,11 @@ def build_plugin(build_dir: str | os.PathLike | None = None, tensorrt_root: str 
         tensorrt_root: TensorRT tree with ``include/``; default: searched, see :func:`tensorrt_header_candidates`.
         cuda_architectures: CMake ``CUDA_ARCHITECTURES`` list, e.g. ``"80;90"`` (A100, H100).
     """
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        raise DyconvError("cmake not found on PATH: building the plugin needs CMake >= 3.24 (pip install cmake)")
     nvcc = find_nvcc()
     headers = find_tensorrt_headers(tensorrt_root)
     build = Path(build_dir) if build_dir else default_build_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    log = build / "build.log"
-    configure = [cmake, "-S", str(plugins_dir()), "-B", str(build), f"-DCMAKE_CUDA_COMPILER={nvcc}",
-                 f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}", f"-DTENSORRT_INCLUDE_DIR={headers}"]
-    with log.open("w") as stream:
-        for step in (configure, [cmake, "--build", str(build), "-j", str(os.cpu_count() or 1)]):
-            stream.write(f"$ {' '.join(step)}\n")
-            stream.flush()
-            if subprocess.run(step, stdout=stream, stderr=subprocess.STDOUT).returncode != 0:
-                raise DyconvError(f"building the plugin failed at `{' '.join(step[:2])} ...`; see {log}")
+    cmake_build(plugins_dir(), build, {"CMAKE_CUDA_COMPILER": str(nvcc), "CMAKE_CUDA_ARCHITECTURES": cuda_architectures,
+                                       "TENSORRT_INCLUDE_DIR": str(headers)}, "the plugin", "3.24")
     library = build / LIBRARY_NAME
     open_plugin_library(library)
     return library
