@@ -173,5 +173,6 @@ def _spec(port) -> TensorSpec:
 
 
 def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
+    lines = [line for line in str(exc).split("\nSummary:")[0].splitlines()  # the frontend's summary names no cause
+             if line.strip() and not line.startswith("Exception from")]
     return lines[-1] if lines else type(exc).__name__
