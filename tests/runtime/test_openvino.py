@@ -8,6 +8,8 @@
   precision. In reduced precision the outputs are compared per unit of the reference's RMS (see the
   ``bf16-experts``, ``f16-experts`` and ``bf16-inference`` entries of :data:`TOLERANCES`), and rounded experts
   are also compared at the fp32 tolerance with the reference on experts rounded to nearest the same way.
+- Expert biases that are all equal, after a Softmax over K (a constant bias in the extension) and after
+  other normalisations (mixed as usual).
 - The comparisons can fail: fed another sample's attention (or spatial attention), and with the bias dropped
   from the graph, the same check fails.
 - Every bundled dynamic sample, exported, lowered with ``plugin`` and run with a dynamic batch (1 and 2)
@@ -197,6 +199,34 @@ def test_a_dropped_bias_fails_the_comparison(extension, config, mode):
         for batch in BATCHES:
             assert_fails(check(runtime.run(feeds[batch])["Y"], reference(config, feeds[batch], weight, bias),
                                tolerance, per_rms), f"{config.name}@{batch}: a dropped bias")
+
+
+NORMALISERS = {  # ONNX node making A from logits, and the same in torch
+    "softmax-axis1": (("Softmax", {"axis": 1}), lambda t: torch.softmax(t, 1)),
+    "softmax-axis-1": (("Softmax", {"axis": -1}), lambda t: torch.softmax(t, -1)),
+    "softmax-over-the-batch": (("Softmax", {"axis": 0}), lambda t: torch.softmax(t, 0)),
+    "sigmoid": (("Sigmoid", {}), torch.sigmoid),
+}
+
+
+@pytest.mark.parametrize("normaliser", NORMALISERS)
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=[CONFIGS[0].name, CONFIGS[2].name])
+def test_a_bias_shared_by_every_expert(extension, config, normaliser):
+    """Equal expert biases under a softmax over K are a constant bias; under other attention they are mixed."""
+    (op, attributes), torch_normaliser = NORMALISERS[normaliser]
+    weight, bias, feeds = layer_case(config)
+    shared = np.repeat(bias[:1], config.experts, axis=0)
+    graph = contract_graph(config, weight, shared)
+    graph.graph.input[1].name = "logits"
+    graph.graph.node.insert(0, helper.make_node(op, ["logits"], ["A"], **attributes))
+    with OpenVinoRuntime(graph, extension=extension) as runtime:
+        for batch in BATCHES:
+            logits = np.log(feeds[batch]["A"]) * 2  # softmax rows of the config, sharpened: any logits would do
+            attention = torch_normaliser(torch.from_numpy(logits).double()).numpy()
+            expected = reference(config, {**feeds[batch], "A": attention}, weight, shared)
+            result = compare(runtime.run({"X": feeds[batch]["X"], "logits": logits})["Y"], expected,
+                             TOLERANCES["fp32"], f"{config.name}@{batch}")
+            assert result.passed, str(result)
 
 
 def test_explicit_empty_optional_inputs_and_one_compile_per_shape(extension):
