@@ -24,7 +24,7 @@ from dyconv_deploy.trt.sidecar import atomic_write_bytes
 
 STAGES = ("load", "convert", "export", "verify", "bench")
 # Engine -> (strategies it benches, stem of its JSON/PNG files). OpenVINO runs the plugin graph with the
-# project's extension; its standard-op lowerings are slower there (README, CPU section).
+# project's extension; its experts lowering (K x the conv FLOPs) is left out there, where it is the slowest.
 ENGINES = {"ort-cpu": (STRATEGIES, "bench"), "openvino": (("plugin", "grouped", "static"), "bench-openvino")}
 
 

@@ -7,8 +7,9 @@ weights of a static shape, and a per-sample kernel's shape contains the batch, s
 reads and compiles the graph once per input shape it is given, with the inputs fixed to that
 shape (the file keeps its dynamic batch; the extension then picks per shape, e.g. a plain
 convolution at batch 1, a batched MatMul for 1x1 layers above): the first call at a new batch
-size pays a compile (about a second for MobileNetV2), later ones reuse it. Every graph is compiled this way, standard-op ones and the static twin too, so ratios
-compare like with like (OpenVINO's CPU plugin is also fastest on static shapes).
+size pays a compile (about a second for MobileNetV2), later ones reuse it. Every graph is
+compiled this way, standard-op ones and the static twin too, so ratios compare like with like
+(OpenVINO's CPU plugin is also fastest on static shapes).
 
 Precision: ``f32`` (default; the reference for ratios) or ``bf16`` where the CPU has it (OpenVINO's
 ``INFERENCE_PRECISION_HINT``; the extension's mixing stays fp32). ``expert_dtype`` stores the expert
@@ -160,8 +161,9 @@ def _rounded_constant(ov, values: np.ndarray, dtype: str):
     """An OpenVINO constant of ``values`` in ``bf16`` or ``f16``, each value rounded to nearest (even)."""
     if dtype == "f16":
         return ov.op.Constant(values.astype(np.float16))
-    words = np.ascontiguousarray(values).view(np.uint32)
-    bits = ((words + 0x7FFF + ((words >> 16) & 1)) >> 16).astype(np.uint16)
+    words = np.ascontiguousarray(values).view(np.uint32).astype(np.uint64)  # no wrap-around past 0xFFFF7FFF
+    rounded = (words + 0x7FFF + ((words >> 16) & 1)) >> 16
+    bits = np.where(np.isnan(values), (words >> 16) | 0x40, rounded).astype(np.uint16)  # a NaN stays a NaN
     tensor = ov.Tensor(ov.Type.bf16, ov.Shape(list(values.shape)))
     tensor.data.view(np.uint16)[...] = bits
     return ov.op.Constant(tensor)

@@ -26,12 +26,11 @@ const float* expert_rows(const ov::Tensor& weight, size_t offset, size_t count, 
     if (type == ov::element::f32) {
         return weight.data<const float>() + offset;
     }
-    float* buffer = scratch;
     if (type == ov::element::bf16) {
         const auto* bits = reinterpret_cast<const uint16_t*>(weight.data()) + offset;
         for (size_t i = 0; i < count; ++i) {
             const uint32_t word = static_cast<uint32_t>(bits[i]) << 16;
-            std::memcpy(&buffer[i], &word, sizeof(float));
+            std::memcpy(&scratch[i], &word, sizeof(float));
         }
     } else {  // f16
         const auto* halves = reinterpret_cast<const uint16_t*>(weight.data()) + offset;
@@ -39,14 +38,14 @@ const float* expert_rows(const ov::Tensor& weight, size_t offset, size_t count, 
 #if defined(__F16C__)
         for (; i + 8 <= count; i += 8) {
             const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(halves + i));
-            _mm256_storeu_ps(buffer + i, _mm256_cvtph_ps(h));
+            _mm256_storeu_ps(scratch + i, _mm256_cvtph_ps(h));
         }
 #endif
         for (; i < count; ++i) {
-            buffer[i] = static_cast<float>(ov::float16::from_bits(halves[i]));
+            scratch[i] = static_cast<float>(ov::float16::from_bits(halves[i]));
         }
     }
-    return buffer;
+    return scratch;
 }
 
 // out[j] = sum_k coefficient[k] * experts[k][j] for j < count; coefficient k at coefficient[k * stride].
@@ -158,7 +157,7 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
         for (size_t tile = first; tile < last; ++tile) {
             const size_t m0 = tile * rows_per_tile, m1 = std::min(m_count, m0 + rows_per_tile);
             const size_t begin = m0 * row, count = (m1 - m0) * row;
-            scratch.resize(k_count * count);
+            if (weight.get_element_type() != ov::element::f32) scratch.resize(k_count * count);
             for (size_t k = 0; k < k_count; ++k) {
                 experts[k] = expert_rows(weight, k * per_sample + begin, count, scratch.data() + k * count);
             }
