@@ -50,10 +50,12 @@ def test_missing_tensorrt_headers_lists_the_paths_searched(monkeypatch, tmp_path
     assert "TensorRT headers (NvInferRuntime.h) not found" in err and str(tmp_path / "nowhere") in err
 
 
-def test_missing_cmake(monkeypatch):
+def test_missing_cmake(monkeypatch, tmp_path, fake_nvcc):
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "NvInferRuntime.h").write_text("")
     monkeypatch.setattr(plugin.shutil, "which", lambda name: None)
     with pytest.raises(DyconvError, match="cmake not found"):
-        plugin.build_plugin()
+        plugin.build_plugin(tmp_path / "build", tensorrt_root=tmp_path)
 
 
 def test_tensorrt_root_is_searched_first(tmp_path):
