@@ -29,9 +29,13 @@ def build_engine_command(
     = Path(DEFAULT_TIMING_CACHE),
     plugin: Annotated[Optional[Path], typer.Option(
         "--plugin", show_default=False,
-        help="DynamicConv2d TensorRT plugin library, loaded before parsing and serialised into the engine. "
-             "Default for graphs with DynamicConv2d nodes: $DYCONV_PLUGIN_LIBRARY, else "
+        help="DynamicConv2d TensorRT plugin library, loaded before parsing; its sha256 goes into the sidecar and "
+             "the runtime loads it again. Default for graphs with DynamicConv2d nodes: $DYCONV_PLUGIN_LIBRARY, else "
              "plugins/build/libdyconv_trt_plugin.so (dyconv-deploy build-plugin).")] = None,
+    embed_plugin: Annotated[bool, typer.Option(
+        "--embed-plugin", help="Serialise the plugin library into the plan: a version-compatible engine "
+                               "(VERSION_COMPATIBLE, EXCLUDE_LEAN_RUNTIME) that loads without the library file.")]
+    = False,
 ) -> None:
     r"""Build a TensorRT engine from ONNX and write OUTPUT plus the sidecar OUTPUT.json.
 
@@ -52,5 +56,5 @@ def build_engine_command(
     ranges = parse_shapes(shapes or [])
     engine = build_engine(onnx_file, output, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                           shapes=ranges, fp16=fp16, workspace_mb=workspace,
-                          timing_cache=timing_cache.expanduser(), plugin_library=plugin)
+                          timing_cache=timing_cache.expanduser(), plugin_library=plugin, embed_plugin=embed_plugin)
     typer.echo(f"wrote {engine} and {engine}.json")

@@ -24,9 +24,10 @@ class TensorRTRuntime(Runtime):
     Args:
         engine_path: the plan written by ``build-engine`` (its ``.json`` sidecar is checked
             when present).
-        plugin_library: the DynamicConv2d plugin ``.so``, loaded before deserialising; not
-            needed when the library was serialised into the engine, and located with
-            :func:`dyconv_deploy.trt.plugin.locate_plugin_library` when the sidecar says one is needed.
+        plugin_library: the DynamicConv2d plugin ``.so``, loaded (and hash-checked against the
+            sidecar) before deserialising; located with
+            :func:`dyconv_deploy.trt.plugin.locate_plugin_library` when the sidecar names one. Not
+            needed for an engine built with ``--embed-plugin`` (the plan carries the library).
     """
 
     backend = "trt"
@@ -52,18 +53,9 @@ class TensorRTRuntime(Runtime):
             check_compatible(sidecar, current_environment(trt, self.plugin_library), self.engine_path.name)
         elif not torch.cuda.is_available():
             raise DyconvError(f"{self.engine_path.name} needs a CUDA GPU but PyTorch sees none")
-        logger = trt.Logger(trt.Logger.WARNING)
-        if self.plugin_library is not None:
-            from dyconv_deploy.trt.build import load_plugin_library
-
-            load_plugin_library(trt, self.plugin_library)
-        runtime = trt.Runtime(logger)
-        if sidecar is not None and sidecar.get("plugin_serialized"):
-            runtime.engine_host_code_allowed = True  # the plan carries the plugin library
-        self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        if self._engine is None:
-            raise DyconvError(f"TensorRT could not deserialise {self.engine_path}; rebuild it with "
-                              "`dyconv-deploy build-engine` (rerun with -v for TensorRT's log)")
+        embedded = sidecar is not None and bool(sidecar.get("plugin_serialized"))
+        self._engine = deserialize_engine(trt, self.engine_path, plugin_library=self.plugin_library,
+                                          host_code_allowed=embedded)
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
         specs = [_spec(trt, self._engine, self._engine.get_tensor_name(i)) for i in range(self._engine.num_io_tensors)]
@@ -92,6 +84,27 @@ class TensorRTRuntime(Runtime):
     def close(self) -> None:
         self._context = self._engine = self._stream = None
         super().close()
+
+
+def deserialize_engine(trt, engine_path: Path, *, plugin_library: Path | None, host_code_allowed: bool):
+    """The ``ICudaEngine`` of the plan at ``engine_path``.
+
+    Args:
+        plugin_library: registered with TensorRT first (its creator must exist before deserialising).
+        host_code_allowed: the plan carries host code (a plugin library serialised into a
+            version-compatible engine), which TensorRT deserialises only when allowed.
+    """
+    if plugin_library is not None:
+        from dyconv_deploy.trt.build import load_plugin_library
+
+        load_plugin_library(trt, plugin_library)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    runtime.engine_host_code_allowed = host_code_allowed
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise DyconvError(f"TensorRT could not deserialise {engine_path}; rebuild it with "
+                          "`dyconv-deploy build-engine` (rerun with -v for TensorRT's log)")
+    return engine
 
 
 def _needs_plugin_file(sidecar: dict | None) -> bool:

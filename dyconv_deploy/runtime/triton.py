@@ -112,7 +112,9 @@ def write_triton_repo(model_file: str | os.PathLike, repo_dir: str | os.PathLike
     if plugin is not None:
         atomic_write_bytes(model_dir / plugin.name, plugin.read_bytes())
     atomic_write_bytes(model_dir / "config.pbtxt", config_pbtxt(config).encode())
-    atomic_write_bytes(model_dir / "README.md", _readme(config, Path(repo_dir), mount_path, served_plugin).encode())
+    engine_plugin = _engine_plugin(model_file) if backend == "tensorrt" else None
+    atomic_write_bytes(model_dir / "README.md",
+                       _readme(config, Path(repo_dir), mount_path, served_plugin, engine_plugin).encode())
     return model_dir
 
 
@@ -146,6 +148,14 @@ def _engine_model(path: Path, max_batch: int) -> tuple[bytes, list[TensorSpec], 
     return path.read_bytes(), specs(sidecar["inputs"]), specs(sidecar["outputs"])
 
 
+def _engine_plugin(path: Path) -> str | None:
+    """How the engine gets the DynamicConv2d plugin: "embedded" (in the plan), "file" (loaded at run time) or None."""
+    sidecar = read_sidecar(path) or {}
+    if sidecar.get("plugin_serialized"):
+        return "embedded"
+    return "file" if sidecar.get("plugin_sha256") else None
+
+
 def _check_batch_dims(specs: list[TensorSpec]) -> None:
     static = [str(s) for s in specs if s.shape and isinstance(s.shape[0], int)]
     if static:
@@ -153,7 +163,7 @@ def _check_batch_dims(specs: list[TensorSpec]) -> None:
                           "have a fixed one; export with a dynamic batch (plugin/experts strategy) or use --max-batch 0")
 
 
-def _readme(model: TritonModel, repo: Path, mount: str, served_plugin: str | None) -> str:
+def _readme(model: TritonModel, repo: Path, mount: str, served_plugin: str | None, engine_plugin: str | None) -> str:
     run = (f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v {repo.resolve()}:{mount} "
            f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\\n  tritonserver --model-repository={mount}")
     sections = [f"# {model.name} (Triton {model.backend} backend)\n",
@@ -161,15 +171,21 @@ def _readme(model: TritonModel, repo: Path, mount: str, served_plugin: str | Non
     if model.backend == "tensorrt":
         sections.append(
             "Use a Triton release whose TensorRT version equals the engine's (see the engine's `.json` sidecar), on "
-            "the GPU model it was built for. `build-engine --plugin` serialises the DynamicConv2d plugin library "
-            "into the plan, so the plan carries host code; Triton's TensorRT backend allows engine host code only "
-            "with `version-compatible=true`:\n")
-        run += " \\\n  --backend-config=tensorrt,version-compatible=true"
-        if served_plugin:
+            "the GPU model it was built for.\n")
+        if engine_plugin == "embedded":
             sections.append(
-                f"The library is also copied here ({served_plugin}). Triton's `plugins=` option and `LD_PRELOAD` "
-                "only dlopen a library, which registers nothing for a library that exports `getCreators` (as "
-                "ours does), so they are not a substitute for the serialised copy.\n")
+                "The plan carries the DynamicConv2d plugin library (`build-engine --embed-plugin`: a "
+                "version-compatible engine), that is host code, which Triton's TensorRT backend deserialises only "
+                "with `version-compatible=true`:\n")
+            run += " \\\n  --backend-config=tensorrt,version-compatible=true"
+        elif engine_plugin == "file":
+            sections.append(
+                "**This engine cannot be served as it is**: it needs the DynamicConv2d plugin library registered "
+                "at load time, and Triton's `plugins=` option and `LD_PRELOAD` only dlopen a library, which "
+                "registers nothing for a library that exports `getCreators` (as ours does). Rebuild it with "
+                "`dyconv-deploy build-engine --embed-plugin` (the plan then carries the library) and serve that.\n")
+        if served_plugin:
+            sections.append(f"The library is copied here ({served_plugin}) for reference only.\n")
     elif served_plugin:
         sections.append("config.pbtxt names the ONNX Runtime custom-op library for `dyconv::DynamicConv2d` in "
                         f"`model_operations.op_library_filename` ({served_plugin}); the server loads it with the "

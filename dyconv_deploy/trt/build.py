@@ -122,7 +122,8 @@ def tensorrt_major(trt) -> int:
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, min_batch: int = 1,
                  opt_batch: int = 8, max_batch: int = 32, shapes: dict[str, ShapeRange] | None = None,
                  fp16: bool = False, workspace_mb: int = 1024, timing_cache: str | os.PathLike | None = None,
-                 plugin_library: str | os.PathLike | None = None, progress: bool = True) -> Path:
+                 plugin_library: str | os.PathLike | None = None, embed_plugin: bool = False,
+                 progress: bool = True) -> Path:
     """Build a serialised TensorRT engine from ``onnx_path`` and write it with its sidecar.
 
     Args:
@@ -133,9 +134,12 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         fp16: fp16 kernels (TensorRT 10: builder flag; TensorRT 11: fp16 ONNX conversion).
         workspace_mb: workspace memory pool limit in MiB.
         timing_cache: file read before the build (when it exists) and rewritten after it.
-        plugin_library: the DynamicConv2d plugin ``.so``, loaded before parsing and, where
-            the TensorRT version supports it, serialised into the engine. Default for graphs
-            with contract nodes: :func:`dyconv_deploy.trt.plugin.locate_plugin_library`.
+        plugin_library: the DynamicConv2d plugin ``.so``, loaded before parsing; its sha256 goes
+            into the sidecar and the runtime loads the same file again. Default for graphs with
+            contract nodes: :func:`dyconv_deploy.trt.plugin.locate_plugin_library`.
+        embed_plugin: serialise the plugin library into the plan. TensorRT does so only for
+            version-compatible engines, so this also sets ``VERSION_COMPATIBLE`` and
+            ``EXCLUDE_LEAN_RUNTIME``; such a plan loads only with ``engine_host_code_allowed``.
         progress: show a rich progress display of the builder phases.
 
     Returns the engine path. Raises :class:`DyconvError` when TensorRT is missing, the ONNX
@@ -152,6 +156,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         plugin_library = locate_plugin_library()
     if plugin_library is not None:
         load_plugin_library(trt, plugin_library)
+    elif embed_plugin:
+        raise DyconvError(f"--embed-plugin needs a plugin library, but {onnx_path.name} has no DynamicConv2d node "
+                          "and --plugin was not given")
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -166,7 +173,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     profile = profile_shapes(inputs, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, shapes=shapes)
     _add_profile(builder, config, profile)
     cache = _attach_timing_cache(config, timing_cache)
-    plugin_serialized = plugin_library is not None and _serialize_plugin(config, Path(plugin_library))
+    if embed_plugin:
+        _embed_plugin(trt, config, Path(plugin_library))
 
     started = time.perf_counter()
     with _progress_monitor(trt, config, enabled=progress):
@@ -181,7 +189,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     environment = current_environment(trt, plugin_library)
     write_sidecar(engine_path, {
         **environment,
-        "plugin_serialized": plugin_serialized,
+        "plugin_serialized": embed_plugin,
         "profiles": [{name: r.as_dict() for name, r in profile.items()}],
         "inputs": [_io_record(trt, network.get_input(i)) for i in range(network.num_inputs)],
         "outputs": [_io_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
@@ -253,12 +261,15 @@ def _attach_timing_cache(config, path: str | os.PathLike | None):
     return cache
 
 
-def _serialize_plugin(config, plugin_library: Path) -> bool:
-    """Embed the plugin library in the plan when this TensorRT supports it (10.0+)."""
-    if not hasattr(config, "plugins_to_serialize"):
-        return False
-    config.plugins_to_serialize = [str(plugin_library)]
-    return True
+def _embed_plugin(trt, config, plugin_library: Path) -> None:
+    """Serialise the plugin library into the plan: a version-compatible engine without the lean runtime.
+
+    NvInfer.h: ``setPluginsToSerialize`` sets "the plugin libraries to be serialized with
+    version-compatible engines"; any other engine ignores the list and needs the library at run time.
+    """
+    config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)  # the runtime that loads the plan runs it
+    config.plugins_to_serialize = [str(plugin_library.resolve())]
 
 
 @contextmanager

@@ -1,11 +1,12 @@
 """The JSON sidecar written next to every engine, and the compatibility check made before loading it.
 
 A TensorRT engine only runs with the TensorRT version and GPU architecture it was built
-with, and (unless the plugin library was serialised into it) with the same plugin library.
-``model.engine`` gets ``model.engine.json``::
+with, and with the same plugin library: loaded from its file at run time (hash-checked), or,
+for engines built with ``--embed-plugin`` (version-compatible, ``plugin_serialized: true``),
+serialised into the plan. ``model.engine`` gets ``model.engine.json``::
 
     {"format": 1, "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3",
-     "compute_capability": "9.0", "plugin_sha256": "…" | null, "plugin_serialized": true,
+     "compute_capability": "9.0", "plugin_sha256": "…" | null, "plugin_serialized": false,
      "profiles": [{"x": {"min": [1,3,224,224], "opt": [...], "max": [...]}}],
      "inputs": [{"name": "x", "shape": [-1,3,224,224], "dtype": "float32"}], "outputs": [...],
      "precision": "fp16", "onnx_sha256": "…", "build_seconds": 41.2, "built_at": "2026-…Z"}
@@ -17,10 +18,10 @@ with, and (unless the plugin library was serialised into it) with the same plugi
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.artifacts import atomic_write_bytes
 
 SIDECAR_FORMAT = 1
 _REBUILD = "rebuild it with `dyconv-deploy build-engine`"
@@ -39,21 +40,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_sidecar(engine_path: str | os.PathLike, record: dict) -> Path:

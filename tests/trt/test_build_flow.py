@@ -1,13 +1,10 @@
-"""build_engine's flow against a recording stand-in for the ``tensorrt`` module, and against the real one.
+"""build_engine's flow against the recording ``tensorrt`` stand-in (``fake_trt``, conftest.py) and the real one.
 
-The stand-in implements only the calls the TensorRT 10/11 Python API documents, records them
-in order, and reads the ONNX it is asked to parse (so the test sees which model TensorRT
-would get). The assertions are about our logic: call order, profile, precision per major
-version, timing cache reuse, atomic outputs and the sidecar.
+The assertions are about our logic: call order, profile, precision per major version, timing
+cache reuse, atomic outputs and the sidecar.
 """
 
 import sys
-import types
 
 import numpy as np
 import onnx
@@ -17,141 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from dyconv_deploy.errors import DyconvError, MissingDependency
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.tolerance import TOLERANCES, compare
-from dyconv_deploy.trt import plugin as plugin_module
 from dyconv_deploy.trt.build import build_engine
 from dyconv_deploy.trt.sidecar import file_sha256, read_sidecar
-
-
-class FakeTensorRT(types.ModuleType):
-    """``tensorrt`` as far as build_engine uses it; ``events`` records every call in order."""
-
-    def __init__(self, version: str, *, parse_ok: bool = True, build_ok: bool = True):
-        super().__init__("tensorrt")
-        self.__version__, self.events, self.parsed = version, [], None
-        trt = self
-
-        class Logger:
-            WARNING, VERBOSE = "warning", "verbose"
-
-            def __init__(self, level):
-                trt.events.append(("logger", level))
-
-        class Registry:
-            def load_library(self, path):
-                trt.events.append(("load_library", path))
-                return object()
-
-        class Tensor:
-            def __init__(self, value_info):
-                dims = value_info.type.tensor_type.shape.dim
-                self.name, self.dtype = value_info.name, "float32"
-                self.shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-
-        class Network:
-            inputs, outputs = [], []
-            num_inputs = property(lambda self: len(self.inputs))
-            num_outputs = property(lambda self: len(self.outputs))
-
-            def get_input(self, i):
-                return self.inputs[i]
-
-            def get_output(self, i):
-                return self.outputs[i]
-
-        class OnnxParser:
-            num_errors = 0 if parse_ok else 1
-
-            def __init__(self, network, logger):
-                self.network = network
-
-            def parse_from_file(self, path):
-                trt.events.append(("parse", path))
-                trt.parsed = onnx.load(path)
-                self.network.inputs = [Tensor(v) for v in trt.parsed.graph.input]
-                self.network.outputs = [Tensor(v) for v in trt.parsed.graph.output]
-                return parse_ok
-
-            def get_error(self, i):
-                return "In node 0 (importFallbackPluginImporter): Plugin not found"
-
-        class Cache:
-            def __init__(self, data):
-                self.data = data
-
-            def serialize(self):
-                return self.data + b"+tuned"
-
-        class Config:
-            progress_monitor, plugins_to_serialize = None, []
-
-            def set_memory_pool_limit(self, pool, size):
-                trt.events.append(("workspace", pool, size))
-
-            def set_flag(self, flag):
-                trt.events.append(("flag", flag))
-
-            def add_optimization_profile(self, profile):
-                trt.events.append(("profile", profile.shapes))
-
-            def create_timing_cache(self, data):
-                trt.events.append(("timing_cache", bytes(data)))
-                self.cache = Cache(bytes(data))
-                return self.cache
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                return cache is self.cache and not cache.data.startswith(b"other-gpu")
-
-            def __setattr__(self, name, value):
-                if name == "plugins_to_serialize":
-                    trt.events.append(("serialize_plugins", value))
-                object.__setattr__(self, name, value)
-
-        class Profile:
-            def __init__(self):
-                self.shapes = {}
-
-            def set_shape(self, name, lo, mid, hi):
-                self.shapes[name] = (tuple(lo), tuple(mid), tuple(hi))
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                monitor = config.progress_monitor
-                if monitor is not None:  # drive the monitor the way the builder does
-                    monitor.phase_start("Building engine", None, 2)
-                    monitor.phase_start("Tactic selection", "Building engine", 3)
-                    trt.events.append(("monitor_continue", monitor.step_complete("Tactic selection", 0)))
-                    monitor.phase_finish("Tactic selection")
-                    monitor.phase_finish("Building engine")
-                trt.events.append(("build",))
-                return b"ENGINE" if build_ok else None
-
-        class IProgressMonitor:
-            def __init__(self):
-                pass
-
-        self.Logger, self.OnnxParser, self.Builder, self.IProgressMonitor = Logger, OnnxParser, Builder, IProgressMonitor
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-        if int(version.split(".")[0]) < 11:  # TensorRT 11 removed the FP16 builder flag
-            self.BuilderFlag = types.SimpleNamespace(FP16="fp16")
-        self.nptype = lambda dtype: np.dtype(dtype).type
-        self._registry = Registry()
-        self.get_plugin_registry = lambda: self._registry
-
-    def names(self):
-        return [event[0] for event in self.events]
-
 
 WEIGHT = np.random.default_rng(1).standard_normal((2, 3, 1, 1)).astype(np.float32)  # of _onnx's 1x1 Conv
 
@@ -165,18 +29,6 @@ def _onnx(path) -> str:
     return str(path)
 
 
-@pytest.fixture
-def fake_trt(monkeypatch):
-    """Install a FakeTensorRT; the plugin file check (ctypes, tested with the plugin) records instead."""
-    def install(version="10.3.0", **kwargs):
-        module = FakeTensorRT(version, **kwargs)
-        monkeypatch.setitem(sys.modules, "tensorrt", module)
-        monkeypatch.setattr(plugin_module, "open_plugin_library", lambda path: module.events.append(("check", path)))
-        return module
-
-    return install
-
-
 def test_tensorrt_10_fp16_flag_profile_plugin_and_sidecar(fake_trt, tmp_path):
     trt = fake_trt("10.3.0")
     model, plugin = _onnx(tmp_path / "m.onnx"), tmp_path / "libdyconv.so"
@@ -188,16 +40,44 @@ def test_tensorrt_10_fp16_flag_profile_plugin_and_sidecar(fake_trt, tmp_path):
     assert ("parse", model) in trt.events  # TensorRT 10 parses the fp32 file and gets the builder flag
     assert ("flag", "fp16") in trt.events and ("workspace", "workspace", 64 << 20) in trt.events
     assert ("profile", {"x": ((1, 3, 4, 4), (8, 3, 4, 4), (32, 3, 4, 4))}) in trt.events
-    assert ("serialize_plugins", [str(plugin)]) in trt.events
+    assert "serialize_plugins" not in trt.names()  # only version-compatible engines carry a plugin library
     assert ("monitor_continue", True) in trt.events
     assert engine.read_bytes() == b"ENGINE"
     sidecar = read_sidecar(engine)
     assert sidecar["tensorrt_version"] == "10.3.0" and sidecar["precision"] == "fp16"
     assert sidecar["onnx_sha256"] == file_sha256(model) and sidecar["plugin_sha256"] == file_sha256(plugin)
-    assert sidecar["plugin_serialized"] is True
+    assert sidecar["plugin_serialized"] is False
     assert sidecar["profiles"] == [{"x": {"min": [1, 3, 4, 4], "opt": [8, 3, 4, 4], "max": [32, 3, 4, 4]}}]
     assert sidecar["inputs"] == [{"name": "x", "shape": [-1, 3, 4, 4], "dtype": "float32"}]
     assert sorted(p.name for p in engine.parent.iterdir()) == ["m.engine", "m.engine.json"]
+
+
+def test_embed_plugin_builds_a_version_compatible_engine_that_carries_the_library(fake_trt, tmp_path):
+    trt = fake_trt("10.3.0")
+    plugin = tmp_path / "libdyconv.so"
+    plugin.write_bytes(b"\x7fELF plugin")
+    engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", plugin_library=plugin,
+                          embed_plugin=True, progress=False)
+    assert ("flag", "version_compatible") in trt.events and ("flag", "exclude_lean_runtime") in trt.events
+    assert ("serialize_plugins", [str(plugin.resolve())]) in trt.events
+    assert read_sidecar(engine)["plugin_serialized"] is True
+
+
+def test_build_engine_command_passes_embed_plugin(fake_trt, tmp_path):
+    from dyconv_deploy.cli.main import main
+
+    trt, plugin = fake_trt(), tmp_path / "libdyconv.so"
+    plugin.write_bytes(b"\x7fELF plugin")
+    engine = tmp_path / "m.engine"
+    assert main(["build-engine", _onnx(tmp_path / "m.onnx"), "-o", str(engine), "--plugin", str(plugin),
+                 "--embed-plugin", "--timing-cache", str(tmp_path / "timing.cache")]) == 0
+    assert ("flag", "version_compatible") in trt.events and read_sidecar(engine)["plugin_serialized"] is True
+
+
+def test_embed_plugin_without_a_plugin_library_is_refused(fake_trt, tmp_path):
+    fake_trt()
+    with pytest.raises(DyconvError, match="--embed-plugin needs a plugin library"):
+        build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", embed_plugin=True, progress=False)
 
 
 def test_contract_graph_without_plugin_option_uses_the_located_library(fake_trt, tmp_path, monkeypatch):
