@@ -13,6 +13,7 @@ import typer
 
 from dyconv_deploy import __version__
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.artifacts import cleanup_on_signals
 
 # (command name, "module:function") — modules are imported only when registered, and each
 # imports its heavy dependencies lazily inside the function.
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "-v" in args or "--verbose" in args
     try:
-        result = app(args=args, prog_name="dyconv-deploy", standalone_mode=False)
+        with cleanup_on_signals():  # SIGINT/SIGTERM remove half-written outputs
+            result = app(args=args, prog_name="dyconv-deploy", standalone_mode=False)
     except DyconvError as exc:
         if _state["verbose"]:
             raise

@@ -1,4 +1,4 @@
-"""Provenance of an exported graph (``metadata_props``) and atomic writes of ONNX files.
+"""Provenance of an exported graph (``metadata_props``); :func:`save_atomic` writes the graph.
 
 Keys: ``dyconv_deploy.version``, ``dyconv_deploy.strategy``, ``dyconv_deploy.opset``,
 ``dyconv_deploy.exporter`` and ``dyconv_deploy.source_sha256`` (sha256 of the model's
@@ -6,13 +6,12 @@ state_dict: names, dtypes, shapes and bytes, in key order).
 """
 
 import hashlib
-import os
-import tempfile
-from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
+
+from dyconv_deploy.io.artifacts import save_onnx as save_atomic  # noqa: F401  (atomic, see io.artifacts)
 
 PREFIX = "dyconv_deploy."
 
@@ -40,18 +39,3 @@ def stamp(model: onnx.ModelProto, **fields: object) -> onnx.ModelProto:
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     """The ``dyconv_deploy.*`` entries of ``model``, without the prefix."""
     return {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
-
-
-def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -1,0 +1,179 @@
+"""Atomic writes of every artifact: a file appears complete, or the previous one stays untouched.
+
+A write goes to a hidden temp entry beside the target (``.NAME.<pid>.<token>.tmp``, same folder,
+hence same file system), is flushed to disk, and is renamed over the target with ``os.replace``
+only when complete. The temp entry is created with mode ``0o666`` (a folder ``0o777``) so the
+kernel applies the user's umask, as for any normal file (``tempfile.mkstemp`` would give 0600 and
+hide the model from a Triton server running as another user).
+
+Clean-up: an exception removes the temp entry; :func:`cleanup_on_signals` (installed by the CLI)
+removes every temp entry in flight on SIGINT/SIGTERM before the process stops. SIGKILL cannot be
+caught: its temp entry stays until the next write of the same target, which removes temp entries
+whose process is gone.
+
+ONNX models at or above the 2 GiB protobuf limit are written with their tensors in one external
+data file ``NAME.<token>.data`` (see :func:`save_onnx`).
+"""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+
+from dyconv_deploy.errors import DyconvError
+
+_IN_FLIGHT: set[Path] = set()  # temp entries written now; removed by the signal handler
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{16}\.tmp$")
+EXTERNAL_DATA_THRESHOLD = onnx.checker.MAXIMUM_PROTOBUF  # serialised bytes from which tensors go to a .data file
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]:
+    """Yield a fresh temp path beside ``path`` to write; on normal exit it replaces ``path``.
+
+    The temp path exists already: an empty file (mode ``0o666 & ~umask``), or with ``folder=True``
+    an empty folder (``0o777 & ~umask``) whose contents the caller moves out itself before the
+    block ends (the folder is removed then, and never renamed onto ``path``). On an exception
+    (or a signal, see :func:`cleanup_on_signals`) the temp entry is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DyconvError(f"cannot write {path}: it is a folder; give a file name")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        if folder:
+            os.mkdir(temp, 0o777)
+        else:
+            _create(temp)
+        _IN_FLIGHT.add(temp)
+        yield temp
+        if not folder:
+            _publish(temp, path)
+    except OSError as exc:
+        raise DyconvError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        _remove(temp)
+        _IN_FLIGHT.discard(temp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`); returns ``path``."""
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+    return Path(path)
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike,
+              external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+    """Write ``model`` to ``path`` atomically; ``model`` itself is not modified.
+
+    From ``external_data_threshold`` serialised bytes (default: the 2 GiB protobuf limit) the
+    tensors go to ``NAME.<token>.data`` beside ``path`` (ONNX external data, loaded by
+    ``onnx.load`` and ONNX Runtime from the model's folder). The data file gets a new name on every
+    write and is in place before the model file is renamed, so ``path`` always names a model whose
+    data exists; the data files of earlier writes (and of one that failed between the two renames)
+    are removed after the next successful write.
+    """
+    path = Path(path)
+    if model.ByteSize() < external_data_threshold:
+        atomic_write_bytes(path, model.SerializeToString())
+        _remove_external_data(path, keep=None)
+        return path
+    data_name = f"{path.name}.{secrets.token_hex(8)}.data"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # save_model moves the tensors of the proto it writes out to the data file
+    with atomic_path(path, folder=True) as folder:
+        _create(folder / data_name)  # onnx would create it with mode 0600
+        onnx.save_model(copy, folder / path.name, save_as_external_data=True, location=data_name, size_threshold=0)
+        _publish(folder / data_name, path.parent / data_name)  # a new name: nothing refers to it yet
+        _publish(folder / path.name, path)
+    _remove_external_data(path, keep=data_name)
+    return path
+
+
+@contextmanager
+def cleanup_on_signals() -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM first remove the temp entries in flight, then stop the run.
+
+    SIGINT then raises ``KeyboardInterrupt``, SIGTERM ``SystemExit(143)``; the previous handlers are
+    restored after the block. Outside the main thread (where Python cannot set handlers) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _on_signal(signum: int, frame) -> None:
+    for temp in list(_IN_FLIGHT):
+        _remove(temp)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _create(file: Path) -> None:
+    """Create the new empty ``file`` with mode ``0o666 & ~umask``."""
+    os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _publish(temp: Path, path: Path) -> None:
+    """Flush ``temp`` to disk, rename it over ``path`` and flush the folder entry."""
+    _fsync(temp)
+    os.replace(temp, path)
+    _fsync(path.parent)
+
+
+def _fsync(entry: Path) -> None:
+    fd = os.open(entry, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temp entries of ``path`` left by processes that no longer run (killed with SIGKILL)."""
+    for entry in path.parent.glob(f".{path.name}.*.tmp"):
+        match = _TEMP.match(entry.name)
+        if match and match["name"] == path.name and not _running(int(match["pid"])):
+            _remove(entry)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_external_data(path: Path, keep: str | None) -> None:
+    """Remove the ``NAME.<token>.data`` files of earlier writes of ``path``, except ``keep``."""
+    pattern = re.compile(rf"^{re.escape(path.name)}\.[0-9a-f]{{16}}\.data$")
+    for entry in path.parent.glob(f"{path.name}.*.data"):
+        if pattern.match(entry.name) and entry.name != keep:
+            entry.unlink(missing_ok=True)
