@@ -7,7 +7,8 @@ import typer
 
 from dyconv_deploy.bench import BACKENDS
 from dyconv_deploy.cli.options import (AdapterOption, ArchOption, ExpertDtypeOption, InputShapeOption, ModelArgument,
-                                       PrecisionOption, TrustPickleOption, openvino_options, resolve_input_shape)
+                                       PrecisionOption, TrustPickleOption, openvino_options, parse_batches,
+                                       resolve_input_shape)
 from dyconv_deploy.export.settings import STRATEGIES
 
 
@@ -58,7 +59,6 @@ def bench_command(
         dyconv-deploy bench sample:dy_mobilenetv2 --strategy plugin,grouped --batch 1 --profile
     """
     from dyconv_deploy.bench import bench
-    from dyconv_deploy.export.pipeline import parse_batches
 
     bench(model, backend, [s.strip() for s in strategy.split(",") if s.strip()], parse_batches(batch),
           warmup=warmup, iterations=iterations, input_shape=resolve_input_shape(model, input_shape),

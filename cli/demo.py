@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from dyconv_deploy.cli.options import parse_batches
+
 
 def demo_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the graphs, bench.json and bench.png.")]
@@ -36,7 +38,6 @@ def demo_command(
         dyconv-deploy demo --sample dy_resnet18 --engine openvino
     """
     from dyconv_deploy.bench.demo import run_demo
-    from dyconv_deploy.export.pipeline import parse_batches
 
     engines = None if engine == "auto" else tuple(e.strip() for e in engine.split(",") if e.strip())
     run_demo(output, sample=sample, batches=parse_batches(batch), warmup=warmup, iterations=iterations,

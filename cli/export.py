@@ -5,8 +5,9 @@ from typing import Annotated, Literal
 
 import typer
 
+from dyconv_deploy.cli.hints import rerun_hints
 from dyconv_deploy.cli.options import (AdapterOption, ArchOption, AtolOption, InputShapeOption, ModelArgument,
-                                       RtolOption, TrustPickleOption, resolve_input_shape)
+                                       RtolOption, TrustPickleOption, parse_batches, resolve_input_shape)
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, EXPORTER_OPSETS, STRATEGIES
 from dyconv_deploy.tolerance import TOLERANCES
 
@@ -15,6 +16,7 @@ _BATCHES = ",".join(map(str, DEFAULT_BATCHES))
 
 
 def export_command(
+    ctx: typer.Context,
     model: ModelArgument,
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.", show_default=False)],
     input_shape: InputShapeOption = "auto",
@@ -52,9 +54,10 @@ def export_command(
 
         dyconv-deploy export sample:dy_resnet18 -o r18.onnx --strategy grouped --static-batch --input-shape 8x3x224x224
     """
-    from dyconv_deploy.export.pipeline import export_model, parse_batches
     from dyconv_deploy.tolerance import Tolerance
+    from dyconv_deploy.workflow import export_model
 
-    export_model(model, output, resolve_input_shape(model, input_shape), dynamic_batch=dynamic_batch,
-                 strategy=strategy, exporter=exporter, opset=opset, arch=arch, trust_pickle=trust_pickle,
-                 adapters=adapter, verify=verify, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol))
+    with rerun_hints(ctx):
+        export_model(model, output, resolve_input_shape(model, input_shape), dynamic_batch=dynamic_batch,
+                     strategy=strategy, exporter=exporter, opset=opset, arch=arch, trust_pickle=trust_pickle,
+                     adapters=adapter, verify=verify, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol))

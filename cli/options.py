@@ -58,6 +58,17 @@ def openvino_options(backend: str, precision: str, expert_dtype: str) -> dict:
     return {}
 
 
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``"1,4"`` -> ``(1, 4)``; anything else is a one-line :class:`DyconvError`."""
+    try:
+        batches = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise DyconvError(f"bad batch list {text!r}: expected positive integers joined by ',', e.g. 1,4")
+    return batches
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``; anything else is a one-line :class:`DyconvError`."""
     try:

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from dyconv_deploy.cli.options import (ArchOption, AtolOption, ExpertDtypeOption, ModelArgument, PrecisionOption,
-                                       RtolOption, TrustPickleOption, openvino_options)
+                                       RtolOption, TrustPickleOption, openvino_options, parse_batches)
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, VERIFY_BACKENDS
 from dyconv_deploy.tolerance import TOLERANCES
 
@@ -46,7 +46,7 @@ def verify_command(
 
         dyconv-deploy verify sample:dy_mobilenetv2 model.engine --atol 1e-2 --rtol 1e-2
     """
-    from dyconv_deploy.export.pipeline import parse_batches, verify_model
+    from dyconv_deploy.workflow import verify_model
     from dyconv_deploy.tolerance import Tolerance
 
     verify_model(model, model_file, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol), backend=backend,

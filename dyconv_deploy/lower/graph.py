@@ -15,6 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.export.settings import DEFAULT_OPSET
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.ops.onnx_schema import register_schema
 
@@ -35,7 +36,7 @@ def load(model: onnx.ModelProto, strategy: str) -> gs.Graph:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise stage_error(strategy, 1, f"the graph uses ONNX opset {opset}; lowering needs >= {MIN_OPSET}.",
-                          "re-export with --opset 17.")
+                          f"re-export with --opset {DEFAULT_OPSET}.")
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except onnx.shape_inference.InferenceError as exc:
@@ -47,7 +48,7 @@ def load(model: onnx.ModelProto, strategy: str) -> gs.Graph:
 def with_static_batch(model: onnx.ModelProto, batch: int, strategy: str) -> onnx.ModelProto:
     """A copy whose graph inputs (and the outputs sharing their batch symbol) have dim 0 = ``batch``."""
     if batch < 1:
-        raise stage_error(strategy, 1, f"the static batch must be >= 1, got {batch}.", "pass --static-batch N.")
+        raise stage_error(strategy, 1, f"the static batch must be >= 1, got {batch}.", "pass static_batch >= 1.")
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     initializers = {t.name for t in fixed.graph.initializer}
@@ -59,7 +60,7 @@ def with_static_batch(model: onnx.ModelProto, batch: int, strategy: str) -> onnx
         if dims[0].HasField("dim_value"):
             if dims[0].dim_value != batch:
                 raise stage_error(strategy, 1, f"input '{value.name}' has the fixed batch {dims[0].dim_value}, "
-                                  f"not {batch}.", f"pass --static-batch {dims[0].dim_value} or re-export.")
+                                  f"not {batch}.", f"pass static_batch={dims[0].dim_value} or re-export.")
             continue
         symbols.add(dims[0].dim_param)
         dims[0].dim_value = batch

@@ -32,7 +32,7 @@ def lower_grouped(model: onnx.ModelProto, static_batch: int | None = None) -> on
         if not isinstance(batch, int):
             raise stage_error(NAME, 2, f"the input of node '{contract.node.name or contract.y.name}' has a dynamic "
                               f"batch ({batch!r}); {STATIC_BATCH_REASON}.",
-                              "pass --static-batch N, or use --strategy experts (or plugin) for a dynamic batch.")
+                              "pass static_batch=N, or lower with strategy experts (or plugin) for a dynamic batch.")
         _rewrite(graph, contract, batch)
     return finish(graph, model, NAME)
 

@@ -61,5 +61,5 @@ def _enable_extension() -> None:
         from dyconv_deploy.ops.cuda import enable_cuda_kernels
     except ImportError as exc:
         raise DyconvError("the torch CUDA extension is not available (dyconv_deploy.ops.cuda cannot be imported: "
-                          f"{exc}); build it from plugins/torch or run without --use-extension") from exc
+                          f"{exc}); build it from plugins/torch or pass use_extension=False") from exc
     enable_cuda_kernels()

@@ -25,7 +25,7 @@ def test_grouped_matches_reference(node, batch):
 
 def test_dynamic_batch_is_refused_with_the_reason():
     with pytest.raises(DyconvError, match=r"lower\[grouped\] step 2/3: .*dynamic batch.*groups are static.*"
-                                          r"Next: pass --static-batch N"):
+                                          r"Next: pass static_batch=N"):
         lower_grouped(contract_model(NODES[0]))
 
 

@@ -1,21 +1,23 @@
-"""The ``export`` and ``verify`` commands as library functions.
+"""The ``export`` and ``verify`` commands as library functions: the stages driven in order.
 
 ``export_model``: load -> convert -> export -> checker -> lower -> write -> verify, printing
-a stage checklist; ``verify_model``: an existing ONNX file against its PyTorch model.
+a stage checklist; ``verify_model``: an existing ONNX file or engine against its PyTorch model.
 Both raise :class:`~dyconv_deploy.errors.VerificationError` (exit 1) when an output is
-over tolerance, after printing the error table.
+over tolerance, after printing the error table. Options that cannot go together raise
+:class:`OptionConflict` before any stage runs.
 """
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import onnx
 import torch
 from rich.console import Console
 from torch import nn
 
+from dyconv_deploy.convert import convert_model
 from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
 from dyconv_deploy.export.onnx_export import (ExportError, check_image_shape, check_model, contract_nodes,
@@ -23,11 +25,43 @@ from dyconv_deploy.export.onnx_export import (ExportError, check_image_shape, ch
 from dyconv_deploy.export.report import Checklist, comparison_table
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, STRATEGIES
 from dyconv_deploy.export.verify import open_runtime, verify_onnx
+from dyconv_deploy.io import load_model
+from dyconv_deploy.lower import STATIC_BATCH_REASON, lower
+from dyconv_deploy.runtime import is_engine
 from dyconv_deploy.runtime.base import TensorSpec
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance
 
 EXPORT_STAGES = ("load", "convert", "export", "checker", "lower", "write", "verify")
 VERIFY_STAGES = ("load", "checker", "verify")
+
+
+class OptionConflict(DyconvError):
+    """Options that cannot go together, refused before any stage runs.
+
+    ``fixes`` are the alternatives that resolve the conflict, each a mapping of
+    :func:`export_model` parameter names to values (the CLI options have the same names, so
+    the CLI can print each fix as a complete command line). The message spells them as
+    keyword arguments.
+    """
+
+    def __init__(self, reason: str, fixes: Sequence[Mapping[str, object]]):
+        self.reason = reason
+        self.fixes = [dict(fix) for fix in fixes]
+        keywords = (", ".join(f"{name}={value!r}" for name, value in fix.items()) for fix in self.fixes)
+        super().__init__(f"{reason}. Next: {' or '.join(keywords)}")
+
+
+def check_export_options(strategy: str, dynamic_batch: bool) -> None:
+    """Refuse a combination of :func:`export_model` options before any work starts.
+
+    Raises:
+        DyconvError: an unknown strategy; OptionConflict: ``grouped`` with a dynamic batch.
+    """
+    if strategy not in STRATEGIES:
+        raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if strategy == "grouped" and dynamic_batch:
+        raise OptionConflict(f"the grouped strategy needs a static batch: {STATIC_BATCH_REASON}",
+                             [{"dynamic_batch": False}, {"strategy": "experts"}])
 
 
 @dataclass
@@ -52,10 +86,10 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
         adapters: ``file.py:ClassName`` converter adapters for foreign dynamic convs (``--adapter``).
         batches: batch sizes verified for a dynamic batch (a static graph is verified at N).
     Raises:
-        DyconvError: a stage failed (the checklist names it); VerificationError: over tolerance.
+        OptionConflict: options that cannot go together (before any stage runs); DyconvError: a stage
+            failed (the checklist names it); VerificationError: over tolerance.
     """
-    if strategy not in STRATEGIES:
-        raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    check_export_options(strategy, dynamic_batch)
     shape = check_image_shape(input_shape)
     console = console or Console()
     checklist = Checklist(EXPORT_STAGES)
@@ -68,8 +102,6 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
 
 def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch, trust_pickle, adapters, verify,
             batches, tolerance, console, checklist) -> ExportResult:
-    from dyconv_deploy.io import load_model
-
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with checklist.stage("load") as row:
         source = load_model(spec, arch=arch, trust_pickle=trust_pickle)
@@ -119,9 +151,6 @@ def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[
     onnx.reference for a plugin graph, ONNX Runtime CPU otherwise); ``runtime_options`` go to its
     runtime (e.g. ``{"precision": "bf16", "expert_dtype": "bf16"}`` for ``openvino``).
     """
-    from dyconv_deploy.io import load_model
-    from dyconv_deploy.runtime import is_engine
-
     console = console or Console()
     checklist = Checklist(VERIFY_STAGES)
     engine = is_engine(model_file)
@@ -143,20 +172,7 @@ def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[
         console.print(checklist.table(f"verify {spec} against {model_file}"))
 
 
-def parse_batches(text: str) -> tuple[int, ...]:
-    """``"1,4"`` -> ``(1, 4)``; anything else is a one-line :class:`DyconvError`."""
-    try:
-        batches = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        batches = ()
-    if not batches or min(batches) < 1:
-        raise DyconvError(f"bad batch list {text!r}: expected positive integers joined by ',', e.g. 1,4")
-    return batches
-
-
 def _convert(model: nn.Module, example: torch.Tensor, adapters: Sequence[str]) -> tuple[nn.Module, str]:
-    from dyconv_deploy.convert import convert_model
-
     converted, report = convert_model(model, example, adapters=list(adapters))
     report.raise_for_unknown()
     if not report.converted:
@@ -165,8 +181,6 @@ def _convert(model: nn.Module, example: torch.Tensor, adapters: Sequence[str]) -
 
 
 def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -> tuple[onnx.ModelProto, str]:
-    from dyconv_deploy.lower import lower
-
     lowered = lower(proto, strategy, static_batch=static_batch)
     return lowered, f"{strategy}: {len(lowered.graph.node)} nodes, {len(contract_nodes(lowered))} dyconv::DynamicConv2d"
 
