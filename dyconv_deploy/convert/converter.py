@@ -20,6 +20,7 @@ from dyconv_deploy.convert.detect import ROOT, UnknownDynamicConv, find_dynamic_
 from dyconv_deploy.convert.registry import (ADAPTER_DOCS, Adapter, builtin_adapters, installed_adapters,
                                             load_adapter)
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.model_spec import forward_errors_named
 from dyconv_deploy.nn import DynamicConvBase, DyReLU
 from dyconv_deploy.tolerance import TOLERANCES, Tolerance, compare
 
@@ -87,14 +88,18 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
     candidates = [*extra, *installed_adapters(), *builtin_adapters()]
     converted = copy.deepcopy(model).eval()
     matches = list(_match(converted, candidates))
-    recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
+    with forward_errors_named(converted, inputs):  # the first forward: a bad input shape fails here
+        recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
     report = ConversionReport()
     for path, parent, module, adapter in matches:
         path = path or ROOT
         if module not in recorded:
             log.info("convert: %s (%s) is not reached by the example input; left as is", path, adapter.family)
             continue
-        canonical = adapter.to_canonical(module, parent)
+        try:
+            canonical = adapter.to_canonical(module, parent)
+        except DyconvError as exc:  # an attribute the contract cannot express: say which module has it
+            raise DyconvError(f"convert: {path}: {exc}") from exc
         error = _check(path, adapter.family, module, canonical, recorded[module], tolerance)
         if parent is None:
             converted = canonical

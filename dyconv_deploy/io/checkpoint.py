@@ -11,8 +11,9 @@
 import pickle
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -41,19 +42,23 @@ def load_checkpoint(path: str, arch: Optional[Callable[[], nn.Module]] = None,
     file = Path(path)
     if not file.is_file():
         raise DyconvError(f"checkpoint not found: {path}")
+    if file.stat().st_size == 0:
+        raise DyconvError(f"checkpoint {path} is empty (0 bytes): was it written completely?")
     if file.suffix.lower() == ".pt2":
         return _load_program(file)
     if _is_torchscript(file):
         _require_trust(file, trust_pickle, "is a TorchScript archive")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _unreadable(file):
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still loadable
             return torch.jit.load(str(file), map_location="cpu")
     try:
-        content = torch.load(file, map_location="cpu", weights_only=True)
+        with _unreadable(file, passing=(pickle.UnpicklingError,)), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the weights-only unpickler's notes on odd files
+            content = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         _require_trust(file, trust_pickle, "holds a pickled object (not just tensors)")
         try:
-            with user_code_path(file.parent):  # the classes it names, from here or beside the file
+            with user_code_path(file.parent), _unreadable(file, passing=(ModuleNotFoundError, AttributeError)):
                 content = torch.load(file, map_location="cpu", weights_only=False)
         except (ModuleNotFoundError, AttributeError) as exc:  # the classes the pickle names are not importable
             raise DyconvError(f"{path} was pickled with classes this process cannot import ({exc}); make the code "
@@ -114,6 +119,20 @@ def _load_program(file: Path) -> nn.Module:
         return ProgramModule(torch.export.load(str(file)))
     except Exception as exc:
         raise DyconvError(f"cannot load torch.export program {file}: {exc}") from exc
+
+
+@contextmanager
+def _unreadable(file: Path, passing: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Inside the block, a failure to read ``file`` (truncated, corrupt, not a ``torch.save`` file) is a
+    one-line :class:`DyconvError`; the ``passing`` exceptions are raised unchanged."""
+    try:
+        yield
+    except (DyconvError, *passing):
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DyconvError(f"cannot read checkpoint {file} (truncated, corrupt, or not written by torch.save / "
+                          f"torch.jit.save?): {type(exc).__name__}: {reason}") from exc
 
 
 def _is_torchscript(file: Path) -> bool:

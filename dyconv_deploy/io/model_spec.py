@@ -8,10 +8,13 @@ Specs:
 """
 
 import importlib
+import inspect
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io.checkpoint import is_checkpoint, load_checkpoint
@@ -77,6 +80,53 @@ def _import(module_name: str, spec: str):
 
 def _call_factory(factory: Callable, spec: str) -> nn.Module:
     try:
-        return factory()
+        inspect.signature(factory).bind()
     except TypeError as exc:
         raise DyconvError(f"{spec}: the factory must be callable without arguments ({exc})") from exc
+    except ValueError:  # no signature to inspect (a builtin): calling it tells
+        pass
+    try:
+        return factory()
+    except Exception as exc:
+        raise DyconvError(f"the factory {spec} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+@contextmanager
+def forward_errors_named(model: nn.Module, example_input: Tensor | tuple) -> Iterator[None]:
+    """Inside the block, an exception from a forward of ``model`` (say, on an input of a shape it rejects)
+    becomes a one-line :class:`DyconvError` naming the shape of ``example_input`` (a tensor or a tuple of
+    forward arguments) and the innermost module of ``model`` that was running.
+
+    Example: ``the model rejects input 1x5x32x32: features.0 (Conv2d) raised RuntimeError: Given groups=1,
+    weight of size [8, 3, 3, 3], expected input[1, 5, 32, 32] to have 3 channels, but got 5 channels instead``.
+    """
+    paths = {id(module): path or "the model's own forward" for path, module in model.named_modules()}
+    running: list[nn.Module] = []
+
+    def enter(module, args):
+        if id(module) in paths:
+            running.append(module)
+
+    def leave(module, args, output):
+        if running and running[-1] is module:
+            running.pop()
+
+    handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+    try:
+        yield
+    except DyconvError:
+        raise
+    except Exception as exc:
+        where = f"{paths[id(running[-1])]} ({type(running[-1]).__name__})" if running else "the model"
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs if isinstance(t, Tensor))
+        raise DyconvError(f"the model rejects input {shapes}: {where} raised "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else "(no message)"
