@@ -42,7 +42,7 @@ def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto"
     if json_output:
         typer.echo(json.dumps({"model": model, **report.to_dict(), "paper": paper}, indent=2))
     else:
-        _print_tables(model, report, paper)
+        _print_tables(model, report, paper, conversion.summary())
 
 
 def _paper_figures(model: str):
@@ -56,7 +56,7 @@ def _paper_figures(model: str):
     return None if paper is None else asdict(paper)
 
 
-def _print_tables(model: str, report, paper) -> None:
+def _print_tables(model: str, report, paper, conversion: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -64,7 +64,7 @@ def _print_tables(model: str, report, paper) -> None:
     if not console.is_terminal:  # piped: do not squeeze the tables to 80 columns
         console.width = 160
     console.print(f"[bold]{model}[/bold]  input {_shape(report.input_shape)}  "
-                  f"{len(report.layers)} dynamic conv(s)")
+                  f"{len(report.layers)} dynamic conv(s); {conversion}")
     if report.layers:
         layers = Table("path", "family", "K", "kernel", "output", "attention", "aggregation", "convolution",
                        title="dynamic convs (MAdds)")

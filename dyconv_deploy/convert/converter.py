@@ -9,6 +9,7 @@ convolutions whose weight still depends on the input (:mod:`dyconv_deploy.conver
 
 import copy
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -46,6 +47,15 @@ class ConversionReport:
 
     converted: list[ConvertedModule] = field(default_factory=list)
     unknown: list[UnknownDynamicConv] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the whole model, e.g. ``converted 51 osvai_odconv layers, max error 7.5e-09``."""
+        if not self.converted:
+            return "already canonical (no foreign dynamic convs)"
+        counts = Counter(r.family for r in self.converted)
+        families = " + ".join(f"{count} {family}" for family, count in counts.items())
+        noun = "layer" if len(self.converted) == 1 else "layers"
+        return f"converted {families} {noun}, max error {max(r.max_error for r in self.converted):.2g}"
 
     def unknown_message(self) -> str:
         """One line naming every unconverted dynamic conv and how to add an adapter ("" when none)."""
@@ -94,7 +104,7 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
     for path, parent, module, adapter in matches:
         path = path or ROOT
         if module not in recorded:
-            log.info("convert: %s (%s) is not reached by the example input; left as is", path, adapter.family)
+            log.debug("convert: %s (%s) is not reached by the example input; left as is", path, adapter.family)
             continue
         try:
             canonical = adapter.to_canonical(module, parent)
@@ -106,7 +116,7 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
         else:
             setattr(parent, path.rpartition(".")[2], canonical)
         row = ConvertedModule(path, adapter.family, _num_kernels(canonical), error)
-        log.info("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels,
+        log.debug("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels,
                  error)
         report.converted.append(row)
     report.unknown = find_dynamic_convs(converted, inputs)

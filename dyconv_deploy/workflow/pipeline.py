@@ -175,9 +175,7 @@ def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[
 def _convert(model: nn.Module, example: torch.Tensor, adapters: Sequence[str]) -> tuple[nn.Module, str]:
     converted, report = convert_model(model, example, adapters=list(adapters))
     report.raise_for_unknown()
-    if not report.converted:
-        return converted, "already canonical (no foreign dynamic convs)"
-    return converted, f"{len(report.converted)} module(s) replaced by canonical layers"
+    return converted, report.summary()
 
 
 def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -> tuple[onnx.ModelProto, str]:

@@ -1,6 +1,9 @@
 """``dyconv-deploy inspect``: table, JSON, model specs and one-line errors."""
 
 import json
+import logging
+import re
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +57,36 @@ def test_verbose_shows_the_traceback():
 
     with pytest.raises(DyconvError, match="unknown sample"):
         main(["-v", "inspect", "sample:nope"])
+
+
+FOREIGN_FILE = """
+import sys
+sys.path.insert(0, {standins!r})
+from standins import external_attention
+from torch import nn
+
+def build():
+    return nn.Sequential(external_attention.DynamicConv(8, 8, 1, 1, temprature=1),
+                         external_attention.CondConv(8, 8, 3, 1, 1))
+"""
+
+
+@pytest.fixture
+def foreign_model(tmp_path, monkeypatch):
+    """A file:factory spec of two External-Attention layers (a DynamicConv and a CondConv), in the current folder."""
+    (tmp_path / "foreign.py").write_text(FOREIGN_FILE.format(standins=str(Path(__file__).parents[1] / "convert")))
+    monkeypatch.chdir(tmp_path)
+    return "foreign.py:build"
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["export", "--no-verify", "--exporter", "torchscript",
+                                                    "--opset", "17"]], ids=["inspect", "export"])
+def test_conversion_is_one_summary_line_and_per_layer_lines_need_verbose(foreign_model, command, capsys, caplog):
+    args = [*command, foreign_model, "--input-shape", "2x8x9x9", *(["-o", "f.onnx"] if command[0] == "export" else [])]
+    caplog.set_level(logging.DEBUG)
+    assert main(args) == 0
+    assert re.search(r"converted 2 external_attention layers, max error \d", capsys.readouterr().out)
+    assert not [r for r in caplog.records if r.name.startswith("dyconv_deploy")]
+    assert main(["-v", *args]) == 0
+    per_layer = [r.getMessage() for r in caplog.records if r.name == "dyconv_deploy.convert.converter"]
+    assert len(per_layer) == 2 and all("-> RoutedConv2d (K=4, max error" in line for line in per_layer)
