@@ -144,11 +144,17 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
     if (unpadded_1x1 && group == 1 && !single_sample) {
         y = pointwise(x, kernels, m, c_per_group);
     } else {
-        const auto folded = std::make_shared<v1::Reshape>(x, ints({1, -1, 0, 0}), true);
-        const auto conv = std::make_shared<v1::GroupConvolution>(
-            folded, kernels, ov::Strides(strides.begin(), strides.end()), ov::CoordinateDiff{pads[0], pads[1]},
-            ov::CoordinateDiff{pads[2], pads[3]}, ov::Strides(dilations.begin(), dilations.end()));
-        y = std::make_shared<v1::Reshape>(conv, ints({-1, m, 0, 0}), true);
+        const auto conv = [&](const Output<Node>& input) {
+            return std::make_shared<v1::GroupConvolution>(
+                input, kernels, ov::Strides(strides.begin(), strides.end()), ov::CoordinateDiff{pads[0], pads[1]},
+                ov::CoordinateDiff{pads[2], pads[3]}, ov::Strides(dilations.begin(), dilations.end()));
+        };
+        if (single_sample) {
+            y = conv(x);
+        } else {
+            y = std::make_shared<v1::Reshape>(conv(std::make_shared<v1::Reshape>(x, ints({1, -1, 0, 0}), true)),
+                                              ints({-1, m, 0, 0}), true);
+        }
     }
     if (bias) {
         y = std::make_shared<v1::Add>(y, std::make_shared<v0::Unsqueeze>(mix->output(1), ints({2, 3})));

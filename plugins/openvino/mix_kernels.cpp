@@ -2,63 +2,100 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include <openvino/core/parallel.hpp>
 #include <openvino/core/type/bfloat16.hpp>
 #include <openvino/core/type/float16.hpp>
 
-#if defined(__F16C__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 namespace dyconv_ov {
 namespace {
 
-// Floats of one work tile: K expert tiles of this size stay in L1/L2 while every sample's output tile is
-// written from them.
+// Floats of one work tile: the K expert tiles of this size stay in L1/L2 while every sample's output tile
+// is written from them.
 constexpr size_t kTileFloats = 2048;
 
-// `count` floats of W from element `offset`: a pointer into W itself for f32, else converted into `scratch`.
-const float* expert_rows(const ov::Tensor& weight, size_t offset, size_t count, float* scratch) {
-    const auto type = weight.get_element_type();
-    if (type == ov::element::f32) {
-        return weight.data<const float>() + offset;
-    }
-    if (type == ov::element::bf16) {
-        const auto* bits = reinterpret_cast<const uint16_t*>(weight.data()) + offset;
-        for (size_t i = 0; i < count; ++i) {
-            const uint32_t word = static_cast<uint32_t>(bits[i]) << 16;
-            std::memcpy(&scratch[i], &word, sizeof(float));
-        }
-    } else {  // f16
-        const auto* halves = reinterpret_cast<const uint16_t*>(weight.data()) + offset;
-        size_t i = 0;
-#if defined(__F16C__)
-        for (; i + 8 <= count; i += 8) {
-            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(halves + i));
-            _mm256_storeu_ps(scratch + i, _mm256_cvtph_ps(h));
-        }
+// One expert element as f32: the storage types W may have.
+inline float to_float(float v) { return v; }
+inline float to_float(ov::bfloat16 v) { return static_cast<float>(v); }
+inline float to_float(ov::float16 v) { return static_cast<float>(v); }
+
+#if defined(__AVX512F__)
+// 16 consecutive expert elements as f32.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const ov::bfloat16* p) {  // bf16 is the top half of an f32
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline __m512 load16(const ov::float16* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
 #endif
-        for (; i < count; ++i) {
-            scratch[i] = static_cast<float>(ov::float16::from_bits(halves[i]));
+
+// out[j] = sum_k coefficient[k * stride] * experts[k][j] for j < count, in one pass: each output element
+// is written once, each expert element read once and converted to f32 in registers.
+template <typename T>
+void mix_span(float* out, const T* const* experts, const float* coefficient, size_t stride, size_t k_count,
+              size_t count) {
+    size_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 32 <= count; j += 32) {  // two independent accumulators hide the FMA latency
+        __m512 c = _mm512_set1_ps(coefficient[0]);
+        __m512 lo = _mm512_mul_ps(c, load16(experts[0] + j)), hi = _mm512_mul_ps(c, load16(experts[0] + j + 16));
+        for (size_t k = 1; k < k_count; ++k) {
+            c = _mm512_set1_ps(coefficient[k * stride]);
+            lo = _mm512_fmadd_ps(c, load16(experts[k] + j), lo);
+            hi = _mm512_fmadd_ps(c, load16(experts[k] + j + 16), hi);
         }
+        _mm512_storeu_ps(out + j, lo);
+        _mm512_storeu_ps(out + j + 16, hi);
     }
-    return scratch;
+#endif
+    for (; j < count; ++j) {
+        float sum = coefficient[0] * to_float(experts[0][j]);
+        for (size_t k = 1; k < k_count; ++k) sum += coefficient[k * stride] * to_float(experts[k][j]);
+        out[j] = sum;
+    }
 }
 
-// out[j] = sum_k coefficient[k] * experts[k][j] for j < count; coefficient k at coefficient[k * stride].
-inline void mix_span(float* out, const float* const* experts, const float* coefficient, size_t stride, size_t k_count,
-                     size_t count) {
-    const float c0 = coefficient[0];
-    const float* e0 = experts[0];
-    for (size_t j = 0; j < count; ++j) out[j] = c0 * e0[j];
-    for (size_t k = 1; k < k_count; ++k) {
-        const float c = coefficient[k * stride];
-        const float* e = experts[k];
-        for (size_t j = 0; j < count; ++j) out[j] += c * e[j];
-    }
+// Wn (and, per tile, every sample) for experts stored as T; see MixKernels::evaluate.
+template <typename T>
+void mix_kernels(const T* weight, const float* a, const float* s, float* out, size_t n_count, size_t k_count,
+                 size_t m_count, size_t row, size_t taps, bool per_channel) {
+    const size_t per_sample = m_count * row;
+    // Tiles are whole output channels, so a per-channel coefficient and the spatial pattern line up.
+    const size_t rows_per_tile = std::max<size_t>(1, kTileFloats / row);
+    const size_t tiles = (m_count + rows_per_tile - 1) / rows_per_tile;
+    ov::parallel_nt(0, [&](int thread, int threads) {
+        std::vector<const T*> experts(k_count), channel(k_count);
+        size_t first = 0, last = 0;
+        ov::splitter(tiles, threads, thread, first, last);
+        for (size_t tile = first; tile < last; ++tile) {
+            const size_t m0 = tile * rows_per_tile, m1 = std::min(m_count, m0 + rows_per_tile);
+            const size_t begin = m0 * row, count = (m1 - m0) * row;
+            for (size_t k = 0; k < k_count; ++k) experts[k] = weight + k * per_sample + begin;
+            for (size_t n = 0; n < n_count; ++n) {
+                float* o = out + n * per_sample + begin;
+                if (!per_channel) {
+                    mix_span(o, experts.data(), a + n * k_count, 1, k_count, count);
+                } else {
+                    for (size_t m = m0; m < m1; ++m) {
+                        const size_t offset = (m - m0) * row;
+                        for (size_t k = 0; k < k_count; ++k) channel[k] = experts[k] + offset;
+                        mix_span(o + offset, channel.data(), a + n * k_count * m_count + m, m_count, k_count, row);
+                    }
+                }
+                if (s) {
+                    const float* pattern = s + n * taps;
+                    for (size_t j = 0; j < count; ++j) o[j] *= pattern[j % taps];
+                }
+            }
+        }
+    });
 }
 
 }  // namespace
@@ -144,41 +181,14 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     const float* a = attention.data<const float>();
     const float* s = spatial ? inputs[2].data<const float>() : nullptr;
     float* out = outputs[0].data<float>();
-    const size_t per_sample = m_count * row;
-    // Tiles are whole output channels, so a per-channel coefficient and the spatial pattern line up.
-    const size_t rows_per_tile = std::max<size_t>(1, kTileFloats / row);
-    const size_t tiles = (m_count + rows_per_tile - 1) / rows_per_tile;
-
-    ov::parallel_nt(0, [&](int thread, int threads) {
-        std::vector<float> scratch;  // converted expert tiles (f16 / bf16 W)
-        std::vector<const float*> experts(k_count), channel(k_count);
-        size_t first = 0, last = 0;
-        ov::splitter(tiles, threads, thread, first, last);
-        for (size_t tile = first; tile < last; ++tile) {
-            const size_t m0 = tile * rows_per_tile, m1 = std::min(m_count, m0 + rows_per_tile);
-            const size_t begin = m0 * row, count = (m1 - m0) * row;
-            if (weight.get_element_type() != ov::element::f32) scratch.resize(k_count * count);
-            for (size_t k = 0; k < k_count; ++k) {
-                experts[k] = expert_rows(weight, k * per_sample + begin, count, scratch.data() + k * count);
-            }
-            for (size_t n = 0; n < n_count; ++n) {
-                float* o = out + n * per_sample + begin;
-                if (!per_channel) {
-                    mix_span(o, experts.data(), a + n * k_count, 1, k_count, count);
-                } else {
-                    for (size_t m = m0; m < m1; ++m) {
-                        const size_t offset = (m - m0) * row;
-                        for (size_t k = 0; k < k_count; ++k) channel[k] = experts[k] + offset;
-                        mix_span(o + offset, channel.data(), a + n * k_count * m_count + m, m_count, k_count, row);
-                    }
-                }
-                if (spatial) {
-                    const float* pattern = s + n * taps;
-                    for (size_t j = 0; j < count; ++j) o[j] *= pattern[j % taps];
-                }
-            }
-        }
-    });
+    const auto type = weight.get_element_type();
+    if (type == ov::element::f32) {
+        mix_kernels(weight.data<const float>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    } else if (type == ov::element::bf16) {
+        mix_kernels(weight.data<const ov::bfloat16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    } else {
+        mix_kernels(weight.data<const ov::float16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    }
     if (m_with_bias) {  // Bn[n, m] = sum_k A[n,k(,m)] B[k, m]: N*K*M multiply-adds, no threads needed
         const float* b = inputs.back().data<const float>();
         outputs[1].set_shape({n_count, m_count});
