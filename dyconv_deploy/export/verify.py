@@ -22,11 +22,77 @@ import torch
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
-from dyconv_deploy.export.onnx_export import contract_nodes
+from dyconv_deploy.io.model_spec import forward_errors_named
+from dyconv_deploy.io.onnx_file import read_onnx
+from dyconv_deploy.export.onnx_export import check_model, contract_nodes
 from dyconv_deploy.export.settings import VERIFY_BACKENDS
 from dyconv_deploy.ops.onnx_schema import register_schema
 from dyconv_deploy.runtime import Runtime, is_engine, load_runtime
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance, compare
+
+
+_CONTRACT = "X [N, C, H, W], A [N, K] or [N, K, M], W [K, M, C/group, kH, kW], B [K, M], S [N, kH, kW]"
+
+
+def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker``, strict shape inference and the contract shapes of every ``dyconv::DynamicConv2d``
+    node (:func:`check_contract_shapes`); returns the shape-inferred model.
+
+    Raises:
+        DyconvError: one line naming the first problem (the checker's first line, or the node and the
+            inputs that break the contract).
+    """
+    try:
+        inferred = check_model(model)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise DyconvError(f"the graph fails the ONNX checker: {lines[0][:300] if lines else type(exc).__name__}") \
+            from exc
+    check_contract_shapes(inferred)
+    return inferred
+
+
+def check_contract_shapes(inferred: onnx.ModelProto) -> None:
+    """Check the input shapes of every contract node of a shape-inferred graph against the contract.
+
+    Known sizes must agree: A's K (and M for rank 3) with W, B = [K, M], S = [N, kH, kW] with W's
+    kernel, X's channels = W's C/group times ``group``, M divisible by ``group``. Symbolic sizes (the
+    batch) are not compared.
+    """
+    shapes = {t.name: list(t.dims) for t in inferred.graph.initializer}
+    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        if info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
+                                 for d in info.type.tensor_type.shape.dim]
+    for node in contract_nodes(inferred):
+        problem = _contract_problem(node, [shapes.get(name) if name else None for name in node.input])
+        if problem:
+            raise DyconvError(f"node {node.name or node.op_type} breaks the dyconv::DynamicConv2d contract: {problem} "
+                              f"(contract: {_CONTRACT})")
+
+
+def _contract_problem(node: onnx.NodeProto, inputs: list) -> str | None:
+    """The first way ``node``'s input shapes (lists of ints or None; None when unknown) break the contract."""
+    x, a, w, b, s = (inputs + [None] * 5)[:5]
+    group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+    for label, shape, ranks in (("X", x, (4,)), ("A", a, (2, 3)), ("W", w, (5,)), ("B", b, (2,)), ("S", s, (3,))):
+        if shape is not None and len(shape) not in ranks:
+            return f"{label} has rank {len(shape)} ({_dims(shape)}), expected {' or '.join(map(str, ranks))}"
+    if w is None:
+        return "W (the expert kernels) has no known shape"
+    k, m, per_group = w[0], w[1], w[2]
+    expected = {"A": [None, k] + ([m] if a is not None and len(a) == 3 else []), "B": [k, m], "S": [None, *w[3:]]}
+    for label, shape in (("A", a), ("B", b), ("S", s)):
+        if shape is not None and any(e is not None and d is not None and d != e for d, e in zip(shape, expected[label])):
+            return f"{label} is {_dims(shape)} but W {_dims(w)} needs {_dims(expected[label])}"
+    if m % group or (x is not None and x[1] is not None and x[1] != per_group * group):
+        return f"X is {_dims(x)} and W {_dims(w)} with group {group}: need C = C/group x group and M divisible by group"
+    return None
+
+
+def _dims(shape) -> str:
+    """``[N, 4, ?]``: an unknown size shows as N in front (the batch), else as ?."""
+    return "[" + ", ".join(str(d) if d is not None else "?" if i else "N" for i, d in enumerate(shape)) + "]"
 
 
 def backend_for(source: onnx.ModelProto | str | os.PathLike) -> str:
@@ -35,7 +101,7 @@ def backend_for(source: onnx.ModelProto | str | os.PathLike) -> str:
     if not isinstance(source, onnx.ModelProto):
         if is_engine(source):
             return "trt"
-        source = onnx.load(os.fspath(source))
+        source = read_onnx(source)
     return "reference" if contract_nodes(source) else "ort-cpu"
 
 
@@ -45,7 +111,7 @@ def open_runtime(source: onnx.ModelProto | str | os.PathLike, backend: str = "au
         raise DyconvError(f"unknown verify backend {backend!r}; choose one of: {', '.join(VERIFY_BACKENDS)}")
     if backend == "auto":
         if not isinstance(source, onnx.ModelProto) and not is_engine(source):
-            source = onnx.load(os.fspath(source))  # read once: backend_for and the runtime both need it
+            source = read_onnx(source)  # read once: backend_for and the runtime both need it
         backend = backend_for(source)
     engine = not isinstance(source, onnx.ModelProto) and is_engine(source)
     if engine != (backend == "trt"):
@@ -80,14 +146,18 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
     model = model.eval()
     comparisons = []
     for batch, x in zip(batches, verify_inputs(input_shape, batches, seed)):
-        with torch.no_grad():
+        with torch.no_grad(), forward_errors_named(model, x):
             expected = _flatten(model(x))
         actual = runtime.run({name: x.numpy()})
         if len(actual) != len(expected):
             raise DyconvError(f"the {runtime.backend} model has {len(actual)} outputs but the PyTorch model returns "
-                              f"{len(expected)}")
-        comparisons += [compare(np.asarray(value), reference, tolerance, f"{output}@batch{batch}")
-                        for (output, value), reference in zip(actual.items(), expected)]
+                              f"{len(expected)}: is MODEL the network the file was made from?")
+        for (output, value), reference in zip(actual.items(), expected):
+            if tuple(np.shape(value)) != tuple(reference.shape):
+                raise DyconvError(f"output {output!r} at batch {batch} has shape {list(np.shape(value))} in the "
+                                  f"{runtime.backend} model but {list(reference.shape)} in PyTorch: is MODEL the "
+                                  "network the file was made from?")
+            comparisons.append(compare(np.asarray(value), reference, tolerance, f"{output}@batch{batch}"))
     return comparisons
 
 

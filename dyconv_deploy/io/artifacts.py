@@ -46,20 +46,23 @@ def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Pa
     path = Path(path)
     if path.is_dir():
         raise DyconvError(f"cannot write {path}: it is a folder; give a file name")
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise DyconvError(f"cannot write {path}: {existing} is a file, not a folder")
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
-    try:
+    with _write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
         if folder:
             os.mkdir(temp, 0o777)
         else:
             _create(temp)
-        _IN_FLIGHT.add(temp)
-        yield temp
-        if not folder:
-            _publish(temp, path)
-    except OSError as exc:
-        raise DyconvError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    _IN_FLIGHT.add(temp)
+    try:
+        with _write_errors(path):
+            yield temp
+            if not folder:
+                _publish(temp, path)
     finally:
         _remove(temp)
         _IN_FLIGHT.discard(temp)
@@ -116,6 +119,16 @@ def cleanup_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An ``OSError`` inside the block (no space, no permission, a file where a folder should be) is a
+    one-line :class:`DyconvError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise DyconvError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _on_signal(signum: int, frame) -> None:

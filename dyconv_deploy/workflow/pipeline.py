@@ -20,12 +20,12 @@ from torch import nn
 from dyconv_deploy.convert import convert_model
 from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
-from dyconv_deploy.export.onnx_export import (ExportError, check_image_shape, check_model, contract_nodes,
-                                              export_onnx)
+from dyconv_deploy.export.onnx_export import ExportError, check_image_shape, contract_nodes, export_onnx
 from dyconv_deploy.export.report import Checklist, comparison_table
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, STRATEGIES
-from dyconv_deploy.export.verify import open_runtime, verify_onnx
+from dyconv_deploy.export.verify import check_graph, open_runtime, verify_onnx
 from dyconv_deploy.io import load_model
+from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.lower import STATIC_BATCH_REASON, lower
 from dyconv_deploy.runtime import is_engine
 from dyconv_deploy.runtime.base import TensorSpec
@@ -159,14 +159,14 @@ def verify_model(spec: str, model_file: str | os.PathLike, *, batches: Sequence[
             model = load_model(spec, arch=arch, trust_pickle=trust_pickle)
             if engine and not Path(model_file).is_file():
                 raise DyconvError(f"engine not found: {model_file}")
-            source = model_file if engine else _load_onnx(model_file)
+            source = model_file if engine else read_onnx(model_file)
             row.detail = f"{type(model).__name__} and {model_file}"
         if engine:
             checklist.skip("checker", "a TensorRT engine (its sidecar is checked when it loads)")
         else:
             with checklist.stage("checker") as row:
-                check_model(source)
-                row.detail = "onnx.checker full check and strict shape inference passed"
+                check_graph(source)
+                row.detail = "onnx.checker full check, strict shape inference and contract shapes passed"
         return _verify(checklist, console, model, source, None, batches, tolerance, backend, runtime_options or {})
     finally:
         console.print(checklist.table(f"verify {spec} against {model_file}"))
@@ -204,15 +204,6 @@ def _verify(checklist: Checklist, console: Console, model: nn.Module, source: on
             raise VerificationError(f"{', '.join(failed)} over tolerance (worst {worst.name}: max abs error "
                                     f"{worst.max_abs:.3g}; smallest passing atol {worst.required_atol:.3g})")
     return comparisons
-
-
-def _load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    if not Path(path).is_file():
-        raise DyconvError(f"ONNX file not found: {path}")
-    try:
-        return onnx.load(os.fspath(path))
-    except Exception as exc:
-        raise DyconvError(f"cannot read {path} as ONNX: {exc}") from exc
 
 
 def _input_shape(specs: Sequence[TensorSpec]) -> tuple[tuple[int, ...], bool]:

@@ -117,3 +117,9 @@ def test_a_signal_removes_the_temps_in_flight_and_stops(tmp_path, signum, raised
         os.kill(os.getpid(), signum)
     assert list(tmp_path.iterdir()) == [] and not artifacts._IN_FLIGHT
     assert signal.getsignal(signum) is before
+
+
+def test_a_file_where_the_folder_should_be_is_a_one_line_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(DyconvError, match=r"cannot write .*notes.txt/new/out.onnx: .*notes.txt is a file, not a"):
+        atomic_write_bytes(tmp_path / "notes.txt" / "new" / "out.onnx", b"new")
