@@ -254,10 +254,15 @@ def _add_profile(builder, config, profile: dict[str, ShapeRange]) -> None:
 def _attach_timing_cache(config, path: str | os.PathLike | None):
     existing = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
     cache = config.create_timing_cache(existing)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):  # written by another GPU or TensorRT
+    if cache is None:  # TensorRT cannot read the blob at all: another TensorRT version, or a damaged file
+        log.warning("timing cache %s cannot be read by this TensorRT (another version wrote it, or it is damaged); "
+                    "starting a fresh one", path)
+    elif config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    else:  # readable, but tuned on another GPU or TensorRT
         log.warning("timing cache %s does not match this GPU/TensorRT; starting a fresh one", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
 
 

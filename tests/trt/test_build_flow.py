@@ -121,6 +121,16 @@ def test_a_foreign_timing_cache_is_replaced(fake_trt, tmp_path):
     assert cache.read_bytes() == b"+tuned"
 
 
+def test_a_timing_cache_tensorrt_cannot_read_is_replaced_with_one_warning(fake_trt, tmp_path, caplog):
+    trt, cache = fake_trt(), tmp_path / "timing.cache"
+    cache.write_bytes(b"other-version")  # create_timing_cache returns None for it
+    build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", timing_cache=cache, progress=False)
+    assert [e[1] for e in trt.events if e[0] == "timing_cache"] == [b"other-version", b""]
+    assert cache.read_bytes() == b"+tuned"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"timing cache {cache} cannot be read" in warning and "\n" not in warning
+
+
 def test_parser_errors_are_reported(fake_trt, tmp_path):
     fake_trt(parse_ok=False)
     with pytest.raises(DyconvError, match="Plugin not found"):
