@@ -70,14 +70,17 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``; anything else is a one-line :class:`DyconvError`."""
+    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``; anything else (another rank too) is a one-line
+    :class:`DyconvError`."""
     try:
         shape = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
         shape = ()
     if not shape or min(shape) < 1:
         raise DyconvError(f"bad input shape {text!r}: expected positive integers joined by 'x', e.g. 1x3x224x224")
-    return shape
+    from dyconv_deploy.export.onnx_export import check_image_shape
+
+    return check_image_shape(shape)  # the rank: N x C x H x W
 
 
 def resolve_input_shape(model: str, text: str) -> tuple[int, ...]:

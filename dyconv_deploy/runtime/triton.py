@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
+from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.runtime import ENGINE_SUFFIXES
 from dyconv_deploy.runtime.base import TensorSpec, onnx_io_specs
 from dyconv_deploy.runtime.ort_custom_op import to_onnxruntime
@@ -122,7 +122,7 @@ def _onnx_model(path: Path, plugin: Path | None) -> tuple[bytes, list[TensorSpec
     """The bytes to serve and the I/O; without ``plugin``, contract nodes are expanded into standard ops."""
     if path.suffix != ".onnx":
         raise DyconvError(f"the onnxruntime backend serves an .onnx file, got {path.name}")
-    model = onnx.load(str(path))
+    model = read_onnx(path)
     if plugin is None and contract_nodes(model):
         model = to_onnxruntime(model)
     return model.SerializeToString(), *onnx_io_specs(model)
