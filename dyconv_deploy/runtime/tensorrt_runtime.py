@@ -65,12 +65,13 @@ class TensorRTRuntime(Runtime):
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        arrays = {spec.name: np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype) for spec in self.input_specs}
+        set_input_shapes(self._engine, self._context, {name: array.shape for name, array in arrays.items()},
+                         self.engine_path.name)
         buffers = {}
         with torch.cuda.stream(self._stream):
-            for spec in self.input_specs:
-                array = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
-                buffers[spec.name] = torch.from_numpy(array).to("cuda", non_blocking=True)
-                self._context.set_input_shape(spec.name, tuple(array.shape))
+            for name, array in arrays.items():
+                buffers[name] = torch.from_numpy(array).to("cuda", non_blocking=True)
             for spec in self.output_specs:
                 shape = tuple(self._context.get_tensor_shape(spec.name))
                 buffers[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device="cuda")
@@ -84,6 +85,21 @@ class TensorRTRuntime(Runtime):
     def close(self) -> None:
         self._context = self._engine = self._stream = None
         super().close()
+
+
+def set_input_shapes(engine, context, shapes: dict[str, tuple[int, ...]], engine_name: str = "the engine") -> None:
+    """Set each input's shape on the execution context (profile 0).
+
+    TensorRT refuses a shape outside the profile (``set_input_shape`` returns False) and would
+    then report a negative-size output; this raises a :class:`DyconvError` naming the input, its
+    shape and the profile's min/opt/max instead.
+    """
+    for name, shape in shapes.items():
+        if not context.set_input_shape(name, tuple(shape)):
+            lo, mid, hi = ("x".join(map(str, dims)) for dims in engine.get_tensor_profile_shape(name, 0))
+            raise DyconvError(f"input {name} has shape {'x'.join(map(str, shape))}, outside the profile of "
+                              f"{engine_name} (min {lo}, opt {mid}, max {hi}); feed a shape in that range or rebuild "
+                              "it with --min-batch/--max-batch or --shapes covering it")
 
 
 def deserialize_engine(trt, engine_path: Path, *, plugin_library: Path | None, host_code_allowed: bool):

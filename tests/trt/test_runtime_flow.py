@@ -1,6 +1,9 @@
 """The TensorRT runtime's calls against the recording ``tensorrt`` stand-in (``fake_trt``, conftest.py)."""
 
-from dyconv_deploy.runtime.tensorrt_runtime import deserialize_engine
+import pytest
+
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.runtime.tensorrt_runtime import deserialize_engine, set_input_shapes
 
 
 def test_a_plan_without_the_plugin_loads_the_library_and_allows_no_host_code(fake_trt, tmp_path):
@@ -19,3 +22,19 @@ def test_a_plan_that_carries_the_plugin_is_deserialised_with_host_code_allowed(f
     plan.write_bytes(b"plan")
     deserialize_engine(trt, plan, plugin_library=None, host_code_allowed=True)
     assert [e for e in trt.events if e[0] != "logger"] == [("deserialize", b"plan", True)]
+
+
+def test_input_shapes_inside_the_profile_are_set(fake_trt):
+    trt = fake_trt()  # profile of x: 1x3x4x4 .. 32x3x4x4
+    engine = trt.Runtime(None).deserialize_cuda_engine(b"plan")
+    set_input_shapes(engine, engine.create_execution_context(), {"x": (32, 3, 4, 4)})
+    assert trt.events[-1] == ("set_input_shape", "x", (32, 3, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(33, 3, 4, 4), (2, 3, 5, 4), (2, 3, 4)], ids=["batch", "height", "rank"])
+def test_an_input_outside_the_profile_is_named_with_the_range(fake_trt, shape):
+    engine = fake_trt().Runtime(None).deserialize_cuda_engine(b"plan")
+    shown = "x".join(map(str, shape))
+    with pytest.raises(DyconvError, match=rf"^input x has shape {shown}, outside the profile of m.engine "
+                                          r"\(min 1x3x4x4, opt 8x3x4x4, max 32x3x4x4\); "):
+        set_input_shapes(engine, engine.create_execution_context(), {"x": shape}, "m.engine")
