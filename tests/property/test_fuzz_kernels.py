@@ -1,0 +1,44 @@
+"""Property: the CUDA kernels of ``plugins/kernels``, run under the host emulation of ``tests/plugins``, agree
+with the per-sample loop on random layer cases (any plane, square or not).
+
+Each example draws one run of the case (:func:`kernel_runs`): a path that applies (``algos_for``) under a
+launch plan the case allows (64x64 or 32x32 tiles, split-K) in fp32 against the float64 loop (``fp32``
+tolerance), or the heuristic path in fp16 under one of the fp16 kernel test's plans (``fp16-kernel``
+tolerance, on the same fp16-rounded inputs). The inputs are ``LayerConfig.inputs``: samples and their
+attentions differ.
+"""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_kernels_emulated import emulated  # noqa: F401  (the module-scoped fixture: one build per module)
+from test_kernels_emulated import (DTYPES, FP16_LAUNCHES, LAUNCHES, algos_for, multiprocessor_count_for, reference,
+                                   run_emulated)
+
+from dyconv_deploy.tolerance import TOLERANCES, compare
+from fuzz_cases import FuzzCase, fuzz_cases
+
+
+def kernel_runs(config, batch: int):
+    """``(precision, algo, launch, multiprocessor count)`` of every emulated run of a case."""
+    for algo in algos_for(config):
+        for launch in LAUNCHES if algo.startswith("gemm") else LAUNCHES[:1]:
+            count = multiprocessor_count_for(launch, config, batch)
+            if count is not None:
+                yield "fp32", algo, launch, count
+    for launch, count in FP16_LAUNCHES.items():
+        yield "fp16", "auto", launch, count
+
+
+# An emulated run costs several layer examples (a std::thread per CUDA thread): a third of the examples.
+@settings(max_examples=max(1, settings().max_examples // 3))
+@given(case=fuzz_cases(), data=st.data())
+def test_emulated_kernels_agree_with_per_sample_loop(emulated, case: FuzzCase, data):  # noqa: F811
+    config = case.kernel_config()
+    precision, algo, launch, count = data.draw(st.sampled_from(list(kernel_runs(config, case.batch))), label="run")
+    inputs = config.inputs(batch=case.batch, generator=torch.Generator().manual_seed(case.seed))
+    status, y = run_emulated(emulated, config, inputs, precision, algo, count)
+    assert status == 0, f"the kernels returned cudaError {status}"
+    tolerance = TOLERANCES["fp32" if precision == "fp32" else "fp16-kernel"]
+    comparison = compare(y, reference(config, inputs, DTYPES[precision][1]), tolerance, name=f"{algo} {launch}")
+    assert comparison.passed, str(comparison)
