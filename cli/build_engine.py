@@ -13,8 +13,8 @@ def build_engine_command(
                                               help="The model to build (e.g. from `dyconv-deploy export`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine file to write; the sidecar is OUTPUT.json.")]
     = Path("model.engine"),
-    fp16: Annotated[bool, typer.Option("--fp16", help="fp16 kernels (TensorRT 10: builder flag; TensorRT 11: the "
-                                                      "ONNX is converted to fp16, I/O and attention kept fp32).")]
+    fp16: Annotated[bool, typer.Option("--fp16", help="fp16 kernels: the ONNX is converted to fp16 (I/O and "
+                                                      "attention kept fp32) for a strongly typed network.")]
     = False,
     min_batch: Annotated[int, typer.Option("--min-batch", help="Smallest batch of the optimisation profile.")] = 1,
     opt_batch: Annotated[int, typer.Option("--opt-batch", help="Batch TensorRT tunes for.")] = 8,

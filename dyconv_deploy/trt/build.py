@@ -5,9 +5,12 @@ before parsing) -> parse the ONNX -> one optimisation profile (batch range from
 ``min/opt/max_batch``, or explicit ``shapes``) -> precision -> timing cache -> build with a
 progress display -> write the engine, the timing cache and the sidecar atomically.
 
-Precision: TensorRT 10 has ``BuilderFlag.FP16``; TensorRT 11 removed it (networks are
-always strongly typed), so there ``fp16=True`` first converts the ONNX to fp16 with
-:func:`dyconv_deploy.trt.fp16.convert_to_fp16` (I/O and the attention branch stay fp32).
+Precision: one route on every version. The network is strongly typed (TensorRT 10:
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; TensorRT 11: always), so tensor types come
+from the ONNX, and ``fp16=True`` first converts the ONNX to fp16 with
+:func:`dyconv_deploy.trt.fp16.convert_to_fp16` (I/O and the attention branch stay fp32). The
+weakly typed ``BuilderFlag.FP16`` (deprecated in 10.12, gone in 11) is never used: it would let
+TensorRT run the attention softmax and the plugin's A input in fp16.
 """
 
 import logging
@@ -131,7 +134,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         engine_path: where the plan goes; the sidecar is ``<engine_path>.json``.
         min_batch, opt_batch, max_batch: profile range of the dynamic batch dimension.
         shapes: explicit per-input ranges (see :func:`parse_shapes`), overriding the batch rule.
-        fp16: fp16 kernels (TensorRT 10: builder flag; TensorRT 11: fp16 ONNX conversion).
+        fp16: build from the fp16 conversion of the ONNX (attention branch and I/O kept fp32).
         workspace_mb: workspace memory pool limit in MiB.
         timing_cache: file read before the build (when it exists) and rewritten after it.
         plugin_library: the DynamicConv2d plugin ``.so``, loaded before parsing; its sha256 goes
@@ -160,15 +163,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         raise DyconvError(f"--embed-plugin needs a plugin library, but {onnx_path.name} has no DynamicConv2d node "
                           "and --plugin was not given")
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(_strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     with tempfile.TemporaryDirectory(prefix="dyconv-build-") as scratch:
-        source = _fp16_onnx(onnx_path, Path(scratch)) if fp16 and tensorrt_major(trt) >= 11 else onnx_path
+        source = _fp16_onnx(onnx_path, Path(scratch)) if fp16 else onnx_path
         _parse(parser, source)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if fp16 and tensorrt_major(trt) < 11:
-        config.set_flag(trt.BuilderFlag.FP16)
     inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
     profile = profile_shapes(inputs, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, shapes=shapes)
     _add_profile(builder, config, profile)
@@ -213,6 +214,14 @@ def load_plugin_library(trt, path: str | os.PathLike) -> None:
     if trt.get_plugin_registry().load_library(str(path)) is None:
         raise DyconvError(f"TensorRT could not load the plugin library {path} (does it export getCreators?)")
     _LOADED_PLUGINS.add(str(path))
+
+
+def _strongly_typed(trt) -> int:
+    """``create_network`` flags of a strongly typed network: the flag's bit on 10.x; 0 on 11, where the
+    flag is deprecated and every network is strongly typed."""
+    if tensorrt_major(trt) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def _has_contract_nodes(onnx_path: Path) -> bool:

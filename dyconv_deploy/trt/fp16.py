@@ -1,7 +1,7 @@
-"""ONNX fp32 -> fp16 for strongly typed TensorRT 11 builds, keeping the overflow-prone parts in fp32.
+"""ONNX fp32 -> fp16 for strongly typed TensorRT builds, keeping the overflow-prone parts in fp32.
 
-TensorRT 11 has no FP16 builder flag: precision follows the ONNX tensor types. This pass
-makes every float computation fp16 except
+``build-engine`` builds strongly typed networks on TensorRT 10 and 11, so precision follows the
+ONNX tensor types. This pass makes every float computation fp16 except
 
 * the graph inputs and outputs (Casts at the boundary, so callers still feed fp32),
 * each ``dyconv::DynamicConv2d``'s attention branch: the nodes that feed its ``A`` (and

@@ -29,7 +29,7 @@ def _onnx(path) -> str:
     return str(path)
 
 
-def test_tensorrt_10_fp16_flag_profile_plugin_and_sidecar(fake_trt, tmp_path):
+def test_tensorrt_10_fp16_profile_plugin_and_sidecar(fake_trt, tmp_path):
     trt = fake_trt("10.3.0")
     model, plugin = _onnx(tmp_path / "m.onnx"), tmp_path / "libdyconv.so"
     plugin.write_bytes(b"\x7fELF plugin")
@@ -37,8 +37,7 @@ def test_tensorrt_10_fp16_flag_profile_plugin_and_sidecar(fake_trt, tmp_path):
 
     assert trt.names().index("check") < trt.names().index("load_library") < trt.names().index("parse")
     assert trt.names().index("parse") < trt.names().index("build")
-    assert ("parse", model) in trt.events  # TensorRT 10 parses the fp32 file and gets the builder flag
-    assert ("flag", "fp16") in trt.events and ("workspace", "workspace", 64 << 20) in trt.events
+    assert ("workspace", "workspace", 64 << 20) in trt.events
     assert ("profile", {"x": ((1, 3, 4, 4), (8, 3, 4, 4), (32, 3, 4, 4))}) in trt.events
     assert "serialize_plugins" not in trt.names()  # only version-compatible engines carry a plugin library
     assert ("monitor_continue", True) in trt.events
@@ -95,10 +94,12 @@ def test_contract_graph_without_plugin_option_uses_the_located_library(fake_trt,
     assert read_sidecar(engine)["plugin_sha256"] == file_sha256(plugin)
 
 
-def test_tensorrt_11_fp16_parses_a_converted_model_without_the_flag(fake_trt, tmp_path):
-    trt = fake_trt("11.1.0")
+@pytest.mark.parametrize("version, network_flags", [("10.3.0", 1 << 1), ("11.1.0", 0)])
+def test_fp16_parses_a_converted_model_into_a_strongly_typed_network(fake_trt, tmp_path, version, network_flags):
+    trt = fake_trt(version)
     build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", fp16=True, progress=False)
-    assert "flag" not in trt.names()
+    assert ("network", network_flags) in trt.events  # STRONGLY_TYPED on 10.x; 11 is always strongly typed
+    assert "flag" not in trt.names()  # never the weakly typed FP16 builder flag
     weight = next(t for t in trt.parsed.graph.initializer if t.name == "w")
     assert weight.data_type == TensorProto.FLOAT16
     assert trt.parsed.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # fp32 I/O kept

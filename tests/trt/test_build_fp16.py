@@ -1,4 +1,4 @@
-"""The TensorRT 11 fp16 pass: fp32 I/O, fp32 attention branch, fp16 elsewhere, outputs within the fp16 tolerance."""
+"""The fp16 pass of TensorRT builds: fp32 I/O, fp32 attention branch, fp16 elsewhere, outputs within the fp16 tolerance."""
 
 import numpy as np
 import onnx
