@@ -101,6 +101,8 @@ class OpenVinoRuntime(Runtime):
             raise DyconvError(f"OpenVINO could not read the model: {_first_line(exc)}") from exc
         if self.expert_dtype != "f32":
             _store_experts(graph, self.expert_dtype)
+        if self.precision == "bf16":
+            _bf16_kernels(graph)
         return graph
 
     def _request(self, shapes: tuple):
@@ -155,6 +157,24 @@ def _store_experts(graph, dtype: str) -> None:
                               f"as {dtype}")
         node.input(1).replace_source_output(_rounded_constant(ov, np.asarray(source.get_data(), np.float32),
                                                               dtype).output(0))
+
+
+def _bf16_kernels(graph) -> None:
+    """Have every MixKernels node write its per-sample kernels as bf16 (rounded to nearest) for a bf16
+    inference: the convolution reads bf16 weights, so f32 kernels would be written only to be converted.
+    A ``Convert`` to f32 keeps the graph's types valid; the CPU plugin drops it in bf16 inference."""
+    ov = require("openvino", for_="the openvino backend")
+    for node in graph.get_ordered_ops():
+        if node.get_type_name() != MIX_OP:
+            continue
+        kernels = node.output(0)
+        consumers = list(kernels.get_target_inputs())
+        node.set_attribute("kernel_type", "bf16")
+        node.validate_and_infer_types()
+        as_f32 = ov.opset13.convert(kernels, "f32").output(0)
+        for consumer in consumers:
+            consumer.replace_source_output(as_f32)
+    graph.validate_nodes_and_infer_types()
 
 
 def _rounded_constant(ov, values: np.ndarray, dtype: str):

@@ -1,12 +1,12 @@
 // ONNX frontend conversion of dyconv::DynamicConv2d (contract version 1) into OpenVINO operations:
 //
-//   Wn, Bn = MixKernels(A, W[, S][, B])           [N*G, M/G, C/G, kH, kW], [N, M]   (the project's kernel)
+//   Wn, Bn = MixKernels(A, W[, S][, B])           [N*G, M/G, C/G, kH, kW], [N, M, 1, 1] (the project's kernel)
 //   Y  = GroupConvolution(X as [1, N*C, H, W], Wn) as [N, M, Ho, Wo]       (oneDNN; batch folded into groups)
 //        or, for an unpadded stride-1 1x1 conv with G = 1 and a batch that is not known to be 1,
 //        MatMul(Wn as [N, M, C], X as [N, C, H*W])  (DY-MobileNetV2 at batch 8: 2.0-2.3x the twin, against
 //        3.3-3.5x with N groups of 1x1 convs; at N = 1 the plain convolution keeps oneDNN's channels-last
 //        layout: the profile's reorders around the MatMuls, 2.9 ms, drop to 0.4 ms)
-//   Y += Bn[:, :, None, None]                     (Bn[n] = sum_k A[n,k(,m)] B[k(,m)], mixed in the same op)
+//   Y += Bn                                       (Bn[n] = sum_k A[n,k(,m)] B[k(,m)], mixed in the same op)
 //   Y += B[0][None, :, None, None]                (instead, when every expert has the same bias and A is a
 //                                                  softmax over K: sum_k A[n,k] B[0] = B[0]; a constant bias
 //                                                  that OpenVINO fuses into the convolution, as after a
@@ -28,7 +28,6 @@
 #include <openvino/op/reshape.hpp>
 #include <openvino/op/shape_of.hpp>
 #include <openvino/op/softmax.hpp>
-#include <openvino/op/unsqueeze.hpp>
 
 #include "mix_kernels.hpp"
 
@@ -157,7 +156,7 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
         }
     }
     if (bias) {
-        y = std::make_shared<v1::Add>(y, std::make_shared<v0::Unsqueeze>(mix->output(1), ints({2, 3})));
+        y = std::make_shared<v1::Add>(y, mix->output(1));
     } else if (constant_bias) {
         y = std::make_shared<v1::Add>(y, constant_bias);
     }

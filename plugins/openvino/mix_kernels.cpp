@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <openvino/core/parallel.hpp>
@@ -62,16 +63,32 @@ void mix_span(float* out, const T* const* experts, const float* coefficient, siz
     }
 }
 
-// Wn (and, per tile, every sample) for experts stored as T; see MixKernels::evaluate.
-template <typename T>
-void mix_kernels(const T* weight, const float* a, const float* s, float* out, size_t n_count, size_t k_count,
+// out[0 .. count) = tile as bf16, rounded to nearest even.
+inline void store_tile(ov::bfloat16* out, const float* tile, size_t count) {
+    size_t j = 0;
+#if defined(__AVX512BF16__)
+    for (; j + 16 <= count; j += 16) {
+        const __m256bh bits = _mm512_cvtneps_pbh(_mm512_loadu_ps(tile + j));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), reinterpret_cast<const __m256i&>(bits));
+    }
+#endif
+    for (; j < count; ++j) out[j] = ov::bfloat16(tile[j]);
+}
+
+// Wn for experts stored as T, written as O (f32, or bf16 for a bf16 convolution); see MixKernels::evaluate.
+// Each sample's tile is mixed in f32 (into Wn itself when O is f32, else into an L1 scratch tile), scaled
+// by the spatial pattern, then stored.
+template <typename T, typename O>
+void mix_kernels(const T* weight, const float* a, const float* s, O* out, size_t n_count, size_t k_count,
                  size_t m_count, size_t row, size_t taps, bool per_channel) {
+    constexpr bool in_place = std::is_same<O, float>::value;
     const size_t per_sample = m_count * row;
     // Tiles are whole output channels, so a per-channel coefficient and the spatial pattern line up.
     const size_t rows_per_tile = std::max<size_t>(1, kTileFloats / row);
     const size_t tiles = (m_count + rows_per_tile - 1) / rows_per_tile;
     ov::parallel_nt(0, [&](int thread, int threads) {
         std::vector<const T*> experts(k_count), channel(k_count);
+        std::vector<float> scratch(in_place ? 0 : rows_per_tile * row);
         size_t first = 0, last = 0;
         ov::splitter(tiles, threads, thread, first, last);
         for (size_t tile = first; tile < last; ++tile) {
@@ -79,7 +96,8 @@ void mix_kernels(const T* weight, const float* a, const float* s, float* out, si
             const size_t begin = m0 * row, count = (m1 - m0) * row;
             for (size_t k = 0; k < k_count; ++k) experts[k] = weight + k * per_sample + begin;
             for (size_t n = 0; n < n_count; ++n) {
-                float* o = out + n * per_sample + begin;
+                O* target = out + n * per_sample + begin;
+                float* o = in_place ? reinterpret_cast<float*>(target) : scratch.data();
                 if (!per_channel) {
                     mix_span(o, experts.data(), a + n * k_count, 1, k_count, count);
                 } else {
@@ -93,15 +111,35 @@ void mix_kernels(const T* weight, const float* a, const float* s, float* out, si
                     const float* pattern = s + n * taps;
                     for (size_t j = 0; j < count; ++j) o[j] *= pattern[j % taps];
                 }
+                if constexpr (!in_place) store_tile(target, o, count);
             }
         }
     });
 }
 
+// mix_kernels for the stored type of W, writing `out`'s element type.
+template <typename O>
+void mix_stored(const ov::Tensor& weight, const float* a, const float* s, O* out, size_t n_count, size_t k_count,
+                size_t m_count, size_t row, size_t taps, bool per_channel) {
+    const auto type = weight.get_element_type();
+    if (type == ov::element::f32) {
+        mix_kernels(weight.data<const float>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    } else if (type == ov::element::bf16) {
+        mix_kernels(weight.data<const ov::bfloat16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    } else {
+        mix_kernels(weight.data<const ov::float16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    }
+}
+
 }  // namespace
 
-MixKernels::MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias)
-    : ov::op::Op(inputs), m_group(group), m_with_spatial(with_spatial), m_with_bias(with_bias) {
+MixKernels::MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias,
+                       std::string kernel_type)
+    : ov::op::Op(inputs),
+      m_group(group),
+      m_with_spatial(with_spatial),
+      m_with_bias(with_bias),
+      m_kernel_type(std::move(kernel_type)) {
     constructor_validate_and_infer_types();
 }
 
@@ -137,25 +175,29 @@ void MixKernels::validate_and_infer_types() {
                                         s[2].compatible(w[4]),
                               "spatial attention S must be [N, kH, kW] = [", a[0], ", ", w[3], ", ", w[4], "]; got ", s);
     }
-    set_output_type(0, ov::element::f32, ov::PartialShape{a[0] * m_group, m / m_group, w[2], w[3], w[4]});
+    NODE_VALIDATION_CHECK(this, m_kernel_type == "f32" || m_kernel_type == "bf16",
+                          "kernel_type must be f32 or bf16; got ", m_kernel_type);
+    set_output_type(0, m_kernel_type == "bf16" ? ov::element::bf16 : ov::element::f32,
+                    ov::PartialShape{a[0] * m_group, m / m_group, w[2], w[3], w[4]});
     if (m_with_bias) {
         const size_t index = inputs - 1;
         const auto& b = get_input_partial_shape(index);
         NODE_VALIDATION_CHECK(this, get_input_element_type(index) == ov::element::f32, "expert biases B must be f32");
         NODE_VALIDATION_CHECK(this, b.compatible(ov::PartialShape{k, m}), "expert biases B must be [K, M] = [", k,
                               ", ", m, "]; got ", b);
-        set_output_type(1, ov::element::f32, ov::PartialShape{a[0], m});
+        set_output_type(1, ov::element::f32, ov::PartialShape{a[0], m, 1, 1});
     }
 }
 
 std::shared_ptr<ov::Node> MixKernels::clone_with_new_inputs(const ov::OutputVector& inputs) const {
-    return std::make_shared<MixKernels>(inputs, m_group, m_with_spatial, m_with_bias);
+    return std::make_shared<MixKernels>(inputs, m_group, m_with_spatial, m_with_bias, m_kernel_type);
 }
 
 bool MixKernels::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("group", m_group);
     visitor.on_attribute("with_spatial", m_with_spatial);
     visitor.on_attribute("with_bias", m_with_bias);
+    visitor.on_attribute("kernel_type", m_kernel_type);
     return true;
 }
 
@@ -180,18 +222,14 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
 
     const float* a = attention.data<const float>();
     const float* s = spatial ? inputs[2].data<const float>() : nullptr;
-    float* out = outputs[0].data<float>();
-    const auto type = weight.get_element_type();
-    if (type == ov::element::f32) {
-        mix_kernels(weight.data<const float>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
-    } else if (type == ov::element::bf16) {
-        mix_kernels(weight.data<const ov::bfloat16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+    if (m_kernel_type == "bf16") {
+        mix_stored(weight, a, s, outputs[0].data<ov::bfloat16>(), n_count, k_count, m_count, row, taps, per_channel);
     } else {
-        mix_kernels(weight.data<const ov::float16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+        mix_stored(weight, a, s, outputs[0].data<float>(), n_count, k_count, m_count, row, taps, per_channel);
     }
     if (m_with_bias) {  // Bn[n, m] = sum_k A[n,k(,m)] B[k, m]: N*K*M multiply-adds, no threads needed
         const float* b = inputs.back().data<const float>();
-        outputs[1].set_shape({n_count, m_count});
+        outputs[1].set_shape({n_count, m_count, 1, 1});
         float* bn = outputs[1].data<float>();
         for (size_t n = 0; n < n_count; ++n) {
             float* out_n = bn + n * m_count;

@@ -4,16 +4,19 @@
 //            W  [K, M, C/G, kH, kW]   f32 | f16 | bf16   expert kernels (static shape, usually a Constant)
 //            S  [N, kH, kW]           f32   per-sample spatial attention (ODConv), when with_spatial
 //            B  [K, M]                f32   expert biases, when with_bias (after S when both)
-//   outputs  Wn [N*G, M/G, C/G, kH, kW]  f32, with Wn[n] = (sum_k A[n,k] W[k]) * S[n]
-//            Bn [N, M]                f32, with Bn[n] = sum_k A[n,k] B[k], when with_bias
+//   outputs  Wn [N*G, M/G, C/G, kH, kW]  kernel_type, with Wn[n] = (sum_k A[n,k] W[k]) * S[n] (mixed in f32)
+//            Bn [N, M, 1, 1]          f32, with Bn[n] = sum_k A[n,k] B[k], when with_bias (broadcasts over Y)
 //   attrs    group G (the conv's group count; only the output's leading split depends on it),
-//            with_spatial, with_bias
+//            with_spatial, with_bias, kernel_type ("f32" or "bf16": the runtime sets bf16 for bf16 inference,
+//            where the convolution reads bf16 weights, so no f32 kernels are written and converted)
 //
 // The output is laid out for GroupConvolution with the batch folded into the groups (sample n's kernels
 // are groups n*G .. n*G+G-1), and, reshaped to [N, M, C], for a batched MatMul when the conv is 1x1.
 // The kernel streams W once per call whatever N is: the experts are read tile by tile (a tile stays in
 // L1 while every sample's output tile is written), in parallel over tiles on OpenVINO's thread pool.
 #pragma once
+
+#include <string>
 
 #include <openvino/op/op.hpp>
 
@@ -24,7 +27,8 @@ public:
     OPENVINO_OP("MixKernels", "dyconv");
 
     MixKernels() = default;
-    MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias);
+    MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias,
+               std::string kernel_type = "f32");
 
     void validate_and_infer_types() override;
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
@@ -38,6 +42,7 @@ private:
     int64_t m_group = 1;
     bool m_with_spatial = false;
     bool m_with_bias = false;
+    std::string m_kernel_type = "f32";
 };
 
 }  // namespace dyconv_ov
