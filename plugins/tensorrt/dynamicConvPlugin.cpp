@@ -60,6 +60,53 @@ void checkRank(int32_t index, int32_t rank)
     }
 }
 
+// An extent of a build-time shape may be -1 (dynamic): it agrees with anything until it is known.
+bool agree(int64_t actual, int64_t expected)
+{
+    return actual < 0 || expected < 0 || actual == expected;
+}
+
+void expectExtent(char const* tensor, int32_t axis, int64_t actual, int64_t expected, char const* what)
+{
+    if (!agree(actual, expected))
+    {
+        throw std::invalid_argument(std::string(tensor) + " dimension " + std::to_string(axis) + " is "
+            + std::to_string(actual) + " but must be " + std::to_string(expected) + " (" + what + ")");
+    }
+}
+
+//! A = [N, K] or [N, K, M], B = [K, M], S = [N, kH, kW] and C = group * C/group against X = [N, C, H, W] and
+//! W = [K, M, C/group, kH, kW]; ranks are checked before. Unknown (-1) extents pass until they are known.
+void checkShapes(Dims const* dims[], bool hasBias, bool hasSpatial, int32_t group)
+{
+    Dims const& x = *dims[0];
+    Dims const& a = *dims[1];
+    Dims const& w = *dims[2];
+    expectExtent("A", 0, a.d[0], x.d[0], "X's batch N");
+    expectExtent("A", 1, a.d[1], w.d[0], "W's experts K");
+    if (a.nbDims == 3)
+    {
+        expectExtent("A", 2, a.d[2], w.d[1], "W's output channels M");
+    }
+    expectExtent("X", 1, x.d[1], w.d[2] < 0 ? -1 : w.d[2] * group, "W's C/group times group");
+    if (w.d[1] >= 0 && w.d[1] % group != 0)
+    {
+        throw std::invalid_argument("W has " + std::to_string(w.d[1]) + " output channels, not a multiple of group "
+            + std::to_string(group));
+    }
+    if (hasBias)
+    {
+        expectExtent("B", 0, dims[3]->d[0], w.d[0], "W's experts K");
+        expectExtent("B", 1, dims[3]->d[1], w.d[1], "W's output channels M");
+    }
+    if (hasSpatial)
+    {
+        expectExtent("S", 0, dims[4]->d[0], x.d[0], "X's batch N");
+        expectExtent("S", 1, dims[4]->d[1], w.d[3], "W's kernel height");
+        expectExtent("S", 2, dims[4]->d[2], w.d[4], "W's kernel width");
+    }
+}
+
 ConvShape convShape(ConvAttributes const& a, Dims const& x, Dims const& attention, Dims const& w)
 {
     ConvShape s{};
@@ -254,18 +301,20 @@ int32_t DynamicConv2dPlugin::configurePlugin(
             dims[i] = &in[i].desc.dims;
         }
         setOptionalInputs(nbInputs, dims);
-        int64_t const channels = in[0].desc.dims.d[1];
-        int64_t const groupChannels = in[2].desc.dims.d[2];
-        if (channels >= 0 && groupChannels >= 0 && channels != groupChannels * mAttributes.group)
+        checkShapes(dims, mHasBias, mHasSpatial, mAttributes.group);
+        for (auto bound : {&DynamicPluginTensorDesc::min, &DynamicPluginTensorDesc::max}) // the profile's range
         {
-            throw std::invalid_argument("X has " + std::to_string(channels) + " channels but W expects "
-                + std::to_string(groupChannels) + " per group x " + std::to_string(mAttributes.group) + " groups");
+            for (int32_t i = 0; i < nbInputs; ++i)
+            {
+                dims[i] = &(in[i].*bound);
+            }
+            checkShapes(dims, mHasBias, mHasSpatial, mAttributes.group);
         }
         return 0;
     }
     catch (std::exception const& e)
     {
-        logError("configurePlugin", e.what());
+        report("configurePlugin", e.what());
     }
     return -1;
 }
@@ -361,15 +410,17 @@ int32_t DynamicConv2dPlugin::onShapeChange(
             dims[i] = &in[i].dims;
         }
         setOptionalInputs(nbInputs, dims);
+        checkShapes(dims, mHasBias, mHasSpatial, mAttributes.group);
         if (validate(convShape(mAttributes, in[0].dims, in[1].dims, in[2].dims)) != cudaSuccess)
         {
-            throw std::invalid_argument("inconsistent input shapes for the convolution attributes");
+            throw std::invalid_argument("the output is empty or exceeds the launch grid for these shapes and "
+                                        "attributes");
         }
         return 0;
     }
     catch (std::exception const& e)
     {
-        logError("onShapeChange", e.what());
+        report("onShapeChange", e.what());
     }
     return -1;
 }
@@ -385,15 +436,38 @@ int32_t DynamicConv2dPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         = dynamic_conv2d(shape, dtype, tensors, workspace, workspace_size(shape), stream);
     if (status != cudaSuccess)
     {
-        logError("enqueue", cudaGetErrorString(status));
+        report("enqueue", cudaGetErrorString(status));
         return -1;
     }
     return 0;
 }
 
-IPluginV3* DynamicConv2dPlugin::attachToContext(IPluginResourceContext*) noexcept
+IPluginV3* DynamicConv2dPlugin::attachToContext(IPluginResourceContext* context) noexcept
 {
-    return clone();
+    auto* attached = static_cast<DynamicConv2dPlugin*>(clone());
+    if (attached != nullptr && context != nullptr)
+    {
+        attached->mErrorRecorder = context->getErrorRecorder();
+    }
+    return attached;
+}
+
+void DynamicConv2dPlugin::report(char const* where, char const* message) const noexcept
+{
+    if (mErrorRecorder == nullptr)
+    {
+        logError(where, message);
+        return;
+    }
+    try
+    {
+        std::string const text = std::string(kPluginName) + " plugin, " + where + ": " + message;
+        mErrorRecorder->reportError(ErrorCode::kINVALID_ARGUMENT, text.c_str());
+    }
+    catch (std::exception const&)
+    {
+        logError(where, message);
+    }
 }
 
 PluginFieldCollection const* DynamicConv2dPlugin::getFieldsToSerialize() noexcept

@@ -19,8 +19,9 @@ struct ConvAttributes
     int32_t group{1};
 };
 
-//! Inputs X, A, W, then optionally B and S (3, 4 or 5 inputs; an input of rank 0 or a null pointer counts as
-//! absent); one output Y. fp32 or fp16, linear NCHW.
+//! Inputs X, A, W, then optionally B and S (3, 4 or 5 inputs; an input of rank 0 counts as absent); one output Y.
+//! fp32 or fp16, linear NCHW. configurePlugin (for the build shapes and the profile's min and max) and
+//! onShapeChange refuse inputs whose extents disagree with X and W (see README.md, "Shape checks").
 class DynamicConv2dPlugin : public nvinfer1::IPluginV3,
                             public nvinfer1::IPluginV3OneCore,
                             public nvinfer1::IPluginV3OneBuild,
@@ -67,10 +68,13 @@ public:
 private:
     void bindFields();
     void setOptionalInputs(int32_t nbInputs, nvinfer1::Dims const* dims[]);
+    //! To the execution context's error recorder once attached (attachToContext), else to the logger.
+    void report(char const* where, char const* message) const noexcept;
 
     ConvAttributes mAttributes;
     bool mHasBias{false};
     bool mHasSpatial{false};
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr}; //!< the execution context's, not owned
     std::string mTimingCacheId;
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};

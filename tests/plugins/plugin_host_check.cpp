@@ -101,6 +101,40 @@ public:
     }
 };
 
+// What TensorRT hands a plugin in attachToContext: here only an error recorder that keeps what it is given.
+class RecordingErrorRecorder : public IErrorRecorder
+{
+public:
+    std::vector<std::pair<ErrorCode, std::string>> errors;
+
+    int32_t getNbErrors() const noexcept override { return static_cast<int32_t>(errors.size()); }
+    ErrorCode getErrorCode(int32_t i) const noexcept override { return errors[i].first; }
+    ErrorDesc getErrorDesc(int32_t i) const noexcept override { return errors[i].second.c_str(); }
+    bool hasOverflowed() const noexcept override { return false; }
+    void clear() noexcept override { errors.clear(); }
+    bool reportError(ErrorCode code, ErrorDesc desc) noexcept override
+    {
+        errors.emplace_back(code, desc);
+        return true;
+    }
+    RefCount incRefCount() noexcept override { return 1; }
+    RefCount decRefCount() noexcept override { return 0; }
+};
+
+class RecorderContext : public IPluginResourceContext
+{
+public:
+    explicit RecorderContext(IErrorRecorder* recorder)
+        : mRecorder(recorder)
+    {
+    }
+    IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
+    IErrorRecorder* getErrorRecorder() const noexcept override { return mRecorder; }
+
+private:
+    IErrorRecorder* mRecorder;
+};
+
 std::vector<int32_t> fieldInts(PluginFieldCollection const* fc, char const* name)
 {
     for (int32_t i = 0; i < fc->nbFields; ++i)
@@ -218,8 +252,40 @@ int main(int argc, char** argv)
     check(build->configurePlugin(odconv.data(), 5, &io[4], 1) == 0, "configurePlugin with S and an empty B");
     odconv[3].desc.type = DataType::kINT32;
     check(build->supportsFormatCombination(3, odconv.data(), 5, 1), "an empty B accepts any format");
-    std::cout << "(the two rejections below log one plugin error each)" << std::endl;
+    std::cout << "(the seven rejections below log one plugin error each)" << std::endl;
     check(build->configurePlugin(io.data(), 2, &io[4], 1) != 0, "configurePlugin rejects 2 inputs");
+    auto const rejects = [&](std::vector<DynamicPluginTensorDesc> inputs, std::string const& what) {
+        check(build->configurePlugin(inputs.data(), static_cast<int32_t>(inputs.size()), &io[4], 1) != 0,
+            "configurePlugin rejects " + what);
+    };
+    rejects({io[0], tensorDesc({8, 5}, DataType::kFLOAT), io[2], io[3]}, "A with 5 experts for W's 4");
+    rejects({io[0], tensorDesc({8, 4, 31}, DataType::kFLOAT), io[2], io[3]}, "A [N, K, 31] for W's M = 32");
+    rejects({io[0], io[1], io[2], tensorDesc({4, 31}, DataType::kFLOAT)}, "B [4, 31] for W's M = 32");
+    rejects({io[0], io[1], io[2], io[3], tensorDesc({8, 3, 5}, DataType::kFLOAT)}, "S [N, 3, 5] for a 3x3 W");
+    // Dynamic batch: build dims -1, and the profile lets A's batch reach 16 where X's stops at 8.
+    std::vector<DynamicPluginTensorDesc> dynamic{io[0], io[1], io[2], io[3]};
+    dynamic[0].desc.dims.d[0] = dynamic[1].desc.dims.d[0] = -1;
+    dynamic[0].min.d[0] = dynamic[1].min.d[0] = 1;
+    check(build->configurePlugin(dynamic.data(), 4, &io[4], 1) == 0, "configurePlugin with a dynamic batch");
+    dynamic[1].max.d[0] = 16;
+    rejects(dynamic, "a profile whose max batch of A is not X's");
+
+    // Run time: shapes are checked again on every change, and errors go to the context's error recorder.
+    RecordingErrorRecorder recorder;
+    RecorderContext context(&recorder);
+    IPluginV3* attached = runtime->attachToContext(&context);
+    auto* attachedRuntime
+        = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    std::vector<PluginTensorDesc> shapesNow{odconv[0].desc, odconv[1].desc, odconv[2].desc, odconv[3].desc,
+        odconv[4].desc};
+    check(attachedRuntime->onShapeChange(shapesNow.data(), 5, &io[4].desc, 1) == 0 && recorder.errors.empty(),
+        "onShapeChange accepts X, A, W, an empty B and S");
+    shapesNow[4].dims.d[0] = 7;
+    check(attachedRuntime->onShapeChange(shapesNow.data(), 5, &io[4].desc, 1) != 0 && recorder.errors.size() == 1
+            && recorder.errors[0].first == ErrorCode::kINVALID_ARGUMENT
+            && recorder.errors[0].second.find("S dimension 0 is 7 but must be 8") != std::string::npos,
+        "onShapeChange rejects S of batch 7 for X of batch 8, through the error recorder");
+    delete attached;
     // Ho = 16, Wo = 29 -> 464 pixels: aggregated path, per-sample kernels of the max batch plus a split-K buffer.
     size_t const kernels = 8ull * 32 * 8 * 3 * 3 * sizeof(float);
     size_t const workspace = build->getWorkspaceSize(io.data(), 4, &io[4], 1);
