@@ -187,12 +187,17 @@ ConvAttributes parseAttributes(PluginFieldCollection const* fc)
         {
             readInts(field, &a.group, 1);
         }
+        else if (name == "workspace_bytes" && field.type == PluginFieldType::kINT64 && field.length == 1)
+        {
+            a.workspace_bytes = *static_cast<int64_t const*>(field.data);
+        }
     }
     bool const valid = a.strides[0] > 0 && a.strides[1] > 0 && a.dilations[0] > 0 && a.dilations[1] > 0
-        && a.group > 0 && std::all_of(a.pads, a.pads + 4, [](int32_t p) { return p >= 0; });
+        && a.group > 0 && std::all_of(a.pads, a.pads + 4, [](int32_t p) { return p >= 0; }) && a.workspace_bytes >= 0;
     if (!valid)
     {
-        throw std::invalid_argument("strides, dilations and group must be positive and pads non-negative");
+        throw std::invalid_argument("strides, dilations and group must be positive, pads and workspace_bytes "
+                                    "non-negative");
     }
     return a;
 }
@@ -221,6 +226,7 @@ void DynamicConv2dPlugin::bindFields()
         PluginField("pads", a.pads, PluginFieldType::kINT32, 4),
         PluginField("dilations", a.dilations, PluginFieldType::kINT32, 2),
         PluginField("group", &a.group, PluginFieldType::kINT32, 1),
+        PluginField("workspace_bytes", &a.workspace_bytes, PluginFieldType::kINT64, 1),
     };
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
@@ -290,7 +296,7 @@ int32_t DynamicConv2dPlugin::getNbOutputs() const noexcept
 }
 
 int32_t DynamicConv2dPlugin::configurePlugin(
-    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
     try
     {
@@ -310,6 +316,7 @@ int32_t DynamicConv2dPlugin::configurePlugin(
             }
             checkShapes(dims, mHasBias, mHasSpatial, mAttributes.group);
         }
+        mAttributes.workspace_bytes = static_cast<int64_t>(getWorkspaceSize(in, nbInputs, out, nbOutputs));
         return 0;
     }
     catch (std::exception const& e)
@@ -389,7 +396,8 @@ size_t DynamicConv2dPlugin::getWorkspaceSize(
     {
         return 0;
     }
-    // Sized at the profile's largest shapes; select_algo does not depend on the batch.
+    // Sized at the profile's largest shapes; select_algo does not depend on the batch. configurePlugin keeps the
+    // value for enqueue, which passes it on as the bytes available (the kernels refuse a plan that needs more).
     return workspace_size(convShape(mAttributes, inputs[0].max, inputs[1].max, inputs[2].max));
 }
 
@@ -432,8 +440,9 @@ int32_t DynamicConv2dPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
     ConvTensors const tensors{inputs[0], inputs[1], inputs[2], mHasBias ? inputs[3] : nullptr,
         mHasSpatial ? inputs[4] : nullptr, outputs[0]};
     DType const dtype = inputDesc[0].type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32;
-    cudaError_t const status
-        = dynamic_conv2d(shape, dtype, tensors, workspace, workspace_size(shape), stream);
+    // TensorRT's allocation, not a size recomputed here: on another GPU the kernels may plan differently.
+    auto const available = static_cast<size_t>(mAttributes.workspace_bytes);
+    cudaError_t const status = dynamic_conv2d(shape, dtype, tensors, workspace, available, stream);
     if (status != cudaSuccess)
     {
         report("enqueue", cudaGetErrorString(status));

@@ -10,13 +10,16 @@
 namespace dyconv::trt
 {
 
-//! Node attributes, as the ONNX parser hands them over (INTS -> kINT32 fields).
+//! Node attributes, as the ONNX parser hands them over (INTS -> kINT32 fields), and the workspace size.
 struct ConvAttributes
 {
     int32_t strides[2]{1, 1};
     int32_t pads[4]{0, 0, 0, 0}; //!< top, left, bottom, right
     int32_t dilations[2]{1, 1};
     int32_t group{1};
+    //! Not a node attribute: what getWorkspaceSize asked for at the profile's max shapes, set by configurePlugin
+    //! and serialised (kINT64), because enqueue is not told how many bytes TensorRT allocated.
+    int64_t workspace_bytes{0};
 };
 
 //! Inputs X, A, W, then optionally B and S (3, 4 or 5 inputs; an input of rank 0 counts as absent); one output Y.

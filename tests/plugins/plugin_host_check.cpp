@@ -148,6 +148,19 @@ std::vector<int32_t> fieldInts(PluginFieldCollection const* fc, char const* name
     return {};
 }
 
+int64_t fieldInt64(PluginFieldCollection const* fc, char const* name)
+{
+    for (int32_t i = 0; i < fc->nbFields; ++i)
+    {
+        if (std::strcmp(fc->fields[i].name, name) == 0 && fc->fields[i].type == PluginFieldType::kINT64
+            && fc->fields[i].length == 1)
+        {
+            return *static_cast<int64_t const*>(fc->fields[i].data);
+        }
+    }
+    return -1;
+}
+
 void checkAttributes(IPluginV3* plugin, std::string const& label)
 {
     auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -291,6 +304,18 @@ int main(int argc, char** argv)
     size_t const workspace = build->getWorkspaceSize(io.data(), 4, &io[4], 1);
     check(workspace > kernels && workspace <= kernels + 8ull * 32 * 16 * 29 * sizeof(float) + 256,
         "workspace sized for the aggregated path and split-K");
+    // enqueue is not told the workspace size: the plugin serialises what it asked TensorRT for.
+    check(build->configurePlugin(io.data(), 4, &io[4], 1) == 0
+            && fieldInt64(runtime->getFieldsToSerialize(), "workspace_bytes") == static_cast<int64_t>(workspace),
+        "the configured workspace size is serialised");
+    IPluginV3* deployed = creator->createPlugin("node", runtime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+    auto* deployedRuntime = deployed == nullptr
+        ? nullptr
+        : static_cast<IPluginV3OneRuntime*>(deployed->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    check(deployedRuntime != nullptr
+            && fieldInt64(deployedRuntime->getFieldsToSerialize(), "workspace_bytes") == static_cast<int64_t>(workspace),
+        "a deserialised plugin knows the workspace size of the build");
+    delete deployed;
 
     int32_t const badPads[] = {1, 1, 1};
     PluginField const bad("pads", badPads, PluginFieldType::kINT32, 3);
