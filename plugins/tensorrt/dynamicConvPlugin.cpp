@@ -5,6 +5,7 @@
 #include "dynamic_conv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <exception>
 #include <iostream>
@@ -24,12 +25,14 @@ constexpr int32_t kMinInputs = 3; // X, A, W
 constexpr int32_t kMaxInputs = 5; // + B, S
 constexpr int32_t kExpectedRanks[kMaxInputs] = {4, 2, 5, 2, 3}; // A may also be rank 3 (DyNet)
 
-ILoggerFinder* gLoggerFinder = nullptr;
+// Set by setLoggerFinder, possibly while another thread logs (several builders in one process).
+std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
 
 void logError(char const* where, char const* message) noexcept
 {
     std::string const text = std::string(kPluginName) + " plugin, " + where + ": " + message;
-    ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+    ILoggerFinder* finder = gLoggerFinder.load();
+    ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
     if (logger != nullptr)
     {
         logger->log(ILogger::Severity::kERROR, text.c_str());
@@ -534,7 +537,10 @@ IPluginV3* DynamicConv2dPluginCreator::createPlugin(
 
 extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 {
-    dyconv::trt::gLoggerFinder = finder;
+    if (finder != nullptr) // a null finder keeps the one TensorRT gave before (as NVIDIA's plugin libraries do)
+    {
+        dyconv::trt::gLoggerFinder.store(finder);
+    }
 }
 
 extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)

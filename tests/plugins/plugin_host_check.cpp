@@ -135,6 +135,32 @@ private:
     IErrorRecorder* mRecorder;
 };
 
+class RecordingLogger : public ILogger
+{
+public:
+    std::vector<std::string> errors;
+    void log(Severity severity, AsciiChar const* message) noexcept override
+    {
+        if (severity == Severity::kERROR)
+        {
+            errors.emplace_back(message);
+        }
+    }
+};
+
+class FixedLoggerFinder : public ILoggerFinder
+{
+public:
+    explicit FixedLoggerFinder(ILogger* logger)
+        : mLogger(logger)
+    {
+    }
+    ILogger* findLogger() noexcept override { return mLogger; }
+
+private:
+    ILogger* mLogger;
+};
+
 std::vector<int32_t> fieldInts(PluginFieldCollection const* fc, char const* name)
 {
     for (int32_t i = 0; i < fc->nbFields; ++i)
@@ -321,6 +347,17 @@ int main(int argc, char** argv)
     PluginField const bad("pads", badPads, PluginFieldType::kINT32, 3);
     PluginFieldCollection badFc{1, &bad};
     check(creator->createPlugin("node", &badFc, TensorRTPhase::kBUILD) == nullptr, "three pads rejected");
+
+    // Errors go to the logger TensorRT hands over with setLoggerFinder; a later null finder changes nothing.
+    using SetLoggerFinder = void (*)(ILoggerFinder*);
+    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(library, "setLoggerFinder"));
+    RecordingLogger logger;
+    FixedLoggerFinder finder(&logger);
+    setLoggerFinder(&finder);
+    setLoggerFinder(nullptr);
+    creator->createPlugin("node", &badFc, TensorRTPhase::kBUILD);
+    check(logger.errors.size() == 1 && logger.errors[0].find("'pads' needs 4 ints") != std::string::npos,
+        "errors reach the logger finder's logger, and a null finder is ignored");
 
     delete restored;
     delete cloned;

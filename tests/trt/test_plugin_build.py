@@ -6,7 +6,9 @@ here the missing-tool paths are simulated and a library already built is opened.
 
 import ctypes.util
 import os
+import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -96,3 +98,18 @@ def test_an_explicit_tensorrt_root_without_headers_is_not_replaced_by_another(tm
     with pytest.raises(DyconvError, match=f"searched: {tmp_path / 'other' / 'include'},"):
         plugin.find_tensorrt_headers(tmp_path / "other")
     assert plugin.find_tensorrt_headers() == tmp_path / "include"
+
+
+@pytest.mark.parametrize("header, major", [
+    ("#define TRT_MAJOR_ENTERPRISE 11\n#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< TensorRT major version.\n",
+     "11"),
+    ("#define NV_TENSORRT_MAJOR 10 //!< TensorRT major version.\n#define NV_TENSORRT_MINOR 3\n", "10"),
+], ids=["10.11+", "before-10.11"])
+def test_cmake_reads_the_major_version_of_either_header_style(tmp_path, header, major):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not on PATH (pip install cmake)")
+    (tmp_path / "NvInferVersion.h").write_text(header)
+    script = plugin.plugins_dir() / "tensorrt" / "TensorRTVersion.cmake"
+    done = subprocess.run(["cmake", f"-DTENSORRT_INCLUDE_DIR={tmp_path}", "-P", str(script)], capture_output=True,
+                          text=True)
+    assert (done.returncode, done.stderr.strip()) == (0, major), done.stderr
