@@ -21,14 +21,16 @@ import onnx
 import torch
 from torch import nn
 
-from dyconv_deploy.errors import DyconvError
-from dyconv_deploy.io.model_spec import forward_errors_named
-from dyconv_deploy.io.onnx_file import read_onnx
+from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.onnx_export import check_model, contract_nodes
 from dyconv_deploy.export.settings import VERIFY_BACKENDS
+from dyconv_deploy.io.model_spec import forward_errors_named
+from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.ops.onnx_schema import register_schema
 from dyconv_deploy.runtime import Runtime, is_engine, load_runtime
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance, compare
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 _CONTRACT = "X [N, C, H, W], A [N, K] or [N, K, M], W [K, M, C/group, kH, kW], B [K, M], S [N, kH, kW]"
@@ -143,6 +145,7 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
         raise DyconvError(f"verify handles models with one input; this one has {len(runtime.input_specs)}: "
                           f"{[spec.name for spec in runtime.input_specs]}")
     name = runtime.input_specs[0].name
+    graph = _graph_of(runtime)
     model = model.eval()
     comparisons = []
     for batch, x in zip(batches, verify_inputs(input_shape, batches, seed)):
@@ -158,7 +161,99 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
                                   f"{runtime.backend} model but {list(reference.shape)} in PyTorch: is MODEL the "
                                   "network the file was made from?")
             comparisons.append(compare(np.asarray(value), reference, tolerance, f"{output}@batch{batch}"))
+        check_numerics(graph, {name: x.numpy()}, actual, expected, batch)
     return comparisons
+
+
+def check_numerics(graph: onnx.ModelProto | None, feeds: dict[str, np.ndarray], actual: dict[str, np.ndarray],
+                   expected: Sequence[torch.Tensor], batch: int) -> None:
+    """Fail on NaN/Inf in an output, and for an fp16 graph on any intermediate beyond the float16 range.
+
+    ``graph`` is the ONNX model the runtime ran (``None`` for an engine: its outputs are checked, not
+    traced); ``feeds`` its inputs, ``actual`` its outputs, ``expected`` PyTorch's. A NaN or Inf output is traced to the first node, in graph order, whose output has one;
+    in a graph with float16 tensors every node output is checked for ``|v| > 65504`` (fp32 values a
+    later cast would overflow, or fp16 infinities), also when the outputs look fine.
+
+    Raises:
+        VerificationError: naming the output (and whether PyTorch's has the same values), and the node.
+    """
+    fp16 = graph is not None and _has_float16(graph)
+    bad = [(name, value, reference) for (name, value), reference in zip(actual.items(), expected)
+           if not np.isfinite(value).all()]
+    if not bad and not fp16:
+        return
+    first = first_bad_node(graph, feeds, fp16_range=fp16) if graph is not None else None
+    if bad:
+        name, value, reference = bad[0]
+        counts = f"{int(np.isnan(value).sum())} NaN and {int(np.isinf(value).sum())} infinite values"
+        torch_too = not torch.isfinite(reference).all()
+        where = f"; the first appears at {first}" if first else ""
+        raise VerificationError(f"output {name!r} at batch {batch} has {counts} (PyTorch's output "
+                                f"{'has them too: the model itself produces them' if torch_too else 'has none'})"
+                                f"{where}")
+    if first:
+        raise VerificationError(f"fp16 overflow at batch {batch}: {first}")
+
+
+def first_bad_node(model: onnx.ModelProto, feeds: dict[str, np.ndarray], fp16_range: bool = False) -> str | None:
+    """The first node (graph order) with a NaN or Inf in an output, or with ``fp16_range`` one beyond ±65504.
+
+    Runs a copy of ``model`` on ONNX Runtime (CPU, no graph optimisations) with every node output
+    marked as a graph output, as Polygraphy's ``--onnx-outputs mark all`` does; ``dyconv`` nodes run
+    as ONNX Runtime's expansion, whose last node writes the contract node's output. Returns
+    ``"node NAME (OP_TYPE), output TENSOR: ..."`` or ``None``.
+    """
+    import onnxruntime as ort
+
+    from dyconv_deploy.runtime.ort_custom_op import to_onnxruntime
+
+    marked = to_onnxruntime(model)
+    outputs = {o.name for o in marked.graph.output}
+    types = {v.name: v for v in marked.graph.value_info}
+    for node in model.graph.node:
+        marked.graph.output.extend(types.get(name) or onnx.helper.make_empty_tensor_value_info(name)
+                                   for name in node.output if name and name not in outputs)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(marked.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(names, feeds)))
+    for node in model.graph.node:
+        for name in node.output:
+            value = values.get(name)
+            if value is None or not np.issubdtype(value.dtype, np.floating):
+                continue
+            problem = _value_problem(value, fp16_range)
+            if problem:
+                return f"node {node.name or '(unnamed)'} ({node.op_type}), output {name}: {problem}"
+    return None
+
+
+def _value_problem(value: np.ndarray, fp16_range: bool) -> str | None:
+    if np.isnan(value).any():
+        return f"{int(np.isnan(value).sum())} NaN"
+    if np.isinf(value).any():
+        return f"{int(np.isinf(value).sum())} infinite values" + (" (beyond the float16 range)" if fp16_range else "")
+    largest = float(np.abs(value).max()) if value.size else 0.0
+    if fp16_range and largest > FLOAT16_MAX:
+        return f"|value| up to {largest:.3g}, beyond the float16 range (±{FLOAT16_MAX:g})"
+    return None
+
+
+def _graph_of(runtime: Runtime) -> onnx.ModelProto | None:
+    """The ONNX model an ONNX runtime was opened from (its ``model``: a proto or a path); None for an engine."""
+    source = getattr(runtime, "model", None)
+    if source is None or isinstance(source, onnx.ModelProto):
+        return source
+    return None if is_engine(source) else read_onnx(source)
+
+
+def _has_float16(model: onnx.ModelProto) -> bool:
+    graph = model.graph
+    infos = (*graph.input, *graph.value_info, *graph.output)
+    return (any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+            or any(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in infos)
+            or any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for n in graph.node for a in n.attribute))
 
 
 def verify_inputs(input_shape: Sequence[int], batches: Sequence[int], seed: int = 0) -> list[torch.Tensor]:
