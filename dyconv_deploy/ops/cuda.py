@@ -8,7 +8,6 @@ It needs a CUDA build of torch, a device and nvcc; without them it raises a one-
 :class:`~dyconv_deploy.errors.DyconvError`. Backward still differentiates the reference math.
 """
 
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence
@@ -17,24 +16,13 @@ import torch
 from torch import Tensor
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.native import plugins_dir
 from dyconv_deploy.ops.contract import TORCH_OP
 
 # Paths of plugins/kernels (dyconv::Algo values; "auto" is the per-shape heuristic).
 ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated")
 EXTENSION_NAME = "dyconv_cuda"
 _state: dict = {"extension": None, "registered": False}
-
-
-def plugins_dir() -> Path:
-    """The ``plugins/`` source tree: ``DYCONV_PLUGINS_DIR`` or the checkout this package is installed from."""
-    candidates = [Path(os.environ["DYCONV_PLUGINS_DIR"])] if "DYCONV_PLUGINS_DIR" in os.environ else []
-    candidates.append(Path(__file__).resolve().parents[2] / "plugins")
-    for candidate in candidates:
-        if (candidate / "kernels" / "dynamic_conv.cu").is_file():
-            return candidate
-    raise DyconvError("the CUDA kernels are built from the plugins/ sources of a dyconv-deploy checkout, not found "
-                      f"in: {', '.join(map(str, candidates))}; install from a checkout (pip install -e .) "
-                      "or set DYCONV_PLUGINS_DIR")
 
 
 def extension_sources() -> list[Path]:

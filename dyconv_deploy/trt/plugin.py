@@ -14,9 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+from dyconv_deploy.cache import default_cache_dir
 from dyconv_deploy.errors import DyconvError
-from dyconv_deploy.native import cmake_build
-from dyconv_deploy.ops.cuda import plugins_dir
+from dyconv_deploy.native import cmake_build, in_checkout, plugins_dir
 
 LIBRARY_NAME = "libdyconv_trt_plugin.so"
 DEFAULT_CUDA_ARCHITECTURES = "80;90"
@@ -25,8 +25,10 @@ _EXPORTS = ("getCreators", "setLoggerFinder")
 
 
 def default_build_dir() -> Path:
-    """``plugins/build`` of the checkout (gitignored)."""
-    return plugins_dir() / "build"
+    """``plugins/build`` in a checkout (gitignored); for an installed wheel ``<cache>/tensorrt-plugin``
+    (:func:`dyconv_deploy.cache.default_cache_dir`), never inside the installed package."""
+    sources = plugins_dir()
+    return sources / "build" if in_checkout(sources) else default_cache_dir() / "tensorrt-plugin"
 
 
 def tensorrt_header_candidates(tensorrt_root: str | os.PathLike | None = None) -> list[Path]:
