@@ -1,8 +1,9 @@
 """The one tolerance table, and the comparison every check uses.
 
 ``verify``, the tests and the benchmarks read their tolerances from :data:`TOLERANCES`;
-a failed comparison reports max/mean absolute and relative error and the smallest
-``atol`` that would have passed (at the given ``rtol``).
+a comparison reports max/mean absolute error, how much of the tolerance the worst element
+uses (``|a - b| / (atol + rtol·|b|)``, the measure ``allclose`` applies: at most 1 passes) and the
+smallest ``atol`` that would have passed at the given ``rtol``.
 """
 
 from dataclasses import dataclass
@@ -51,12 +52,17 @@ TOLERANCES = {
 
 @dataclass(frozen=True)
 class Comparison:
-    """Error statistics of ``actual`` against ``expected`` for one output."""
+    """Error statistics of ``actual`` against ``expected`` for one output.
+
+    ``tolerance_used``: the largest ``|actual - expected| / (atol + rtol·|expected|)`` (at most 1
+    passes; inf where the tolerance is 0 and the outputs differ). ``required_atol``: the smallest
+    atol that passes at ``tolerance.rtol`` (0 when the rtol alone covers every element).
+    """
 
     name: str
     max_abs: float
     mean_abs: float
-    max_rel: float
+    tolerance_used: float
     required_atol: float
     passed: bool
     tolerance: Tolerance
@@ -64,8 +70,8 @@ class Comparison:
     def __str__(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         return (f"{self.name}: {verdict} max_abs={self.max_abs:.3g} mean_abs={self.mean_abs:.3g} "
-                f"max_rel={self.max_rel:.3g} (atol={self.tolerance.atol:g} rtol={self.tolerance.rtol:g}; "
-                f"smallest passing atol={self.required_atol:.3g})")
+                f"tolerance_used={self.tolerance_used:.3g} (atol={self.tolerance.atol:g} "
+                f"rtol={self.tolerance.rtol:g}; smallest passing atol={self.required_atol:.3g})")
 
 
 def compare(actual, expected, tolerance: Tolerance, name: str = "output") -> Comparison:
@@ -79,12 +85,14 @@ def compare(actual, expected, tolerance: Tolerance, name: str = "output") -> Com
         return Comparison(name, 0.0, 0.0, 0.0, 0.0, True, tolerance)
     finite = np.isfinite(a).all() and np.isfinite(e).all()
     required = float(np.max(diff - tolerance.rtol * np.abs(e))) if finite else float("inf")
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
+    allowed = tolerance.atol + tolerance.rtol * np.abs(e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        used = np.where(diff == 0, 0.0, diff / allowed)  # x/0 = inf where nothing is allowed
     return Comparison(
         name=name,
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),
-        max_rel=float(rel.max()),
+        tolerance_used=float(used.max()) if finite else float("inf"),
         required_atol=max(required, 0.0),
         passed=bool(finite and required <= tolerance.atol),
         tolerance=tolerance,

@@ -200,9 +200,10 @@ def _verify(checklist: Checklist, console: Console, model: nn.Module, source: on
                       f"{len(comparisons) - len(failed)}/{len(comparisons)} within atol={tolerance.atol:g} "
                       f"rtol={tolerance.rtol:g}")
         if failed:
-            worst = max(comparisons, key=lambda c: c.required_atol)
+            worst = max(comparisons, key=lambda c: c.tolerance_used)
             raise VerificationError(f"{', '.join(failed)} over tolerance (worst {worst.name}: max abs error "
-                                    f"{worst.max_abs:.3g}; smallest passing atol {worst.required_atol:.3g})")
+                                    f"{worst.max_abs:.3g}, {worst.tolerance_used:.3g}x the tolerance; smallest "
+                                    f"passing atol {worst.required_atol:.3g} at rtol {tolerance.rtol:g})")
     return comparisons
 
 

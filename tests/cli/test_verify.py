@@ -2,14 +2,18 @@
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from guards import assert_attention_varies, assert_fails, rolled_attention
+from rich.console import Console
 
 from dyconv_deploy.cli.main import main
 from dyconv_deploy.export import export_onnx
 from dyconv_deploy.export.verify import verify_inputs, verify_onnx
+from dyconv_deploy.export.report import comparison_table
 from dyconv_deploy.io import load_model
+from dyconv_deploy.tolerance import Tolerance, compare
 
 TINY = "sample:tiny_dynamic"
 
@@ -76,3 +80,23 @@ def test_engine_is_verified_on_tensorrt_which_says_what_to_install_when_missing(
     captured = capsys.readouterr()
     assert "pip install 'dyconv-deploy[trt]'" in captured.err
     assert "a TensorRT engine (its sidecar is checked when it loads)" in captured.out  # no ONNX checker
+
+
+def test_the_error_table_measures_error_against_the_tolerance_not_the_output():
+    """An error of 5e-5 on an output near zero is half the tolerance (a relative error would be 5e4)."""
+    expected = np.array([1e-9, 1.0, -2.0])
+    tolerance = Tolerance(atol=1e-4, rtol=1e-3)
+    near_zero = compare(expected + [5e-5, 0.0, 0.0], expected, tolerance)
+    assert near_zero.passed and near_zero.tolerance_used == pytest.approx(0.5, rel=1e-6)
+    assert near_zero.required_atol == pytest.approx(5e-5, rel=1e-3)
+    covered_by_rtol = compare(expected * (1 + 5e-4), expected, tolerance)
+    assert covered_by_rtol.required_atol == 0 and covered_by_rtol.tolerance_used == pytest.approx(1e-3 / 2.1e-3)
+    over = compare(expected + [0.0, 2.2e-3, 0.0], expected, tolerance)
+    assert not over.passed and over.tolerance_used == pytest.approx(2.0, rel=1e-6)
+    assert over.required_atol == pytest.approx(1.2e-3)
+    assert compare(expected + 1e-9, expected, Tolerance(0.0, 0.0)).tolerance_used == float("inf")
+    console = Console(width=200, record=True)
+    console.print(comparison_table([near_zero, covered_by_rtol, over], "ort-cpu"))
+    rows = [line.split("│")[1:-1] for line in console.export_text().splitlines() if line.startswith("│")]
+    assert [[cell.strip() for cell in row[3:]] for row in rows] == [
+        ["0.5", "5e-05", "pass"], ["0.48", "0 (rtol suffices)", "pass"], ["2", "0.0012", "FAIL"]]
