@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from dyconv_deploy.cli.main import main
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import contract_nodes, export_onnx
+from dyconv_deploy.io.artifacts import save_onnx
 from dyconv_deploy.lower import lower
 from dyconv_deploy.samples import create_sample
 
@@ -178,3 +179,11 @@ def test_verbose_raises_with_the_cause_for_its_traceback(inputs):
     with pytest.raises(DyconvError) as info:
         main(["-v", "inspect", f"{inputs}/models.py:boom"])
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_verify_reads_a_model_whose_tensors_are_external_data(inputs, tmp_path, capsys):
+    """The layout ``save_onnx`` gives models of 2 GiB and more (forced here for a small one)."""
+    target = tmp_path / "tiny.onnx"
+    save_onnx(onnx.load(str(inputs / "tiny.onnx")), target, external_data_threshold=0)
+    assert len(list(tmp_path.glob("tiny.onnx.*.data"))) == 1
+    assert main(["verify", "sample:tiny_dynamic", str(target), "--batch", "2"]) == 0, capsys.readouterr().err
