@@ -7,7 +7,7 @@ table / JSON / plot (:mod:`.report`). Names are imported on first use, so the CL
 
 from importlib import import_module
 
-BACKENDS = ("ort-cpu", "openvino", "ort-cuda", "trt", "torch", "torch-cuda")
+BACKENDS = ("ort-cpu", "openvino", "ort-cuda", "ort-trt", "trt", "torch", "torch-cuda")
 _API = {"bench": "core", "BenchResult": "core", "Row": "core", "Stats": "measure", "CACHE_ENV": "graphs",
         "default_cache_dir": "graphs", "twin_spec": "graphs"}
 __all__ = sorted([*_API, "BACKENDS"])

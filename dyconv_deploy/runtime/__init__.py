@@ -10,7 +10,7 @@ from pathlib import Path
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.runtime.base import Runtime, TensorSpec
 
-BACKENDS = ("torch", "reference", "ort-cpu", "ort-cuda", "openvino", "trt")
+BACKENDS = ("torch", "reference", "ort-cpu", "ort-cuda", "ort-trt", "openvino", "trt")
 ENGINE_SUFFIXES = (".engine", ".plan")
 # The openvino backend's choices: inference precision, and how the expert kernels are stored.
 OPENVINO_PRECISIONS = ("f32", "bf16")
@@ -22,7 +22,7 @@ def load_runtime(source, backend: str, **options) -> Runtime:
 
     Args:
         source: ``torch``: an ``nn.Module`` or a MODEL spec; ``reference`` / ``ort-*`` / ``openvino``: an
-            ONNX path or ``ModelProto``; ``trt``: an engine path.
+            ONNX path or ``ModelProto`` (``ort-trt``: ONNX Runtime's TensorRT provider); ``trt``: an engine path.
         backend: one of :data:`BACKENDS`.
         options: passed to the runtime class (e.g. ``threads``, ``custom_op_library``,
             ``plugin_library``, ``device``, ``use_extension``, ``precision``, ``expert_dtype``).
@@ -43,6 +43,10 @@ def load_runtime(source, backend: str, **options) -> Runtime:
         from dyconv_deploy.runtime.onnxruntime_runtime import OnnxRuntimeRuntime
 
         return OnnxRuntimeRuntime(source, device=backend.removeprefix("ort-"), **options)
+    if backend == "ort-trt":
+        from dyconv_deploy.runtime.tensorrt_runtime import OrtTensorRTRuntime
+
+        return OrtTensorRTRuntime(source, **options)
     if backend == "openvino":
         from dyconv_deploy.runtime.openvino_runtime import OpenVinoRuntime
 

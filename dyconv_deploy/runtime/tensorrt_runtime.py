@@ -15,6 +15,7 @@ import numpy as np
 from dyconv_deploy.deps import require
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.runtime.base import Runtime, TensorSpec
+from dyconv_deploy.runtime.onnxruntime_runtime import OnnxRuntimeRuntime, _spec as _ort_spec
 from dyconv_deploy.trt.sidecar import check_compatible, current_environment, read_sidecar
 
 
@@ -85,6 +86,66 @@ class TensorRTRuntime(Runtime):
     def close(self) -> None:
         self._context = self._engine = self._stream = None
         super().close()
+
+
+class OrtTensorRTRuntime(OnnxRuntimeRuntime):
+    """ONNX Runtime with its TensorRT execution provider (``onnxruntime-gpu`` 1.22+ on a machine with TensorRT).
+
+    ``dyconv::DynamicConv2d`` nodes become ``trt.plugins::DynamicConv2d``
+    (:func:`dyconv_deploy.trt.ort_trt.to_ort_trt`) and run in TensorRT on the plugin, which is
+    registered through the ``tensorrt`` package first (the EP only dlopens its
+    ``trt_extra_plugin_lib_paths``, which registers nothing for a library that exports
+    ``getCreators``); nodes TensorRT does not take fall back to the CUDA provider.
+
+    Args:
+        model: path to a ``.onnx`` file, or a ``ModelProto`` (any strategy).
+        plugin_library: the DynamicConv2d plugin ``.so``; default
+            :func:`dyconv_deploy.trt.plugin.locate_plugin_library`, for graphs with contract nodes.
+        threads, spinning: as for :class:`~dyconv_deploy.runtime.onnxruntime_runtime.OnnxRuntimeRuntime`.
+    """
+
+    def __init__(self, model: str | os.PathLike, *, plugin_library: str | os.PathLike | None = None,
+                 threads: int = 0, spinning: bool = True) -> None:
+        super().__init__(model, device="cuda", threads=threads, spinning=spinning)
+        self.backend = "ort-trt"
+        self.plugin_library = Path(plugin_library) if plugin_library is not None else None
+
+    def _load(self) -> None:
+        import onnx
+
+        from dyconv_deploy.export.onnx_export import contract_nodes
+        from dyconv_deploy.trt.ort_trt import to_ort_trt
+
+        ort = require("onnxruntime", for_="the ort-trt backend")
+        available = ort.get_available_providers()
+        if "TensorrtExecutionProvider" not in available:
+            raise DyconvError(f"the ort-trt backend needs ONNX Runtime's TensorrtExecutionProvider, but this "
+                              f"onnxruntime only has {', '.join(available)}; install onnxruntime-gpu (1.22+) on a "
+                              "machine with TensorRT 10")
+        proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(str(self.model))
+        tensorrt_options = {}
+        if contract_nodes(proto):
+            trt = require("tensorrt", for_="the ort-trt backend (it registers the DynamicConv2d plugin)")
+            from dyconv_deploy.trt.build import load_plugin_library
+            from dyconv_deploy.trt.plugin import locate_plugin_library
+
+            self.plugin_library = self.plugin_library or locate_plugin_library()
+            load_plugin_library(trt, self.plugin_library)
+            proto = to_ort_trt(proto)
+            tensorrt_options["trt_extra_plugin_lib_paths"] = str(self.plugin_library.resolve())
+        providers = [("TensorrtExecutionProvider", tensorrt_options), "CUDAExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self._session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types, one per failure kind
+            raise DyconvError(f"ONNX Runtime's TensorRT provider could not load the model: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        self.providers = self._session.get_providers()
+        self.input_specs = [_ort_spec(i) for i in self._session.get_inputs()]
+        self.output_specs = [_ort_spec(o) for o in self._session.get_outputs()]
 
 
 def set_input_shapes(engine, context, shapes: dict[str, tuple[int, ...]], engine_name: str = "the engine") -> None:
