@@ -15,6 +15,7 @@ ONNX models at or above the 2 GiB protobuf limit are written with their tensors 
 data file ``NAME.<token>.data`` (see :func:`save_onnx`).
 """
 
+import glob
 import os
 import re
 import secrets
@@ -168,7 +169,7 @@ def _fsync(entry: Path) -> None:
 
 def _remove_stale_temps(path: Path) -> None:
     """Remove temp entries of ``path`` left by processes that no longer run (killed with SIGKILL)."""
-    for entry in path.parent.glob(f".{path.name}.*.tmp"):
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         match = _TEMP.match(entry.name)
         if match and match["name"] == path.name and not _running(int(match["pid"])):
             _remove(entry)
@@ -187,6 +188,6 @@ def _running(pid: int) -> bool:
 def _remove_external_data(path: Path, keep: str | None) -> None:
     """Remove the ``NAME.<token>.data`` files of earlier writes of ``path``, except ``keep``."""
     pattern = re.compile(rf"^{re.escape(path.name)}\.[0-9a-f]{{16}}\.data$")
-    for entry in path.parent.glob(f"{path.name}.*.data"):
+    for entry in path.parent.glob(f"{glob.escape(path.name)}.*.data"):
         if pattern.match(entry.name) and entry.name != keep:
             entry.unlink(missing_ok=True)

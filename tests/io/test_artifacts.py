@@ -96,17 +96,18 @@ def test_external_data_loads_in_onnx_runtime_and_replaces_the_previous_data(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["big.onnx"] and run(target).tolist() == [4.0] * 64
 
 
-def test_temps_of_a_killed_process_are_removed_by_the_next_write(tmp_path):
+@pytest.mark.parametrize("name", ["out", "out[1]"])  # glob characters in the name are taken literally
+def test_temps_of_a_killed_process_are_removed_by_the_next_write(tmp_path, name):
     dead = os.fork()
     if dead == 0:
         os._exit(0)
     os.waitpid(dead, 0)
-    stale = tmp_path / f".out.{dead}.{'0' * 16}.tmp"
+    stale = tmp_path / f".{name}.{dead}.{'0' * 16}.tmp"
     stale.write_bytes(b"partial")
-    live = tmp_path / f".out.{os.getpid()}.{'1' * 16}.tmp"  # another write of this process, in flight
+    live = tmp_path / f".{name}.{os.getpid()}.{'1' * 16}.tmp"  # another write of this process, in flight
     live.write_bytes(b"partial")
-    atomic_write_bytes(tmp_path / "out", b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]
+    atomic_write_bytes(tmp_path / name, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, name]
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
