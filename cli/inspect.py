@@ -11,7 +11,10 @@ from dyconv_deploy.cli.options import (AdapterOption, ArchOption, InputShapeOpti
 def inspect_command(model: ModelArgument, input_shape: InputShapeOption = "auto",
                     json_output: JsonOption = False, adapter: AdapterOption = [], arch: ArchOption = None,
                     trust_pickle: TrustPickleOption = False) -> None:
-    """List every dynamic conv of MODEL (path, family, K, shapes) and its params and MAdds.
+    """List every dynamic conv of MODEL (path, family, K, shapes, source) and its params and MAdds.
+
+    The family is the layer's math (dynamic_conv: softmax over the experts, condconv: sigmoid, odconv,
+    dynet); the source is where its code comes from (dyconv_deploy, or the adapter that converted it).
 
     Attention = routing branch; aggregation = mixing the K experts per sample; convolution = the conv itself.
     The rest of the network is "other". For sample:NAME the paper's figures are shown beside ours.
@@ -67,11 +70,11 @@ def _print_tables(model: str, report, paper, conversion: str) -> None:
                   f"{len(report.layers)} dynamic conv(s); {conversion}")
     if report.layers:
         layers = Table("path", "family", "K", "kernel", "output", "attention", "aggregation", "convolution",
-                       title="dynamic convs (MAdds)")
+                       "source", title="dynamic convs (MAdds)")
         for layer in report.layers:
             layers.add_row(layer.path, layer.family, str(layer.num_kernels), _shape(layer.kernel_shape),
                            _shape(layer.output_shape), _count(layer.attention.madds),
-                           _count(layer.aggregation.madds), _count(layer.convolution.madds))
+                           _count(layer.aggregation.madds), _count(layer.convolution.madds), layer.source)
         console.print(layers)
     totals = Table("role", "params", "MAdds", title="totals")
     for role in ("attention", "aggregation", "convolution", "other", "total"):

@@ -40,6 +40,8 @@ class Cost:
 class ExpertLayout:
     """What a dynamic conv mixes per sample: enough to count its aggregation and convolution.
 
+    ``family`` is its math (``dynamic_conv``, ``condconv``, ``odconv``, ``dynet``) and ``source``
+    where its code comes from (``dyconv_deploy``, or the converter adapter, e.g. ``external_attention``).
     ``kernel_shape`` is one expert ``[M, C/G, kH, kW]``. ``spatial``, ``channel_scale`` and
     ``filter_scale`` mark ODConv's per-sample spatial, input-channel and filter attentions.
     """
@@ -51,6 +53,7 @@ class ExpertLayout:
     spatial: bool = False
     channel_scale: bool = False
     filter_scale: bool = False
+    source: str = "dyconv_deploy"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class LayerReport:
 
     path: str
     family: str
+    source: str
     num_kernels: int
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -96,7 +100,8 @@ def layout_of(layer: DynamicConvBase) -> ExpertLayout:
         routing = layer.eval().routing(probe)
     layer.train(training)
     return ExpertLayout(layer.family, layer.num_kernels, tuple(layer.weight.shape[1:]), layer.bias is not None,
-                        routing.spatial is not None, routing.channel is not None, routing.filter is not None)
+                        routing.spatial is not None, routing.channel is not None, routing.filter is not None,
+                        layer.source)
 
 
 def analyze(model: nn.Module, input_shape: Sequence[int],
@@ -173,6 +178,7 @@ def _layer_report(path: str, module: nn.Module, layout: ExpertLayout, input_shap
     return LayerReport(
         path=path,
         family=layout.family,
+        source=layout.source,
         num_kernels=layout.num_kernels,
         input_shape=input_shape,
         output_shape=output_shape,

@@ -110,6 +110,8 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
             canonical = adapter.to_canonical(module, parent)
         except DyconvError as exc:  # an attribute the contract cannot express: say which module has it
             raise DyconvError(f"convert: {path}: {exc}") from exc
+        if isinstance(canonical, DynamicConvBase):
+            canonical.source = adapter.family  # inspect shows it beside the layer's own family (its math)
         error = _check(path, adapter.family, module, canonical, recorded[module], tolerance)
         if parent is None:
             converted = canonical
@@ -117,7 +119,7 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
             setattr(parent, path.rpartition(".")[2], canonical)
         row = ConvertedModule(path, adapter.family, _num_kernels(canonical), error)
         log.debug("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels,
-                 error)
+                  error)
         report.converted.append(row)
     report.unknown = find_dynamic_convs(converted, inputs)
     return converted, report

@@ -44,4 +44,4 @@ class DyNetAdapter(Adapter):
         weight = conv.weight.reshape(m, g, *conv.weight.shape[1:]).transpose(0, 1)
         bias = None if conv.bias is None else conv.bias.reshape(m, g).T
         return RoutedConv2d(CoefficientRouting(module.coefficient_fc, m, g), weight, bias, stride=conv.stride,
-                            padding=conv.padding, dilation=conv.dilation, groups=conv.groups, family=self.family)
+                            padding=conv.padding, dilation=conv.dilation, groups=conv.groups, family="dynet")

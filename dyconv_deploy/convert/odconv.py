@@ -47,4 +47,4 @@ class OSVAIODConvAdapter(Adapter):
         kernel_size = tuple(module.weight.shape[-2:])
         return RoutedConv2d(OmniAttentionRouting(module.attention, kernel_size), module.weight, None,
                             stride=module.stride, padding=module.padding, dilation=module.dilation,
-                            groups=module.groups, family=self.family)
+                            groups=module.groups, family="odconv")

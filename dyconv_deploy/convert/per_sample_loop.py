@@ -50,6 +50,7 @@ class PerSampleLoopAdapter(Adapter):
     """``class_name`` with 5-D experts and an ``_attention_fn`` having ``attention_attributes``."""
 
     class_name = ""
+    canonical_family = ""  # the canonical layer's family: the math of its attention
     attention_attributes: tuple[str, ...] = ()
     routing: type[nn.Module]  # builds the batched routing from the original ``_attention_fn``
 
@@ -65,13 +66,14 @@ class PerSampleLoopAdapter(Adapter):
                               f"converted: the contract op pads with zeros only")
         return RoutedConv2d(self.routing(module._attention_fn), module.weight, None, stride=module.stride,
                             padding=module.padding, dilation=module.dilation, groups=module.groups,
-                            output_bias=module.bias, family=self.family)
+                            output_bias=module.bias, family=self.canonical_family)
 
 
 @register
 class PerSampleDynamicConvAdapter(PerSampleLoopAdapter):
     family = "per_sample_dynamic_conv"
     class_name = "DynamicConv2D"
+    canonical_family = "dynamic_conv"
     attention_attributes = ("block", "tau")
     routing = ExpertSoftmaxRouting
 
@@ -80,5 +82,6 @@ class PerSampleDynamicConvAdapter(PerSampleLoopAdapter):
 class PerSampleODConvAdapter(PerSampleLoopAdapter):
     family = "per_sample_odconv"
     class_name = "ODConv2D"
+    canonical_family = "odconv"
     attention_attributes = ("fc", "fc_as", "fc_ac", "fc_af", "fc_an", "kernel_size")
     routing = OmniRouting

@@ -29,7 +29,9 @@ class RoutedConv2d(DynamicConvBase):
         same_padding: TensorFlow 'SAME' padding computed from the input size at each call
             (timm's dynamic padding); ``padding`` is then unused.
         output_bias: static ``[M]`` bias added last, or None.
-        family: the adapter family that built this layer (shown by inspect and the report).
+        family: the kind of dynamic conv by its math, in the names of the native layers
+            (``dynamic_conv``: softmax over the experts, ``condconv``: sigmoid routing, ``odconv``,
+            ``dynet``); the converter records the adapter that built the layer as ``source``.
     """
 
     def __init__(self, router: nn.Module, weight: Tensor, bias: Optional[Tensor] = None, *, stride=1, padding=0,

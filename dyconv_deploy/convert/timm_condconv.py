@@ -44,4 +44,4 @@ class TimmCondConvAdapter(Adapter):
         weight = module.weight.reshape(module.num_experts, *module.weight_shape)
         return RoutedConv2d(GivenRouting(module.num_experts), weight, module.bias, stride=module.stride,
                             padding=module.padding, dilation=module.dilation, groups=module.groups,
-                            same_padding=module.dynamic_padding, family=self.family)
+                            same_padding=module.dynamic_padding, family="condconv")

@@ -42,6 +42,8 @@ class DynamicConvBase(nn.Module):
     """
 
     family = "dynamic"
+    # Where the layer's code comes from: this package, or the converter adapter that built it.
+    source = "dyconv_deploy"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, num_kernels: int = 4):

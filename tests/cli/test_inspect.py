@@ -90,3 +90,13 @@ def test_conversion_is_one_summary_line_and_per_layer_lines_need_verbose(foreign
     assert main(["-v", *args]) == 0
     per_layer = [r.getMessage() for r in caplog.records if r.name == "dyconv_deploy.convert.converter"]
     assert len(per_layer) == 2 and all("-> RoutedConv2d (K=4, max error" in line for line in per_layer)
+
+
+def test_family_is_the_layers_math_and_source_where_it_comes_from(foreign_model, capsys):
+    """External-Attention's DynamicConv (softmax) and CondConv (sigmoid) share an adapter, not a family."""
+    assert main(["inspect", foreign_model, "--input-shape", "2x8x9x9", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert [(layer["family"], layer["source"]) for layer in layers] == [("dynamic_conv", "external_attention"),
+                                                                        ("condconv", "external_attention")]
+    assert main(["inspect", "sample:tiny_dynamic", "--json"]) == 0
+    assert {layer["source"] for layer in json.loads(capsys.readouterr().out)["layers"]} == {"dyconv_deploy"}

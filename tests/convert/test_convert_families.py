@@ -113,3 +113,19 @@ def test_canonical_model_is_left_alone():
     converted, report = convert_model(model, images(2))
     assert report.converted == [] and report.unknown == []
     assert [type(m) for m in converted] == [type(m) for m in model]
+
+
+# Adapter -> the family of the canonical layer it builds: the math (softmax/sigmoid routing, omni-dimensional, DyNet).
+CANONICAL_FAMILIES = {
+    "timm_condconv": "condconv", "osvai_odconv": "odconv", "kaijieshi7_dynamic_conv": "dynamic_conv",
+    "external_attention": "dynamic_conv", "external_attention(CondConv)": "condconv",
+    "per_sample_dynamic_conv": "dynamic_conv", "per_sample_odconv": "odconv", "dynet": "dynet",
+}
+
+
+@pytest.mark.parametrize("label", FAMILIES)
+def test_converted_layer_names_its_math_as_family_and_the_adapter_as_source(label):
+    case = LAYER_CASES[1]  # 3x3, no bias: every family can express it
+    converted, report = convert_model(FAMILIES[label](case), images(case.batch))
+    [layer] = [m for m in converted.modules() if isinstance(m, RoutedConv2d)]
+    assert (layer.family, layer.source) == (CANONICAL_FAMILIES[label], report.converted[0].family)
