@@ -63,6 +63,10 @@ CASES = [
     ("empty-checkpoint", "export {d}/empty.pt --arch {d}/models.py:small -o {out}", r"empty.pt is empty \(0 bytes\)"),
     ("truncated-checkpoint", "inspect {d}/truncated.pt --arch {d}/models.py:small",
      "cannot read checkpoint .*truncated.pt .*PytorchStreamReader"),
+    ("garbage-pickle-trusted", "inspect {d}/garbage.pt --arch {d}/models.py:small --trust-pickle",
+     "cannot read checkpoint .*garbage.pt .*UnpicklingError"),
+    ("arch-returns-no-module", "inspect {d}/good.pt --arch {d}/models.py:not_a_module",
+     "not_a_module returned int, not a torch.nn.Module"),
     ("garbage-program", "inspect {d}/garbage.pt2", "cannot load torch.export program .*garbage.pt2"),
     ("state-dict-mismatch", "inspect {d}/mismatch.pt --arch {d}/models.py:small",
      r"does not fit the architecture: missing \(1\): 0.bias; unexpected \(1\): 9.bias; shape mismatch"),
@@ -114,6 +118,7 @@ def inputs(tmp_path_factory) -> Path:
     (d / "truncated.pt").write_bytes(good[:len(good) // 2])
     (d / "empty.pt").write_bytes(b"")
     torch.save({"0.weight": torch.zeros(5, 3, 3, 3), "9.bias": torch.zeros(4)}, d / "mismatch.pt")
+    (d / "garbage.pt").write_bytes(b"\x80\x04garbage, not a pickle")
     (d / "garbage.pt2").write_bytes(b"not a program")
     (d / "garbage.onnx").write_bytes(b"this is not onnx at all")
     (d / "empty.onnx").write_bytes(b"")
