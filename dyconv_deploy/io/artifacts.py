@@ -47,7 +47,7 @@ def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Pa
     path = Path(path)
     if path.is_dir():
         raise DyconvError(f"cannot write {path}: it is a folder; give a file name")
-    existing = next(folder for folder in path.parents if folder.exists())
+    existing = next(parent for parent in path.parents if parent.exists())
     if not existing.is_dir():
         raise DyconvError(f"cannot write {path}: {existing} is a file, not a folder")
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
@@ -180,8 +180,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: running
+        pass
     return True
 
 
