@@ -87,8 +87,10 @@ def _contract_problem(node: onnx.NodeProto, inputs: list) -> str | None:
     for label, shape in (("A", a), ("B", b), ("S", s)):
         if shape is not None and any(e is not None and d is not None and d != e for d, e in zip(shape, expected[label])):
             return f"{label} is {_dims(shape)} but W {_dims(w)} needs {_dims(expected[label])}"
-    if m % group or (x is not None and x[1] is not None and x[1] != per_group * group):
-        return f"X is {_dims(x)} and W {_dims(w)} with group {group}: need C = C/group x group and M divisible by group"
+    if m % group:
+        return f"W {_dims(w)} has M = {m} output channels, not divisible by group {group}"
+    if x is not None and x[1] is not None and x[1] != per_group * group:
+        return f"X is {_dims(x)} but W {_dims(w)} with group {group} needs C = {per_group * group}"
     return None
 
 
