@@ -1,4 +1,5 @@
-"""TensorRT as a runtime: deserialise an engine and execute it asynchronously on a CUDA stream.
+"""TensorRT as a runtime: deserialise an engine and execute it asynchronously on a CUDA stream (``trt``),
+or run an ONNX graph through ONNX Runtime's TensorRT execution provider (``ort-trt``, :class:`OrtTensorRTRuntime`).
 
 Buffers are torch CUDA tensors: inputs are copied to the device, each input's shape is set
 on the execution context (dynamic batch), outputs are allocated from the shapes the
