@@ -18,6 +18,9 @@ from dyconv_deploy.ops.contract import output_size
 KERNELS = (1, 3, 5)
 MAX_BATCH = 5
 MAX_EXTRA_SIZE = 6  # planes from the smallest valid size up to this much larger
+# Upper bounds of wide cases: 48 x 25 = 1200-term reductions (2+ split-K slices of 4 x 16), 80 output
+# channels per group (two 64-row tiles), planes 20 larger (several 64-pixel tiles, the aggregated path).
+WIDE = {"in_per_group": 48, "out_per_group": 80, "extra_size": 20}
 
 
 @dataclass(frozen=True)
@@ -82,24 +85,30 @@ def _smallest_size(kernel: int, dilation: int, pad_begin: int, pad_end: int) -> 
 
 
 @st.composite
-def fuzz_cases(draw, square: bool = False) -> FuzzCase:
+def fuzz_cases(draw, square: bool = False, wide: bool = False) -> FuzzCase:
     """Kernel 1/3/5, stride and dilation 1..3 per axis, padding 0..k per side, groups 1..4 (depthwise up to 6,
-    with a channel multiplier 1..3), K 1..8, bias or not, spatial attention or not, planes from the smallest
-    valid size (1x1 where the padding allows) up, batch 1..5. Shrinks towards small, dense, symmetric cases."""
+    with a channel multiplier 1..3), 1..3 input channels per group, K 1..8, bias or not, spatial attention or
+    not, planes from the smallest valid size (1x1 where the padding allows) up to 6 larger, batch 1..5.
+    ``wide`` also draws sizes beyond one GEMM tile of ``plugins/kernels`` (:data:`WIDE`): more tiles along
+    the pixels, the output channels and the reduction, and reductions long enough to split (split-K).
+    Shrinks towards small, dense, symmetric cases."""
+    def size(small: int, large: int) -> int:
+        return draw(st.integers(1, small) | st.integers(small + 1, large) if wide else st.integers(1, small))
+
     family = draw(st.sampled_from(FAMILIES))
     kernel = draw(st.sampled_from(KERNELS))
     depthwise = draw(st.booleans())
     groups = draw(st.integers(1, 6 if depthwise else 4))
-    in_per_group = 1 if depthwise else draw(st.integers(1, 3))
-    out_per_group = draw(st.integers(1, 3))
+    in_per_group = 1 if depthwise else size(3, WIDE["in_per_group"])
+    out_per_group = size(3, WIDE["out_per_group"])
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = tuple(draw(st.integers(0, kernel)) for _ in range(4))
     smallest = [_smallest_size(kernel, dilation[axis], padding[axis], padding[axis + 2]) for axis in range(2)]
     if square:
         smallest = [max(smallest)] * 2
-    h = draw(st.integers(smallest[0], smallest[0] + MAX_EXTRA_SIZE))
-    w = h if square else draw(st.integers(smallest[1], smallest[1] + MAX_EXTRA_SIZE))
+    h = smallest[0] - 1 + size(MAX_EXTRA_SIZE + 1, WIDE["extra_size"] + 1)
+    w = h if square else smallest[1] - 1 + size(MAX_EXTRA_SIZE + 1, WIDE["extra_size"] + 1)
     return FuzzCase(
         family=family, kernel=kernel, in_channels=groups * in_per_group, out_channels=groups * out_per_group,
         groups=groups, stride=stride, padding=padding, dilation=dilation, h=h, w=w,
