@@ -2,7 +2,8 @@
 
 Every backend (PyTorch eager, ONNX Runtime, TensorRT) takes and returns numpy arrays keyed
 by tensor name, so ``verify`` and ``bench`` treat them alike. A runtime is a context
-manager: ``with load_runtime(path, "ort-cpu") as rt: rt.run({...})``.
+manager: ``with load_runtime(path, "ort-cpu") as rt: rt.run({...})``. A runtime loads on first
+use: :meth:`run`, ``with``, :meth:`load`, or reading ``input_specs`` / ``output_specs``.
 """
 
 from abc import ABC, abstractmethod
@@ -44,9 +45,29 @@ class Runtime(ABC):
     backend: str = ""
 
     def __init__(self) -> None:
-        self.input_specs: list[TensorSpec] = []
-        self.output_specs: list[TensorSpec] = []
+        self._input_specs: list[TensorSpec] = []
+        self._output_specs: list[TensorSpec] = []
         self._loaded = False
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """The model's inputs, in order (loads the runtime on first access)."""
+        self.load()
+        return self._input_specs
+
+    @input_specs.setter
+    def input_specs(self, specs: list[TensorSpec]) -> None:
+        self._input_specs = list(specs)
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        """The model's outputs, in order (loads the runtime on first access)."""
+        self.load()
+        return self._output_specs
+
+    @output_specs.setter
+    def output_specs(self, specs: list[TensorSpec]) -> None:
+        self._output_specs = list(specs)
 
     @abstractmethod
     def _load(self) -> None:
@@ -59,8 +80,12 @@ class Runtime(ABC):
     def load(self) -> "Runtime":
         """Load once; later calls do nothing. Returns ``self`` for chaining."""
         if not self._loaded:
-            self._load()
-            self._loaded = True
+            self._loaded = True  # _load may read the specs it fills
+            try:
+                self._load()
+            except BaseException:
+                self._loaded = False
+                raise
         return self
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
