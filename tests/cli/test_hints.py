@@ -86,13 +86,17 @@ def parses(command: str, args: list[str]) -> None:
     COMMANDS[command].make_context(command, list(args))
 
 
+def choices(option) -> tuple[str, ...]:
+    """The values a ``Literal[...]`` option accepts (empty for a free one)."""
+    values = getattr(option.type_descriptor.annotation, "__args__", ())
+    return values if values and all(isinstance(value, str) for value in values) else ()
+
+
 def sample(option) -> str:
     """A value of ``option``'s type for a placeholder."""
-    annotation = option.type_descriptor.annotation
-    choices = getattr(annotation, "__args__", ())
-    if choices and all(isinstance(choice, str) for choice in choices):
-        return choices[0]
-    return "1" if annotation in (int, float) else "x"
+    if choices(option):
+        return choices(option)[0]
+    return "1" if option.type_descriptor.annotation in (int, float) else "x"
 
 
 def required_args(command: str) -> list[str]:
@@ -115,6 +119,8 @@ def flag_argv(command: str, flag: str, next_word: str | None) -> list[str] | Non
     is_placeholder = word is not None and (PLACEHOLDER.match(word) or word.isdigit())
     if option.is_flag:  # a value after a flag is a mistake the message makes (--static-batch N)
         return [flag, word] if is_placeholder else [flag]
+    if word is not None and word.isalpha() and word.islower() and not choices(option):
+        word = None  # prose ("--max-batch or --shapes"), not a value of a free option
     return [flag, sample(option) if word is None or is_placeholder else word]
 
 
@@ -159,6 +165,7 @@ def test_every_flag_a_message_names_parses_as_written():
     ("try --static-bach", "no command has it"),
     ("pass --opset N.", None),
     ("export --static-batch (the batch of --input-shape)", None),
+    ("rebuild it with --max-batch or --shapes", None),
 ])
 def test_the_flag_check_catches_bad_hints(hint, problem):
     where, flag, next_word, named = flag_hints_of(hint)[0]
