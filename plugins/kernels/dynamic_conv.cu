@@ -27,6 +27,10 @@ constexpr int kDepthwiseThreads = 256;
 constexpr int kAggregateThreads = 256;
 constexpr int kMinStepsPerSplit = 4; // reduction tiles per split-K slice, at least
 constexpr int kMaxSplits = 16;
+// Split-K partial sums never exceed this many outputs, on any GPU: a split only happens below two 32x32-output
+// blocks per multiprocessor, which for up to 256 multiprocessors is this many; above that plan_gemm does not
+// split. So a workspace sized on one GPU (a TensorRT engine's, built on a MIG slice) fits a plan made on another.
+constexpr long long kSplitKMaxOutputs = 2LL * 256 * 32 * 32;
 constexpr size_t kWorkspaceAlignment = 256;
 
 __device__ __forceinline__ float load(float const* p, size_t i)
@@ -357,17 +361,17 @@ GemmPlan plan_gemm(ConvShape const& s)
     }
     long long const blocks = gemm_blocks(s, 32);
     int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
-    long long const wanted = blocks >= target ? 1 : (target + blocks - 1) / blocks;
+    long long const outputs = static_cast<long long>(s.n) * s.m * s.ho * s.wo;
+    long long const wanted = blocks >= target || outputs > kSplitKMaxOutputs ? 1 : (target + blocks - 1) / blocks;
     long long const splits = std::min<long long>({wanted, steps / kMinStepsPerSplit, kMaxSplits});
     return {true, static_cast<int>(std::max<long long>(splits, 1))};
 }
 
-// Split-K partial sums: at most 2 * SMs * 32 * 32 outputs (a split only happens below that many blocks).
+// Split-K partial sums: the same on every GPU (see kSplitKMaxOutputs).
 size_t partial_bytes(ConvShape const& s)
 {
     size_t const outputs = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
-    size_t const cap = 2ull * multiprocessor_count() * 32 * 32;
-    return std::min(outputs, cap) * sizeof(float);
+    return std::min(outputs, static_cast<size_t>(kSplitKMaxOutputs)) * sizeof(float);
 }
 
 // Per-sample kernels of the aggregated path, rounded up so the split-K buffer after them stays aligned.

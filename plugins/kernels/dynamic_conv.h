@@ -85,7 +85,9 @@ Algo select_algo(ConvShape const& shape);
 constexpr int32_t kFusedMaxPixels = 256;
 
 //! Workspace bytes needed by `algo` for `shape`: 0 for kDepthwise; for the GEMM paths a split-K buffer of
-//! min(N*M*Ho*Wo, 2048 * multiprocessors) floats, plus N*M*(C/G)*kH*kW floats of kernels for kGemmAggregated.
+//! min(N*M*Ho*Wo, 2^19) floats, plus N*M*(C/G)*kH*kW floats of kernels for kGemmAggregated. Independent of the
+//! GPU (the split-K plan adapts to the multiprocessor count within that buffer), so a size computed on one
+//! GPU serves every other.
 //! Monotone in N, so a size computed for the largest batch serves every smaller one.
 size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto);
 

@@ -30,3 +30,9 @@ extern "C" int emu_gemm_splits(dyconv::ConvShape const* shape, int multiprocesso
     emu::multiprocessor_count = multiprocessor_count;
     return dyconv::plan_gemm(*shape).splits;
 }
+
+extern "C" size_t emu_workspace_size(dyconv::ConvShape const* shape, int algo, int multiprocessor_count)
+{
+    emu::multiprocessor_count = multiprocessor_count;
+    return dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo));
+}

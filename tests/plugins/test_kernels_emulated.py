@@ -198,6 +198,20 @@ def test_depthwise_path_rejects_a_dense_conv(emulated):
     assert status == CUDA_ERROR_INVALID_VALUE
 
 
+def test_workspace_size_is_the_same_on_every_gpu(emulated):
+    """A TensorRT engine sizes the workspace on the build GPU and runs on another (a MIG slice, then a full GPU):
+    the size must not depend on the multiprocessor count, and a split-K plan must fit it there."""
+    emulated.emu_workspace_size.restype = ctypes.c_size_t
+    for config in LAYER_CONFIGS:
+        shape = conv_shape(config, 256)
+        sizes = {emulated.emu_workspace_size(ctypes.byref(shape), ALGOS["gemm-aggregated"], count)
+                 for count in (1, 16, 132, 1 << 20)}
+        assert len(sizes) == 1, (config.name, sizes)
+    deep = next(c for c in LAYER_CONFIGS if c.name == "pointwise-deep-7x7")  # 1176 outputs per sample
+    assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(deep, 3)), 1 << 20) > 1
+    assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(deep, 512)), 1 << 20) == 1  # beyond the split-K buffer
+
+
 def test_empty_batch_is_a_no_op(emulated):
     config = LAYER_CONFIGS[2]
     inputs = config.inputs(batch=0, generator=torch.Generator().manual_seed(3))
