@@ -62,3 +62,11 @@ def test_a_runtime_that_failed_to_load_loads_again(tmp_path):
         runtime.input_specs  # no file yet
     doubling_graph(path)
     assert [s.name for s in runtime.input_specs] == ["x"]
+
+
+def test_conflicting_options_are_refused_before_any_work_naming_the_keyword_fixes(tmp_path):
+    from dyconv_deploy.workflow import OptionConflict, export_model
+
+    with pytest.raises(OptionConflict, match=r"needs a static batch.*Next: dynamic_batch=False or strategy='experts'"):
+        export_model("sample:no_such_sample", tmp_path / "g.onnx", (1, 3, 32, 32), strategy="grouped")
+    assert not (tmp_path / "g.onnx").exists()
