@@ -4,9 +4,9 @@ An adapter declares a ``family`` (its name: the code it recognises, e.g. ``osvai
 registry key, and what ``inspect`` shows as a converted layer's *source*, beside the canonical
 layer's own ``family``, its math: ``dynamic_conv``, ``condconv``, ``odconv``, ``dynet``) and
 implements ``matches(module, parent)`` and ``to_canonical(module, parent) -> nn.Module``; it
-receives the parent because some routing lives in the enclosing block (timm's CondConv). Built-in adapters are registered with
-:func:`register` by the modules named in :data:`BUILTIN_MODULES`, imported in that order by
-:func:`builtin_adapters` (the one explicit list). Third-party adapters come from the entry-point
+receives the parent because some routing lives in the enclosing block (timm's CondConv).
+Built-in adapters are registered with :func:`register` by the modules named in
+:data:`BUILTIN_MODULES`, imported in that order by :func:`builtin_adapters` (the one explicit list). Third-party adapters come from the entry-point
 group ``dyconv_deploy.adapters`` or from ``--adapter file.py:ClassName`` (:func:`load_adapter`).
 """
 
