@@ -2,8 +2,9 @@
 
 - Single ``dyconv::DynamicConv2d`` nodes over the kernel tests' layer configs (``tests/plugins/layer_configs.py``)
   plus a few the extension's own paths need (grouped / padded 1x1, one and eight experts, DyNet and ODConv
-  on the 1x1 MatMul path, a kernel row longer than a mixing tile, a partial last tile), each at batches 1
-  and 3 on one runtime (dynamic batch: batch 1 takes the plain-conv path, 3 the folded or MatMul one),
+  on the 1x1 MatMul path, a kernel row longer than a mixing tile, a partial last tile), each at batches 1,
+  3 (and 17 in fp32) on one runtime (a graph compiled per batch: batch 1 takes the plain-conv route, 3 one
+  conv per sample, 17 the batch folded into the groups or the 1x1 MatMul),
   against the float64 reference op, in fp32, with the experts stored as bf16 / f16, and at bf16 inference
   precision. In reduced precision the outputs are compared per unit of the reference's RMS (see the
   ``bf16-experts``, ``f16-experts`` and ``bf16-inference`` entries of :data:`TOLERANCES`), and rounded experts
@@ -73,7 +74,8 @@ EXTRA_CONFIGS = [
     LayerConfig("pointwise-partial-tile-dynet", c=300, m=9, experts=3, kernel=1, h=3, w=3, channel_attention=True),
 ]
 CONFIGS = _layer_configs.LAYER_CONFIGS + EXTRA_CONFIGS
-BATCHES = (1, 3)
+BATCHES = (1, 3)  # the plain-conv route and one conv per sample (N <= 16)
+FOLDED_BATCH = 17  # the batch folded into the groups, or the 1x1 MatMul: checked in f32 only (its own compile)
 
 # expert_dtype / precision -> runtime options, tolerance, compared per unit of the reference's RMS.
 MODES = {
@@ -125,7 +127,7 @@ def contract_graph(config: LayerConfig, weight: np.ndarray, bias: np.ndarray | N
 def layer_case(config: LayerConfig, seed: int = 0):
     """``(weight, bias, {batch: feeds})``: one set of experts, new samples (inputs, attention) per batch."""
     generator = torch.Generator().manual_seed(seed)
-    draws = {batch: config.inputs(batch, generator) for batch in BATCHES}
+    draws = {batch: config.inputs(batch, generator) for batch in (*BATCHES, FOLDED_BATCH)}
     weight, bias = draws[BATCHES[-1]]["weight"], draws[BATCHES[-1]]["bias"]
     feeds = {}
     for batch, draw in draws.items():
@@ -168,7 +170,7 @@ def test_extension_matches_the_reference_op(extension, config, mode):
         return
     with runtime:
         assert runtime.input_specs[0].shape[0] is None, "the batch must stay dynamic"
-        for batch in BATCHES:
+        for batch in BATCHES + ((FOLDED_BATCH,) if mode == "f32" else ()):
             expected = reference(config, feeds[batch], weight, bias)
             actual = runtime.run(feeds[batch])["Y"]
             result = check(actual, expected, tolerance, per_rms, f"{config.name}@{batch}")
