@@ -27,6 +27,9 @@ def bench_command(
     profile: Annotated[bool, typer.Option(
         "--profile", help="Also run each graph under the engine's profiler and show the time per op category "
                           "(attention, mixing, convolution, other); ort-cpu and openvino.")] = False,
+    baseline: Annotated[Optional[str], typer.Option(
+        help="Also time the static twin on this engine (e.g. ort-cpu) in the same rounds and show each graph's "
+             "ratio to it.", show_default=False)] = None,
     precision: PrecisionOption = "f32",
     expert_dtype: ExpertDtypeOption = "f32",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results and environment here.",
@@ -56,6 +59,8 @@ def bench_command(
 
         dyconv-deploy bench sample:dy_mobilenetv2 --backend openvino --strategy plugin --batch 1,8 --precision bf16
 
+        dyconv-deploy bench sample:dy_mobilenetv2 --backend openvino --strategy plugin --batch 1,8 --baseline ort-cpu
+
         dyconv-deploy bench sample:dy_mobilenetv2 --strategy plugin,grouped --batch 1 --profile
     """
     from dyconv_deploy.bench import bench
@@ -64,4 +69,5 @@ def bench_command(
           warmup=warmup, iterations=iterations, input_shape=resolve_input_shape(model, input_shape),
           json_path=json_out, plot_path=plot, cache_dir=cache_dir, threads=threads, arch=arch,
           trust_pickle=trust_pickle, adapters=adapter,
-          runtime_options=openvino_options(backend, precision, expert_dtype), profile=profile)
+          runtime_options=openvino_options(backend, precision, expert_dtype), profile=profile,
+          baseline=baseline)

@@ -23,6 +23,7 @@ from dyconv_deploy.io import default_input_shape
 from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
 
 EAGER = "eager"
+BASELINE = "baseline twin"  # key of the baseline engine's twin in a batch's interleaved run
 PROFILED_BACKENDS = ("ort-cpu", "openvino")
 
 
@@ -36,6 +37,12 @@ class Row:
     static: Stats
     profile: Optional[dict] = None  # --profile: {"categories": {category: ms}, "total_ms", "nodes"}
     static_profile: Optional[dict] = None
+    baseline: Optional[Stats] = None  # --baseline: the twin on the baseline engine, in the same rounds
+
+    @property
+    def baseline_ratio(self) -> Optional[float]:
+        """Dynamic p50 / the baseline engine's twin p50 (None without a baseline)."""
+        return None if self.baseline is None else self.stats.p50_ms / self.baseline.p50_ms
 
     @property
     def ratio(self) -> float:
@@ -54,16 +61,19 @@ class BenchResult:
     settings: dict
     environment: dict
     skipped: dict[str, str] = field(default_factory=dict)
+    baseline: Optional[str] = None  # the engine whose static twin every row is also compared with
 
     @property
     def batches(self) -> list[int]:
         return list(dict.fromkeys(row.batch for row in self.rows))
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "twin": self.twin, "backend": self.backend, "settings": self.settings,
-                "environment": self.environment, "skipped": self.skipped,
+        return {"model": self.model, "twin": self.twin, "backend": self.backend, "baseline": self.baseline,
+                "settings": self.settings, "environment": self.environment, "skipped": self.skipped,
                 "results": [{"strategy": row.strategy, "batch": row.batch, "ratio_p50": row.ratio,
                              "dynamic": asdict(row.stats), "static": asdict(row.static),
+                             **({"ratio_p50_baseline": row.baseline_ratio, "baseline_static": asdict(row.baseline)}
+                                if row.baseline is not None else {}),
                              **({"profile": row.profile, "static_profile": row.static_profile}
                                 if row.profile is not None else {})} for row in self.rows]}
 
@@ -74,7 +84,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
           plot_path: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, threads: int = 0,
           opset: int = DEFAULT_OPSET, arch: Optional[str] = None, trust_pickle: bool = False,
           adapters: Sequence[str] = (), runtime_options: Optional[dict] = None, profile: bool = False,
-          console: Optional[Console] = None) -> BenchResult:
+          baseline: Optional[str] = None, console: Optional[Console] = None) -> BenchResult:
     """Measure ``model_spec``'s graphs against its static twin on ``backend`` at each batch size.
 
     Args:
@@ -88,10 +98,13 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
         profile: after timing, run each graph under the engine's profiler and report the time per op
             category (attention, mixing, convolution, other; :mod:`.profile`) in the table and JSON
             (``ort-cpu`` and ``openvino`` only).
+        baseline: another engine (``ort-cpu``, ``openvino``, ...) whose static twin (fp32, default options) runs
+            in the same interleaved rounds, so every graph also gets a ratio to it: "is the dynamic net on this
+            engine as fast as the static one on that engine?"
     Returns:
         The result, also printed as a table and written to ``json_path`` / ``plot_path`` when given.
     """
-    _check_arguments(backend, strategies, batches, warmup, iterations)
+    _check_arguments(backend, strategies, batches, warmup, iterations, baseline)
     if profile and backend not in PROFILED_BACKENDS:
         raise DyconvError(f"--profile works on {', '.join(PROFILED_BACKENDS)}, not {backend}")
     console = console or Console()
@@ -103,7 +116,9 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
         strategies = (EAGER,)
     else:
         graphs = GraphSet(model, twin, shape, Path(cache_dir) if cache_dir else default_cache_dir(), opset)
-        runtimes = _GraphRuntimes(graphs, backend, threads, max(batches), runtime_options or {})
+        runtimes = _GraphRuntimes(graphs, backend, threads, max(batches), runtime_options or {},
+                                  baseline=_GraphRuntimes(graphs, baseline, threads, max(batches), {})
+                                  if baseline else None)
         if twin is None and "static" in strategies:  # the twin is that very graph
             strategies = tuple(s for s in strategies if s != "static")
             skipped["static"] = "it is the static twin of this model (no bundled twin)"
@@ -118,7 +133,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
                 "memory": runtimes.memory_note, "profile": profile}
     from dyconv_deploy.bench.report import environment, plot, profile_table, table, write_json
 
-    result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped)
+    result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped, baseline)
     console.print(table(result))
     if profile:
         console.print(profile_table(result))
@@ -137,6 +152,8 @@ def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped,
     with console.status(f"batch {batch}: preparing the static twin and {', '.join(strategies)}"):
         try:
             ready = {TWIN: runtimes.get(TWIN, batch)}
+            if runtimes.baseline is not None:
+                ready[BASELINE] = runtimes.baseline.get(TWIN, batch)
         except Exception as exc:  # noqa: BLE001 - any backend failure, reported in one sentence
             raise DyconvError(f"the static twin could not run at batch {batch}: {_reason(exc)}") from exc
         for name in strategies:
@@ -153,9 +170,11 @@ def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped,
     profiles = {}
     if profile:
         with console.status(f"batch {batch}: profiling {len(ready)} graphs"):
-            profiles = {name: runtimes.profile(name, batch, feeds, max(3, iterations // 3)).to_dict() for name in ready}
-    return [Row(name, batch, summarize(times[name], batch, memory), static, profiles.get(name), profiles.get(TWIN))
-            for name, (_, memory) in ready.items() if name != TWIN]
+            profiles = {name: runtimes.profile(name, batch, feeds, max(3, iterations // 3)).to_dict()
+                        for name in ready if name != BASELINE}
+    baseline = summarize(times[BASELINE], batch, ready[BASELINE][1]) if BASELINE in ready else None
+    return [Row(name, batch, summarize(times[name], batch, memory), static, profiles.get(name), profiles.get(TWIN),
+                baseline) for name, (_, memory) in ready.items() if name not in (TWIN, BASELINE)]
 
 
 def _reason(exc: Exception) -> str:
@@ -163,9 +182,17 @@ def _reason(exc: Exception) -> str:
     return text if isinstance(exc, DyconvError) else f"{type(exc).__name__}: {text}"
 
 
-def _check_arguments(backend, strategies, batches, warmup, iterations) -> None:
+def _check_arguments(backend, strategies, batches, warmup, iterations, baseline) -> None:
     if backend not in BACKENDS:
         raise DyconvError(f"unknown bench backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if baseline is not None:
+        graph_backends = [b for b in BACKENDS if not b.startswith("torch")]
+        if baseline not in graph_backends or backend.startswith("torch"):
+            raise DyconvError(f"--baseline takes an ONNX engine ({', '.join(graph_backends)}) and needs one for "
+                              f"--backend too; got --baseline {baseline} with --backend {backend}")
+        if baseline == backend:
+            raise DyconvError(f"--baseline {baseline} is the benchmarked engine itself: its twin is already "
+                              "the 'static twin' row")
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         raise DyconvError(f"unknown strategy {', '.join(unknown) or '(none)'}; choose from: {', '.join(STRATEGIES)}")
@@ -202,9 +229,10 @@ class _GraphRuntimes:
     """ONNX Runtime sessions, OpenVINO models or TensorRT engines per graph file, loaded once and reused across
     batches."""
 
-    def __init__(self, graphs: GraphSet, backend: str, threads: int, max_batch: int, options: dict):
+    def __init__(self, graphs: GraphSet, backend: str, threads: int, max_batch: int, options: dict,
+                 baseline: Optional["_GraphRuntimes"] = None):
         self.graphs, self.backend, self.threads, self.max_batch = graphs, backend, threads, max_batch
-        self.options = options
+        self.options, self.baseline = options, baseline
         self._loaded: dict[Path, tuple] = {}
         self.memory_note = ("growth of the process's resident memory while loading each graph and first "
                             "running it at each batch size (approximate)")
@@ -265,6 +293,8 @@ class _GraphRuntimes:
     def close(self) -> None:
         for runtime, _ in self._loaded.values():
             runtime.close()
+        if self.baseline is not None:
+            self.baseline.close()
 
 
 class _EagerRuntimes:
@@ -276,7 +306,7 @@ class _EagerRuntimes:
                               "none (use an ONNX backend, where the static strategy graph is the twin)")
         from dyconv_deploy.runtime import load_runtime
 
-        self.cuda, self.shape = backend == "torch-cuda", shape
+        self.cuda, self.shape, self.baseline = backend == "torch-cuda", shape, None
         device = "cuda" if self.cuda else "cpu"
         self._runtimes = {EAGER: load_runtime(model, "torch", device=device, use_extension=self.cuda),
                           TWIN: load_runtime(twin, "torch", device=device)}

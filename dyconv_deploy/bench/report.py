@@ -48,13 +48,19 @@ def _cpu_model() -> str:
 def table(result) -> Table:
     """Per batch: the static twin, then each strategy with its dynamic/static p50 ratio."""
     out = Table(title=f"bench {result.model} on {result.backend} (twin: {result.twin})")
-    for column in ("graph", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "dyn/static", "mem MB"):
+    versus = [f"vs {result.baseline} twin"] if result.baseline else []
+    for column in ("graph", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "dyn/static", *versus, "mem MB"):
         out.add_column(column, justify="left" if column == "graph" else "right", no_wrap=True)
     for batch in result.batches:
         rows = [row for row in result.rows if row.batch == batch]
-        _add_row(out, "static twin", rows[0].static, "1.00x", style="dim")
+        baseline = rows[0].baseline
+        if baseline is not None:
+            _add_row(out, f"static twin ({result.baseline})", baseline, "", ["1.00x"], style="dim")
+        _add_row(out, "static twin", rows[0].static, "1.00x",
+                 [f"{rows[0].static.p50_ms / baseline.p50_ms:.2f}x"] if baseline else [], style="dim")
         for row in rows:
-            _add_row(out, row.strategy, row.stats, f"{row.ratio:.2f}x", end_section=row is rows[-1])
+            _add_row(out, row.strategy, row.stats, f"{row.ratio:.2f}x",
+                     [f"{row.baseline_ratio:.2f}x"] if baseline else [], end_section=row is rows[-1])
     return out
 
 
@@ -74,10 +80,10 @@ def profile_table(result) -> Table:
     return out
 
 
-def _add_row(out: Table, label: str, stats, ratio: str, style=None, end_section=False) -> None:
+def _add_row(out: Table, label: str, stats, ratio: str, versus: list[str], style=None, end_section=False) -> None:
     memory = "" if stats.peak_memory_mb is None else f"{stats.peak_memory_mb:.0f}"
     out.add_row(label, str(stats.batch), f"{stats.p50_ms:.2f}", f"{stats.p90_ms:.2f}", f"{stats.p99_ms:.2f}",
-                f"{stats.throughput:.1f}", ratio, memory, style=style, end_section=end_section)
+                f"{stats.throughput:.1f}", ratio, *versus, memory, style=style, end_section=end_section)
 
 
 def write_json(result, path: str | os.PathLike) -> Path:

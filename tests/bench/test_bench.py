@@ -168,3 +168,28 @@ def test_profile_is_refused_where_no_profiler_is_wired(capsys):
 def test_openvino_options_are_refused_on_other_backends(capsys):
     assert main(["bench", "sample:tiny_dynamic", "--precision", "bf16"]) == 2
     assert "apply to --backend openvino only" in capsys.readouterr().err
+
+
+def test_baseline_times_the_twin_on_another_engine_in_the_same_rounds(tmp_path, cache, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the whole table on one line per row
+    assert main(["bench", TINY, "--backend", "openvino", "--baseline", "ort-cpu", "--strategy", "plugin",
+                 "--batch", "1,2", "--warmup", "0", "--iterations", "3", "--json", str(tmp_path / "b.json"),
+                 "--cache-dir", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert "vs ort-cpu twin" in printed and "static twin (ort-cpu)" in printed
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["baseline"] == "ort-cpu" and len(saved["results"]) == 2
+    for entry in saved["results"]:
+        assert entry["baseline_static"]["iterations"] == 3 and entry["baseline_static"]["batch"] == entry["batch"]
+        assert entry["ratio_p50_baseline"] == pytest.approx(entry["dynamic"]["p50_ms"]
+                                                            / entry["baseline_static"]["p50_ms"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--baseline", "ort-cpu"], "is the benchmarked engine itself"),
+    (["--baseline", "tvm"], "--baseline takes an ONNX engine"),
+    (["--backend", "torch", "--baseline", "ort-cpu"], "--baseline takes an ONNX engine"),
+])
+def test_bad_baselines_are_one_line_errors(capsys, args, message):
+    assert main(["bench", TINY, *args]) == 2
+    assert message in capsys.readouterr().err
