@@ -63,6 +63,7 @@ def dynamic_conv2d_cuda(x: Tensor, attention: Tensor, weight: Tensor, bias: Opti
     """
     if algo not in ALGOS:
         raise DyconvError(f"unknown kernel path {algo!r}; choose one of {', '.join(ALGOS)}")
+    check_operands(x, attention, weight, bias, spatial, groups)
 
     def cast(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.to(x.dtype)
@@ -72,9 +73,33 @@ def dynamic_conv2d_cuda(x: Tensor, attention: Tensor, weight: Tensor, bias: Opti
                                            ALGOS.index(algo))
 
 
+def check_operands(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                   spatial: Optional[Tensor] = None, groups: int = 1) -> None:
+    """Raise a one-line DyconvError unless the operands have the contract's shapes (the kernels read them unchecked).
+
+    ``x [N, C, H, W]``, ``weight [K, M, C/groups, kH, kW]``, ``attention [N, K]`` or ``[N, K, M]``,
+    ``bias [K, M]``, ``spatial [N, kH, kW]``. The extension checks the same (``plugins/torch/dyconv_torch.cpp``).
+    """
+    if x.dim() != 4 or weight.dim() != 5:
+        raise DyconvError(f"x must be [N, C, H, W] and weight [K, M, C/groups, kH, kW]; got x {list(x.shape)}, "
+                          f"weight {list(weight.shape)}")
+    n, c = x.shape[:2]
+    k, m, cg, kh, kw = weight.shape
+    if groups < 1 or cg * groups != c or m % groups != 0:
+        raise DyconvError(f"weight {list(weight.shape)} with groups={groups} does not fit x {list(x.shape)}: "
+                          f"need C = C/groups * groups ({cg} * {groups} != {c}) and M divisible by groups")
+    expected = {"attention": ([n, k], [n, k, m]), "bias": ([k, m],), "spatial": ([n, kh, kw],)}
+    for name, tensor in (("attention", attention), ("bias", bias), ("spatial", spatial)):
+        if tensor is not None and list(tensor.shape) not in expected[name]:
+            shapes = " or ".join(str(s) for s in expected[name])
+            raise DyconvError(f"{name} has shape {list(tensor.shape)}, expected {shapes} for x {list(x.shape)} "
+                              f"and weight {list(weight.shape)}")
+
+
 def selected_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence[int] = (1, 1),
                   padding: Sequence[int] = (0, 0, 0, 0), dilation: Sequence[int] = (1, 1), groups: int = 1) -> str:
     """The path the per-shape heuristic picks for these operands (see plugins/kernels/dynamic_conv.h)."""
+    check_operands(x, attention, weight, groups=groups)
     return load_extension().select_algo(x, attention.to(x.dtype), weight.to(x.dtype), list(stride), list(padding),
                                         list(dilation), int(groups))
 

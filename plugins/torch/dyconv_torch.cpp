@@ -23,7 +23,32 @@ void checkOperand(torch::Tensor const& t, torch::Tensor const& x, char const* na
 
 int32_t narrow(int64_t v)
 {
+    TORCH_CHECK(v >= INT32_MIN && v <= INT32_MAX, "dyconv: size or attribute ", v, " does not fit the kernels' int32");
     return static_cast<int32_t>(v);
+}
+
+bool hasShape(torch::Tensor const& t, std::vector<int64_t> const& shape)
+{
+    return t.sizes().vec() == shape;
+}
+
+//! The operands read by the kernels have the contract's shapes (the kernels index them unchecked):
+//! attention [N, K] or [N, K, M], bias [K, M], spatial [N, kH, kW]; dyconv_deploy/ops/cuda.py checks the same.
+void checkOperandShapes(torch::Tensor const& x, torch::Tensor const& attention, torch::Tensor const& weight,
+    std::optional<torch::Tensor> const& bias, std::optional<torch::Tensor> const& spatial)
+{
+    int64_t const n = x.size(0);
+    int64_t const k = weight.size(0);
+    int64_t const m = weight.size(1);
+    bool const attention_ok = hasShape(attention, {n, k}) || hasShape(attention, {n, k, m});
+    TORCH_CHECK(attention_ok, "dyconv: attention has shape ", attention.sizes(), ", expected [", n, ", ", k, "] or [",
+        n, ", ", k, ", ", m, "] for x ", x.sizes(), " and weight ", weight.sizes());
+    bool const bias_ok = !bias || hasShape(*bias, {k, m});
+    TORCH_CHECK(bias_ok, "dyconv: bias has shape ", bias->sizes(), ", expected [", k, ", ", m, "] for weight ",
+        weight.sizes());
+    bool const spatial_ok = !spatial || hasShape(*spatial, {n, weight.size(3), weight.size(4)});
+    TORCH_CHECK(spatial_ok, "dyconv: spatial has shape ", spatial->sizes(), ", expected [", n, ", ", weight.size(3),
+        ", ", weight.size(4), "] for x ", x.sizes(), " and weight ", weight.sizes());
 }
 
 dyconv::ConvShape convShape(torch::Tensor const& x, torch::Tensor const& attention, torch::Tensor const& weight,
@@ -52,10 +77,10 @@ dyconv::ConvShape convShape(torch::Tensor const& x, torch::Tensor const& attenti
     s.dilation_w = narrow(dilation[1]);
     s.channel_attention = attention.dim() == 3;
     s = dyconv::conv_shape(s);
-    TORCH_CHECK(dyconv::validate(s) == cudaSuccess, "dyconv: inconsistent shapes: x ", x.sizes(), ", weight ",
-        weight.sizes(), ", groups ", groups, " (C and M must be divisible by groups, output size positive)");
     TORCH_CHECK(weight.size(2) * groups == x.size(1), "dyconv: weight expects ", weight.size(2), " x ", groups,
         " input channels, x has ", x.size(1));
+    TORCH_CHECK(dyconv::validate(s) == cudaSuccess, "dyconv: inconsistent shapes: x ", x.sizes(), ", weight ",
+        weight.sizes(), ", groups ", groups, " (C and M must be divisible by groups, output size positive)");
     return s;
 }
 
@@ -78,6 +103,7 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
     {
         checkOperand(*spatial, x, "spatial", 3);
     }
+    checkOperandShapes(x, attention, weight, bias, spatial);
     c10::cuda::CUDAGuard const guard(x.device());
     dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups);
 
@@ -106,7 +132,12 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
 std::string selectAlgo(torch::Tensor x, torch::Tensor attention, torch::Tensor weight, std::vector<int64_t> stride,
     std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups)
 {
-    return dyconv::algo_name(dyconv::select_algo(convShape(x, attention, weight, stride, padding, dilation, groups)));
+    checkOperand(x, x, "x", 4);
+    checkOperand(attention, x, "attention", -1);
+    checkOperand(weight, x, "weight", 5);
+    checkOperandShapes(x, attention, weight, std::nullopt, std::nullopt);
+    dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups);
+    return dyconv::algo_name(dyconv::select_algo(shape));
 }
 
 } // namespace

@@ -31,3 +31,29 @@ def test_plugins_dir_override(monkeypatch, tmp_path):
     (tmp_path / "kernels" / "dynamic_conv.cu").write_text("")
     monkeypatch.setenv("DYCONV_PLUGINS_DIR", str(tmp_path))
     assert cuda.plugins_dir() == tmp_path
+
+
+GOOD = {"x": torch.zeros(2, 4, 5, 5), "attention": torch.ones(2, 3), "weight": torch.ones(3, 6, 2, 3, 3),
+        "bias": torch.ones(3, 6), "spatial": torch.ones(2, 3, 3)}
+
+
+@pytest.mark.parametrize("operand, shape, message", [
+    ("attention", (2, 4), r"attention has shape \[2, 4\], expected \[2, 3\] or \[2, 3, 6\]"),
+    ("attention", (1, 3), r"attention has shape \[1, 3\]"),
+    ("attention", (2, 3, 5), r"attention has shape \[2, 3, 5\]"),
+    ("bias", (3, 5), r"bias has shape \[3, 5\], expected \[3, 6\]"),
+    ("spatial", (2, 3, 1), r"spatial has shape \[2, 3, 1\], expected \[2, 3, 3\]"),
+    ("spatial", (1, 3, 3), r"spatial has shape \[1, 3, 3\]"),
+    ("weight", (3, 6, 3, 3, 3), r"does not fit x \[2, 4, 5, 5\]"),
+    ("x", (2, 4, 5), r"x must be \[N, C, H, W\]"),
+])
+def test_operand_shapes_are_checked_before_the_kernels_read_them(operand, shape, message):
+    # The kernels index every operand from x's and weight's sizes: a short tensor would be read out of bounds.
+    operands = {**GOOD, operand: torch.zeros(shape)}
+    with pytest.raises(DyconvError, match=message):
+        cuda.dynamic_conv2d_cuda(**operands, groups=2)
+
+
+def test_contract_shapes_pass_the_operand_check():
+    cuda.check_operands(**GOOD, groups=2)
+    cuda.check_operands(**{**GOOD, "attention": torch.ones(2, 3, 6), "bias": None, "spatial": None}, groups=2)
