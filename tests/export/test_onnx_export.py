@@ -1,4 +1,4 @@
-"""``export_onnx`` on single layers: graph structure, both exporters, dynamic batch, every strategy, metadata.
+"""``export_onnx`` on single layers: graph structure, the exporters, dynamic batch, every strategy, metadata.
 
 The comparisons can fail: on verify's inputs every layer's attention varies across the batch, and giving
 sample n sample n-1's attention fails verification (:mod:`guards`).
@@ -10,13 +10,14 @@ import pytest
 import torch
 from guards import assert_attention_varies, assert_fails, rolled_attention
 from layer_models import CONFIGS, FAMILIES, input_shape, make_layer, static_by_construction
+from same_graph import assert_same_graph
 
 from dyconv_deploy import __version__
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import ExportError, check_model, contract_nodes, export_onnx
 from dyconv_deploy.export.metadata import read_metadata, state_dict_sha256
 from dyconv_deploy.export.settings import EXPORTER_OPSETS, STRATEGIES
-from dyconv_deploy.export.verify import verify_inputs, verify_onnx
+from dyconv_deploy.verify import verify_inputs, verify_onnx
 from dyconv_deploy.lower import STRATEGIES as LOWERING_STRATEGIES
 from dyconv_deploy.lower import lower
 from dyconv_deploy.nn import DyReLU, ODConv2d
@@ -61,6 +62,10 @@ def test_single_layer_exports_one_contract_node_and_matches_every_strategy(famil
         assert_matches(layer, lower(proto, strategy), shape, BATCHES)
     assert_matches(layer, lower(proto, "grouped", static_batch=BATCHES[-1]), shape, BATCHES[-1:])
     assert contract_nodes(lower(proto, "static")) == []
+    if exporter == "dynamo":  # the default, auto, takes the TorchScript trace and must give this very graph
+        auto = export_onnx(layer, torch.randn(*shape))
+        assert read_metadata(auto)["exporter"] == "torchscript"
+        assert_same_graph(auto, proto)
 
 
 @pytest.mark.parametrize("exporter", list(EXPORTER_OPSETS))
@@ -124,7 +129,7 @@ def test_checker_rejects_computed_expert_kernels():
         check_model(proto)
 
 
-@pytest.mark.parametrize("exporter, opset", [("dynamo", 17), ("torchscript", 21), ("onnx2", 18)])
+@pytest.mark.parametrize("exporter, opset", [("dynamo", 17), ("torchscript", 21), ("onnx2", 18), ("auto", 24)])
 def test_unsupported_exporter_or_opset_is_a_one_line_error(exporter, opset):
     with pytest.raises(DyconvError, match="exporter") as info:
         export_onnx(make_layer("dynamic_conv", CONFIGS[1]), torch.randn(1, 4, 7, 7), exporter=exporter, opset=opset)
@@ -139,6 +144,71 @@ def test_capture_failure_names_the_step_and_what_to_do():
     with pytest.raises(ExportError, match=r"export step 1/4 \(dynamo capture\) failed: .* Next: ") as info:
         export_onnx(BatchBranch(), torch.randn(2, 3, 4, 4))
     assert info.value.step == "dynamo capture"
+
+
+class PythonInt(torch.nn.Module):
+    """``int()`` of a size: the tracer warns that it freezes it, torch.export reads it as it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = make_layer("dynamic_conv", CONFIGS[1])
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.reshape(y.shape[0], int(y.shape[1]), -1).mean(2)
+
+
+def test_auto_falls_back_to_dynamo_when_the_tracer_warns():
+    model = PythonInt().eval()
+    proto = export_onnx(model, torch.randn(1, 4, 7, 7))
+    assert read_metadata(proto)["exporter"] == "dynamo"
+    assert_matches(model, proto, (1, 4, 7, 7), BATCHES)
+
+
+def test_torchscript_refuses_a_trace_that_depends_on_the_batch_size():
+    class PerSampleLoop(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[i] * (i + 1) for i in range(x.shape[0])])  # no TracerWarning
+
+    with pytest.raises(ExportError, match=r"step 1/5 \(torchscript trace\) failed: the trace at batch 2 differs "
+                                          r"from the one at batch 1 .* Next: .* or try --exporter dynamo\.$"):
+        export_onnx(PerSampleLoop(), torch.randn(2, 3, 4, 4), exporter="torchscript")
+
+
+def test_auto_rejects_a_trace_that_warns_and_reports_dynamos_error():
+    class ValueBranch(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.mean() > -100 else x  # the same branch at both batch sizes, but a TracerWarning
+
+    with pytest.warns(torch.jit.TracerWarning):  # an explicit --exporter torchscript only warns, as torch does
+        export_onnx(ValueBranch(), torch.randn(2, 3, 4, 4), exporter="torchscript")
+    with pytest.raises(ExportError, match=r"\(dynamo capture\) failed: .* Next: make forward\(\) traceable "
+                                          r"\(no Python branching on tensor values or on the batch size\)\.$"):
+        export_onnx(ValueBranch(), torch.randn(2, 3, 4, 4))
+
+
+class Views(torch.nn.Module):
+    """Views the TorchScript graph builds from run-time sizes: ``(n, -1)`` becomes a constant shape, the
+    others stay computed (``n`` is not the data's only free dim, or the free piece is not a size read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = make_layer("odconv", CONFIGS[1])
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c = y.shape[0], y.shape[1]
+        flat = y.reshape(n, -1)  # [n, c*h*w]
+        pairs = y.reshape(n * 2, -1)  # [2n, c*h*w/2]
+        mixed = y.permute(1, 0, 2, 3).reshape(c, -1).reshape(n, -1)  # -1 from a tensor whose free dim is n*h*w
+        return flat.sum(1) + pairs.reshape(n, -1).mean(1) + mixed.mean(1) * y.shape[0]
+
+
+def test_views_of_run_time_sizes_match_at_every_batch():
+    model = Views().eval()
+    proto = export_onnx(model, torch.randn(1, 4, 7, 7))  # torch.export cannot prove these views valid for all n
+    assert read_metadata(proto)["exporter"] == "torchscript"
+    assert_matches(model, proto, (1, 4, 7, 7), BATCHES)
 
 
 def test_strategy_choices_match_the_lowering_passes():

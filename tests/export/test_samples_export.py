@@ -1,16 +1,19 @@
-"""Every sample through both exporters, every equivalent strategy, batch 1 and > 1.
+"""Every sample through the default exporter and every equivalent strategy, batch 1 and > 1; dynamo's graph.
 
-The samples' BatchNorms are calibrated (see :mod:`dyconv_deploy.samples`), so their outputs
-depend on the input and a wrong graph cannot pass. The ImageNet-sized samples take about
-two minutes together on two cores (marked ``slow``: ``-m "not slow"`` skips them).
+The default exporter (``auto``) takes the TorchScript trace for every sample, and its graph must be
+the one ``--exporter dynamo`` writes, node for node: so dynamo's graph is verified too, without a
+second round of comparisons. The samples' BatchNorms are calibrated (see :mod:`dyconv_deploy.samples`),
+so their outputs depend on the input and a wrong graph cannot pass. The ImageNet-sized samples are
+marked ``slow`` (``-m "not slow"`` skips them); dynamo's export is most of their time.
 """
 
 import pytest
 import torch
+from same_graph import assert_same_graph
 
 from dyconv_deploy.export import contract_nodes, export_onnx
-from dyconv_deploy.export.settings import EXPORTER_OPSETS
-from dyconv_deploy.export.verify import verify_onnx
+from dyconv_deploy.export.metadata import read_metadata
+from dyconv_deploy.verify import verify_onnx
 from dyconv_deploy.lower import lower
 from dyconv_deploy.nn import DynamicConvBase
 from dyconv_deploy.samples import create_sample, default_input_shape, list_samples
@@ -33,12 +36,13 @@ def check_every_strategy(model, proto, shape):
     assert contract_nodes(lower(proto, "static")) == []
 
 
-@pytest.mark.parametrize("exporter", list(EXPORTER_OPSETS))
 @pytest.mark.parametrize("name", SAMPLES)
-def test_sample_exports_and_matches_with_every_strategy(name, exporter):
+def test_sample_exports_and_matches_with_every_strategy_and_dynamos_graph(name):
     model = create_sample(name)
     shape = default_input_shape(name)
-    proto = export_onnx(model, torch.randn(*shape), exporter=exporter, opset=EXPORTER_OPSETS[exporter][0])
+    proto = export_onnx(model, torch.randn(*shape))
+    assert read_metadata(proto)["exporter"] == "torchscript"
     dynamic_convs = [m for m in model.modules() if isinstance(m, DynamicConvBase)]
     assert len(contract_nodes(proto)) == len(dynamic_convs)
     check_every_strategy(model, proto, shape)
+    assert_same_graph(proto, export_onnx(model, torch.randn(*shape), exporter="dynamo"))
