@@ -453,7 +453,7 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
         launch_gemm<T, false>(s, t, kernels, partial, stream);
         break;
     }
-    case Algo::kAuto: return cudaErrorInvalidValue;
+    case Algo::kAuto: return cudaErrorInvalidValue; // resolved by dynamic_conv2d, which refuses non-Algo values
     }
     return cudaGetLastError();
 }
@@ -501,6 +501,10 @@ size_t workspace_size(ConvShape const& s, Algo algo)
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, Algo algo)
 {
+    if (!is_algo(static_cast<int64_t>(algo)))
+    {
+        return cudaErrorInvalidValue;
+    }
     cudaError_t const status = validate(shape);
     if (status != cudaSuccess)
     {

@@ -31,6 +31,12 @@ enum class Algo : int32_t
     kGemmAggregated = 3, //!< aggregate per-sample kernels into the workspace, then implicit GEMM over them
 };
 
+//! True for the values of Algo (a raw integer from a binding or a serialized plugin may be anything).
+constexpr bool is_algo(int64_t value)
+{
+    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kGemmAggregated);
+}
+
 //! Shapes and convolution attributes of one call; see conv_shape() to fill the derived sizes.
 struct ConvShape
 {
@@ -92,8 +98,8 @@ constexpr int32_t kFusedMaxPixels = 256;
 size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! Y for one call. `workspace` must hold workspace_size(shape, algo) bytes (may be null when that is 0).
-//! Returns cudaErrorInvalidValue for an inconsistent shape or a path that does not apply, and an
-//! empty batch is a no-op.
+//! Returns cudaErrorInvalidValue for an inconsistent shape, an `algo` outside Algo or a path that does not
+//! apply (Y is then not written), and an empty batch is a no-op.
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, Algo algo = Algo::kAuto);
 

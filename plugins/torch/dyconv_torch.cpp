@@ -103,6 +103,7 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
     {
         checkOperand(*spatial, x, "spatial", 3);
     }
+    TORCH_CHECK(dyconv::is_algo(algo), "dyconv: unknown kernel path ", algo, " (not a dyconv::Algo value)");
     checkOperandShapes(x, attention, weight, bias, spatial);
     c10::cuda::CUDAGuard const guard(x.device());
     dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups);

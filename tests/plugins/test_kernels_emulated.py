@@ -78,16 +78,16 @@ def emulated(tmp_path_factory) -> ctypes.CDLL:
     return ctypes.CDLL(str(library))
 
 
-def run_emulated(lib: ctypes.CDLL, config: LayerConfig, inputs: dict, dtype: str, algo: str,
+def run_emulated(lib: ctypes.CDLL, config: LayerConfig, inputs: dict, dtype: str, algo: str | int,
                  multiprocessor_count: int = 1) -> tuple[int, np.ndarray]:
-    """(cudaError_t, Y) of the emulated kernels on float ``inputs``."""
+    """(cudaError_t, Y) of the emulated kernels on float ``inputs``; ``algo`` is a name or a raw ``Algo`` value."""
     code, np_dtype = DTYPES[dtype]
     arrays = {k: None if v is None else np.ascontiguousarray(v.numpy(), dtype=np_dtype) for k, v in inputs.items()}
     shape = conv_shape(config, inputs["x"].shape[0])
     y = np.zeros((shape.n, config.m, shape.ho, shape.wo), dtype=np_dtype)
     pointers = [None if a is None else a.ctypes.data_as(ctypes.c_void_p) for a in arrays.values()]
     status = lib.emu_dynamic_conv2d(ctypes.byref(shape), code, *pointers, y.ctypes.data_as(ctypes.c_void_p),
-                                    ALGOS[algo], multiprocessor_count)
+                                    ALGOS.get(algo, algo), multiprocessor_count)
     return status, y
 
 
@@ -195,6 +195,14 @@ def test_depthwise_path_rejects_a_dense_conv(emulated):
     config = LAYER_CONFIGS[0]
     inputs = config.inputs(batch=1, generator=torch.Generator().manual_seed(2))
     status, _ = run_emulated(emulated, config, inputs, "fp32", "depthwise")
+    assert status == CUDA_ERROR_INVALID_VALUE
+
+
+@pytest.mark.parametrize("algo", [-1, len(ALGOS)])
+def test_unknown_path_is_an_error(emulated, algo):
+    config = LAYER_CONFIGS[0]
+    inputs = config.inputs(batch=1, generator=torch.Generator().manual_seed(2))
+    status, _ = run_emulated(emulated, config, inputs, "fp32", algo)
     assert status == CUDA_ERROR_INVALID_VALUE
 
 
