@@ -32,6 +32,10 @@ constexpr int kMaxSplits = 16;
 // split. So a workspace sized on one GPU (a TensorRT engine's, built on a MIG slice) fits a plan made on another.
 constexpr long long kSplitKMaxOutputs = 2LL * 256 * 32 * 32;
 constexpr size_t kWorkspaceAlignment = 256;
+constexpr int kLargeTile = 64; // GEMM tile (outputs x pixels) when the grid fills the GPU
+constexpr int kSmallTile = 32; // GEMM tile of small grids, the plan with the most blocks
+constexpr long long kMaxGridX = (1LL << 31) - 1;
+constexpr long long kMaxGridYZ = 65535;
 
 __device__ __forceinline__ float load(float const* p, size_t i)
 {
@@ -315,9 +319,37 @@ __global__ void store_partial_kernel(float const* partial, T* y, size_t count)
     }
 }
 
-int ceil_div(int a, int b)
+long long ceil_div(long long a, long long b)
 {
     return (a + b - 1) / b;
+}
+
+// A launch grid in 64 bits, so that one beyond CUDA's limits is refused instead of wrapped.
+struct Grid
+{
+    long long x, y, z;
+
+    bool fits() const
+    {
+        return x <= kMaxGridX && y <= kMaxGridYZ && z <= kMaxGridYZ;
+    }
+
+    dim3 dims() const
+    {
+        return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
+    }
+};
+
+// The depthwise launch: (pixel blocks of kDepthwiseThreads * N, M).
+Grid depthwise_grid(ConvShape const& s)
+{
+    return {ceil_div(static_cast<long long>(s.ho) * s.wo, kDepthwiseThreads) * s.n, s.m, 1};
+}
+
+// The GEMM launch with BM x BN tiles: (pixel tiles * N * G, M/G tiles, split-K slices).
+Grid gemm_grid(ConvShape const& s, int bm, int bn, int slices)
+{
+    return {ceil_div(static_cast<long long>(s.ho) * s.wo, bn) * s.n * s.groups, ceil_div(s.m / s.groups, bm), slices};
 }
 
 bool is_pointwise(ConvShape const& s)
@@ -347,7 +379,8 @@ struct GemmPlan
 
 long long gemm_blocks(ConvShape const& s, int tile)
 {
-    return static_cast<long long>(ceil_div(s.ho * s.wo, tile)) * ceil_div(s.m / s.groups, tile) * s.n * s.groups;
+    Grid const grid = gemm_grid(s, tile, tile, 1);
+    return grid.x * grid.y;
 }
 
 // 64x64 tiles unless they leave fewer than two blocks per multiprocessor; then 32x32, and if those are still
@@ -355,11 +388,11 @@ long long gemm_blocks(ConvShape const& s, int tile)
 GemmPlan plan_gemm(ConvShape const& s)
 {
     long long const target = 2LL * multiprocessor_count();
-    if (gemm_blocks(s, 64) >= target)
+    if (gemm_blocks(s, kLargeTile) >= target)
     {
         return {false, 1};
     }
-    long long const blocks = gemm_blocks(s, 32);
+    long long const blocks = gemm_blocks(s, kSmallTile);
     int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
     long long const outputs = static_cast<long long>(s.n) * s.m * s.ho * s.wo;
     long long const wanted = blocks >= target || outputs > kSplitKMaxOutputs ? 1 : (target + blocks - 1) / blocks;
@@ -388,7 +421,7 @@ void launch_gemm_tiles(
     int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
     int const steps_per_split = ceil_div(steps, splits);
     int const slices = ceil_div(steps, steps_per_split);
-    dim3 const grid(ceil_div(s.ho * s.wo, BN) * s.n * s.groups, ceil_div(s.m / s.groups, BM), slices);
+    dim3 const grid = gemm_grid(s, BM, BN, slices).dims();
     dim3 const block((BM / kGemmThreadM) * (BN / kGemmThreadN));
     if (is_pointwise(s))
     {
@@ -407,17 +440,17 @@ void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, fl
     GemmPlan const plan = plan_gemm(s);
     if (!plan.small_tiles)
     {
-        launch_gemm_tiles<T, 64, 64, kFused>(s, t, kernels, nullptr, 1, stream);
+        launch_gemm_tiles<T, kLargeTile, kLargeTile, kFused>(s, t, kernels, nullptr, 1, stream);
         return;
     }
     if (plan.splits == 1)
     {
-        launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, nullptr, 1, stream);
+        launch_gemm_tiles<T, kSmallTile, kSmallTile, kFused>(s, t, kernels, nullptr, 1, stream);
         return;
     }
     size_t const count = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
     cudaMemsetAsync(partial, 0, count * sizeof(float), stream); // a failure surfaces in launch()'s cudaGetLastError
-    launch_gemm_tiles<T, 32, 32, kFused>(s, t, kernels, partial, plan.splits, stream);
+    launch_gemm_tiles<T, kSmallTile, kSmallTile, kFused>(s, t, kernels, partial, plan.splits, stream);
     size_t const blocks = std::min<size_t>((count + kAggregateThreads - 1) / kAggregateThreads, 65535);
     store_partial_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(partial, t.y, count);
 }
@@ -439,7 +472,7 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
     {
     case Algo::kDepthwise:
     {
-        dim3 const grid(ceil_div(s.ho * s.wo, kDepthwiseThreads) * s.n, s.m);
+        dim3 const grid = depthwise_grid(s).dims();
         size_t const shared = static_cast<size_t>(s.kh) * s.kw * sizeof(float);
         depthwise_kernel<T><<<grid, kDepthwiseThreads, shared, stream>>>(s, t);
         break;
@@ -460,7 +493,7 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
 
 } // namespace
 
-cudaError_t validate(ConvShape const& s)
+cudaError_t validate(ConvShape const& s, Algo algo)
 {
     bool const positive = s.n >= 0 && s.c > 0 && s.h > 0 && s.w > 0 && s.experts > 0 && s.m > 0 && s.kh > 0
         && s.kw > 0 && s.groups > 0 && s.stride_h > 0 && s.stride_w > 0 && s.dilation_h > 0 && s.dilation_w > 0;
@@ -470,13 +503,17 @@ cudaError_t validate(ConvShape const& s)
         return cudaErrorInvalidValue;
     }
     ConvShape const derived = conv_shape(s);
-    // Grids: x = pixel tiles * N * G (< 2^31), y = output channels or their tiles (<= 65535).
-    bool const grid_fits = s.m <= 65535 && static_cast<long long>(s.n) * s.groups * s.ho * s.wo < (1LL << 31);
-    if (derived.ho != s.ho || derived.wo != s.wo || s.ho <= 0 || s.wo <= 0 || !grid_fits)
+    if (derived.ho != s.ho || derived.wo != s.wo || s.ho <= 0 || s.wo <= 0)
     {
         return cudaErrorInvalidValue;
     }
-    return cudaSuccess;
+    // The kernels index one output plane and one kernel in int; the grid is the chosen path's (for a GEMM its
+    // plan with the most blocks, kSmallTile tiles; split-K slices stay far below the z limit).
+    bool const int_indices = static_cast<long long>(s.ho) * s.wo <= INT32_MAX
+        && static_cast<long long>(s.c / s.groups) * s.kh * s.kw <= INT32_MAX;
+    Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
+    Grid const grid = chosen == Algo::kDepthwise ? depthwise_grid(s) : gemm_grid(s, kSmallTile, kSmallTile, 1);
+    return int_indices && grid.fits() ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 Algo select_algo(ConvShape const& s)
@@ -505,7 +542,7 @@ cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors cons
     {
         return cudaErrorInvalidValue;
     }
-    cudaError_t const status = validate(shape);
+    cudaError_t const status = validate(shape, algo);
     if (status != cudaSuccess)
     {
         return status;

@@ -78,9 +78,11 @@ inline ConvShape conv_shape(ConvShape s)
     return s;
 }
 
-//! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0) and fits
-//! the launch grids (M <= 65535, N * groups * Ho * Wo < 2^31).
-cudaError_t validate(ConvShape const& shape);
+//! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0), one output
+//! plane and one kernel have < 2^31 elements, and the launch grid of `algo` (kAuto: select_algo's) fits CUDA's
+//! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, M); GEMM (ceil(Ho*Wo / 32) * N * G,
+//! ceil(M/G / 32)), its plan with the most blocks. `algo` must be an Algo value (see is_algo).
+cudaError_t validate(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):
 //! C/G == 1 -> kDepthwise; Ho*Wo <= kFusedMaxPixels -> kGemmFused; otherwise kGemmAggregated.

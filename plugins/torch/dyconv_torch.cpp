@@ -53,7 +53,7 @@ void checkOperandShapes(torch::Tensor const& x, torch::Tensor const& attention, 
 
 dyconv::ConvShape convShape(torch::Tensor const& x, torch::Tensor const& attention, torch::Tensor const& weight,
     std::vector<int64_t> const& stride, std::vector<int64_t> const& padding, std::vector<int64_t> const& dilation,
-    int64_t groups)
+    int64_t groups, dyconv::Algo algo)
 {
     TORCH_CHECK(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4,
         "dyconv: stride and dilation need 2 values, padding 4 (top, left, bottom, right)");
@@ -79,8 +79,9 @@ dyconv::ConvShape convShape(torch::Tensor const& x, torch::Tensor const& attenti
     s = dyconv::conv_shape(s);
     TORCH_CHECK(weight.size(2) * groups == x.size(1), "dyconv: weight expects ", weight.size(2), " x ", groups,
         " input channels, x has ", x.size(1));
-    TORCH_CHECK(dyconv::validate(s) == cudaSuccess, "dyconv: inconsistent shapes: x ", x.sizes(), ", weight ",
-        weight.sizes(), ", groups ", groups, " (C and M must be divisible by groups, output size positive)");
+    TORCH_CHECK(dyconv::validate(s, algo) == cudaSuccess, "dyconv: shapes not supported (", dyconv::algo_name(algo),
+        "): x ", x.sizes(), ", weight ", weight.sizes(), ", groups ", groups,
+        " (C and M divisible by groups, output size positive, launch grid within CUDA's limits)");
     return s;
 }
 
@@ -106,7 +107,8 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
     TORCH_CHECK(dyconv::is_algo(algo), "dyconv: unknown kernel path ", algo, " (not a dyconv::Algo value)");
     checkOperandShapes(x, attention, weight, bias, spatial);
     c10::cuda::CUDAGuard const guard(x.device());
-    dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups);
+    auto const chosen = static_cast<dyconv::Algo>(algo);
+    dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups, chosen);
 
     torch::Tensor const xc = x.contiguous();
     torch::Tensor const ac = attention.contiguous();
@@ -116,7 +118,6 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
         = spatial ? std::optional<torch::Tensor>(spatial->contiguous()) : std::nullopt;
     torch::Tensor y = torch::empty({shape.n, shape.m, shape.ho, shape.wo}, x.options());
 
-    auto const chosen = static_cast<dyconv::Algo>(algo);
     size_t const bytes = dyconv::workspace_size(shape, chosen);
     torch::Tensor workspace = torch::empty({static_cast<int64_t>(bytes)}, x.options().dtype(torch::kUInt8));
     dyconv::ConvTensors const tensors{xc.data_ptr(), ac.data_ptr(), wc.data_ptr(), bc ? bc->data_ptr() : nullptr,
@@ -137,7 +138,8 @@ std::string selectAlgo(torch::Tensor x, torch::Tensor attention, torch::Tensor w
     checkOperand(attention, x, "attention", -1);
     checkOperand(weight, x, "weight", 5);
     checkOperandShapes(x, attention, weight, std::nullopt, std::nullopt);
-    dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups);
+    dyconv::ConvShape const shape
+        = convShape(x, attention, weight, stride, padding, dilation, groups, dyconv::Algo::kAuto);
     return dyconv::algo_name(dyconv::select_algo(shape));
 }
 

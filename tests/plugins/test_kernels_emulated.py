@@ -227,7 +227,32 @@ def test_empty_batch_is_a_no_op(emulated):
     assert status == 0 and y.size == 0
 
 
-def test_large_batch_depthwise_fits_the_launch_grid(emulated):
-    # DY-MobileNetV2's 960-channel depthwise layer at batch 256: N * groups exceeds a grid's y/z limit.
-    config = LayerConfig("dw960", c=960, m=960, experts=4, kernel=3, h=7, w=7, padding=(1, 1, 1, 1), groups=960)
-    assert emulated.emu_validate(ctypes.byref(conv_shape(config, 256))) == 0
+GRID_X_LIMIT = 2**31 - 1
+
+
+def depthwise(channels: int, size: int) -> LayerConfig:
+    return LayerConfig(f"dw{channels}", c=channels, m=channels, experts=4, kernel=3, h=size, w=size,
+                       padding=(1, 1, 1, 1), groups=channels)
+
+
+def pointwise(m: int, h: int, w: int) -> LayerConfig:
+    return LayerConfig(f"pw{m}", c=2, m=m, experts=2, kernel=1, h=h, w=w)
+
+
+@pytest.mark.parametrize("config, batch, fits", [
+    # DY-MobileNetV2's depthwise layers at batch 256: N * groups * Ho * Wo is far beyond 2^31, the grid is not.
+    (depthwise(960, 7), 256, True),
+    (depthwise(1280, 112), 256, True),
+    # Depthwise grid (ceil(Ho*Wo / 256) * N, M): exact at both limits.
+    (depthwise(65535, 1), 1, True),
+    (depthwise(65536, 1), 1, False),
+    (depthwise(4, 16), GRID_X_LIMIT, True),  # one pixel block per plane
+    (depthwise(4, 17), (GRID_X_LIMIT + 1) // 2 - 1, True),  # 289 pixels: two blocks per plane
+    (depthwise(4, 17), (GRID_X_LIMIT + 1) // 2, False),
+    # GEMM grid (ceil(Ho*Wo / 32) * N * G, ceil(M/G / 32)), 32x32 tiles: 2^16 pixel tiles per plane.
+    (pointwise(2, 2048, 1024), 2**15 - 1, True),
+    (pointwise(2, 2048, 1024), 2**15, False),
+    (pointwise(70000, 1, 1), 1, True),  # y = 2188 output-channel tiles
+], ids=lambda v: v.name if isinstance(v, LayerConfig) else str(v))
+def test_grid_limit_check_is_exact(emulated, config, batch, fits):
+    assert (emulated.emu_validate(ctypes.byref(conv_shape(config, batch))) == 0) == fits
