@@ -30,6 +30,9 @@ def bench_command(
     baseline: Annotated[Optional[str], typer.Option(
         help="Also time the static twin on this engine (e.g. ort-cpu) in the same rounds and show each graph's "
              "ratio to it.", show_default=False)] = None,
+    clock: Annotated[str, typer.Option(
+        help="wall: latency; cpu: the process's CPU time per run, robust to other load on the machine "
+             "(needs --threads 1).")] = "wall",
     precision: PrecisionOption = "f32",
     expert_dtype: ExpertDtypeOption = "f32",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results and environment here.",
@@ -70,4 +73,4 @@ def bench_command(
           json_path=json_out, plot_path=plot, cache_dir=cache_dir, threads=threads, arch=arch,
           trust_pickle=trust_pickle, adapters=adapter,
           runtime_options=openvino_options(backend, precision, expert_dtype), profile=profile,
-          baseline=baseline)
+          baseline=baseline, clock=clock)

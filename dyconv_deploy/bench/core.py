@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from dyconv_deploy.bench import BACKENDS
 from dyconv_deploy.bench.graphs import TWIN, GraphSet, default_cache_dir, twin_spec
-from dyconv_deploy.bench.measure import Stats, interleaved, rss_mb, summarize
+from dyconv_deploy.bench.measure import CLOCKS, Stats, interleaved, rss_mb, summarize
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io import default_input_shape
 from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
@@ -84,7 +84,7 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
           plot_path: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, threads: int = 0,
           opset: int = DEFAULT_OPSET, arch: Optional[str] = None, trust_pickle: bool = False,
           adapters: Sequence[str] = (), runtime_options: Optional[dict] = None, profile: bool = False,
-          baseline: Optional[str] = None, console: Optional[Console] = None) -> BenchResult:
+          baseline: Optional[str] = None, clock: str = "wall", console: Optional[Console] = None) -> BenchResult:
     """Measure ``model_spec``'s graphs against its static twin on ``backend`` at each batch size.
 
     Args:
@@ -101,10 +101,17 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
         baseline: another engine (``ort-cpu``, ``openvino``, ...) whose static twin (fp32, default options) runs
             in the same interleaved rounds, so every graph also gets a ratio to it: "is the dynamic net on this
             engine as fast as the static one on that engine?"
+        clock: ``wall`` (latency) or ``cpu`` (the process's CPU time per run: robust to other load on the
+            machine; needs ``threads=1``, where it is the latency an idle core would give).
     Returns:
         The result, also printed as a table and written to ``json_path`` / ``plot_path`` when given.
     """
     _check_arguments(backend, strategies, batches, warmup, iterations, baseline)
+    if clock not in CLOCKS:
+        raise DyconvError(f"unknown clock {clock!r}; choose one of: {', '.join(CLOCKS)}")
+    if clock == "cpu" and threads != 1:
+        raise DyconvError("--clock cpu sums the CPU time of every inference thread, which is latency only with "
+                          "one thread: add --threads 1")
     if profile and backend not in PROFILED_BACKENDS:
         raise DyconvError(f"--profile works on {', '.join(PROFILED_BACKENDS)}, not {backend}")
     console = console or Console()
@@ -125,11 +132,12 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     rows: list[Row] = []
     try:
         for batch in batches:
-            rows += _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console, profile)
+            rows += _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console, profile,
+                                clock)
     finally:
         runtimes.close()
     settings = {"strategies": list(strategies), "batches": list(batches), "warmup": warmup, "iterations": iterations,
-                "input_shape": list(shape[1:]), "threads": threads, "opset": opset, **(runtime_options or {}),
+                "input_shape": list(shape[1:]), "threads": threads, "clock": clock, "opset": opset, **(runtime_options or {}),
                 "memory": runtimes.memory_note, "profile": profile}
     from dyconv_deploy.bench.report import environment, plot, profile_table, table, write_json
 
@@ -146,7 +154,8 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
     return result
 
 
-def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console, profile) -> list[Row]:
+def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped, console, profile,
+                clock) -> list[Row]:
     """The twin and every strategy that runs at ``batch``, interleaved; a strategy that fails is skipped.
     With ``profile``, each graph is then run under the engine's profiler (not timed with it)."""
     with console.status(f"batch {batch}: preparing the static twin and {', '.join(strategies)}"):
@@ -165,7 +174,7 @@ def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped,
                 skipped[name] = _reason(exc)
     feeds = {ready[TWIN][0].input_specs[0].name: _random_input(batch, shape)}
     with console.status(f"batch {batch}: timing {len(ready)} graphs interleaved, {iterations} iterations"):
-        times = interleaved({name: _runner(rt, feeds) for name, (rt, _) in ready.items()}, warmup, iterations)
+        times = interleaved({name: _runner(rt, feeds) for name, (rt, _) in ready.items()}, warmup, iterations, clock)
     static = summarize(times[TWIN], batch, ready[TWIN][1])
     profiles = {}
     if profile:

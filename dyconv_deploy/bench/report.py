@@ -47,7 +47,8 @@ def _cpu_model() -> str:
 
 def table(result) -> Table:
     """Per batch: the static twin, then each strategy with its dynamic/static p50 ratio."""
-    out = Table(title=f"bench {result.model} on {result.backend} (twin: {result.twin})")
+    clock = " (CPU time per run, 1 thread)" if result.settings.get("clock") == "cpu" else ""
+    out = Table(title=f"bench {result.model} on {result.backend} (twin: {result.twin}){clock}")
     versus = [f"vs {result.baseline} twin"] if result.baseline else []
     for column in ("graph", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "dyn/static", *versus, "mem MB"):
         out.add_column(column, justify="left" if column == "graph" else "right", no_wrap=True)

@@ -193,3 +193,24 @@ def test_baseline_times_the_twin_on_another_engine_in_the_same_rounds(tmp_path, 
 def test_bad_baselines_are_one_line_errors(capsys, args, message):
     assert main(["bench", TINY, *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cpu_clock_counts_compute_not_waiting():
+    import time
+
+    def busy():
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    times = interleaved({"sleep": lambda: time.sleep(0.05), "busy": busy}, warmup=0, iterations=2, clock="cpu")
+    assert max(times["sleep"]) < 0.01 and min(times["busy"]) >= 0.02  # a sleeping run costs no CPU time
+    wall = interleaved({"sleep": lambda: time.sleep(0.05)}, warmup=0, iterations=2)
+    assert min(wall["sleep"]) >= 0.05
+
+
+def test_cpu_clock_bench_needs_one_thread(capsys, cache):
+    assert main(["bench", TINY, "--clock", "cpu"]) == 2
+    assert "add --threads 1" in capsys.readouterr().err
+    result = bench(TINY, "ort-cpu", ("plugin",), (1,), cache_dir=cache, threads=1, clock="cpu", **QUICK)
+    assert result.settings["clock"] == "cpu" and result.rows[0].stats.iterations == 3
