@@ -8,7 +8,8 @@ import typer
 from dyconv_deploy.cli.hints import rerun_hints
 from dyconv_deploy.cli.options import (AdapterOption, ArchOption, AtolOption, InputShapeOption, ModelArgument,
                                        RtolOption, TrustPickleOption, parse_batches, resolve_input_shape)
-from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, EXPORTER_OPSETS, STRATEGIES
+from dyconv_deploy.export.settings import (DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTER_CHOICES,
+                                           STRATEGIES)
 from dyconv_deploy.tolerance import TOLERANCES
 
 _FP32 = TOLERANCES["fp32"]
@@ -26,8 +27,10 @@ def export_command(
     strategy: Annotated[Literal[STRATEGIES], typer.Option(
         help="plugin: keep the custom node (TensorRT plugin); experts / grouped: standard ops only (grouped needs "
              "--static-batch); static: the static-conv baseline for latency comparisons.")] = "plugin",
-    exporter: Annotated[Literal[tuple(EXPORTER_OPSETS)], typer.Option(
-        help="torch.onnx exporter: dynamo (opsets 18-23) or torchscript (opsets 17-20).")] = "dynamo",
+    exporter: Annotated[Literal[EXPORTER_CHOICES], typer.Option(
+        help="torch.onnx exporter: auto (the TorchScript trace, a few times faster, when it cannot be wrong at "
+             "another batch size, else dynamo; the same graph), dynamo (opsets 18-23) or torchscript (opsets "
+             "17-20).")] = DEFAULT_EXPORTER,
     opset: Annotated[int, typer.Option(help="ONNX opset of the default domain.")] = DEFAULT_OPSET,
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,

@@ -114,21 +114,22 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def _torchscript_trace(model: nn.Module, request: ExportRequest) -> torch.jit.ScriptModule:
-    """``torch.jit.trace`` at the example batch; with a dynamic batch also at batch 1, and the two must agree.
+def _torchscript_batch_check(model: nn.Module, request: ExportRequest) -> nn.Module:
+    """With a dynamic batch: the traces at the example batch and at batch 1 must agree; returns ``model``.
 
     A trace records one run: a branch or loop on the batch size is frozen into it without a
     warning, and the graph would be wrong at other batches. Two batch sizes that trace to different
-    graphs reveal it (the example batch is >= 2, see :func:`_capture_input`).
+    graphs reveal it (the example batch is >= 2, see :func:`_capture_input`). ``_get_trace_graph`` is
+    the graph-only trace the TorchScript exporter runs itself, half the time of ``torch.jit.trace``.
     """
     x = request.example_input
-    with _quiet_exporter(), _tracer_warnings(request.strict_trace):
-        traced = torch.jit.trace(model, (x,), check_trace=False)
-        if request.dynamic_batch and _trace_signature(traced) != _trace_signature(
-                torch.jit.trace(model, (x[:1],), check_trace=False)):
+    if request.dynamic_batch:
+        with _quiet_exporter(), _tracer_warnings(request.strict_trace):
+            traces = [_trace_signature(torch.jit._get_trace_graph(model, (batch,))[0]) for batch in (x, x[:1])]
+        if traces[0] != traces[1]:
             raise ValueError(f"the trace at batch {x.shape[0]} differs from the one at batch 1 (Python control "
                              "flow on the batch size), so the graph would be wrong at other batches.")
-    return traced
+    return model
 
 
 @contextmanager
@@ -148,11 +149,11 @@ def _tracer_warnings(strict: bool) -> Iterator[None]:
         raise ValueError(f"the trace may be wrong for other inputs: {str(tracer[0].message).splitlines()[0]}")
 
 
-def _trace_signature(traced: torch.jit.ScriptModule) -> list[tuple]:
-    """Per node of the inlined graph: kind, constant value (tensor constants: shape), producers of the inputs."""
+def _trace_signature(graph: torch.Graph) -> list[tuple]:
+    """Per node of a traced graph: kind, constant value (tensor constants: shape), producers of the inputs."""
     producers = {}
     signature = []
-    for index, node in enumerate(traced.inlined_graph.nodes()):
+    for index, node in enumerate(graph.nodes()):
         constant = None
         if node.kind() == "prim::Constant":
             value = node.output().toIValue()
@@ -162,15 +163,14 @@ def _trace_signature(traced: torch.jit.ScriptModule) -> list[tuple]:
     return signature
 
 
-def _torchscript_translate(traced: torch.jit.ScriptModule, request: ExportRequest) -> onnx.ModelProto:
+def _torchscript_translate(model: nn.Module, request: ExportRequest) -> onnx.ModelProto:
     register_torchscript_symbolic(request.opset)
     axes = ({name: {0: BATCH_DIM} for name in [INPUT_NAME, *request.output_names]}
             if request.dynamic_batch else None)
     buffer = io.BytesIO()
-    with _quiet_exporter(), warnings.catch_warnings():  # deprecated since torch 2.9, still working in 2.13
-        # A traced module hides forward()'s signature, which the exporter only needs for keyword inputs.
-        warnings.filterwarnings("ignore", ".*_decide_input_format", UserWarning)
-        torch.onnx.export(traced, (request.example_input,), buffer, dynamo=False, input_names=[INPUT_NAME],
+    # The TorchScript exporter is deprecated since torch 2.9, still working in 2.13.
+    with _quiet_exporter(), _tracer_warnings(request.strict_trace):
+        torch.onnx.export(model, (request.example_input,), buffer, dynamo=False, input_names=[INPUT_NAME],
                           output_names=request.output_names, opset_version=request.opset, dynamic_axes=axes,
                           custom_opsets={DOMAIN: OP_VERSION})
     return onnx.load_model_from_string(buffer.getvalue())
@@ -189,8 +189,8 @@ EXPORTERS = {e.name: e for e in (
         ("dynamo translate", _dynamo_translate, _TRACEBACK),
     )),
     Exporter("torchscript", *EXPORTER_OPSETS["torchscript"], (
-        ("torchscript trace", _torchscript_trace, _TRACEABLE),
-        ("torchscript translate", _torchscript_translate, _TRACEBACK),
+        ("torchscript batch check", _torchscript_batch_check, _TRACEABLE),
+        ("torchscript trace and translate", _torchscript_translate, _TRACEABLE + ", or " + _TRACEBACK),
         ("optimize", _optimize, _TRACEBACK),
     )),
 )}

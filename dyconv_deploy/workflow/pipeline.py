@@ -19,10 +19,10 @@ from torch import nn
 
 from dyconv_deploy.convert import convert_model
 from dyconv_deploy.errors import DyconvError, VerificationError
-from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
+from dyconv_deploy.export.metadata import read_metadata, save_atomic, stamp, state_dict_sha256
 from dyconv_deploy.export.onnx_export import ExportError, check_image_shape, contract_nodes, export_onnx
 from dyconv_deploy.export.report import Checklist, comparison_table
-from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_OPSET, STRATEGIES
+from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, STRATEGIES
 from dyconv_deploy.export.verify import check_graph, open_runtime, verify_onnx
 from dyconv_deploy.io import load_model
 from dyconv_deploy.io.onnx_file import read_onnx
@@ -74,7 +74,7 @@ class ExportResult:
 
 
 def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int], *, dynamic_batch: bool = True,
-                 strategy: str = "plugin", exporter: str = "dynamo", opset: int = DEFAULT_OPSET,
+                 strategy: str = "plugin", exporter: str = DEFAULT_EXPORTER, opset: int = DEFAULT_OPSET,
                  arch: Optional[str] = None, trust_pickle: bool = False, adapters: Sequence[str] = (),
                  verify: bool = True, batches: Sequence[int] = DEFAULT_BATCHES,
                  tolerance: Tolerance = TOLERANCES["fp32"], console: Optional[Console] = None) -> ExportResult:
@@ -109,14 +109,15 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
     with checklist.stage("convert") as row:
         model, row.detail = _convert(source, example, adapters)
     check_error = None
-    with checklist.stage("export") as row:
+    with checklist.stage("export") as row, console.status(f"export: {exporter} exporter, opset {opset}"):
         try:
             proto = export_onnx(model, example, None, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch)
         except ExportError as exc:
             if exc.step != "check":
                 raise
             check_error = exc  # the export itself worked: the failure belongs to the checker row
-        row.detail = f"{exporter}, opset {opset}, batch {'dynamic' if dynamic_batch else shape[0]}"
+        used = exporter if check_error else read_metadata(proto)["exporter"]
+        row.detail = f"{used}, opset {opset}, batch {'dynamic' if dynamic_batch else shape[0]}"
     with checklist.stage("checker") as row:
         if check_error is not None:
             raise check_error

@@ -48,10 +48,11 @@ def test_over_tolerance_exits_1_and_keeps_the_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--opset", "17"], "the dynamo exporter emits opsets 18-23, not 17"),
+    (["--exporter", "dynamo", "--opset", "17"], "the dynamo exporter emits opsets 18-23, not 17"),
+    (["--opset", "24"], "no exporter emits opset 24: pass --opset 23"),
     (["--input-shape", "3x32x32"], "the input shape must be N x C x H x W"),
     (["--batch", "1,zero"], "bad batch list"),
-], ids=["opset", "input-shape", "batch"])
+], ids=["opset", "auto-opset", "input-shape", "batch"])
 def test_bad_options_are_one_line_errors_with_exit_2(tmp_path, capsys, args, message):
     assert main(["export", TINY, "-o", str(tmp_path / "x.onnx"), *args]) == 2
     err = capsys.readouterr().err
@@ -62,6 +63,6 @@ def test_bad_options_are_one_line_errors_with_exit_2(tmp_path, capsys, args, mes
 def test_help_lists_the_options_with_their_defaults(capsys):
     assert main(["export", "--help"]) == 0
     out = capsys.readouterr().out
-    for text in ("--static-batch", "--strategy", "default: plugin", "--exporter", "default: dynamo", "--trust-pickle",
+    for text in ("--static-batch", "--strategy", "default: plugin", "--exporter", "default: auto", "--trust-pickle",
                  "--no-verify", "default: 1,4", "default: 0.0001"):
         assert text in out

@@ -170,7 +170,7 @@ def test_torchscript_refuses_a_trace_that_depends_on_the_batch_size():
         def forward(self, x):
             return torch.stack([x[i] * (i + 1) for i in range(x.shape[0])])  # no TracerWarning
 
-    with pytest.raises(ExportError, match=r"step 1/5 \(torchscript trace\) failed: the trace at batch 2 differs "
+    with pytest.raises(ExportError, match=r"step 1/5 \(torchscript batch check\) failed: the trace at batch 2 differs "
                                           r"from the one at batch 1 .* Next: .* or try --exporter dynamo\.$"):
         export_onnx(PerSampleLoop(), torch.randn(2, 3, 4, 4), exporter="torchscript")
 
