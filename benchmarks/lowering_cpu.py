@@ -19,9 +19,9 @@ import torch
 from dyconv_deploy.bench.graphs import TWIN, GraphSet, default_cache_dir
 from dyconv_deploy.bench.measure import interleaved, summarize
 from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
-from dyconv_deploy.export.verify import verify_onnx
 from dyconv_deploy.runtime import load_runtime
 from dyconv_deploy.samples import create_sample, default_input_shape
+from dyconv_deploy.verify import verify_onnx
 
 
 def main() -> None:

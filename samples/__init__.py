@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.nn import CondConv2d, DynamicConv2d, DyNetConv2d, DyReLU, ODConv2d
 from dyconv_deploy.samples.efficientnet import EfficientNetB0
 from dyconv_deploy.samples.mobilenetv2 import MobileNetV2
@@ -173,7 +174,7 @@ def calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int], batch: i
 
     The model runs in eval mode and each BatchNorm takes the statistics of its input just before
     normalising it, so every layer is calibrated on what it sees at inference. The images
-    (:func:`dyconv_deploy.export.verify.random_images`, what ``verify`` feeds too) are noise with a
+    (:func:`dyconv_deploy.inputs.random_images`, what ``verify`` feeds too) are noise with a
     random contrast and colour shift per image, so that globally pooled features (the input of every
     attention branch) vary across the batch as they do across real images; plain noise pools to
     almost the same vector, and the tiny variance of the pooled values would blow up the attention
@@ -185,8 +186,6 @@ def calibrate_batch_norms(model: nn.Module, input_shape: Sequence[int], batch: i
     Returns:
         ``model``, calibrated, in eval mode.
     """
-    from dyconv_deploy.export.verify import random_images
-
     def calibrate(norm: nn.Module, args: tuple) -> None:
         x = args[0]
         dims = [0, *range(2, x.dim())]

@@ -3,9 +3,9 @@
 The order, lowest first, is :data:`LAYERS`::
 
     (shared modules) < ops < nn < analysis < samples < io < convert < export < lower < trt < runtime
-                     < bench < workflow
+                     < verify < bench < workflow
 
-The shared modules (:data:`SHARED`: errors, deps, tolerance, cache, native and the package's
+The shared modules (:data:`SHARED`: errors, deps, tolerance, cache, native, inputs and the package's
 ``__init__``) sit below every stage and import only each other. A stage may import itself, the
 shared modules and the stages before it; nothing in the library imports ``dyconv_deploy.cli``.
 Every ``import`` statement counts, also the lazy ones inside functions. The check reads the
@@ -19,18 +19,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "dyconv_deploy"
-LAYERS = ("ops", "nn", "analysis", "samples", "io", "convert", "export", "lower", "trt", "runtime", "bench",
-          "workflow")
-SHARED = ("__init__", "__version__", "errors", "deps", "tolerance", "cache", "native")
+LAYERS = ("ops", "nn", "analysis", "samples", "io", "convert", "export", "lower", "trt", "runtime", "verify",
+          "bench", "workflow")
+SHARED = ("__init__", "__version__", "errors", "deps", "tolerance", "cache", "native", "inputs")
 # Source folders -> the layer their files belong to (samples/ installs as dyconv_deploy.samples).
 SOURCES = {ROOT / PACKAGE: None, ROOT / "samples": "samples"}
-# Known exceptions, (importing file, imported layer) -> why; each one must still exist (see the last test).
-KNOWN_EXCEPTIONS = {
-    ("dyconv_deploy/export/verify.py", "runtime"):
-        "verify_onnx runs a runtime: it belongs above runtime (DESIGN: run / verify / bench)",
-    ("samples/__init__.py", "export"):
-        "calibrate_batch_norms draws export.verify.random_images, which belongs below the samples",
-}
 
 
 def layer_of(name: str) -> str | None:
@@ -96,14 +89,8 @@ def violations() -> dict[tuple[str, str], str]:
 
 
 def test_every_part_imports_only_the_layers_below_it():
-    unexpected = {key: why for key, why in violations().items() if key not in KNOWN_EXCEPTIONS}
-    assert not unexpected, "\n".join(f"{file}: {why}" for (file, _), why in sorted(unexpected.items()))
-
-
-def test_known_exceptions_still_exist():
-    """An exception that was fixed must leave the list, so the list never hides a new one."""
-    gone = set(KNOWN_EXCEPTIONS) - set(violations())
-    assert not gone, f"fixed, remove from KNOWN_EXCEPTIONS: {sorted(gone)}"
+    found = violations()
+    assert not found, "\n".join(f"{file}: {why}" for (file, _), why in sorted(found.items()))
 
 
 @pytest.mark.parametrize("source, expected", [

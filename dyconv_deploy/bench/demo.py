@@ -105,7 +105,7 @@ def _copy(source: Path, target: Path) -> Path:
 def _verify(model, files: dict, shape, engines: Sequence[str]) -> float:
     """Largest max-abs error over the equivalent graphs (the plugin graph also on OpenVINO when it is one of
     ``engines``); raises when one is over tolerance."""
-    from dyconv_deploy.export.verify import verify_onnx
+    from dyconv_deploy.verify import verify_onnx
 
     comparisons = []
     for strategy in ("plugin", "experts", "grouped"):

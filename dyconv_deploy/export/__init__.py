@@ -1,8 +1,9 @@
 """Export stage: canonical model -> ONNX with one ``dyconv::DynamicConv2d`` node per dynamic conv, and its check.
 
-``export_onnx`` (:mod:`.onnx_export`) and ``verify_onnx`` (:mod:`.verify`); the ``export`` /
-``verify`` pipelines that drive every stage are in :mod:`dyconv_deploy.workflow`. Names are
-imported on first use, so the CLI can read :mod:`.settings` without importing torch.
+``export_onnx`` (:mod:`.onnx_export`); the checker and contract shapes of a graph are
+:mod:`.graph_check`. Comparing a graph's outputs with PyTorch is :mod:`dyconv_deploy.verify`, and
+the ``export`` / ``verify`` pipelines that drive every stage are in :mod:`dyconv_deploy.workflow`.
+Names are imported on first use, so the CLI can read :mod:`.settings` without importing torch.
 """
 
 from importlib import import_module
@@ -10,7 +11,6 @@ from importlib import import_module
 _API = {
     "EXPORTERS": "onnx_export", "ExportError": "onnx_export", "check_model": "onnx_export",
     "contract_nodes": "onnx_export", "export_onnx": "onnx_export",
-    "verify_onnx": "verify",
 }
 __all__ = sorted(_API)
 

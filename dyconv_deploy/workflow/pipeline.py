@@ -19,17 +19,18 @@ from torch import nn
 
 from dyconv_deploy.convert import convert_model
 from dyconv_deploy.errors import DyconvError, VerificationError
+from dyconv_deploy.export.graph_check import check_graph
 from dyconv_deploy.export.metadata import read_metadata, save_atomic, stamp, state_dict_sha256
 from dyconv_deploy.export.onnx_export import ExportError, check_image_shape, contract_nodes, export_onnx
 from dyconv_deploy.export.report import Checklist, comparison_table
 from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, STRATEGIES
-from dyconv_deploy.export.verify import check_graph, open_runtime, verify_onnx
 from dyconv_deploy.io import load_model
 from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.lower import STATIC_BATCH_REASON, lower
 from dyconv_deploy.runtime import is_engine
 from dyconv_deploy.runtime.base import TensorSpec
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance
+from dyconv_deploy.verify import open_runtime, verify_onnx
 
 EXPORT_STAGES = ("load", "convert", "export", "checker", "lower", "write", "verify")
 VERIFY_STAGES = ("load", "checker", "verify")

@@ -10,10 +10,10 @@ from rich.console import Console
 
 from dyconv_deploy.cli.main import main
 from dyconv_deploy.export import export_onnx
-from dyconv_deploy.export.verify import verify_inputs, verify_onnx
 from dyconv_deploy.export.report import comparison_table
 from dyconv_deploy.io import load_model
 from dyconv_deploy.tolerance import Tolerance, compare
+from dyconv_deploy.verify import verify_inputs, verify_onnx
 
 TINY = "sample:tiny_dynamic"
 

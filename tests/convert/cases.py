@@ -17,7 +17,7 @@ from standins import (dynet, external_attention, islanna_dyrelu, kaijieshi7, osv
                       seed_odconv, timm_condconv)
 from torch import nn
 
-from dyconv_deploy.export.verify import random_images
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.samples import calibrate_batch_norms
 
 CHANNELS = 16
@@ -161,7 +161,7 @@ def calibrated(model: nn.Module, input_shape=SHAPE) -> nn.Module:
 
 
 def images(batch: int = SHAPE[0], channels: int = CHANNELS, size: int = SIZE) -> torch.Tensor:
-    """``[batch, channels, size, size]`` :func:`~dyconv_deploy.export.verify.random_images` (global RNG)."""
+    """``[batch, channels, size, size]`` :func:`~dyconv_deploy.inputs.random_images` (global RNG)."""
     return random_images((batch, channels, size, size))
 
 

@@ -11,10 +11,10 @@ from guards import assert_attention_varies, assert_depends_on_input, assert_fail
 
 from dyconv_deploy.convert import convert_model
 from dyconv_deploy.export import contract_nodes, export_onnx
-from dyconv_deploy.export.verify import verify_inputs, verify_onnx
 from dyconv_deploy.lower import STRATEGIES, lower
 from dyconv_deploy.nn import DynamicConvBase
 from dyconv_deploy.tolerance import TOLERANCES
+from dyconv_deploy.verify import verify_inputs, verify_onnx
 
 EQUIVALENT = [s for s in STRATEGIES if s != "static"]  # static drops the attention: a latency baseline only
 

@@ -16,10 +16,10 @@ import torch
 
 from dyconv_deploy.convert import convert_model
 from dyconv_deploy.export import contract_nodes, export_onnx
-from dyconv_deploy.export.verify import verify_onnx
 from dyconv_deploy.lower import lower
 from dyconv_deploy.samples import calibrate_batch_norms
 from dyconv_deploy.tolerance import TOLERANCES
+from dyconv_deploy.verify import verify_onnx
 
 STUBS = Path(__file__).parent / "stubs"
 SHAPE = (2, 3, 64, 64)  # at 32x32 the calibrated net is ill-conditioned (fp32 and fp64 differ by 1e-2)

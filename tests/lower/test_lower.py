@@ -14,7 +14,7 @@ from torch import nn
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import export_onnx
 from dyconv_deploy.export.metadata import read_metadata
-from dyconv_deploy.export.verify import random_images
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.lower import STRATEGIES, lower
 from dyconv_deploy.nn import CondConv2d, DynamicConv2d, DyNetConv2d, ODConv2d
 from dyconv_deploy.samples import calibrate_batch_norms

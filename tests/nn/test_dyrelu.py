@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from guards import assert_attention_varies, assert_fails, rolled_attention
 
-from dyconv_deploy.export.verify import random_images
+from dyconv_deploy.inputs import random_images
 
 from dyconv_deploy.nn import DyReLU
 from dyconv_deploy.tolerance import TOLERANCES, compare

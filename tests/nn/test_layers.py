@@ -13,7 +13,7 @@ import pytest
 import torch
 from guards import assert_attention_varies, assert_fails, attention_spread, rolled_attention
 
-from dyconv_deploy.export.verify import random_images
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.nn import CondConv2d, DynamicConv2d, DyNetConv2d, ODConv2d, set_temperature
 from dyconv_deploy.ops import per_sample_dynamic_conv2d
 from dyconv_deploy.tolerance import TOLERANCES, compare

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from layer_models import make_layer, static_by_construction
 from onnx import numpy_helper
 
-from dyconv_deploy.export.verify import random_images
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.lower import STRATEGIES, fold_batchnorm, lower_experts, lower_grouped, lower_plugin, lower_static
 from dyconv_deploy.nn import Routing
 from dyconv_deploy.ops import dynamic_conv2d, dynamic_conv2d_reference, per_sample_dynamic_conv2d

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dyconv_deploy.errors import DyconvError
-from dyconv_deploy.export.verify import check_contract_shapes
+from dyconv_deploy.export.graph_check import check_contract_shapes
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 
 W = (4, 8, 2, 3, 3)  # K=4 experts, M=8 outputs, C/group=2, 3x3 kernel

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from dyconv_deploy.errors import VerificationError
-from dyconv_deploy.export.verify import first_bad_node, verify_onnx
 from dyconv_deploy.tolerance import Tolerance
+from dyconv_deploy.verify import first_bad_node, verify_onnx
 
 SHAPE = (1, 3, 4, 4)
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16

@@ -34,7 +34,6 @@ from onnx import TensorProto, helper, numpy_helper
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import contract_nodes, export_onnx
 from dyconv_deploy.export.settings import EXPORTER_OPSETS
-from dyconv_deploy.export.verify import verify_onnx
 from dyconv_deploy.lower import lower
 from dyconv_deploy.nn import DynamicConvBase
 from dyconv_deploy.ops import DOMAIN, OP_TYPE, OP_VERSION
@@ -44,6 +43,7 @@ from dyconv_deploy.runtime.openvino_extension import LIBRARY_ENV, extension_libr
 from dyconv_deploy.runtime.openvino_runtime import OpenVinoRuntime
 from dyconv_deploy.samples import create_sample, default_input_shape, list_samples
 from dyconv_deploy.tolerance import TOLERANCES, compare
+from dyconv_deploy.verify import verify_onnx
 from guards import assert_fails, rolled_attention
 
 ov = pytest.importorskip("openvino", reason="needs the openvino wheel (pip install -e '.[test]')")

@@ -7,8 +7,8 @@ from torch import nn
 from guards import assert_depends_on_input
 
 from dyconv_deploy.analysis import analyze
-from dyconv_deploy.export.verify import random_images
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.io import load_model
 from dyconv_deploy.nn import DynamicConv2d, DynamicConvBase
 from dyconv_deploy.samples import SAMPLES, create_sample, default_input_shape, list_samples
@@ -92,7 +92,7 @@ def test_odconv_sample_is_well_conditioned_on_verify_inputs():
 
     from guards import assert_attention_varies
 
-    from dyconv_deploy.export.verify import verify_inputs
+    from dyconv_deploy.verify import verify_inputs
 
     model = create_sample("odconv_mobilenetv2")
     (x,) = verify_inputs(default_input_shape("odconv_mobilenetv2"), (3,))

@@ -10,8 +10,8 @@ import pytest
 from guards import assert_fails, rolled_attention
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.verify import verify_onnx
 from dyconv_deploy.workflow import export_model, verify_model
-from dyconv_deploy.export.verify import verify_onnx
 from dyconv_deploy.io import load_model
 from dyconv_deploy.io.model_spec import default_input_shape
 from dyconv_deploy.tolerance import TOLERANCES

@@ -58,7 +58,7 @@ def test_ort_trt_without_the_tensorrt_execution_provider_says_what_to_install(mo
 def test_verify_opens_ort_trt_and_explains_a_missing_provider(monkeypatch, tmp_path):
     import onnxruntime
 
-    from dyconv_deploy.export.verify import open_runtime
+    from dyconv_deploy.verify import open_runtime
 
     if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the TensorRT execution provider")

@@ -1,4 +1,4 @@
-"""Check an exported graph or engine against PyTorch eager on random images, per output and batch.
+"""Verify stage: check a graph or engine against PyTorch eager on random images, per output and batch.
 
 Every backend of :mod:`dyconv_deploy.runtime` can be checked. ``auto`` picks: ``trt`` for an
 engine file; ``reference`` for graphs with ``dyconv::DynamicConv2d`` nodes (``onnx.reference``
@@ -7,10 +7,10 @@ with the contract's reference kernel and the torch-backed Conv/MaxPool of
 ONNX Runtime CPU for standard-op graphs. ``ort-cpu`` on a plugin graph checks the ONNX Runtime
 expansion of the node (:mod:`dyconv_deploy.runtime.ort_custom_op`).
 
-The inputs are :func:`random_images`: noise with a contrast and a colour shift per image, so that
-the globally pooled features every attention branch starts from differ between the samples of a
-batch (plain noise pools to nearly the same vector and gives nearly the same attention to every
-sample, which would let a graph that mixes up samples pass).
+The inputs are :func:`~dyconv_deploy.inputs.random_images`: noise with a contrast and a colour
+shift per image, so that the globally pooled features every attention branch starts from differ
+between the samples of a batch (plain noise pools to nearly the same vector and gives nearly the
+same attention to every sample, which would let a graph that mixes up samples pass).
 """
 
 import os
@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError, VerificationError
-from dyconv_deploy.export.onnx_export import check_model, contract_nodes
+from dyconv_deploy.export.onnx_export import contract_nodes
 from dyconv_deploy.export.settings import VERIFY_BACKENDS
+from dyconv_deploy.inputs import random_images
 from dyconv_deploy.io.model_spec import forward_errors_named
 from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.ops.onnx_schema import register_schema
@@ -31,72 +32,6 @@ from dyconv_deploy.runtime import Runtime, is_engine, load_runtime
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance, compare
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-
-
-_CONTRACT = "X [N, C, H, W], A [N, K] or [N, K, M], W [K, M, C/group, kH, kW], B [K, M], S [N, kH, kW]"
-
-
-def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``onnx.checker``, strict shape inference and the contract shapes of every ``dyconv::DynamicConv2d``
-    node (:func:`check_contract_shapes`); returns the shape-inferred model.
-
-    Raises:
-        DyconvError: one line naming the first problem (the checker's first line, or the node and the
-            inputs that break the contract).
-    """
-    try:
-        inferred = check_model(model)
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        raise DyconvError(f"the graph fails the ONNX checker: {lines[0][:300] if lines else type(exc).__name__}") \
-            from exc
-    check_contract_shapes(inferred)
-    return inferred
-
-
-def check_contract_shapes(inferred: onnx.ModelProto) -> None:
-    """Check the input shapes of every contract node of a shape-inferred graph against the contract.
-
-    Known sizes must agree: A's K (and M for rank 3) with W, B = [K, M], S = [N, kH, kW] with W's
-    kernel, X's channels = W's C/group times ``group``, M divisible by ``group``. Symbolic sizes (the
-    batch) are not compared.
-    """
-    shapes = {t.name: list(t.dims) for t in inferred.graph.initializer}
-    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        if info.type.tensor_type.HasField("shape"):
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
-                                 for d in info.type.tensor_type.shape.dim]
-    for node in contract_nodes(inferred):
-        problem = _contract_problem(node, [shapes.get(name) if name else None for name in node.input])
-        if problem:
-            raise DyconvError(f"node {node.name or node.op_type} breaks the dyconv::DynamicConv2d contract: {problem} "
-                              f"(contract: {_CONTRACT})")
-
-
-def _contract_problem(node: onnx.NodeProto, inputs: list) -> str | None:
-    """The first way ``node``'s input shapes (lists of ints or None; None when unknown) break the contract."""
-    x, a, w, b, s = (inputs + [None] * 5)[:5]
-    group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
-    for label, shape, ranks in (("X", x, (4,)), ("A", a, (2, 3)), ("W", w, (5,)), ("B", b, (2,)), ("S", s, (3,))):
-        if shape is not None and len(shape) not in ranks:
-            return f"{label} has rank {len(shape)} ({_dims(shape)}), expected {' or '.join(map(str, ranks))}"
-    if w is None:
-        return "W (the expert kernels) has no known shape"
-    k, m, per_group = w[0], w[1], w[2]
-    expected = {"A": [None, k] + ([m] if a is not None and len(a) == 3 else []), "B": [k, m], "S": [None, *w[3:]]}
-    for label, shape in (("A", a), ("B", b), ("S", s)):
-        if shape is not None and any(e is not None and d is not None and d != e for d, e in zip(shape, expected[label])):
-            return f"{label} is {_dims(shape)} but W {_dims(w)} needs {_dims(expected[label])}"
-    if m % group:
-        return f"W {_dims(w)} has M = {m} output channels, not divisible by group {group}"
-    if x is not None and x[1] is not None and x[1] != per_group * group:
-        return f"X is {_dims(x)} but W {_dims(w)} with group {group} needs C = {per_group * group}"
-    return None
-
-
-def _dims(shape) -> str:
-    """``[N, 4, ?]``: an unknown size shows as N in front (the batch), else as ?."""
-    return "[" + ", ".join(str(d) if d is not None else "?" if i else "N" for i, d in enumerate(shape)) + "]"
 
 
 def backend_for(source: onnx.ModelProto | str | os.PathLike) -> str:
@@ -263,20 +198,6 @@ def verify_inputs(input_shape: Sequence[int], batches: Sequence[int], seed: int 
     ``batches``, drawn in that order from one generator seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return [random_images((batch, *input_shape[1:]), generator) for batch in batches]
-
-
-def random_images(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random ``shape = [N, C, ...]`` float32 images that differ per sample as real images do.
-
-    Unit Gaussian noise times a contrast drawn uniformly from [0.5, 1.5) per image, plus a shift
-    drawn from N(0, 1) per image and channel. These are also the images the bundled samples
-    calibrate their BatchNorm statistics on (:func:`dyconv_deploy.samples.calibrate_batch_norms`).
-    """
-    if len(shape) < 2:
-        raise ValueError(f"random_images needs a shape [N, C, ...], got {list(shape)}")
-    batch, channels, spatial = shape[0], shape[1], [1] * (len(shape) - 2)
-    return (torch.randn(*shape, generator=generator) * (0.5 + torch.rand(batch, 1, *spatial, generator=generator))
-            + torch.randn(batch, channels, *spatial, generator=generator))
 
 
 def _flatten(outputs) -> list[torch.Tensor]:
