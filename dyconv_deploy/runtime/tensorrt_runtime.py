@@ -154,14 +154,25 @@ def set_input_shapes(engine, context, shapes: dict[str, tuple[int, ...]], engine
 
     TensorRT refuses a shape outside the profile (``set_input_shape`` returns False) and would
     then report a negative-size output; this raises a :class:`DyconvError` naming the input, its
-    shape and the profile's min/opt/max instead.
+    shape and the profile's min/opt/max instead, with the ``build-engine --shapes`` range that
+    covers both the profile and the shape (when the ranks agree).
     """
     for name, shape in shapes.items():
         if not context.set_input_shape(name, tuple(shape)):
-            lo, mid, hi = ("x".join(map(str, dims)) for dims in engine.get_tensor_profile_shape(name, 0))
-            raise DyconvError(f"input {name} has shape {'x'.join(map(str, shape))}, outside the profile of "
-                              f"{engine_name} (min {lo}, opt {mid}, max {hi}); feed a shape in that range or rebuild "
-                              "it with --min-batch/--max-batch or --shapes covering it")
+            lo, mid, hi = (tuple(dims) for dims in engine.get_tensor_profile_shape(name, 0))
+            problem = (f"input {name} has shape {_dims(shape)}, outside the profile of {engine_name} (min "
+                       f"{_dims(lo)}, opt {_dims(mid)}, max {_dims(hi)})")
+            if len(shape) != len(lo):
+                raise DyconvError(f"{problem}; the engine takes {name} with {len(lo)} dimensions")
+            covering = f"{name}:{_dims(map(min, lo, shape))},{_dims(mid)},{_dims(map(max, hi, shape))}"
+            raise DyconvError(f"{problem}; feed a shape in that range or rebuild the engine from its ONNX with "
+                              f"`dyconv-deploy build-engine ONNX --shapes {covering}` (and the options it was "
+                              "built with)")
+
+
+def _dims(shape) -> str:
+    """``8x3x224x224``: a shape as ``--shapes`` writes it."""
+    return "x".join(map(str, shape))
 
 
 def deserialize_engine(trt, engine_path: Path, *, plugin_library: Path | None, host_code_allowed: bool):

@@ -38,3 +38,30 @@ def test_an_input_outside_the_profile_is_named_with_the_range(fake_trt, shape):
     with pytest.raises(DyconvError, match=rf"^input x has shape {shown}, outside the profile of m.engine "
                                           r"\(min 1x3x4x4, opt 8x3x4x4, max 32x3x4x4\); "):
         set_input_shapes(engine, engine.create_execution_context(), {"x": shape}, "m.engine")
+
+
+@pytest.mark.parametrize("shape", [(33, 3, 4, 4), (2, 3, 5, 4), (2, 3, 3, 4)], ids=["batch", "height", "smaller"])
+def test_the_rebuild_hint_is_a_build_engine_command_whose_profile_covers_the_shape(fake_trt, shape):
+    import shlex
+
+    import typer
+
+    from dyconv_deploy.cli.main import app
+    from dyconv_deploy.trt.build import parse_shapes
+
+    engine = fake_trt().Runtime(None).deserialize_cuda_engine(b"plan")
+    with pytest.raises(DyconvError) as raised:
+        set_input_shapes(engine, engine.create_execution_context(), {"x": shape}, "m.engine")
+    command = shlex.split(str(raised.value).split("`")[1])
+    assert command[:2] == ["dyconv-deploy", "build-engine"]
+    build = typer.main.get_command(app).commands["build-engine"]
+    profile = parse_shapes(build.make_context("build-engine", command[2:]).params["shapes"])["x"]
+    covered = [all(a <= d <= b for a, d, b in zip(profile.min, dims, profile.max))
+               for dims in (shape, (1, 3, 4, 4), (32, 3, 4, 4))]  # the shape and the old profile's min and max
+    assert covered == [True] * 3 and profile.opt == (8, 3, 4, 4)
+
+
+def test_an_input_of_another_rank_is_told_the_engine_rank(fake_trt):
+    engine = fake_trt().Runtime(None).deserialize_cuda_engine(b"plan")
+    with pytest.raises(DyconvError, match=r"; the engine takes x with 4 dimensions$"):
+        set_input_shapes(engine, engine.create_execution_context(), {"x": (2, 3, 4)}, "m.engine")
