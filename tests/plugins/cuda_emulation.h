@@ -11,6 +11,7 @@
 #include <atomic>
 #include <barrier>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,9 @@ inline dim3 grid_dim;
 inline std::vector<unsigned char> dynamic_shared_memory;
 inline int multiprocessor_count = 1;
 
+// One std::thread per thread of a block, reused for every block of the grid (creating threads per block
+// dominated the test time). Blocks run in CUDA's linear order; a thread that returns from the kernel drops
+// out of the block's __syncthreads barrier, which is renewed for the next block once all threads are done.
 template <typename Kernel>
 void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, Kernel kernel)
 {
@@ -31,25 +35,28 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, Kernel ker
     block_dim = block;
     dynamic_shared_memory.assign(shared_bytes, 0);
     int const threads = block.x * block.y * block.z;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x)
+    long long const blocks = static_cast<long long>(grid.x) * grid.y * grid.z;
+    std::optional<std::barrier<>> sync;
+    sync.emplace(threads);
+    auto renew = [&]() noexcept { sync.emplace(threads); };
+    std::barrier<decltype(renew)> block_done(threads, renew);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t)
+    {
+        workers.emplace_back([&, t] {
+            thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            for (long long b = 0; b < blocks; ++b)
             {
-                std::barrier<> barrier(threads);
-                std::vector<std::thread> workers;
-                for (int t = 0; t < threads; ++t)
-                {
-                    workers.emplace_back([&, t] {
-                        block_idx = dim3(x, y, z);
-                        thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-                        block_barrier = &barrier;
-                        kernel();
-                        barrier.arrive_and_drop();
-                    });
-                }
-                for (auto& w : workers)
-                    w.join();
+                block_idx = dim3(b % grid.x, (b / grid.x) % grid.y, b / (static_cast<long long>(grid.x) * grid.y));
+                block_barrier = &*sync;
+                kernel();
+                sync->arrive_and_drop();
+                block_done.arrive_and_wait();
             }
+        });
+    }
+    for (auto& w : workers)
+        w.join();
 }
 
 template <typename T>

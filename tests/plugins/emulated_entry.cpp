@@ -9,7 +9,8 @@ extern "C" int emu_dynamic_conv2d(dyconv::ConvShape const* shape, int dtype, voi
 {
     emu::multiprocessor_count = multiprocessor_count;
     size_t const bytes = dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo));
-    std::vector<unsigned char> workspace(bytes);
+    // Garbage, as a real allocator's memory: every path must initialise what it reads back.
+    std::vector<unsigned char> workspace(bytes, 0xC3);
     dyconv::ConvTensors const tensors{x, attention, weight, bias, spatial, y};
     return dyconv::dynamic_conv2d(*shape, static_cast<dyconv::DType>(dtype), tensors,
         bytes > 0 ? workspace.data() : nullptr, bytes, nullptr, static_cast<dyconv::Algo>(algo));

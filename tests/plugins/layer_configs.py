@@ -5,6 +5,7 @@ Each config covers one code path of ``plugins/kernels``: pointwise GEMM, k x k i
 multiplier, DyNet channel attention, ODConv spatial attention, a plane large enough for the
 aggregated path, reductions deep enough for split-K, and reductions of >= 1000 terms, where
 fp16 accumulation is far outside the ``fp16-kernel`` tolerance that fp32 accumulation meets.
+:data:`KERNEL_CONFIGS` adds the shapes that only the kernels' tiling cares about.
 """
 
 from dataclasses import dataclass
@@ -87,3 +88,14 @@ LAYER_CONFIGS = [
     LayerConfig("pointwise-1024-deep", c=1024, m=8, experts=2, kernel=1, h=4, w=4),
     LayerConfig("3x3-1008-deep", c=112, m=8, experts=4, kernel=3, h=5, w=5, padding=(1, 1, 1, 1)),
 ]
+
+# Tiling of plugins/kernels: more than one GEMM tile of output channels per group (64 and 32), and a depthwise
+# plane spanning two pixel blocks (256 threads): an offset wrong in the second tile or block shows only here.
+TILE_CONFIGS = [
+    LayerConfig("pointwise-m-two-tiles", c=8, m=72, experts=2, kernel=1, h=5, w=5),
+    LayerConfig("3x3-grouped-m-two-tiles-deep", c=32, m=144, experts=2, kernel=3, h=4, w=4, padding=(1, 1, 1, 1),
+                groups=2),
+    LayerConfig("depthwise-3x3-289-pixels", c=2, m=2, experts=2, kernel=3, h=17, w=17, padding=(1, 1, 1, 1),
+                groups=2),
+]
+KERNEL_CONFIGS = LAYER_CONFIGS + TILE_CONFIGS

@@ -3,12 +3,12 @@
 import torch
 
 from dyconv_deploy.ops import cuda
-from layer_configs import LAYER_CONFIGS
+from layer_configs import KERNEL_CONFIGS
 
 
 def main() -> None:
     cuda.enable_cuda_kernels()
-    for config in LAYER_CONFIGS:
+    for config in KERNEL_CONFIGS:
         algos = ["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
         for dtype in (torch.float32, torch.float16):
             inputs = {k: None if v is None else v.to("cuda", dtype)

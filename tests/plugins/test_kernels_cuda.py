@@ -1,7 +1,7 @@
 """``plugins/kernels`` on a CUDA device (through the torch extension) against the reference.
 
-Every layer config x kernel path x fp32/fp16 x batch 1/7/64, the torch op dispatching to the
-kernels once enabled, and a compute-sanitizer memcheck run. Skips without a CUDA device.
+Every kernel config (``KERNEL_CONFIGS``) x kernel path x fp32/fp16 x batch 1/7/64, the torch op
+dispatching to the kernels once enabled, and a compute-sanitizer memcheck run. Skips without a CUDA device.
 """
 
 import shutil
@@ -14,7 +14,7 @@ import torch
 
 from dyconv_deploy.ops import dynamic_conv2d, per_sample_dynamic_conv2d
 from dyconv_deploy.tolerance import TOLERANCES, compare
-from layer_configs import LAYER_CONFIGS
+from layer_configs import KERNEL_CONFIGS, LAYER_CONFIGS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -36,7 +36,7 @@ def paths_for(config) -> list[str]:
     return ["auto", "gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
 
 
-CASES = [pytest.param(config, algo, id=f"{config.name}-{algo}") for config in LAYER_CONFIGS
+CASES = [pytest.param(config, algo, id=f"{config.name}-{algo}") for config in KERNEL_CONFIGS
          for algo in paths_for(config)]
 
 

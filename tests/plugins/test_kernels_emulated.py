@@ -3,8 +3,9 @@
 The kernel source is compiled with g++ after rewriting each launch to ``emu::launch`` (see
 ``cuda_emulation.h``): blocks run sequentially, a block's threads as std::threads. This checks
 index arithmetic, tiling, padding and path selection of every path on a CPU-only machine; the
-same configs run on a real device in ``test_kernels_cuda.py``. fp16 results must meet the
-``fp16-kernel`` tolerance, which a simulated kernel accumulating in fp16 is shown to miss.
+same configs run on a real device in ``test_kernels_cuda.py``. Every launch plan runs in fp32 and
+fp16, on a workspace and an output filled with garbage; fp16 results must meet the ``fp16-kernel``
+tolerance, which a simulated kernel accumulating in fp16 is shown to miss.
 """
 
 import ctypes
@@ -20,12 +21,13 @@ import torch
 
 from dyconv_deploy.ops import per_sample_dynamic_conv2d
 from dyconv_deploy.tolerance import TOLERANCES, compare
-from layer_configs import LAYER_CONFIGS, LayerConfig
+from layer_configs import KERNEL_CONFIGS, LAYER_CONFIGS, LayerConfig
 
 HERE = Path(__file__).resolve().parent
 KERNEL_SOURCE = HERE.parents[1] / "plugins" / "kernels" / "dynamic_conv.cu"
 ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3}
 DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
+KERNEL_TOLERANCES = {"fp32": TOLERANCES["fp32"], "fp16": TOLERANCES["fp16-kernel"]}  # fp16: fp32 accumulation
 CUDA_ERROR_INVALID_VALUE = 1
 GEMM_TILE = 16  # kGemmBK: reduction tile
 MIN_SPLIT_STEPS = 4  # kMinStepsPerSplit
@@ -80,11 +82,14 @@ def emulated(tmp_path_factory) -> ctypes.CDLL:
 
 def run_emulated(lib: ctypes.CDLL, config: LayerConfig, inputs: dict, dtype: str, algo: str | int,
                  multiprocessor_count: int = 1) -> tuple[int, np.ndarray]:
-    """(cudaError_t, Y) of the emulated kernels on float ``inputs``; ``algo`` is a name or a raw ``Algo`` value."""
+    """(cudaError_t, Y) of the emulated kernels on float ``inputs``; ``algo`` is a name or a raw ``Algo`` value.
+
+    Y starts as NaN, so an output the kernels do not write fails the comparison.
+    """
     code, np_dtype = DTYPES[dtype]
     arrays = {k: None if v is None else np.ascontiguousarray(v.numpy(), dtype=np_dtype) for k, v in inputs.items()}
     shape = conv_shape(config, inputs["x"].shape[0])
-    y = np.zeros((shape.n, config.m, shape.ho, shape.wo), dtype=np_dtype)
+    y = np.full((shape.n, config.m, shape.ho, shape.wo), np.nan, dtype=np_dtype)
     pointers = [None if a is None else a.ctypes.data_as(ctypes.c_void_p) for a in arrays.values()]
     status = lib.emu_dynamic_conv2d(ctypes.byref(shape), code, *pointers, y.ctypes.data_as(ctypes.c_void_p),
                                     ALGOS.get(algo, algo), multiprocessor_count)
@@ -118,43 +123,33 @@ def multiprocessor_count_for(launch: str, config: LayerConfig, batch: int) -> in
 
 
 def algos_for(config: LayerConfig) -> list[str]:
-    """Every path that applies (``auto`` runs in the fp16 test; the heuristic has its own test)."""
+    """Every path that applies (``auto`` runs once per config; the heuristic has its own test)."""
     return ["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
 
 
 BATCH = 3
-CASES = [pytest.param(config, algo, launch, id=f"{config.name}-{algo}-{launch}")
-         for config in LAYER_CONFIGS for algo in algos_for(config)
+PLANS = [(config, algo, launch) for config in KERNEL_CONFIGS for algo in algos_for(config)
          for launch in (LAUNCHES if algo.startswith("gemm") else ["tiles64"])
          if multiprocessor_count_for(launch, config, BATCH) is not None]
+CASES = [pytest.param(config, algo, launch, precision, id=f"{config.name}-{algo}-{launch}-{precision}")
+         for config, algo, launch in PLANS + [(config, "auto", "tiles64") for config in KERNEL_CONFIGS]
+         for precision in DTYPES]
 
 
-@pytest.mark.parametrize("config, algo, launch", CASES)
-def test_emulated_kernels_match_reference_fp32(emulated, config, algo, launch):
+@pytest.mark.parametrize("config, algo, launch, precision", CASES)
+def test_emulated_kernels_match_reference(emulated, config, algo, launch, precision):
     inputs = config.inputs(batch=BATCH, generator=torch.Generator().manual_seed(0))
     count = multiprocessor_count_for(launch, config, BATCH)
     if launch == "split-k":
         assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(config, BATCH)), count) > 1
-    status, y = run_emulated(emulated, config, inputs, "fp32", algo, count)
+    status, y = run_emulated(emulated, config, inputs, precision, algo, count)
     assert status == 0
-    result = compare(y, reference(config, inputs, np.float32), TOLERANCES["fp32"])
+    result = compare(y, reference(config, inputs, DTYPES[precision][1]), KERNEL_TOLERANCES[precision])
     assert result.passed, str(result)
 
 
 FP16_BATCH = 2
-# Multiprocessor counts: 64x64 tiles, or what a large GPU plans (32x32 tiles, split-K where R allows it).
-FP16_LAUNCHES = {"tiles64": 1, "small-grid": 1 << 20}
 DEEP_CONFIGS = [config for config in LAYER_CONFIGS if config.reduction >= 1000]
-
-
-@pytest.mark.parametrize("launch", FP16_LAUNCHES)
-@pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
-def test_emulated_kernels_match_reference_fp16(emulated, config, launch):
-    inputs = config.inputs(batch=FP16_BATCH, generator=torch.Generator().manual_seed(1))
-    status, y = run_emulated(emulated, config, inputs, "fp16", "auto", FP16_LAUNCHES[launch])
-    assert status == 0
-    result = compare(y, reference(config, inputs, np.float16), TOLERANCES["fp16-kernel"])
-    assert result.passed, str(result)
 
 
 def fp16_accumulated(config: LayerConfig, inputs: dict) -> np.ndarray:
@@ -184,7 +179,7 @@ def test_fp16_kernel_tolerance_rejects_fp16_accumulation(config):
     assert result.required_atol > 10 * TOLERANCES["fp16-kernel"].atol, str(result)
 
 
-@pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("config", KERNEL_CONFIGS, ids=lambda c: c.name)
 def test_heuristic_picks_documented_path(emulated, config):
     ho, wo = config.output_hw
     expected = "depthwise" if config.depthwise else "gemm-fused" if ho * wo <= 256 else "gemm-aggregated"

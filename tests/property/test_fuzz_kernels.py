@@ -2,9 +2,8 @@
 with the per-sample loop on random layer cases (any plane, square or not; sizes beyond one kernel tile too).
 
 Each example draws one run of the case (:func:`kernel_runs`): a path that applies (``algos_for``) under a
-launch plan the case allows (64x64 or 32x32 tiles, split-K) in fp32 against the float64 loop (``fp32``
-tolerance), or the heuristic path in fp16 under one of the fp16 kernel test's plans (``fp16-kernel``
-tolerance, on the same fp16-rounded inputs). The inputs are ``LayerConfig.inputs``: samples and their
+launch plan the case allows (64x64 or 32x32 tiles, split-K), in fp32 against the float64 loop (``fp32``
+tolerance) or in fp16 (``fp16-kernel`` tolerance, on the same fp16-rounded inputs). The inputs are ``LayerConfig.inputs``: samples and their
 attentions differ.
 """
 
@@ -12,8 +11,8 @@ import torch
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from test_kernels_emulated import emulated  # noqa: F401  (the module-scoped fixture: one build per module)
-from test_kernels_emulated import (DTYPES, FP16_LAUNCHES, GEMM_TILE, LAUNCHES, algos_for, gemm_blocks,
-                                   multiprocessor_count_for, reference, run_emulated)
+from test_kernels_emulated import (DTYPES, GEMM_TILE, LAUNCHES, algos_for, gemm_blocks, multiprocessor_count_for,
+                                   reference, run_emulated)
 
 from dyconv_deploy.tolerance import TOLERANCES, compare
 from fuzz_cases import FuzzCase, fuzz_cases
@@ -35,9 +34,7 @@ def kernel_runs(config, batch: int):
         for launch in LAUNCHES if algo.startswith("gemm") else LAUNCHES[:1]:
             count = multiprocessor_count_for(launch, config, batch)
             if count is not None:
-                yield "fp32", algo, launch, count
-    for launch, count in FP16_LAUNCHES.items():
-        yield "fp16", "auto", launch, count
+                yield from ((precision, algo, launch, count) for precision in DTYPES)
 
 
 # An emulated run of a wide case costs ~10 layer examples (a std::thread per CUDA thread): a sixth as many.
