@@ -1,20 +1,25 @@
 """Dynamic-conv kernels vs cuDNN, per distinct dynamic layer shape of DY-MobileNetV2 and DY-ResNet-18.
 
 For every distinct ``DynamicConv2d`` shape of the two samples (224x224 input) at batch 1, 32
-and 256, one run times side by side, with CUDA events (median of ``--iters``):
+and 256, one run times side by side, with CUDA events around ``--iters`` back-to-back calls (one
+synchronisation per group; the median of ``--repeats`` groups, per call):
 
 * ``ours``: ``plugins/kernels`` through the torch extension (the per-shape heuristic's path);
 * ``cudnn-static``: ``F.conv2d`` with one static kernel of the same shape (the lower bound a
-  dynamic conv is compared against; cuDNN may use TF32 tensor cores in fp32, see the header);
+  dynamic conv is compared against);
 * ``grouped``: the batch-folded grouped conv in PyTorch (einsum aggregation + one conv with
   ``groups * N``), i.e. :func:`dyconv_deploy.ops.reference.dynamic_conv2d_reference`.
 
+Like is compared with like, one row per precision (``--precisions``): ``tf32`` (fp32 tensors, cuDNN and
+matmul TF32 allowed: torch's default for convolutions), ``fp32`` (TF32 disabled: true fp32 everywhere)
+and ``fp16``. The ``ours math`` column says what the kernels compute in (no TF32 path yet: fp32).
 It also checks ``ours`` against the per-sample reference at batch 1 (max abs error column).
-Writes ``benchmarks/results/kernel_bench_<gpu>_<dtype>.md`` and ``.json`` atomically.
+Writes ``kernel_bench_<gpu>.md`` and ``.json`` atomically under ``--out`` (default
+``benchmarks/results``), rewritten after every layer so an interrupted run keeps what it measured.
 
-    python benchmarks/kernel_bench.py                 # fp32, batches 1 32 256
-    python benchmarks/kernel_bench.py --dtype fp16 --iters 50
-    python benchmarks/kernel_bench.py --list          # the layer shapes only (CPU is enough)
+    python benchmarks/kernel_bench.py                          # tf32, fp32, fp16; batches 1 32 256
+    python benchmarks/kernel_bench.py --precisions fp16 --iters 50
+    python benchmarks/kernel_bench.py --list                   # the layer shapes only (CPU is enough)
 """
 
 import argparse
@@ -35,7 +40,9 @@ from dyconv_deploy.samples import create_sample, default_input_shape
 from dyconv_deploy.tolerance import TOLERANCES, compare
 
 SAMPLES = ("dy_mobilenetv2", "dy_resnet18")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# Precision -> (tensor dtype, TF32 allowed in cuDNN and matmul, what ours computes in, kernel tolerance).
+PRECISIONS = {"tf32": (torch.float32, True, "fp32", "fp32"), "fp32": (torch.float32, False, "fp32", "fp32"),
+              "fp16": (torch.float16, False, "fp16 (fp32 acc)", "fp16-kernel")}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -97,22 +104,30 @@ def operands(shape: LayerShape, batch: int, dtype: torch.dtype) -> dict:
     }
 
 
-def median_ms(fn, iters: int, warmup: int = 5) -> float:
-    """Median wall time of ``fn()`` on the current stream, in milliseconds."""
+def median_ms(fn, iters: int, repeats: int, warmup: int = 5) -> float:
+    """Per-call time of ``fn()`` on the current stream in ms: the median over ``repeats`` groups of ``iters``
+    back-to-back calls, each group timed by two CUDA events and synchronised once."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(iters):
+    for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(iters):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / iters)
     return statistics.median(times)
 
 
-def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, iters: int) -> dict:
+def set_tf32(allowed: bool) -> None:
+    """TF32 tensor cores for cuDNN convolutions and for matmuls (the grouped conv's einsum)."""
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, iters: int, repeats: int) -> dict:
     """Median times (ms) of ours, cuDNN static and the grouped conv for one shape and batch."""
     ops = operands(shape, batch, dtype)
     conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
@@ -121,16 +136,16 @@ def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, ite
     static_bias = None if ops["bias"] is None else ops["bias"][0].contiguous()
     with torch.no_grad():
         timings = {
-            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv), iters),
+            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv), iters, repeats),
             "cudnn_static": median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride,
-                                                       static_padding, shape.dilation, shape.groups), iters),
-            "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv), iters),
+                                                       static_padding, shape.dilation, shape.groups), iters, repeats),
+            "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv), iters, repeats),
         }
     algo = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
     return {"batch": batch, "algo": algo, **{f"{k}_ms": v for k, v in timings.items()}}
 
 
-def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, precision: str) -> float:
+def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str) -> float:
     """Max abs error of ours against the per-sample reference at batch 1 (raises when out of tolerance)."""
     ops = operands(shape, 1, dtype)
     conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
@@ -138,7 +153,7 @@ def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, precision: str)
         y = cuda_ops.dynamic_conv2d_cuda(**ops, **conv)
         expected = per_sample_dynamic_conv2d(**{k: None if v is None else v.double() for k, v in ops.items()},
                                              **conv)
-    result = compare(y, expected, TOLERANCES[precision], name=shape.label)
+    result = compare(y, expected, TOLERANCES[tolerance], name=shape.label)
     if not result.passed:
         raise SystemExit(f"kernel mismatch: {result}")
     return result.max_abs
@@ -146,11 +161,12 @@ def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, precision: str)
 
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "",
-             "| sample | layer (C x H x W -> M) | uses | batch | path | ours ms | cuDNN static ms | grouped ms "
-             "| ours / cuDNN | ours / grouped | max abs err (b=1) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| precision | ours math | sample | layer (C x H x W -> M) | uses | batch | path | ours ms "
+             "| cuDNN static ms | grouped ms | ours / cuDNN | ours / grouped | max abs err (b=1) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['sample']} | {r['layer']} | {r['uses']} | {r['batch']} | {r['algo']} "
+        lines.append(f"| {r['precision']} | {r['ours_math']} | {r['sample']} | {r['layer']} | {r['uses']} "
+                     f"| {r['batch']} | {r['algo']} "
                      f"| {r['ours_ms']:.4f} | {r['cudnn_static_ms']:.4f} | {r['grouped_ms']:.4f} "
                      f"| {r['ours_ms'] / r['cudnn_static_ms']:.2f} | {r['ours_ms'] / r['grouped_ms']:.2f} "
                      f"| {r['max_abs_err']:.2e} |")
@@ -166,9 +182,11 @@ def atomic_write(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--precisions", choices=PRECISIONS, nargs="+", default=list(PRECISIONS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
-    parser.add_argument("--iters", type=int, default=30, help="timed runs per measurement (median)")
+    parser.add_argument("--iters", type=int, default=20, help="back-to-back calls per timed group")
+    parser.add_argument("--repeats", type=int, default=5, help="timed groups per measurement (median)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the .md and .json results")
     parser.add_argument("--list", action="store_true", help="print the distinct layer shapes and exit")
     args = parser.parse_args(argv)
 
@@ -188,26 +206,29 @@ def main(argv=None) -> int:
 
     cuda_ops.enable_cuda_kernels()
     torch.backends.cudnn.benchmark = True
-    dtype = DTYPES[args.dtype]
-    rows = []
-    for sample, shapes in layers.items():
-        for shape, names in shapes.items():
-            error = check_shape(cuda_ops, shape, dtype, args.dtype)
-            for batch in args.batches:
-                row = bench_shape(cuda_ops, shape, batch, dtype, args.iters)
-                rows.append({"sample": sample, "layer": shape.label, "uses": len(names), "max_abs_err": error,
-                             "shape": asdict(shape), **row})
-                print(f"{sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<16} ours {row['ours_ms']:.4f} ms"
-                      f"  cuDNN {row['cudnn_static_ms']:.4f} ms  grouped {row['grouped_ms']:.4f} ms", flush=True)
-
     gpu = torch.cuda.get_device_name()
-    header = (f"# Dynamic conv kernels vs cuDNN ({gpu}, {args.dtype}, torch {torch.__version__}, "
-              f"CUDA {torch.version.cuda}, median of {args.iters} runs)\n\n"
-              f"Generated by `python benchmarks/kernel_bench.py --dtype {args.dtype}`. cuDNN TF32 allowed: "
-              f"{torch.backends.cudnn.allow_tf32}. Ratios < 1 mean ours is faster.")
-    stem = RESULTS / f"kernel_bench_{gpu.replace(' ', '_')}_{args.dtype}"
-    atomic_write(stem.with_suffix(".md"), markdown(rows, header))
-    atomic_write(stem.with_suffix(".json"), json.dumps({"gpu": gpu, "dtype": args.dtype, "rows": rows}, indent=1))
+    header = (f"# Dynamic conv kernels vs cuDNN ({gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+              f"per call: median of {args.repeats} groups of {args.iters} calls)\n\n"
+              f"Generated by `python benchmarks/kernel_bench.py --precisions {' '.join(args.precisions)}`. "
+              "tf32: cuDNN and matmul TF32 allowed; fp32: TF32 disabled. Ratios < 1 mean ours is faster.")
+    stem = args.out / f"kernel_bench_{gpu.replace(' ', '_')}"
+    rows = []
+    for precision in args.precisions:
+        dtype, tf32, ours_math, tolerance = PRECISIONS[precision]
+        set_tf32(tf32)
+        for sample, shapes in layers.items():
+            for shape, names in shapes.items():
+                error = check_shape(cuda_ops, shape, dtype, tolerance)
+                for batch in args.batches:
+                    row = bench_shape(cuda_ops, shape, batch, dtype, args.iters, args.repeats)
+                    rows.append({"precision": precision, "ours_math": ours_math, "sample": sample,
+                                 "layer": shape.label, "uses": len(names), "max_abs_err": error,
+                                 "shape": asdict(shape), **row})
+                    print(f"{precision:<5} {sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<16} "
+                          f"ours {row['ours_ms']:.4f} ms  cuDNN {row['cudnn_static_ms']:.4f} ms  "
+                          f"grouped {row['grouped_ms']:.4f} ms", flush=True)
+                atomic_write(stem.with_suffix(".md"), markdown(rows, header))
+                atomic_write(stem.with_suffix(".json"), json.dumps({"gpu": gpu, "rows": rows}, indent=1))
     print(f"wrote {stem}.md and {stem}.json")
     return 0
 
