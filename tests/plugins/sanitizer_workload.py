@@ -1,4 +1,10 @@
-"""Workload for compute-sanitizer: every layer config x kernel path x dtype once, batch 7 (run as a script)."""
+"""Workload for compute-sanitizer: kernel configs x kernel path x dtype once, batch 7 (run as a script).
+
+    python tests/plugins/sanitizer_workload.py                        # every config of KERNEL_CONFIGS
+    python tests/plugins/sanitizer_workload.py pointwise 3x3-deep-dynet  # only these (names of layer_configs)
+"""
+
+import sys
 
 import torch
 
@@ -6,9 +12,15 @@ from dyconv_deploy.ops import cuda
 from layer_configs import KERNEL_CONFIGS
 
 
-def main() -> None:
+def main(names: list[str]) -> int:
+    known = {config.name: config for config in KERNEL_CONFIGS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        print(f"sanitizer_workload: unknown config(s) {', '.join(unknown)}; known: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
     cuda.enable_cuda_kernels()
-    for config in KERNEL_CONFIGS:
+    for config in [known[name] for name in names] or KERNEL_CONFIGS:
         algos = ["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
         for dtype in (torch.float32, torch.float16):
             inputs = {k: None if v is None else v.to("cuda", dtype)
@@ -17,7 +29,8 @@ def main() -> None:
                 cuda.dynamic_conv2d_cuda(**inputs, **config.conv_kwargs(), algo=algo)
     torch.cuda.synchronize()
     print("sanitizer workload done")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
