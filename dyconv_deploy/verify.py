@@ -25,6 +25,7 @@ from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.onnx_export import contract_nodes
 from dyconv_deploy.export.settings import VERIFY_BACKENDS
 from dyconv_deploy.inputs import random_images
+from dyconv_deploy.io.onnx_file import session_source
 from dyconv_deploy.io.model_spec import forward_errors_named
 from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.ops.onnx_schema import register_schema
@@ -152,7 +153,8 @@ def first_bad_node(model: onnx.ModelProto, feeds: dict[str, np.ndarray], fp16_ra
                                    for name in node.output if name and name not in outputs)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(marked.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with session_source(marked) as source:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, feeds)))
     for node in model.graph.node:

@@ -33,6 +33,7 @@ from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
 from dyconv_deploy.export.settings import (AUTO_EXPORTER, AUTO_ORDER, DEFAULT_EXPORTER, DEFAULT_OPSET,
                                            EXPORTER_CHOICES, EXPORTER_OPSETS)
 from dyconv_deploy.export.translation import register_torchscript_symbolic, translation_table
+from dyconv_deploy.io.onnx_file import check_and_infer
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE, OP_VERSION
 from dyconv_deploy.ops.onnx_schema import register_schema
 
@@ -262,8 +263,7 @@ def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     they are constants for the lowering passes and engines.
     """
     register_schema()
-    onnx.checker.check_model(proto, full_check=True)
-    inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    inferred = check_and_infer(proto, full_check=True, check_type=True, strict_mode=True, data_prop=True)
     constants = {t.name for t in proto.graph.initializer}
     constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     for node in contract_nodes(proto):

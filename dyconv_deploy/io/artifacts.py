@@ -11,7 +11,7 @@ removes every temp entry in flight on SIGINT/SIGTERM before the process stops. S
 caught: its temp entry stays until the next write of the same target, which removes temp entries
 whose process is gone.
 
-ONNX models at or above the 2 GiB protobuf limit are written with their tensors in one external
+ONNX models over the 2 GiB protobuf limit (``onnx.checker.MAXIMUM_PROTOBUF``) are written with their tensors in one external
 data file ``NAME.<token>.data`` (see :func:`save_onnx`).
 """
 
@@ -32,7 +32,6 @@ from dyconv_deploy.errors import DyconvError
 
 _IN_FLIGHT: set[Path] = set()  # temp entries written now; removed by the signal handler
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{16}\.tmp$")
-EXTERNAL_DATA_THRESHOLD = onnx.checker.MAXIMUM_PROTOBUF  # serialised bytes from which tensors go to a .data file
 
 
 @contextmanager
@@ -77,18 +76,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike,
-              external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+              external_data_threshold: int | None = None) -> Path:
     """Write ``model`` to ``path`` atomically; ``model`` itself is not modified.
 
-    From ``external_data_threshold`` serialised bytes (default: the 2 GiB protobuf limit) the
-    tensors go to ``NAME.<token>.data`` beside ``path`` (ONNX external data, loaded by
-    ``onnx.load`` and ONNX Runtime from the model's folder). The data file gets a new name on every
+    Over ``external_data_threshold`` serialised bytes (default: ``onnx.checker.MAXIMUM_PROTOBUF``, the
+    2 GiB protobuf limit, read at call time) the tensors of 1 KiB and more go to ``NAME.<token>.data``
+    beside ``path`` (ONNX external data, loaded by ``onnx.load`` and ONNX Runtime from the model's
+    folder); smaller ones (shapes) stay inline, where shape inference with data propagation reads them. The data file gets a new name on every
     write and is in place before the model file is renamed, so ``path`` always names a model whose
     data exists; the data files of earlier writes (and of one that failed between the two renames)
     are removed after the next successful write.
     """
     path = Path(path)
-    if model.ByteSize() < external_data_threshold:
+    limit = onnx.checker.MAXIMUM_PROTOBUF if external_data_threshold is None else external_data_threshold
+    if model.ByteSize() <= limit:
         atomic_write_bytes(path, model.SerializeToString())
         _remove_external_data(path, keep=None)
         return path
@@ -97,7 +98,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike,
     copy.CopyFrom(model)  # save_model moves the tensors of the proto it writes out to the data file
     with atomic_path(path, folder=True) as folder:
         _create(folder / data_name)  # onnx would create it with mode 0600
-        onnx.save_model(copy, folder / path.name, save_as_external_data=True, location=data_name, size_threshold=0)
+        onnx.save_model(copy, folder / path.name, save_as_external_data=True, location=data_name)
         _publish(folder / data_name, path.parent / data_name)  # a new name: nothing refers to it yet
         _publish(folder / path.name, path)
     _remove_external_data(path, keep=data_name)

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.settings import DEFAULT_OPSET
+from dyconv_deploy.io.onnx_file import check_and_infer
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.ops.onnx_schema import register_schema
 
@@ -38,7 +39,7 @@ def load(model: onnx.ModelProto, strategy: str) -> gs.Graph:
         raise stage_error(strategy, 1, f"the graph uses ONNX opset {opset}; lowering needs >= {MIN_OPSET}.",
                           f"re-export with --opset {DEFAULT_OPSET}.")
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        model = check_and_infer(model, check=False)
     except onnx.shape_inference.InferenceError as exc:
         raise stage_error(strategy, 1, f"shape inference failed on the input graph ({exc}).",
                           "check it with onnx.checker.check_model(model, full_check=True).") from exc
@@ -84,8 +85,7 @@ def finish(graph: gs.Graph, source: onnx.ModelProto, strategy: str) -> onnx.Mode
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
     try:
-        onnx.checker.check_model(model)
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        return check_and_infer(model, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise stage_error(strategy, 3, f"the lowered graph is invalid ({exc}).",
                           "report a bug with the input ONNX file attached.") from exc

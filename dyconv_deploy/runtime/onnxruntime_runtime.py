@@ -14,6 +14,7 @@ import onnx
 from dyconv_deploy.deps import require
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
+from dyconv_deploy.io.onnx_file import session_source
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.runtime.base import Runtime, TensorSpec
 
@@ -72,7 +73,8 @@ class OnnxRuntimeRuntime(Runtime):
 
             proto = to_onnxruntime(proto)
         try:
-            self._session = ort.InferenceSession(proto.SerializeToString(), options, providers=wanted)
+            with session_source(proto) as source:  # a file path over the 2 GiB protobuf limit
+                self._session = ort.InferenceSession(source, options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types, one per failure kind
             raise DyconvError(self._explain(exc)) from exc
         self.providers = self._session.get_providers()

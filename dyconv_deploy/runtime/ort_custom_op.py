@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.io.onnx_file import check_and_infer
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.ops.onnx_schema import register_schema
 
@@ -38,7 +39,7 @@ def to_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
         DyconvError: a node's expert kernels W are not an initializer (their shape must be known).
     """
     register_schema()
-    result = onnx.shape_inference.infer_shapes(model)  # a copy, with the attention ranks in value_info
+    result = check_and_infer(model, check=False)  # a copy, with the attention ranks in value_info
     graph = result.graph
     kernels = {init.name: init for init in graph.initializer}
     nodes = [new for node in graph.node for new in (_expand(node, kernels, graph) if _is_contract(node) else [node])]
