@@ -8,8 +8,8 @@ import typer
 from dyconv_deploy.cli.hints import rerun_hints
 from dyconv_deploy.cli.options import (AdapterOption, ArchOption, AtolOption, InputShapeOption, ModelArgument,
                                        RtolOption, TrustPickleOption, parse_batches, resolve_input_shape)
-from dyconv_deploy.export.settings import (DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTER_CHOICES,
-                                           STRATEGIES)
+from dyconv_deploy.export.settings import (DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORT_TARGETS,
+                                           EXPORTER_CHOICES, STRATEGIES)
 from dyconv_deploy.tolerance import TOLERANCES
 
 _FP32 = TOLERANCES["fp32"]
@@ -40,6 +40,10 @@ def export_command(
     batch: Annotated[str, typer.Option(help="Batch sizes verified for a dynamic batch.")] = _BATCHES,
     atol: AtolOption = _FP32.atol,
     rtol: RtolOption = _FP32.rtol,
+    target: Annotated[Literal[EXPORT_TARGETS], typer.Option(
+        "--for", help="any: the project's dyconv::DynamicConv2d nodes; ort-trt: the same nodes as "
+                      "trt.plugins::DynamicConv2d, for ONNX Runtime's TensorRT provider (needs --strategy plugin; "
+                      "verified as the plugin graph).")] = "any",
 ) -> None:
     """Export MODEL to ONNX with a free batch size, then prove it against PyTorch at two batch sizes.
 
@@ -56,6 +60,8 @@ def export_command(
         dyconv-deploy export weights.pt --arch my_net.py:build -o net.onnx --input-shape 1x3x224x224
 
         dyconv-deploy export sample:dy_resnet18 -o r18.onnx --strategy grouped --static-batch --input-shape 8x3x224x224
+
+        dyconv-deploy export sample:dy_resnet18 -o r18-ort-trt.onnx --for ort-trt
     """
     from dyconv_deploy.tolerance import Tolerance
     from dyconv_deploy.workflow import export_model
@@ -63,4 +69,5 @@ def export_command(
     with rerun_hints(ctx):
         export_model(model, output, resolve_input_shape(model, input_shape), dynamic_batch=dynamic_batch,
                      strategy=strategy, exporter=exporter, opset=opset, arch=arch, trust_pickle=trust_pickle,
-                     adapters=adapter, verify=verify, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol))
+                     adapters=adapter, verify=verify, batches=parse_batches(batch), tolerance=Tolerance(atol, rtol),
+                     target=target)

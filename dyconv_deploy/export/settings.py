@@ -13,3 +13,4 @@ DEFAULT_OPSET = 18
 DEFAULT_BATCHES = (1, 4)
 # What verify runs a file on: auto, or a runtime backend (dyconv_deploy.runtime.BACKENDS but torch).
 VERIFY_BACKENDS = ("auto", "reference", "ort-cpu", "ort-cuda", "ort-trt", "openvino", "trt")
+EXPORT_TARGETS = ("any", "ort-trt")  # ort-trt: contract nodes as ONNX Runtime's TensorRT provider wants them

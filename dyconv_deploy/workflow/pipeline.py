@@ -23,13 +23,15 @@ from dyconv_deploy.export.graph_check import check_graph
 from dyconv_deploy.export.metadata import read_metadata, save_atomic, stamp, state_dict_sha256
 from dyconv_deploy.export.onnx_export import ExportError, check_image_shape, contract_nodes, export_onnx
 from dyconv_deploy.export.report import Checklist, comparison_table
-from dyconv_deploy.export.settings import DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, STRATEGIES
+from dyconv_deploy.export.settings import (DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORT_TARGETS,
+                                           STRATEGIES)
 from dyconv_deploy.io import load_model
 from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.lower import STATIC_BATCH_REASON, lower
 from dyconv_deploy.runtime import is_engine
 from dyconv_deploy.runtime.base import TensorSpec
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance
+from dyconv_deploy.trt.ort_trt import ORT_TRT_DOMAIN, to_ort_trt
 from dyconv_deploy.verify import open_runtime, verify_onnx
 
 EXPORT_STAGES = ("load", "convert", "export", "checker", "lower", "write", "verify")
@@ -52,14 +54,20 @@ class OptionConflict(DyconvError):
         super().__init__(f"{reason}. Next: {' or '.join(keywords)}")
 
 
-def check_export_options(strategy: str, dynamic_batch: bool) -> None:
+def check_export_options(strategy: str, dynamic_batch: bool, target: str = "any") -> None:
     """Refuse a combination of :func:`export_model` options before any work starts.
 
     Raises:
-        DyconvError: an unknown strategy; OptionConflict: ``grouped`` with a dynamic batch.
+        DyconvError: an unknown strategy or target; OptionConflict: ``grouped`` with a dynamic batch, or
+            the ``ort-trt`` target without the ``plugin`` strategy.
     """
     if strategy not in STRATEGIES:
         raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if target not in EXPORT_TARGETS:
+        raise DyconvError(f"unknown export target {target!r}; choose one of: {', '.join(EXPORT_TARGETS)}")
+    if target == "ort-trt" and strategy != "plugin":
+        raise OptionConflict(f"the ort-trt target runs each dynamic conv on the TensorRT plugin, so it needs the "
+                             f"plugin strategy, not {strategy}", [{"strategy": "plugin"}])
     if strategy == "grouped" and dynamic_batch:
         raise OptionConflict(f"the grouped strategy needs a static batch: {STATIC_BATCH_REASON}",
                              [{"dynamic_batch": False}, {"strategy": "experts"}])
@@ -78,7 +86,8 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
                  strategy: str = "plugin", exporter: str = DEFAULT_EXPORTER, opset: int = DEFAULT_OPSET,
                  arch: Optional[str] = None, trust_pickle: bool = False, adapters: Sequence[str] = (),
                  verify: bool = True, batches: Sequence[int] = DEFAULT_BATCHES,
-                 tolerance: Tolerance = TOLERANCES["fp32"], console: Optional[Console] = None) -> ExportResult:
+                 tolerance: Tolerance = TOLERANCES["fp32"], target: str = "any",
+                 console: Optional[Console] = None) -> ExportResult:
     """Export MODEL ``spec`` to ``output`` with ``strategy`` and verify it against PyTorch.
 
     Args:
@@ -86,23 +95,27 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
             the graph's fixed batch.
         adapters: ``file.py:ClassName`` converter adapters for foreign dynamic convs (``--adapter``).
         batches: batch sizes verified for a dynamic batch (a static graph is verified at N).
+        target: ``any``, or ``ort-trt``: write the contract nodes as ``trt.plugins::DynamicConv2d`` for ONNX
+            Runtime's TensorRT provider (:func:`~dyconv_deploy.trt.ort_trt.to_ort_trt`); the verify stage then
+            checks the ``plugin`` graph it was made from, since only the nodes' domain differs and no CPU
+            engine runs the TensorRT provider's domain.
     Raises:
         OptionConflict: options that cannot go together (before any stage runs); DyconvError: a stage
             failed (the checklist names it); VerificationError: over tolerance.
     """
-    check_export_options(strategy, dynamic_batch)
+    check_export_options(strategy, dynamic_batch, target)
     shape = check_image_shape(input_shape)
     console = console or Console()
     checklist = Checklist(EXPORT_STAGES)
     try:
         return _export(spec, Path(output), shape, dynamic_batch, strategy, exporter, opset, arch,
-                       trust_pickle, adapters, verify, batches, tolerance, console, checklist)
+                       trust_pickle, adapters, verify, batches, tolerance, target, console, checklist)
     finally:
         console.print(checklist.table(f"export {spec} -> {output}"))
 
 
 def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch, trust_pickle, adapters, verify,
-            batches, tolerance, console, checklist) -> ExportResult:
+            batches, tolerance, target, console, checklist) -> ExportResult:
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with checklist.stage("load") as row:
         source = load_model(spec, arch=arch, trust_pickle=trust_pickle)
@@ -126,6 +139,10 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
                       "dyconv::DynamicConv2d node(s)")
     with checklist.stage("lower") as row:
         proto, row.detail = _lower(proto, strategy, None if dynamic_batch else shape[0])
+        checked = proto  # what the verify stage runs
+        if target == "ort-trt":
+            proto = to_ort_trt(proto)
+            row.detail += f", as {ORT_TRT_DOMAIN}::DynamicConv2d for ort-trt"
     stamp(proto, strategy=strategy, source_sha256=state_dict_sha256(source))
     with checklist.stage("write") as row:
         save_atomic(proto, output)
@@ -137,7 +154,7 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
         checklist.skip("verify", "skipped: the static baseline drops the attention branch, so it is not "
                                  "numerically equivalent")
     else:
-        result.comparisons = _verify(checklist, console, source, proto, shape,
+        result.comparisons = _verify(checklist, console, source, checked, shape,
                                      batches if dynamic_batch else [shape[0]], tolerance)
     return result
 

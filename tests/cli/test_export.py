@@ -66,3 +66,31 @@ def test_help_lists_the_options_with_their_defaults(capsys):
     for text in ("--static-batch", "--strategy", "default: plugin", "--exporter", "default: auto", "--trust-pickle",
                  "--no-verify", "default: 1,4", "default: 0.0001"):
         assert text in out
+
+
+def test_for_ort_trt_writes_the_providers_domain_and_verifies_the_plugin_graph(tmp_path, capsys):
+    from dyconv_deploy.trt.ort_trt import ORT_TRT_DOMAIN
+
+    out = tmp_path / "tiny-ort-trt.onnx"
+    assert main(["export", TINY, "-o", str(out), *FAST, "--for", "ort-trt", "--batch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "for ort-trt" in printed and "output@batch2" in printed and "✗" not in printed
+    model = onnx.load(str(out))
+    assert not contract_nodes(model)  # no dyconv node left
+    nodes = [n for n in model.graph.node if n.domain == ORT_TRT_DOMAIN]
+    assert len(nodes) == 4 and {n.op_type for n in nodes} == {"DynamicConv2d"}
+    assert ORT_TRT_DOMAIN in {o.domain for o in model.opset_import}
+    plugin = tmp_path / "tiny.onnx"  # the same nodes, attributes and inputs as the plugin lowering
+    assert main(["export", TINY, "-o", str(plugin), *FAST, "--no-verify"]) == 0
+    expected = [n for n in onnx.load(str(plugin)).graph.node if n.op_type == "DynamicConv2d"]
+    assert [(list(n.input), n.attribute) for n in nodes] == [(list(n.input), n.attribute) for n in expected]
+
+
+def test_for_ort_trt_needs_the_plugin_strategy_before_any_work(tmp_path, capsys):
+    assert main(["export", "sample:no_such_sample", "-o", str(tmp_path / "x.onnx"), "--input-shape", "1x3x8x8",
+                 "--for", "ort-trt", "--strategy", "experts"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the plugin strategy, not experts" in err  # before loading: the sample does not exist
+    hint = err.split("Next: ", 1)[1]
+    assert hint.startswith("dyconv-deploy export sample:no_such_sample") and "--for ort-trt" in hint
+    assert "--strategy" not in hint  # plugin is the default
