@@ -6,6 +6,9 @@ only when complete. The temp entry is created with mode ``0o666`` (a folder ``0o
 kernel applies the user's umask, as for any normal file (``tempfile.mkstemp`` would give 0600 and
 hide the model from a Triton server running as another user).
 
+A folder (:func:`atomic_folder`) is built the same way under a temp name and renamed into place
+whole, the folder it replaces renamed aside and removed after.
+
 Clean-up: an exception removes the temp entry; :func:`cleanup_on_signals` (installed by the CLI)
 removes every temp entry in flight on SIGINT/SIGTERM before the process stops. SIGKILL cannot be
 caught: its temp entry stays until the next write of the same target, which removes temp entries
@@ -46,10 +49,8 @@ def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Pa
     path = Path(path)
     if path.is_dir():
         raise DyconvError(f"cannot write {path}: it is a folder; give a file name")
-    existing = next(parent for parent in path.parents if parent.exists())
-    if not existing.is_dir():
-        raise DyconvError(f"cannot write {path}: {existing} is a file, not a folder")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    _check_parents(path)
+    temp = _temp_for(path)
     with _write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
@@ -63,6 +64,33 @@ def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Pa
             yield temp
             if not folder:
                 _publish(temp, path)
+    finally:
+        _remove(temp)
+        _IN_FLIGHT.discard(temp)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh empty temp folder beside the folder ``path`` to fill; on normal exit it becomes ``path``.
+
+    The temp folder (mode ``0o777 & ~umask``, removed on an exception or a signal like the entries of
+    :func:`atomic_path`) is renamed onto ``path``. An existing ``path`` is renamed aside first, removed
+    once the new folder is in place, and renamed back when that rename fails or is interrupted.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DyconvError(f"cannot write the folder {path}: it is a file")
+    _check_parents(path)
+    temp = _temp_for(path)
+    with _write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        os.mkdir(temp, 0o777)
+    _IN_FLIGHT.add(temp)
+    try:
+        with _write_errors(path):
+            yield temp
+            _swap_in(temp, path)
     finally:
         _remove(temp)
         _IN_FLIGHT.discard(temp)
@@ -151,6 +179,37 @@ def _remove(entry: Path) -> None:
 def _create(file: Path) -> None:
     """Create the new empty ``file`` with mode ``0o666 & ~umask``."""
     os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _check_parents(path: Path) -> None:
+    """Refuse ``path`` when its nearest existing ancestor is a file."""
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise DyconvError(f"cannot write {path}: {existing} is a file, not a folder")
+
+
+def _temp_for(path: Path) -> Path:
+    """A new temp entry name beside ``path``: ``.NAME.<pid>.<token>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+
+
+def _swap_in(folder: Path, path: Path) -> None:
+    """Rename ``folder`` onto ``path``; an existing ``path`` goes aside first and is put back if that fails."""
+    if not path.exists():
+        os.rename(folder, path)
+        _fsync(path.parent)
+        return
+    old = _temp_for(path)
+    os.rename(path, old)
+    try:
+        os.rename(folder, path)
+    except BaseException:  # also KeyboardInterrupt/SystemExit from the signal handler
+        os.rename(old, path)
+        raise
+    _IN_FLIGHT.add(old)  # from here on a signal may finish its removal
+    _fsync(path.parent)
+    _remove(old)
+    _IN_FLIGHT.discard(old)
 
 
 def _publish(temp: Path, path: Path) -> None:

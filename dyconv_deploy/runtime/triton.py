@@ -8,6 +8,10 @@ Layout written by :func:`write_triton_repo` (``MOUNT`` is where the server sees 
     REPO/NAME/<plugin>.so           optional: ORT custom-op library or TensorRT plugin library
     REPO/NAME/README.md             how to start the server with that library loaded
 
+The model folder ``REPO/NAME`` appears whole (:func:`dyconv_deploy.io.artifacts.atomic_folder`):
+it is built under a hidden temp name beside it and renamed into place, so a failed or interrupted
+run leaves an existing one untouched; other models in ``REPO`` are not touched.
+
 Dynamic batching needs a dynamic leading dimension on every input (``plugin`` and
 ``experts`` graphs; a ``grouped`` graph has a static batch and is refused). For the
 onnxruntime backend, ``dyconv::DynamicConv2d`` nodes are expanded into standard ops
@@ -17,20 +21,23 @@ onnxruntime backend, ``dyconv::DynamicConv2d`` nodes are expanded into standard 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export.onnx_export import contract_nodes
+from dyconv_deploy.io.artifacts import atomic_folder, atomic_write_bytes, save_onnx
 from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.runtime import ENGINE_SUFFIXES
 from dyconv_deploy.runtime.base import TensorSpec, onnx_io_specs
 from dyconv_deploy.runtime.ort_custom_op import to_onnxruntime
-from dyconv_deploy.trt.sidecar import atomic_write_bytes, read_sidecar
+from dyconv_deploy.trt.sidecar import read_sidecar
 
 TRITON_BACKENDS = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
                  "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+_ModelWriter = Callable[[Path], object]  # writes the served model to the given path
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,8 @@ def write_triton_repo(model_file: str | os.PathLike, repo_dir: str | os.PathLike
     plugin = Path(plugin_library) if plugin_library is not None else None
     if plugin is not None and not plugin.is_file():
         raise DyconvError(f"plugin library not found: {plugin}")
-    payload, inputs, outputs = (_onnx_model(model_file, plugin) if backend == "onnxruntime"
-                                else _engine_model(model_file, max_batch))
+    write_model, inputs, outputs = (_onnx_model(model_file, plugin) if backend == "onnxruntime"
+                                    else _engine_model(model_file, max_batch))
     if max_batch > 0:
         _check_batch_dims(inputs + outputs)
     served_plugin = f"{mount_path.rstrip('/')}/{name}/{plugin.name}" if plugin else None
@@ -108,27 +115,29 @@ def write_triton_repo(model_file: str | os.PathLike, repo_dir: str | os.PathLike
                          op_library=served_plugin if backend == "onnxruntime" else None)
 
     model_dir = Path(repo_dir) / name
-    atomic_write_bytes(model_dir / "1" / TRITON_BACKENDS[backend], payload)
-    if plugin is not None:
-        atomic_write_bytes(model_dir / plugin.name, plugin.read_bytes())
-    atomic_write_bytes(model_dir / "config.pbtxt", config_pbtxt(config).encode())
     engine_plugin = _engine_plugin(model_file) if backend == "tensorrt" else None
-    atomic_write_bytes(model_dir / "README.md",
-                       _readme(config, Path(repo_dir), mount_path, served_plugin, engine_plugin).encode())
+    with atomic_folder(model_dir) as staging:
+        write_model(staging / "1" / TRITON_BACKENDS[backend])
+        if plugin is not None:
+            atomic_write_bytes(staging / plugin.name, plugin.read_bytes())
+        atomic_write_bytes(staging / "config.pbtxt", config_pbtxt(config).encode())
+        atomic_write_bytes(staging / "README.md",
+                           _readme(config, Path(repo_dir), mount_path, served_plugin, engine_plugin).encode())
     return model_dir
 
 
-def _onnx_model(path: Path, plugin: Path | None) -> tuple[bytes, list[TensorSpec], list[TensorSpec]]:
-    """The bytes to serve and the I/O; without ``plugin``, contract nodes are expanded into standard ops."""
+def _onnx_model(path: Path, plugin: Path | None) -> tuple[_ModelWriter, list[TensorSpec], list[TensorSpec]]:
+    """The writer of the model to serve (with external data over 2 GiB) and the I/O; without ``plugin``,
+    contract nodes are expanded into standard ops."""
     if path.suffix != ".onnx":
         raise DyconvError(f"the onnxruntime backend serves an .onnx file, got {path.name}")
     model = read_onnx(path)
     if plugin is None and contract_nodes(model):
         model = to_onnxruntime(model)
-    return model.SerializeToString(), *onnx_io_specs(model)
+    return lambda target: save_onnx(model, target), *onnx_io_specs(model)
 
 
-def _engine_model(path: Path, max_batch: int) -> tuple[bytes, list[TensorSpec], list[TensorSpec]]:
+def _engine_model(path: Path, max_batch: int) -> tuple[_ModelWriter, list[TensorSpec], list[TensorSpec]]:
     if path.suffix not in ENGINE_SUFFIXES:
         raise DyconvError(f"the tensorrt backend serves an engine ({', '.join(ENGINE_SUFFIXES)}); build one from "
                           f"{path.name} with `dyconv-deploy build-engine` first")
@@ -145,7 +154,8 @@ def _engine_model(path: Path, max_batch: int) -> tuple[bytes, list[TensorSpec], 
         return [TensorSpec(r["name"], tuple(None if d < 0 else d for d in r["shape"]), np.dtype(r["dtype"]))
                 for r in records]
 
-    return path.read_bytes(), specs(sidecar["inputs"]), specs(sidecar["outputs"])
+    return lambda target: atomic_write_bytes(target, path.read_bytes()), specs(sidecar["inputs"]), \
+        specs(sidecar["outputs"])
 
 
 def _engine_plugin(path: Path) -> str | None:

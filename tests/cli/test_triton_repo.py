@@ -5,7 +5,9 @@ types as Triton defines them); protobuf's text-format parser rejects any field o
 value not in it, so a typo in the generated config fails here.
 """
 
+import errno
 import io
+import os
 
 import numpy as np
 import onnx
@@ -14,7 +16,8 @@ import torch
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from dyconv_deploy.cli.main import main
-from dyconv_deploy.runtime import load_runtime
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.runtime import load_runtime, triton
 from dyconv_deploy.tolerance import TOLERANCES, compare
 from dyconv_deploy.trt.sidecar import write_sidecar
 
@@ -154,3 +157,59 @@ def test_contract_graph_is_served_as_standard_ops(tmp_path):
     expected = load_runtime(model, "reference").run(feeds)["y"]
     result = compare(load_runtime(served_path, "ort-cpu").run(feeds)["y"], expected, TOLERANCES["fp32"])
     assert result.passed, str(result)
+
+
+def _snapshot(folder):
+    """Every entry under ``folder``: relative path -> (mode, bytes or None for a folder)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mode & 0o777, None if p.is_dir() else p.read_bytes())
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def written_repo(tmp_path):
+    """``repo/tiny`` written once (max batch 16); returns the ONNX file and the repository folder."""
+    _, model = _onnx_file(tmp_path / "net.onnx")
+    assert main(["triton-repo", str(model), "-o", str(tmp_path / "repo"), "--name", "tiny", "--max-batch", "16"]) == 0
+    return model, tmp_path / "repo"
+
+
+def _fail_rename_into(target):
+    """An ``os.rename`` whose first rename onto ``target`` while it is aside (the new folder's) fails."""
+    rename, failed = os.rename, []
+
+    def failing(src, dst):
+        if os.fspath(dst) == os.fspath(target) and not os.path.exists(target) and not failed:
+            failed.append(src)
+            raise OSError(errno.EIO, "injected I/O error")
+        return rename(src, dst)
+    return failing
+
+
+@pytest.mark.parametrize("failure", ["while-writing", "while-renaming"])
+def test_a_failed_rewrite_leaves_the_repository_byte_identical_and_no_temp(written_repo, failure, monkeypatch):
+    model, repo = written_repo
+    before = _snapshot(repo)
+    if failure == "while-writing":  # the model file is written, the config fails
+        monkeypatch.setattr(triton, "config_pbtxt", lambda config: 1 / 0)
+        expected = ZeroDivisionError
+    else:  # the new folder is complete; renaming it in fails after the old one went aside
+        monkeypatch.setattr(os, "rename", _fail_rename_into(repo / "tiny"))
+        expected = DyconvError
+    with pytest.raises(expected):
+        triton.write_triton_repo(model, repo, name="tiny", max_batch=8, preferred_batch=(4,))
+    assert _snapshot(repo) == before  # includes the absence of any hidden temp folder
+
+
+def test_a_rewrite_replaces_the_repository_whole_with_modes_under_the_umask(written_repo):
+    model, repo = written_repo
+    (repo / "tiny" / "stale.txt").write_text("from an earlier run")
+    previous = os.umask(0o022)
+    try:
+        assert main(["triton-repo", str(model), "-o", str(repo), "--name", "tiny", "--max-batch", "8",
+                     "--preferred-batch", "4"]) == 0
+    finally:
+        os.umask(previous)
+    assert _parse(repo / "tiny" / "config.pbtxt").max_batch_size == 8
+    modes = {name: mode for name, (mode, _) in _snapshot(repo).items()}
+    assert modes == {"tiny": 0o755, "tiny/1": 0o755, "tiny/1/model.onnx": 0o644, "tiny/README.md": 0o644,
+                     "tiny/config.pbtxt": 0o644}  # no stale.txt, no temp entry
