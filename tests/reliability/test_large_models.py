@@ -6,11 +6,16 @@ The limit is ``onnx.checker.MAXIMUM_PROTOBUF``; it is lowered here so that the t
 them to refuse an over-limit proto the same way.
 """
 
+import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from dyconv_deploy.cli.main import main
+from dyconv_deploy.errors import VerificationError
+from dyconv_deploy.verify import verify_onnx
 
 LIMIT = 64 << 10  # bytes: the tiny sample is ~150 KB (118 KB of weights), its graph without weights ~40 KB
 
@@ -48,3 +53,15 @@ def test_an_over_limit_model_exports_with_external_data_and_verifies(large_model
     assert main(["verify", "sample:tiny_dynamic", str(target), "--backend", "ort-cpu", "--batch", "2"]) == 0, \
         capsys.readouterr().err
     assert large_model_limit and all(isinstance(source, str) for source in large_model_limit)
+
+
+def test_the_nan_search_of_an_over_limit_model_runs_on_a_file(large_model_limit):
+    """``verify``'s search for the first NaN node opens its own session (every node output marked)."""
+    padding = numpy_helper.from_array(np.zeros(LIMIT, np.float32), "padding")  # unused: only makes it large
+    graph = helper.make_graph([helper.make_node("Log", ["input"], ["output"], name="log")], "nan",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], [padding])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(VerificationError, match=r"the first appears at node log \(Log\)"):
+        verify_onnx(nn.Identity(), proto, (1, 3, 4, 4), [1], backend="ort-cpu")  # Log of negative pixels: NaN
+    assert len(large_model_limit) == 2 and all(isinstance(source, str) for source in large_model_limit)
