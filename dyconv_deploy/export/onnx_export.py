@@ -292,6 +292,12 @@ def _step(index: int, total: int, label: str, advice: str):
                           label) from exc
 
 
+def check_exporter(name: str, opset: int) -> None:
+    """Refuse an unknown exporter, or one (``auto``: every one) that cannot emit ``opset``: a one-line
+    :class:`DyconvError` naming the opset or exporter to pass, before any model is loaded."""
+    _candidates(name, opset)
+
+
 def _candidates(name: str, opset: int) -> list[Exporter]:
     """The exporters ``name`` tries, in order: one, or for ``auto`` those of :data:`AUTO_ORDER` emitting ``opset``."""
     if name != AUTO_EXPORTER:

@@ -21,7 +21,8 @@ from dyconv_deploy.convert import convert_model
 from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.graph_check import check_graph
 from dyconv_deploy.export.metadata import read_metadata, save_atomic, stamp, state_dict_sha256
-from dyconv_deploy.export.onnx_export import ExportError, check_image_shape, contract_nodes, export_onnx
+from dyconv_deploy.export.onnx_export import (ExportError, check_exporter, check_image_shape, contract_nodes,
+                                              export_onnx)
 from dyconv_deploy.export.report import Checklist, comparison_table
 from dyconv_deploy.export.settings import (DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORT_TARGETS,
                                            STRATEGIES)
@@ -104,6 +105,7 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
             failed (the checklist names it); VerificationError: over tolerance.
     """
     check_export_options(strategy, dynamic_batch, target)
+    check_exporter(exporter, opset)
     shape = check_image_shape(input_shape)
     console = console or Console()
     checklist = Checklist(EXPORT_STAGES)

@@ -60,6 +60,12 @@ def test_bad_options_are_one_line_errors_with_exit_2(tmp_path, capsys, args, mes
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_exporter_and_opset_are_checked_before_the_model_is_loaded(tmp_path, capsys):
+    assert main(["export", "sample:no_such_sample", "-o", str(tmp_path / "x.onnx"), "--input-shape", "1x3x8x8",
+                 "--exporter", "dynamo", "--opset", "17"]) == 2
+    assert "the dynamo exporter emits opsets 18-23, not 17" in capsys.readouterr().err  # not 'unknown sample'
+
+
 def test_help_lists_the_options_with_their_defaults(capsys):
     assert main(["export", "--help"]) == 0
     out = capsys.readouterr().out
