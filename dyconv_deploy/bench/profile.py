@@ -328,10 +328,10 @@ def _resolver(model: onnx.ModelProto, categories: dict[str, str]):
     by_output = {o: node_key(n) for n in model.graph.node for o in n.output if o}
 
     def lookup(name: str) -> str | None:
-        candidates = [name, name.removeprefix("fused "), name.removesuffix("_nchwc")]
-        for separator in ("/", "_token_"):
-            if separator in name:
-                candidates.append(name.removeprefix("fused ").split(separator)[0])
+        candidates = [name, name.removeprefix("fused "), name.removesuffix("_nchwc"),
+                      *_slash_prefixes(name.removeprefix("fused "))]
+        if "_token_" in name:
+            candidates.append(name.removeprefix("fused ").split("_token_")[0])
         for candidate in candidates:
             if candidate in categories:
                 return categories[candidate]
@@ -346,6 +346,13 @@ def _resolver(model: onnx.ModelProto, categories: dict[str, str]):
         return category or "other"
 
     return resolve
+
+
+def _slash_prefixes(name: str) -> list[str]:
+    """``a/b/c`` -> ``["a/b", "a"]``: the names an engine's ``<onnx name>/<suffix>`` may come from, longest
+    first (TorchScript-exported nodes are themselves named like paths, ``/features/0/Conv``)."""
+    parts = name.split("/")
+    return [prefix for prefix in ("/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if prefix]
 
 
 def _summed(times: list[tuple[str, float]], runs: int) -> Profile:
@@ -433,7 +440,7 @@ def profile_openvino(runtime, feeds: dict[str, np.ndarray], onnx_model: onnx.Mod
             return "other"
         if name.startswith(MIX_OP):
             return "mixing"
-        if name.split("/")[0] not in onnx_names and node_type == "FullyConnected":
+        if node_type == "FullyConnected" and not any(n in onnx_names for n in (name, *_slash_prefixes(name))):
             return "mixing"
         return resolve(name, node_type)
 
