@@ -50,23 +50,8 @@ def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Pa
     if path.is_dir():
         raise DyconvError(f"cannot write {path}: it is a folder; give a file name")
     _check_parents(path)
-    temp = _temp_for(path)
-    with _write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path)
-        if folder:
-            os.mkdir(temp, 0o777)
-        else:
-            _create(temp)
-    _IN_FLIGHT.add(temp)
-    try:
-        with _write_errors(path):
-            yield temp
-            if not folder:
-                _publish(temp, path)
-    finally:
-        _remove(temp)
-        _IN_FLIGHT.discard(temp)
+    with _staged(path, _make_folder if folder else _create, _keep_out if folder else _publish) as temp:
+        yield temp
 
 
 @contextmanager
@@ -81,19 +66,36 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise DyconvError(f"cannot write the folder {path}: it is a file")
     _check_parents(path)
+    with _staged(path, _make_folder, _swap_in) as temp:
+        yield temp
+
+
+@contextmanager
+def _staged(path: Path, create, publish) -> Iterator[Path]:
+    """The temp entry's life for :func:`atomic_path` and :func:`atomic_folder`: ``create(temp)`` beside
+    ``path`` (stale temps of dead runs swept first), yield it, ``publish(temp, path)`` on normal exit; the
+    temp entry is removed in every case and tracked for the signal handler meanwhile."""
     temp = _temp_for(path)
     with _write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
-        os.mkdir(temp, 0o777)
+        create(temp)
     _IN_FLIGHT.add(temp)
     try:
         with _write_errors(path):
             yield temp
-            _swap_in(temp, path)
+            publish(temp, path)
     finally:
         _remove(temp)
         _IN_FLIGHT.discard(temp)
+
+
+def _make_folder(temp: Path) -> None:
+    os.mkdir(temp, 0o777)  # the umask applies
+
+
+def _keep_out(temp: Path, path: Path) -> None:
+    """Publishing a ``folder=True`` temp of :func:`atomic_path`: nothing, its caller moved the contents out."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
