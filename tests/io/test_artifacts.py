@@ -13,8 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dyconv_deploy.errors import DyconvError
-from dyconv_deploy.io import artifacts
-from dyconv_deploy.io.artifacts import atomic_path, atomic_write_bytes, cleanup_on_signals, save_onnx
+from dyconv_deploy.io.artifacts import atomic_path, atomic_write_bytes, save_onnx
 
 
 def scaled_identity(scale: float, size: int = 64) -> onnx.ModelProto:
