@@ -27,11 +27,12 @@ def lower_experts(model: onnx.ModelProto) -> onnx.ModelProto:
     """Replace every contract node by an expert Conv and an attention-weighted sum."""
     graph = load(model, NAME)
     for contract in contract_nodes(graph, NAME):
-        _rewrite(graph, contract)
+        rewrite(graph, contract)
     return finish(graph, model, NAME)
 
 
-def _rewrite(graph: gs.Graph, contract: ContractNode) -> None:
+def rewrite(graph: gs.Graph, contract: ContractNode) -> None:
+    """Replace one contract node by its expert Conv and the attention-weighted sum."""
     emit = emitter_for(graph, contract, NAME)
     weight = group_major(contract.weight, contract.group)
     if contract.spatial is None:

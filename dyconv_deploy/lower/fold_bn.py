@@ -22,10 +22,18 @@ NAME = "fold-bn"
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold every foldable per-channel affine after a contract node into the node's W and B."""
+    """Fold every foldable per-channel affine after a contract node into the node's W and B.
+
+    A graph with nothing to fold (e.g. one folded before) comes back as a plain copy, without the
+    export and checks of a rewritten graph.
+    """
     graph = load(model, NAME)
-    for contract in contract_nodes(graph, NAME):
-        affine = _affine_after(graph, contract)
+    affines = [(contract, _affine_after(graph, contract)) for contract in contract_nodes(graph, NAME)]
+    if all(affine is None for _, affine in affines):
+        unchanged = onnx.ModelProto()
+        unchanged.CopyFrom(model)
+        return unchanged
+    for contract, affine in affines:
         if affine is not None:
             _fold(graph, contract, *affine)
     return finish(graph, model, NAME)

@@ -28,17 +28,20 @@ def lower_grouped(model: onnx.ModelProto, static_batch: int | None = None) -> on
         model = with_static_batch(model, static_batch, NAME)
     graph = load(model, NAME)
     for contract in contract_nodes(graph, NAME):
-        batch = contract.x.shape[0] if contract.x.shape else None
-        if not isinstance(batch, int):
-            raise stage_error(NAME, 2, f"the input of node '{contract.node.name or contract.y.name}' has a dynamic "
-                              f"batch ({batch!r}); {STATIC_BATCH_REASON}.",
-                              "pass static_batch=N, or lower with strategy experts (or plugin) for a dynamic batch.")
-        _rewrite(graph, contract, batch)
+        rewrite(graph, contract)
     return finish(graph, model, NAME)
 
 
-def _rewrite(graph: gs.Graph, contract: ContractNode, batch: int) -> None:
-    """With a batch of 1 the fold is the identity: no Reshapes, so ORT can still fuse the Conv's activation."""
+def rewrite(graph: gs.Graph, contract: ContractNode) -> None:
+    """Replace one contract node, whose input must have a static batch N, by the batch-folded grouped Conv.
+
+    With a batch of 1 the fold is the identity: no Reshapes, so ORT can still fuse the Conv's activation.
+    """
+    batch = contract.x.shape[0] if contract.x.shape else None
+    if not isinstance(batch, int):
+        raise stage_error(NAME, 2, f"the input of node '{contract.node.name or contract.y.name}' has a dynamic "
+                          f"batch ({batch!r}); {STATIC_BATCH_REASON}.",
+                          "pass static_batch=N, or lower with strategy experts (or plugin) for a dynamic batch.")
     emit = emitter_for(graph, contract, NAME)
     output = detach_output(contract.node)
     folded_x = contract.x if batch == 1 else emit.reshape(contract.x, [1, batch * contract.in_channels, 0, 0],

@@ -11,8 +11,9 @@ inputs are dropped. The batch stays dynamic and the graph still runs on the CPU 
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
-from dyconv_deploy.lower.graph import contract_nodes, emitter_for, finish, load
+from dyconv_deploy.lower.graph import ContractNode, contract_nodes, emitter_for, finish, load
 from dyconv_deploy.ops.contract import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 NAME = "plugin"
@@ -23,11 +24,16 @@ def lower_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
     """Tag every contract node with the TensorRT plugin attributes; no input of it is left empty."""
     graph = load(model, NAME)
     for contract in contract_nodes(graph, NAME):
-        node = contract.node
-        node.attrs.update(plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
-        while not node.inputs[-1].name:
-            node.inputs.pop()
-        if len(node.inputs) > _BIAS and not node.inputs[_BIAS].name:
-            zeros = np.zeros((contract.experts, contract.out_channels))
-            node.inputs[_BIAS] = emitter_for(graph, contract, NAME).const("zero_bias", zeros)
+        rewrite(graph, contract)
     return finish(graph, model, NAME)
+
+
+def rewrite(graph: gs.Graph, contract: ContractNode) -> None:
+    """Tag one contract node for the plugin and fill or drop its empty inputs (see the module doc)."""
+    node = contract.node
+    node.attrs.update(plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+    while not node.inputs[-1].name:
+        node.inputs.pop()
+    if len(node.inputs) > _BIAS and not node.inputs[_BIAS].name:
+        zeros = np.zeros((contract.experts, contract.out_channels))
+        node.inputs[_BIAS] = emitter_for(graph, contract, NAME).const("zero_bias", zeros)
