@@ -8,7 +8,8 @@
 // A 1x1 / stride-1 / unpadded conv is the GEMM's pointwise specialisation, i.e. a batched GEMM over
 // (sample, group). Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
 // When even 32x32 tiles leave the GPU mostly idle (batch 1, late layers), the GEMM also splits its
-// reduction over blockIdx.z and adds float32 partial sums atomically into a small workspace buffer.
+// reduction over blockIdx.z: slice z stores its float32 partial sums into its own workspace buffer, and a
+// second kernel adds the slices in a fixed order, so results are bitwise the same from run to run.
 #include "dynamic_conv.h"
 
 #include <cuda_fp16.h>
@@ -27,10 +28,10 @@ constexpr int kDepthwiseThreads = 256;
 constexpr int kAggregateThreads = 256;
 constexpr int kMinStepsPerSplit = 4; // reduction tiles per split-K slice, at least
 constexpr int kMaxSplits = 16;
-// Split-K partial sums never exceed this many outputs, on any GPU: a split only happens below two 32x32-output
-// blocks per multiprocessor, which for up to 256 multiprocessors is this many; above that plan_gemm does not
-// split. So a workspace sized on one GPU (a TensorRT engine's, built on a MIG slice) fits a plan made on another.
-constexpr long long kSplitKMaxOutputs = 2LL * 256 * 32 * 32;
+// Split-K partial sums (slices x outputs) never exceed this many floats per multiprocessor: a split happens only
+// below target = 2 blocks of 32x32 outputs per multiprocessor, with splits <= ceil(target / blocks) and
+// outputs <= blocks * 32 * 32, so slices * outputs < (target + blocks) * 32 * 32 < 2 * target * 32 * 32.
+constexpr long long kSplitKFloatsPerMultiprocessor = 4LL * 32 * 32;
 constexpr size_t kWorkspaceAlignment = 256;
 constexpr int kLargeTile = 64; // GEMM tile (outputs x pixels) when the grid fills the GPU
 constexpr int kSmallTile = 32; // GEMM tile of small grids, the plan with the most blocks
@@ -201,7 +202,8 @@ __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape 
 // Implicit GEMM, grid (pixel tiles * N * G, M/G tiles, splits); each thread owns a 4x4 block of a BM x BN
 // tile. kFused mixes weight tiles from the experts, otherwise reads them from `kernels` [N, M, R] (float32).
 // kPointwise: 1x1, stride 1, no padding, so im2col(X) is X itself. With `partial` set, block z reduces its
-// slice of `steps_per_split` reduction tiles and adds into partial [N, M, Ho*Wo] (float32) instead of Y.
+// slice of `steps_per_split` reduction tiles and stores it into partial [splits, N, M, Ho*Wo] (float32) at z
+// instead of into Y; slice 0 includes the bias. Every slice writes every output of its tiles.
 template <typename T, int BM, int BN, bool kFused, bool kPointwise>
 __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
     gemm_kernel(ConvShape s, Typed<T> t, float const* kernels, float* partial, int steps_per_split)
@@ -298,7 +300,8 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
             size_t const out = (static_cast<size_t>(n) * s.m + gm) * pixels + p;
             if (p < pixels && partial != nullptr)
             {
-                atomicAdd(partial + out, acc[i][j] + bias);
+                size_t const outputs = static_cast<size_t>(s.n) * s.m * pixels;
+                partial[blockIdx.z * outputs + out] = acc[i][j] + bias;
             }
             else if (p < pixels)
             {
@@ -308,14 +311,20 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
     }
 }
 
-// y = partial (split-K sums, bias included) in y's element type.
+// y[i] = sum over z = 0, 1, ..., slices - 1 of partial[z, i] (split-K slices, bias in slice 0), added in this
+// order whatever the order the slices ran in, and stored in y's element type.
 template <typename T>
-__global__ void store_partial_kernel(float const* partial, T* y, size_t count)
+__global__ void reduce_slices_kernel(float const* partial, int slices, T* y, size_t count)
 {
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
          i += static_cast<size_t>(gridDim.x) * blockDim.x)
     {
-        store(y, i, partial[i]);
+        float sum = partial[i];
+        for (int z = 1; z < slices; ++z)
+        {
+            sum += partial[z * count + i];
+        }
+        store(y, i, sum);
     }
 }
 
@@ -370,12 +379,23 @@ int multiprocessor_count()
     return count;
 }
 
-// How the GEMM is launched: tile size and split-K factor (1: no split).
+// How the GEMM is launched: tile size and split-K factor (1: no split; else the number of slices).
 struct GemmPlan
 {
     bool small_tiles;
     int splits;
 };
+
+int reduction_steps(ConvShape const& s)
+{
+    return static_cast<int>(ceil_div(static_cast<long long>(s.c / s.groups) * s.kh * s.kw, kGemmBK));
+}
+
+// Slices of steps_per_split = ceil(steps / splits) reduction tiles: fewer than `splits` when they do not divide.
+int split_slices(int steps, int splits)
+{
+    return static_cast<int>(ceil_div(steps, ceil_div(steps, splits)));
+}
 
 long long gemm_blocks(ConvShape const& s, int tile)
 {
@@ -384,8 +404,10 @@ long long gemm_blocks(ConvShape const& s, int tile)
 }
 
 // 64x64 tiles unless they leave fewer than two blocks per multiprocessor; then 32x32, and if those are still
-// too few, split the reduction so that about two blocks per multiprocessor run (each split >= 4 tiles of R).
-GemmPlan plan_gemm(ConvShape const& s)
+// too few, split the reduction so that about two blocks per multiprocessor run (each split >= 4 tiles of R),
+// into as many slices as `partial_floats` (the split-K buffer available) holds; a plan needing more is refused
+// for one with fewer slices, down to no split.
+GemmPlan plan_gemm(ConvShape const& s, size_t partial_floats)
 {
     long long const target = 2LL * multiprocessor_count();
     if (gemm_blocks(s, kLargeTile) >= target)
@@ -393,18 +415,29 @@ GemmPlan plan_gemm(ConvShape const& s)
         return {false, 1};
     }
     long long const blocks = gemm_blocks(s, kSmallTile);
-    int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
+    int const steps = reduction_steps(s);
     long long const outputs = static_cast<long long>(s.n) * s.m * s.ho * s.wo;
-    long long const wanted = blocks >= target || outputs > kSplitKMaxOutputs ? 1 : (target + blocks - 1) / blocks;
-    long long const splits = std::min<long long>({wanted, steps / kMinStepsPerSplit, kMaxSplits});
+    long long const wanted = blocks >= target ? 1 : ceil_div(target, blocks);
+    long long splits = std::min<long long>({wanted, steps / kMinStepsPerSplit, kMaxSplits});
+    while (splits > 1 && static_cast<size_t>(split_slices(steps, static_cast<int>(splits))) * outputs > partial_floats)
+    {
+        --splits;
+    }
     return {true, static_cast<int>(std::max<long long>(splits, 1))};
 }
 
-// Split-K partial sums: the same on every GPU (see kSplitKMaxOutputs).
-size_t partial_bytes(ConvShape const& s)
+// The split-K buffer for a GPU of `multiprocessors`: slices * outputs floats for the largest plan plan_gemm can
+// make there (at most kSplitKFloatsPerMultiprocessor each), 0 when the reduction is too short to split.
+size_t partial_bytes(ConvShape const& s, int multiprocessors)
 {
-    size_t const outputs = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
-    return std::min(outputs, static_cast<size_t>(kSplitKMaxOutputs)) * sizeof(float);
+    long long const max_splits = std::min(reduction_steps(s) / kMinStepsPerSplit, kMaxSplits);
+    if (max_splits < 2)
+    {
+        return 0;
+    }
+    long long const outputs = static_cast<long long>(s.n) * s.m * s.ho * s.wo;
+    long long const floats = std::min(outputs * max_splits, kSplitKFloatsPerMultiprocessor * multiprocessors);
+    return static_cast<size_t>(floats) * sizeof(float);
 }
 
 // Per-sample kernels of the aggregated path, rounded up so the split-K buffer after them stays aligned.
@@ -414,13 +447,19 @@ size_t kernels_bytes(ConvShape const& s)
     return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
 }
 
+// The part of the workspace a path cannot run without: the per-sample kernels of kGemmAggregated.
+size_t required_workspace(ConvShape const& s, Algo chosen)
+{
+    return chosen == Algo::kGemmAggregated && s.n > 0 ? kernels_bytes(s) : 0;
+}
+
 template <typename T, int BM, int BN, bool kFused>
 void launch_gemm_tiles(
     ConvShape const& s, Typed<T> const& t, float const* kernels, float* partial, int splits, cudaStream_t stream)
 {
-    int const steps = ceil_div((s.c / s.groups) * s.kh * s.kw, kGemmBK);
-    int const steps_per_split = ceil_div(steps, splits);
-    int const slices = ceil_div(steps, steps_per_split);
+    int const steps = reduction_steps(s);
+    int const steps_per_split = static_cast<int>(ceil_div(steps, splits));
+    int const slices = split_slices(steps, splits);
     dim3 const grid = gemm_grid(s, BM, BN, slices).dims();
     dim3 const block((BM / kGemmThreadM) * (BN / kGemmThreadN));
     if (is_pointwise(s))
@@ -433,11 +472,12 @@ void launch_gemm_tiles(
     }
 }
 
-// `partial` is the split-K buffer (partial_bytes), used only when the plan splits.
+// `partial` is the split-K buffer of `partial_floats` floats, used only when the plan splits.
 template <typename T, bool kFused>
-void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, float* partial, cudaStream_t stream)
+void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, float* partial, size_t partial_floats,
+    cudaStream_t stream)
 {
-    GemmPlan const plan = plan_gemm(s);
+    GemmPlan const plan = plan_gemm(s, partial_floats);
     if (!plan.small_tiles)
     {
         launch_gemm_tiles<T, kLargeTile, kLargeTile, kFused>(s, t, kernels, nullptr, 1, stream);
@@ -449,10 +489,10 @@ void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, fl
         return;
     }
     size_t const count = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
-    cudaMemsetAsync(partial, 0, count * sizeof(float), stream); // a failure surfaces in launch()'s cudaGetLastError
     launch_gemm_tiles<T, kSmallTile, kSmallTile, kFused>(s, t, kernels, partial, plan.splits, stream);
     size_t const blocks = std::min<size_t>((count + kAggregateThreads - 1) / kAggregateThreads, 65535);
-    store_partial_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(partial, t.y, count);
+    int const slices = split_slices(reduction_steps(s), plan.splits);
+    reduce_slices_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(partial, slices, t.y, count);
 }
 
 template <typename T>
@@ -464,8 +504,10 @@ void launch_aggregate(ConvShape const& s, Typed<T> const& t, float* kernels, cud
     aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
 }
 
+// `workspace_bytes` >= the algorithm's fixed part (kernels_bytes for kGemmAggregated); the rest bounds split-K.
 template <typename T>
-cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspace, Algo algo, cudaStream_t stream)
+cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspace, size_t workspace_bytes, Algo algo,
+    cudaStream_t stream)
 {
     Typed<T> const t = typed<T>(tensors);
     switch (algo)
@@ -477,13 +519,15 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
         depthwise_kernel<T><<<grid, kDepthwiseThreads, shared, stream>>>(s, t);
         break;
     }
-    case Algo::kGemmFused: launch_gemm<T, true>(s, t, nullptr, static_cast<float*>(workspace), stream); break;
+    case Algo::kGemmFused:
+        launch_gemm<T, true>(s, t, nullptr, static_cast<float*>(workspace), workspace_bytes / sizeof(float), stream);
+        break;
     case Algo::kGemmAggregated:
     {
         float* kernels = static_cast<float*>(workspace);
         float* partial = reinterpret_cast<float*>(static_cast<char*>(workspace) + kernels_bytes(s));
         launch_aggregate<T>(s, t, kernels, stream);
-        launch_gemm<T, false>(s, t, kernels, partial, stream);
+        launch_gemm<T, false>(s, t, kernels, partial, (workspace_bytes - kernels_bytes(s)) / sizeof(float), stream);
         break;
     }
     case Algo::kAuto: return cudaErrorInvalidValue; // resolved by dynamic_conv2d, which refuses non-Algo values
@@ -525,14 +569,15 @@ Algo select_algo(ConvShape const& s)
     return s.ho * s.wo <= kFusedMaxPixels ? Algo::kGemmFused : Algo::kGemmAggregated;
 }
 
-size_t workspace_size(ConvShape const& s, Algo algo)
+size_t workspace_size(ConvShape const& s, Algo algo, int32_t multiprocessors)
 {
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
     if (chosen == Algo::kDepthwise || s.n == 0)
     {
         return 0;
     }
-    return (chosen == Algo::kGemmAggregated ? kernels_bytes(s) : 0) + partial_bytes(s);
+    int const count = multiprocessors > 0 ? multiprocessors : multiprocessor_count();
+    return required_workspace(s, chosen) + partial_bytes(s, count);
 }
 
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
@@ -553,13 +598,13 @@ cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors cons
     }
     Algo const chosen = algo == Algo::kAuto ? select_algo(shape) : algo;
     bool const depthwise_ok = chosen != Algo::kDepthwise || shape.c / shape.groups == 1;
-    size_t const needed = workspace_size(shape, chosen);
-    if (!depthwise_ok || workspace_bytes < needed || (needed > 0 && workspace == nullptr))
+    size_t const needed = required_workspace(shape, chosen);
+    if (!depthwise_ok || workspace_bytes < needed || (workspace_bytes > 0 && workspace == nullptr))
     {
         return cudaErrorInvalidValue;
     }
-    return dtype == DType::kFloat16 ? launch<__half>(shape, tensors, workspace, chosen, stream)
-                                    : launch<float>(shape, tensors, workspace, chosen, stream);
+    return dtype == DType::kFloat16 ? launch<__half>(shape, tensors, workspace, workspace_bytes, chosen, stream)
+                                    : launch<float>(shape, tensors, workspace, workspace_bytes, chosen, stream);
 }
 
 cudaError_t aggregate_kernels(

@@ -92,16 +92,20 @@ Algo select_algo(ConvShape const& shape);
 //! mixed at most a few times per sample, and the per-sample kernels never go to global memory.
 constexpr int32_t kFusedMaxPixels = 256;
 
-//! Workspace bytes needed by `algo` for `shape`: 0 for kDepthwise; for the GEMM paths a split-K buffer of
-//! min(N*M*Ho*Wo, 2^19) floats, plus N*M*(C/G)*kH*kW floats of kernels for kGemmAggregated. Independent of the
-//! GPU (the split-K plan adapts to the multiprocessor count within that buffer), so a size computed on one
-//! GPU serves every other.
-//! Monotone in N, so a size computed for the largest batch serves every smaller one.
-size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto);
+//! Workspace bytes for `algo` on a GPU of `multiprocessors` multiprocessors (0: the current device's): 0 for
+//! kDepthwise; N*M*(C/G)*kH*kW floats of per-sample kernels for kGemmAggregated (required), and for both GEMM
+//! paths the split-K buffer of the largest split plan on that GPU: slices * N*M*Ho*Wo floats, at most 4096 per
+//! multiprocessor (16 KiB), none when the reduction is too short to split. Monotone in N, so a size computed for
+//! the largest batch serves every smaller one. On another GPU (an engine built on a MIG slice, run on a full
+//! GPU) the kernels split only as far as the bytes given hold (see dynamic_conv2d).
+size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto, int32_t multiprocessors = 0);
 
-//! Y for one call. `workspace` must hold workspace_size(shape, algo) bytes (may be null when that is 0).
-//! Returns cudaErrorInvalidValue for an inconsistent shape, an `algo` outside Algo or a path that does not
-//! apply (Y is then not written), and an empty batch is a no-op.
+//! Y for one call. `workspace` holds `workspace_bytes` (may be null when that is 0): at least the required part
+//! of workspace_size (the per-sample kernels of kGemmAggregated); a split-K plan whose slices do not fit in the
+//! rest is refused for one with fewer slices (down to none), so a smaller workspace costs speed, never memory
+//! safety. Split-K slices are added in a fixed order: the same inputs, GPU and workspace size give bitwise the
+//! same Y on every run. Returns cudaErrorInvalidValue for an inconsistent shape, an `algo` outside Algo, a path
+//! that does not apply or a workspace below the required part (Y is then not written); an empty batch is a no-op.
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, Algo algo = Algo::kAuto);
 

@@ -8,10 +8,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
+#include <algorithm>
 #include <barrier>
-#include <cstring>
+#include <numeric>
 #include <optional>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -24,9 +25,12 @@ inline dim3 block_dim;
 inline dim3 grid_dim;
 inline std::vector<unsigned char> dynamic_shared_memory;
 inline int multiprocessor_count = 1;
+// 0: blocks run in CUDA's linear order; otherwise in a permutation drawn with this seed (a GPU schedules
+// blocks in no fixed order: a result that depends on it, such as partial sums added atomically, differs).
+inline unsigned block_order_seed = 0;
 
 // One std::thread per thread of a block, reused for every block of the grid (creating threads per block
-// dominated the test time). Blocks run in CUDA's linear order; a thread that returns from the kernel drops
+// dominated the test time). Blocks run in the order block_order_seed gives; a thread that returns from the kernel drops
 // out of the block's __syncthreads barrier, which is renewed for the next block once all threads are done.
 template <typename Kernel>
 void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, Kernel kernel)
@@ -36,6 +40,12 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, Kernel ker
     dynamic_shared_memory.assign(shared_bytes, 0);
     int const threads = block.x * block.y * block.z;
     long long const blocks = static_cast<long long>(grid.x) * grid.y * grid.z;
+    std::vector<long long> order(blocks);
+    std::iota(order.begin(), order.end(), 0LL);
+    if (block_order_seed != 0)
+    {
+        std::shuffle(order.begin(), order.end(), std::mt19937(block_order_seed));
+    }
     std::optional<std::barrier<>> sync;
     sync.emplace(threads);
     auto renew = [&]() noexcept { sync.emplace(threads); };
@@ -45,7 +55,7 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, Kernel ker
     {
         workers.emplace_back([&, t] {
             thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-            for (long long b = 0; b < blocks; ++b)
+            for (long long const b : order)
             {
                 block_idx = dim3(b % grid.x, (b / grid.x) % grid.y, b / (static_cast<long long>(grid.x) * grid.y));
                 block_barrier = &*sync;
@@ -105,16 +115,5 @@ extern "C" cudaError_t cudaGetDevice(int* device)
 extern "C" cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int)
 {
     *value = emu::multiprocessor_count;
-    return cudaSuccess;
-}
-
-inline float atomicAdd(float* address, float value)
-{
-    return std::atomic_ref<float>(*address).fetch_add(value);
-}
-
-extern "C" cudaError_t cudaMemsetAsync(void* destination, int value, size_t bytes, cudaStream_t)
-{
-    std::memset(destination, value, bytes);
     return cudaSuccess;
 }

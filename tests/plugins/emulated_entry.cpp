@@ -4,16 +4,28 @@
 
 #include "dynamic_conv_emulated.inc"
 
+constexpr size_t kGuardBytes = 1 << 16;
+constexpr int kWorkspaceOverrun = -1;
+
+// One call on a GPU of `multiprocessor_count` multiprocessors that schedules blocks in the order of
+// `block_order_seed` (0: linear), with `workspace_bytes` of workspace (< 0: workspace_size's for this GPU).
 extern "C" int emu_dynamic_conv2d(dyconv::ConvShape const* shape, int dtype, void const* x, void const* attention,
-    void const* weight, void const* bias, void const* spatial, void* y, int algo, int multiprocessor_count)
+    void const* weight, void const* bias, void const* spatial, void* y, int algo, int multiprocessor_count,
+    unsigned block_order_seed, long long workspace_bytes)
 {
     emu::multiprocessor_count = multiprocessor_count;
-    size_t const bytes = dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo));
-    // Garbage, as a real allocator's memory: every path must initialise what it reads back.
-    std::vector<unsigned char> workspace(bytes, 0xC3);
+    emu::block_order_seed = block_order_seed;
+    size_t const bytes = workspace_bytes >= 0 ? static_cast<size_t>(workspace_bytes)
+                                              : dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo));
+    // Garbage, as a real allocator's memory: every path must initialise what it reads back. A guard of the same
+    // garbage follows the bytes given; a write into it is reported as kWorkspaceOverrun.
+    std::vector<unsigned char> workspace(bytes + kGuardBytes, 0xC3);
     dyconv::ConvTensors const tensors{x, attention, weight, bias, spatial, y};
-    return dyconv::dynamic_conv2d(*shape, static_cast<dyconv::DType>(dtype), tensors,
+    int const status = dyconv::dynamic_conv2d(*shape, static_cast<dyconv::DType>(dtype), tensors,
         bytes > 0 ? workspace.data() : nullptr, bytes, nullptr, static_cast<dyconv::Algo>(algo));
+    bool const guard_intact
+        = std::all_of(workspace.begin() + bytes, workspace.end(), [](unsigned char b) { return b == 0xC3; });
+    return guard_intact ? status : kWorkspaceOverrun;
 }
 
 extern "C" int emu_select_algo(dyconv::ConvShape const* shape)
@@ -26,14 +38,16 @@ extern "C" int emu_validate(dyconv::ConvShape const* shape)
     return static_cast<int>(dyconv::validate(*shape));
 }
 
-extern "C" int emu_gemm_splits(dyconv::ConvShape const* shape, int multiprocessor_count)
+// The split-K factor of the GEMM plan on a GPU of `multiprocessor_count` with `partial_floats` of split-K buffer.
+extern "C" int emu_gemm_splits(dyconv::ConvShape const* shape, int multiprocessor_count, size_t partial_floats)
 {
     emu::multiprocessor_count = multiprocessor_count;
-    return dyconv::plan_gemm(*shape).splits;
+    return dyconv::plan_gemm(*shape, partial_floats).splits;
 }
 
-extern "C" size_t emu_workspace_size(dyconv::ConvShape const* shape, int algo, int multiprocessor_count)
+// workspace_size for a GPU of `sized_for` multiprocessors, asked on one of `multiprocessor_count`.
+extern "C" size_t emu_workspace_size(dyconv::ConvShape const* shape, int algo, int sized_for, int multiprocessor_count)
 {
     emu::multiprocessor_count = multiprocessor_count;
-    return dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo));
+    return dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo), sized_for);
 }

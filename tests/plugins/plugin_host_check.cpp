@@ -325,11 +325,11 @@ int main(int argc, char** argv)
             && recorder.errors[0].second.find("S dimension 0 is 7 but must be 8") != std::string::npos,
         "onShapeChange rejects S of batch 7 for X of batch 8, through the error recorder");
     delete attached;
-    // Ho = 16, Wo = 29 -> 464 pixels: aggregated path, per-sample kernels of the max batch plus a split-K buffer.
+    // Ho = 16, Wo = 29 -> 464 pixels: aggregated path, the per-sample kernels of the max batch; a reduction of
+    // 8 * 3 * 3 = 72 (5 tiles of 16) is too short to split, so no split-K buffer.
     size_t const kernels = 8ull * 32 * 8 * 3 * 3 * sizeof(float);
     size_t const workspace = build->getWorkspaceSize(io.data(), 4, &io[4], 1);
-    check(workspace > kernels && workspace <= kernels + 8ull * 32 * 16 * 29 * sizeof(float) + 256,
-        "workspace sized for the aggregated path and split-K");
+    check(workspace == kernels, "workspace sized for the aggregated path's per-sample kernels");
     // enqueue is not told the workspace size: the plugin serialises what it asked TensorRT for.
     check(build->configurePlugin(io.data(), 4, &io[4], 1) == 0
             && fieldInt64(runtime->getFieldsToSerialize(), "workspace_bytes") == static_cast<int64_t>(workspace),

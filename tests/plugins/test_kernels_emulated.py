@@ -29,6 +29,7 @@ ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3}
 DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
 KERNEL_TOLERANCES = {"fp32": TOLERANCES["fp32"], "fp16": TOLERANCES["fp16-kernel"]}  # fp16: fp32 accumulation
 CUDA_ERROR_INVALID_VALUE = 1
+WORKSPACE_OVERRUN = -1  # emulated_entry.cpp: a write past the workspace given
 GEMM_TILE = 16  # kGemmBK: reduction tile
 MIN_SPLIT_STEPS = 4  # kMinStepsPerSplit
 LAUNCHES = ("tiles64", "tiles32", "split-k")
@@ -77,14 +78,21 @@ def emulated(tmp_path_factory) -> ctypes.CDLL:
     subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{include}",
                     f"-I{KERNEL_SOURCE.parent}", f"-I{HERE}", f"-I{build}", str(HERE / "emulated_entry.cpp"),
                     "-o", str(library)], check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(library))
+    lib = ctypes.CDLL(str(library))
+    lib.emu_workspace_size.restype = ctypes.c_size_t
+    lib.emu_gemm_splits.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    return lib
 
 
 def run_emulated(lib: ctypes.CDLL, config: LayerConfig, inputs: dict, dtype: str, algo: str | int,
-                 multiprocessor_count: int = 1) -> tuple[int, np.ndarray]:
+                 multiprocessor_count: int = 1, block_order_seed: int = 0,
+                 workspace_bytes: int = -1) -> tuple[int, np.ndarray]:
     """(cudaError_t, Y) of the emulated kernels on float ``inputs``; ``algo`` is a name or a raw ``Algo`` value.
 
-    Y starts as NaN, so an output the kernels do not write fails the comparison.
+    The emulated GPU has ``multiprocessor_count`` multiprocessors and runs blocks in the order drawn with
+    ``block_order_seed`` (0: linear); the workspace has ``workspace_bytes`` (-1: ``workspace_size``'s), then a
+    guard: a write into the guard returns WORKSPACE_OVERRUN. Y starts as NaN, so an output the kernels do not
+    write fails the comparison.
     """
     code, np_dtype = DTYPES[dtype]
     arrays = {k: None if v is None else np.ascontiguousarray(v.numpy(), dtype=np_dtype) for k, v in inputs.items()}
@@ -92,7 +100,8 @@ def run_emulated(lib: ctypes.CDLL, config: LayerConfig, inputs: dict, dtype: str
     y = np.full((shape.n, config.m, shape.ho, shape.wo), np.nan, dtype=np_dtype)
     pointers = [None if a is None else a.ctypes.data_as(ctypes.c_void_p) for a in arrays.values()]
     status = lib.emu_dynamic_conv2d(ctypes.byref(shape), code, *pointers, y.ctypes.data_as(ctypes.c_void_p),
-                                    ALGOS.get(algo, algo), multiprocessor_count)
+                                    ALGOS.get(algo, algo), multiprocessor_count, block_order_seed,
+                                    ctypes.c_longlong(workspace_bytes))
     return status, y
 
 
@@ -141,7 +150,7 @@ def test_emulated_kernels_match_reference(emulated, config, algo, launch, precis
     inputs = config.inputs(batch=BATCH, generator=torch.Generator().manual_seed(0))
     count = multiprocessor_count_for(launch, config, BATCH)
     if launch == "split-k":
-        assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(config, BATCH)), count) > 1
+        assert splits(emulated, conv_shape(config, BATCH), count) > 1
     status, y = run_emulated(emulated, config, inputs, precision, algo, count)
     assert status == 0
     result = compare(y, reference(config, inputs, DTYPES[precision][1]), KERNEL_TOLERANCES[precision])
@@ -201,18 +210,77 @@ def test_unknown_path_is_an_error(emulated, algo):
     assert status == CUDA_ERROR_INVALID_VALUE
 
 
-def test_workspace_size_is_the_same_on_every_gpu(emulated):
-    """A TensorRT engine sizes the workspace on the build GPU and runs on another (a MIG slice, then a full GPU):
-    the size must not depend on the multiprocessor count, and a split-K plan must fit it there."""
-    emulated.emu_workspace_size.restype = ctypes.c_size_t
+def splits(lib: ctypes.CDLL, shape: ConvShape, multiprocessor_count: int, partial_floats: int = 2**62) -> int:
+    """The split-K factor plan_gemm picks on that GPU with that much split-K buffer (default: unbounded)."""
+    return lib.emu_gemm_splits(ctypes.byref(shape), multiprocessor_count, partial_floats)
+
+
+def slices(config: LayerConfig, split: int) -> int:
+    """Split-K slices of ``split``: ceil(steps / ceil(steps / split)) (fewer when they do not divide)."""
+    steps = -(-config.reduction // GEMM_TILE)
+    return -(-steps // -(-steps // split))
+
+
+# Reductions of >= 3 slices: two partial sums add in the same order either way (a + b == b + a).
+DETERMINISM_CONFIGS = [c for c in KERNEL_CONFIGS if c.reduction >= 3 * MIN_SPLIT_STEPS * GEMM_TILE]
+
+
+@pytest.mark.parametrize("algo", ["gemm-fused", "gemm-aggregated"])
+@pytest.mark.parametrize("config", DETERMINISM_CONFIGS, ids=lambda c: c.name)
+def test_split_k_is_bitwise_deterministic_under_any_block_order(emulated, config, algo):
+    """A GPU runs split-K slices in no fixed order: the result must not depend on it (torch.equal across runs)."""
+    inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(4))
+    assert splits(emulated, conv_shape(config, 2), 1 << 20) >= 3
+    runs = [run_emulated(emulated, config, inputs, "fp32", algo, 1 << 20, block_order_seed=seed)
+            for seed in (0, 1, 2)]
+    assert all(status == 0 for status, _ in runs)
+    assert all(np.array_equal(runs[0][1], y) for _, y in runs[1:])
+
+
+@pytest.mark.parametrize("algo", ["gemm-fused", "gemm-aggregated"])
+def test_a_workspace_sized_on_a_small_gpu_serves_a_large_one(emulated, algo):
+    """A TensorRT engine sizes the workspace on the build GPU (a MIG slice) and runs on another (a full GPU): the
+    kernels split only as far as the bytes given hold, never write past them, and refuse less than the kernels."""
+    config = next(c for c in LAYER_CONFIGS if c.name == "pointwise-1024-deep")  # 64 reduction tiles
+    batch = 8  # 1024 outputs: 16 slices need 4x the split-K buffer of one multiprocessor
+    shape = conv_shape(config, batch)
+    inputs = config.inputs(batch=batch, generator=torch.Generator().manual_seed(5))
+    expected = reference(config, inputs, np.float32)
+    small = emulated.emu_workspace_size(ctypes.byref(shape), ALGOS[algo], 1, 1 << 20)
+    large = emulated.emu_workspace_size(ctypes.byref(shape), ALGOS[algo], 1 << 20, 1)
+    required = batch * config.m * config.reduction * 4 if algo == "gemm-aggregated" else 0  # per-sample kernels
+    assert required < small < large
+    for given in (required, small, large):
+        status, y = run_emulated(emulated, config, inputs, "fp32", algo, 1 << 20, workspace_bytes=given)
+        assert status == 0, (given, status)
+        assert compare(y, expected, KERNEL_TOLERANCES["fp32"]).passed
+    if required:
+        status, _ = run_emulated(emulated, config, inputs, "fp32", algo, 1 << 20, workspace_bytes=required - 4)
+        assert status == CUDA_ERROR_INVALID_VALUE
+
+
+def test_split_k_takes_as_many_slices_as_the_buffer_holds(emulated):
+    config = next(c for c in LAYER_CONFIGS if c.name == "pointwise-1024-deep")  # 64 tiles: up to 16 slices
+    shape = conv_shape(config, 1)
+    outputs = config.m * config.h * config.w
+    assert splits(emulated, shape, 1 << 20) == 16
+    for floats in (16 * outputs, 16 * outputs - 1, 5 * outputs, 2 * outputs - 1, 0):
+        split = splits(emulated, shape, 1 << 20, floats)
+        assert split == 1 or slices(config, split) * outputs <= floats, (floats, split)
+        assert split == 16 or slices(config, split + 1) * outputs > floats, (floats, split)  # the most that fit
+    assert splits(emulated, shape, 1 << 20, 2 * outputs - 1) == 1
+
+
+def test_workspace_size_holds_every_split_plan_of_its_gpu(emulated):
+    """For every batch up to the size's, the plan of the GPU it was sized for fits it (monotone in N)."""
     for config in LAYER_CONFIGS:
-        shape = conv_shape(config, 256)
-        sizes = {emulated.emu_workspace_size(ctypes.byref(shape), ALGOS["gemm-aggregated"], count)
-                 for count in (1, 16, 132, 1 << 20)}
-        assert len(sizes) == 1, (config.name, sizes)
-    deep = next(c for c in LAYER_CONFIGS if c.name == "pointwise-deep-7x7")  # 1176 outputs per sample
-    assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(deep, 3)), 1 << 20) > 1
-    assert emulated.emu_gemm_splits(ctypes.byref(conv_shape(deep, 512)), 1 << 20) == 1  # beyond the split-K buffer
+        for count in (1, 16, 132):
+            largest = conv_shape(config, 64)
+            size = emulated.emu_workspace_size(ctypes.byref(largest), ALGOS["gemm-fused"], count, 1)
+            for batch in (1, 2, 7, 64):
+                split = splits(emulated, conv_shape(config, batch), count)
+                needed = (slices(config, split) if split > 1 else 0) * batch * config.m * int(np.prod(config.output_hw))
+                assert needed * 4 <= size, (config.name, count, batch)
 
 
 def test_empty_batch_is_a_no_op(emulated):
