@@ -18,7 +18,9 @@ def bench_command(
         help=f"One of {', '.join(BACKENDS)} (openvino: OpenVINO CPU with the project's extension; torch: eager "
              "modules, no lowering).")] = "ort-cpu",
     strategy: Annotated[str, typer.Option(
-        help="Comma-separated lowering strategies to time against the static twin.")] = ",".join(STRATEGIES),
+        help="Comma-separated lowering strategies to time against the static twin; auto (not in the default): "
+             "per layer, the fastest of plugin and experts on this engine, timed at each batch (cached), with the "
+             "choices in the JSON.")] = ",".join(STRATEGIES),
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
     warmup: Annotated[int, typer.Option(help="Untimed runs per graph and batch.")] = 5,
     iterations: Annotated[int, typer.Option(help="Timed runs per graph and batch.")] = 30,
@@ -65,6 +67,8 @@ def bench_command(
         dyconv-deploy bench sample:dy_mobilenetv2 --backend openvino --strategy plugin --batch 1,8 --baseline ort-cpu
 
         dyconv-deploy bench sample:dy_mobilenetv2 --strategy plugin,grouped --batch 1 --profile
+
+        dyconv-deploy bench sample:dy_mobilenetv2 --strategy plugin,auto --batch 1,8 --threads 1 --clock cpu
     """
     from dyconv_deploy.bench import bench
 

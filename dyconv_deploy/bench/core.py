@@ -8,7 +8,7 @@ runs made under the same conditions. Graphs come from :class:`~dyconv_deploy.ben
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +20,13 @@ from dyconv_deploy.bench.graphs import TWIN, GraphSet, default_cache_dir, twin_s
 from dyconv_deploy.bench.measure import CLOCKS, Stats, interleaved, rss_mb, summarize
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io import default_input_shape
-from dyconv_deploy.export.settings import DEFAULT_OPSET, STRATEGIES
+from dyconv_deploy.bench.layer_tuning import Tuning, check_tunable, tune_layers
+from dyconv_deploy.export.settings import AUTO_STRATEGY, DEFAULT_OPSET, STRATEGIES
 
 EAGER = "eager"
 BASELINE = "baseline twin"  # key of the baseline engine's twin in a batch's interleaved run
 PROFILED_BACKENDS = ("ort-cpu", "openvino")
+BENCH_STRATEGIES = (*STRATEGIES, AUTO_STRATEGY)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class BenchResult:
     environment: dict
     skipped: dict[str, str] = field(default_factory=dict)
     baseline: Optional[str] = None  # the engine whose static twin every row is also compared with
+    tunings: list[Tuning] = field(default_factory=list)  # --strategy auto: the per-layer timings, one per batch
 
     @property
     def batches(self) -> list[int]:
@@ -70,6 +73,7 @@ class BenchResult:
     def to_dict(self) -> dict:
         return {"model": self.model, "twin": self.twin, "backend": self.backend, "baseline": self.baseline,
                 "settings": self.settings, "environment": self.environment, "skipped": self.skipped,
+                **({"auto": [tuning.to_dict() for tuning in self.tunings]} if self.tunings else {}),
                 "results": [{"strategy": row.strategy, "batch": row.batch, "ratio_p50": row.ratio,
                              "dynamic": asdict(row.stats), "static": asdict(row.static),
                              **({"ratio_p50_baseline": row.baseline_ratio, "baseline_static": asdict(row.baseline)}
@@ -141,8 +145,11 @@ def bench(model_spec: str, backend: str = "ort-cpu", strategies: Sequence[str] =
                 "memory": runtimes.memory_note, "profile": profile}
     from dyconv_deploy.bench.report import environment, plot, profile_table, table, write_json
 
-    result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped, baseline)
+    result = BenchResult(model_spec, twin_name, backend, rows, settings, environment(), skipped, baseline,
+                         runtimes.tunings)
     console.print(table(result))
+    for tuning in result.tunings:
+        console.print(f"auto: {tuning.summary()}")
     if profile:
         console.print(profile_table(result))
     for name, reason in skipped.items():
@@ -158,7 +165,8 @@ def _time_batch(runtimes, strategies, batch, shape, warmup, iterations, skipped,
                 clock) -> list[Row]:
     """The twin and every strategy that runs at ``batch``, interleaved; a strategy that fails is skipped.
     With ``profile``, each graph is then run under the engine's profiler (not timed with it)."""
-    with console.status(f"batch {batch}: preparing the static twin and {', '.join(strategies)}"):
+    with console.status(f"batch {batch}: preparing the static twin and {', '.join(strategies)}") as status:
+        runtimes.progress = status.update
         try:
             ready = {TWIN: runtimes.get(TWIN, batch)}
             if runtimes.baseline is not None:
@@ -202,9 +210,12 @@ def _check_arguments(backend, strategies, batches, warmup, iterations, baseline)
         if baseline == backend:
             raise DyconvError(f"--baseline {baseline} is the benchmarked engine itself: its twin is already "
                               "the 'static twin' row")
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in BENCH_STRATEGIES]
     if unknown or not strategies:
-        raise DyconvError(f"unknown strategy {', '.join(unknown) or '(none)'}; choose from: {', '.join(STRATEGIES)}")
+        raise DyconvError(f"unknown strategy {', '.join(unknown) or '(none)'}; choose from: "
+                          f"{', '.join(BENCH_STRATEGIES)}")
+    if AUTO_STRATEGY in strategies and not backend.startswith("torch"):
+        check_tunable(backend)
     if not batches or min(batches) < 1:
         raise DyconvError(f"batch sizes must be positive integers, got {list(batches)}")
     if warmup < 0 or iterations < 1:
@@ -242,6 +253,8 @@ class _GraphRuntimes:
                  baseline: Optional["_GraphRuntimes"] = None):
         self.graphs, self.backend, self.threads, self.max_batch = graphs, backend, threads, max_batch
         self.options, self.baseline = options, baseline
+        self.tunings: list[Tuning] = []
+        self.progress: Callable[[str], None] = lambda message: None
         self._loaded: dict[Path, tuple] = {}
         self.memory_note = ("growth of the process's resident memory while loading each graph and first "
                             "running it at each batch size (approximate)")
@@ -249,7 +262,7 @@ class _GraphRuntimes:
     def get(self, name: str, batch: int):
         from dyconv_deploy.runtime import load_runtime
 
-        path = self.graphs.path(name, batch)
+        path = self._path(name, batch)
         if path in self._loaded:
             runtime, memory = self._loaded[path]
             before = rss_mb()
@@ -262,6 +275,17 @@ class _GraphRuntimes:
         self._loaded[path] = (runtime, memory + rss_mb() - before)
         return self._loaded[path]
 
+    def _path(self, name: str, batch: int) -> Path:
+        """The graph file of ``name`` at ``batch``; ``auto`` tunes its layers at that batch first (cached)."""
+        if name != AUTO_STRATEGY:
+            return self.graphs.path(name, batch)
+        if not any(t.batch == batch for t in self.tunings):
+            self.tunings.append(tune_layers(self.graphs.raw(), self.backend, batch, runtime_options=self.options,
+                                            threads=self.threads, cache_dir=self.graphs.cache_dir,
+                                            progress=self.progress))
+        tuning = next(t for t in self.tunings if t.batch == batch)
+        return self.graphs.per_layer_path(tuning.choices())
+
     def profile(self, name: str, batch: int, feeds: dict, iterations: int):
         """The :class:`~dyconv_deploy.bench.profile.Profile` of graph ``name`` at ``batch`` (a runtime of its own)."""
         import onnx
@@ -269,7 +293,7 @@ class _GraphRuntimes:
         from dyconv_deploy.bench.profile import profile_onnxruntime, profile_openvino
         from dyconv_deploy.runtime import load_runtime
 
-        path = self.graphs.path(name, batch)
+        path = self._path(name, batch)
         if self.backend == "ort-cpu":
             return profile_onnxruntime(path, feeds, iterations, threads=self.threads)
         with load_runtime(path, "openvino", profile=True, **self._options()) as runtime:
@@ -315,7 +339,7 @@ class _EagerRuntimes:
                               "none (use an ONNX backend, where the static strategy graph is the twin)")
         from dyconv_deploy.runtime import load_runtime
 
-        self.cuda, self.shape, self.baseline = backend == "torch-cuda", shape, None
+        self.cuda, self.shape, self.baseline, self.tunings = backend == "torch-cuda", shape, None, []
         device = "cuda" if self.cuda else "cpu"
         self._runtimes = {EAGER: load_runtime(model, "torch", device=device, use_extension=self.cuda),
                           TWIN: load_runtime(twin, "torch", device=device)}

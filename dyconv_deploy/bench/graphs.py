@@ -63,9 +63,17 @@ class GraphSet:
             return self._cached(self.twin, "twin", None, lambda: self._export(self.twin))
         lowering = "static" if strategy == TWIN else strategy
         return self._cached(self.model, lowering, fixed,
-                            lambda: lower(self._raw(), lowering, static_batch=fixed))
+                            lambda: lower(self.raw(), lowering, static_batch=fixed))
 
-    def _raw(self) -> onnx.ModelProto:
+    def per_layer_path(self, choices: dict[str, str]) -> Path:
+        """The cached ``auto`` graph: each layer lowered with ``choices[layer]`` (dynamic batch; no ``grouped``)."""
+        from dyconv_deploy.lower.per_layer import lower_per_layer
+
+        return self._cached(self.model, "auto", None, lambda: lower_per_layer(self.raw(), choices),
+                            choices=choices)
+
+    def raw(self) -> onnx.ModelProto:
+        """The exported graph before lowering (contract nodes, dynamic batch)."""
         return onnx.load(str(self._cached(self.model, "raw", None, lambda: self._export(self.model))))
 
     def _export(self, model: nn.Module) -> onnx.ModelProto:
@@ -75,11 +83,11 @@ class GraphSet:
         return export_onnx(model, example, opset=self.opset)
 
     def _cached(self, model: nn.Module, label: str, batch: Optional[int],
-                build: Callable[[], onnx.ModelProto]) -> Path:
+                build: Callable[[], onnx.ModelProto], **extra) -> Path:
         from dyconv_deploy.export.metadata import save_atomic, state_dict_sha256
 
         fields = {"weights": state_dict_sha256(model), "graph": label, "batch": batch,
-                  "shape": list(self.input_shape[1:]), "opset": self.opset, "version": __version__}
+                  "shape": list(self.input_shape[1:]), "opset": self.opset, "version": __version__, **extra}
         key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
         path = self.cache_dir / f"{label}-{key}.onnx"
         if not path.is_file():

@@ -1,6 +1,9 @@
 """Choices and defaults of the export stage, importable without torch (the CLI shows them in --help)."""
 
 STRATEGIES = ("plugin", "experts", "grouped", "static")
+# auto: per dynamic layer, the exact strategy that runs fastest on the target engine (timed, cached)
+AUTO_STRATEGY = "auto"
+EXPORT_STRATEGIES = (*STRATEGIES, AUTO_STRATEGY)
 # Exporter -> (lowest, highest) opset of the default ONNX domain it emits (torch 2.13).
 EXPORTER_OPSETS = {"dynamo": (18, 23), "torchscript": (17, 20)}
 # auto: the TorchScript trace (a few seconds) when it is batch-independent and the opset allows, else dynamo

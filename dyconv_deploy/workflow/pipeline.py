@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from dyconv_deploy.bench.layer_tuning import NOT_TUNED, TUNED_BACKENDS, tune_layers
 from dyconv_deploy.convert import convert_model
 from dyconv_deploy.errors import DyconvError, VerificationError
 from dyconv_deploy.export.graph_check import check_graph
@@ -24,11 +25,12 @@ from dyconv_deploy.export.metadata import read_metadata, save_atomic, stamp, sta
 from dyconv_deploy.export.onnx_export import (ExportError, check_exporter, check_image_shape, contract_nodes,
                                               export_onnx)
 from dyconv_deploy.export.report import Checklist, comparison_table
-from dyconv_deploy.export.settings import (DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORT_TARGETS,
-                                           STRATEGIES)
+from dyconv_deploy.export.settings import (AUTO_STRATEGY, DEFAULT_BATCHES, DEFAULT_EXPORTER, DEFAULT_OPSET,
+                                           EXPORT_STRATEGIES, EXPORT_TARGETS, VERIFY_BACKENDS)
 from dyconv_deploy.io import load_model
 from dyconv_deploy.io.onnx_file import read_onnx
 from dyconv_deploy.lower import STATIC_BATCH_REASON, lower
+from dyconv_deploy.lower.per_layer import lower_per_layer
 from dyconv_deploy.runtime import is_engine
 from dyconv_deploy.runtime.base import TensorSpec
 from dyconv_deploy.tolerance import TOLERANCES, Comparison, Tolerance
@@ -55,17 +57,23 @@ class OptionConflict(DyconvError):
         super().__init__(f"{reason}. Next: {' or '.join(keywords)}")
 
 
-def check_export_options(strategy: str, dynamic_batch: bool, target: str = "any") -> None:
+def check_export_options(strategy: str, dynamic_batch: bool, target: str = "any", backend: str = "auto") -> None:
     """Refuse a combination of :func:`export_model` options before any work starts.
 
     Raises:
-        DyconvError: an unknown strategy or target; OptionConflict: ``grouped`` with a dynamic batch, or
-            the ``ort-trt`` target without the ``plugin`` strategy.
+        DyconvError: an unknown strategy, target or backend; OptionConflict: ``grouped`` with a dynamic batch,
+            the ``ort-trt`` target without the ``plugin`` strategy, or ``auto`` for an engine it cannot time on.
     """
-    if strategy not in STRATEGIES:
-        raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if strategy not in EXPORT_STRATEGIES:
+        raise DyconvError(f"unknown strategy {strategy!r}; choose one of: {', '.join(EXPORT_STRATEGIES)}")
     if target not in EXPORT_TARGETS:
         raise DyconvError(f"unknown export target {target!r}; choose one of: {', '.join(EXPORT_TARGETS)}")
+    if backend not in VERIFY_BACKENDS:
+        raise DyconvError(f"unknown backend {backend!r}; choose one of: {', '.join(VERIFY_BACKENDS)}")
+    if strategy == AUTO_STRATEGY and backend not in ("auto", *TUNED_BACKENDS):
+        raise OptionConflict(f"--strategy auto times each layer on {', '.join(TUNED_BACKENDS)}, not on {backend}"
+                             f"{f' ({NOT_TUNED[backend]})' if backend in NOT_TUNED else ''}",
+                             [{"strategy": "plugin"}, {"backend": "ort-cpu"}])
     if target == "ort-trt" and strategy != "plugin":
         raise OptionConflict(f"the ort-trt target runs each dynamic conv on the TensorRT plugin, so it needs the "
                              f"plugin strategy, not {strategy}", [{"strategy": "plugin"}])
@@ -87,7 +95,7 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
                  strategy: str = "plugin", exporter: str = DEFAULT_EXPORTER, opset: int = DEFAULT_OPSET,
                  arch: Optional[str] = None, trust_pickle: bool = False, adapters: Sequence[str] = (),
                  verify: bool = True, batches: Sequence[int] = DEFAULT_BATCHES,
-                 tolerance: Tolerance = TOLERANCES["fp32"], target: str = "any",
+                 tolerance: Tolerance = TOLERANCES["fp32"], target: str = "any", backend: str = "auto",
                  console: Optional[Console] = None) -> ExportResult:
     """Export MODEL ``spec`` to ``output`` with ``strategy`` and verify it against PyTorch.
 
@@ -100,24 +108,27 @@ def export_model(spec: str, output: str | os.PathLike, input_shape: Sequence[int
             Runtime's TensorRT provider (:func:`~dyconv_deploy.trt.ort_trt.to_ort_trt`); the verify stage then
             checks the ``plugin`` graph it was made from, since only the nodes' domain differs and no CPU
             engine runs the TensorRT provider's domain.
+        backend: the engine the verify stage runs the graph on (one of
+            :data:`~dyconv_deploy.export.settings.VERIFY_BACKENDS`); ``strategy="auto"`` also times each layer on
+            it (``auto``: ``ort-cpu``) at the batch of ``input_shape``, and prints the per-layer table.
     Raises:
         OptionConflict: options that cannot go together (before any stage runs); DyconvError: a stage
             failed (the checklist names it); VerificationError: over tolerance.
     """
-    check_export_options(strategy, dynamic_batch, target)
+    check_export_options(strategy, dynamic_batch, target, backend)
     check_exporter(exporter, opset)
     shape = check_image_shape(input_shape)
     console = console or Console()
     checklist = Checklist(EXPORT_STAGES)
     try:
         return _export(spec, Path(output), shape, dynamic_batch, strategy, exporter, opset, arch,
-                       trust_pickle, adapters, verify, batches, tolerance, target, console, checklist)
+                       trust_pickle, adapters, verify, batches, tolerance, target, backend, console, checklist)
     finally:
         console.print(checklist.table(f"export {spec} -> {output}"))
 
 
 def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch, trust_pickle, adapters, verify,
-            batches, tolerance, target, console, checklist) -> ExportResult:
+            batches, tolerance, target, backend, console, checklist) -> ExportResult:
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with checklist.stage("load") as row:
         source = load_model(spec, arch=arch, trust_pickle=trust_pickle)
@@ -139,8 +150,14 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
             raise check_error
         row.detail = (f"full check and strict shape inference passed; {len(contract_nodes(proto))} "
                       "dyconv::DynamicConv2d node(s)")
+    if strategy == AUTO_STRATEGY:
+        backend = TUNED_BACKENDS[0] if backend == "auto" else backend
     with checklist.stage("lower") as row:
-        proto, row.detail = _lower(proto, strategy, None if dynamic_batch else shape[0])
+        static_batch = None if dynamic_batch else shape[0]
+        if strategy == AUTO_STRATEGY:
+            proto, row.detail = _lower_per_layer(proto, backend, shape[0], static_batch, console)
+        else:
+            proto, row.detail = _lower(proto, strategy, static_batch)
         checked = proto  # what the verify stage runs
         if target == "ort-trt":
             proto = to_ort_trt(proto)
@@ -157,7 +174,7 @@ def _export(spec, output, shape, dynamic_batch, strategy, exporter, opset, arch,
                                  "numerically equivalent")
     else:
         result.comparisons = _verify(checklist, console, source, checked, shape,
-                                     batches if dynamic_batch else [shape[0]], tolerance)
+                                     batches if dynamic_batch else [shape[0]], tolerance, backend)
     return result
 
 
@@ -202,6 +219,17 @@ def _convert(model: nn.Module, example: torch.Tensor, adapters: Sequence[str]) -
 def _lower(proto: onnx.ModelProto, strategy: str, static_batch: Optional[int]) -> tuple[onnx.ModelProto, str]:
     lowered = lower(proto, strategy, static_batch=static_batch)
     return lowered, f"{strategy}: {len(lowered.graph.node)} nodes, {len(contract_nodes(lowered))} dyconv::DynamicConv2d"
+
+
+def _lower_per_layer(proto: onnx.ModelProto, backend: str, batch: int, static_batch: Optional[int],
+                     console: Console) -> tuple[onnx.ModelProto, str]:
+    """``--strategy auto``: time each layer's strategies on ``backend`` at ``batch``, print the table, lower."""
+    with console.status(f"auto: timing the layers on {backend}") as status:
+        tuning = tune_layers(proto, backend, batch, static_batch=static_batch is not None, progress=status.update)
+    console.print(tuning.table())
+    lowered = lower_per_layer(proto, tuning.choices(), static_batch=static_batch)
+    stamp(lowered, tuned_for=f"{backend} at batch {batch}")
+    return lowered, f"auto: {tuning.summary()}; {len(lowered.graph.node)} nodes"
 
 
 def _verify(checklist: Checklist, console: Console, model: nn.Module, source: onnx.ModelProto | str | os.PathLike,
