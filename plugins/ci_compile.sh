@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # CI compile check of the native code (no GPU needed):
-#   1. plugins/kernels with nvcc for sm_80 and sm_90 (through CMake);
+#   1. plugins/kernels with nvcc for sm_80 and sm_90 (through CMake), every algorithm: the cuBLAS one
+#      (cublas-pointwise) when cuBLAS is found (the CUDA toolkit's, CUBLAS_ROOT, or the nvidia-cublas wheel of
+#      the python on PATH; DYCONV_CI_REQUIRE_CUBLAS=1 fails without it), else it prints that it was left out;
 #   2. the TensorRT plugin library, when TensorRT headers are found (TENSORRT_ROOT or third_party/tensorrt),
 #      then its exports (getCreators, setLoggerFinder, no libnvinfer dependency) and a host-side run of the
 #      creator and plugin interfaces (tests/plugins/plugin_host_check.cpp). The build goes to plugins/build
@@ -44,9 +46,13 @@ if [ "$PLUGIN" = OFF ]; then
   echo "ci_compile: TensorRT plugin NOT compiled: no package registry reachable from CI has the TensorRT headers;" \
     "extract include/ of github.com/NVIDIA/TensorRT into third_party/tensorrt (or set TENSORRT_ROOT) to compile it"
 fi
-cmake -S plugins -B "$CMAKE_BUILD" -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="80;90" \
-  -DDYCONV_BUILD_TENSORRT_PLUGIN="$PLUGIN" ${HEADERS:+-DTENSORRT_INCLUDE_DIR="$HEADERS"} >"$SCRATCH/configure.log" \
+CUBLAS=AUTO
+[ "${DYCONV_CI_REQUIRE_CUBLAS:-0}" = 1 ] && CUBLAS=ON
+cmake -S plugins -B "$CMAKE_BUILD" -U "DYCONV_CUBLAS_*" -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="80;90" \
+  -DDYCONV_BUILD_TENSORRT_PLUGIN="$PLUGIN" ${HEADERS:+-DTENSORRT_INCLUDE_DIR="$HEADERS"} \
+  -DDYCONV_WITH_CUBLAS="$CUBLAS" -DCUBLAS_ROOT="${CUBLAS_ROOT:-}" >"$SCRATCH/configure.log" \
   || { cat "$SCRATCH/configure.log"; exit 1; }
+grep -- '-- dyconv: cuBLAS' "$SCRATCH/configure.log" | sed 's/^-- dyconv: /ci_compile: /'
 cmake --build "$CMAKE_BUILD" -j"$(nproc)"
 echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_80 and sm_90"
 

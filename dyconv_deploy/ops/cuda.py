@@ -5,9 +5,13 @@
 torch caches the build under ``TORCH_EXTENSIONS_DIR``) and registers the result as the CUDA
 kernel of the op, so every :mod:`dyconv_deploy.nn` layer on a GPU runs the fused kernels.
 It needs a CUDA build of torch, a device and nvcc; without them it raises a one-line
-:class:`~dyconv_deploy.errors.DyconvError`. Backward still differentiates the reference math.
+:class:`~dyconv_deploy.errors.DyconvError`. The ``cublas-pointwise`` path is compiled in when
+cuBLAS is found (:func:`cublas_root`: ``CUBLAS_ROOT``, the CUDA toolkit, or the nvidia-cublas
+wheel a CUDA build of torch depends on). Backward still differentiates the reference math.
 """
 
+import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence
@@ -20,7 +24,7 @@ from dyconv_deploy.native import plugins_dir
 from dyconv_deploy.ops.contract import TORCH_OP
 
 # Paths of plugins/kernels (dyconv::Algo values; "auto" is the per-shape heuristic).
-ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated")
+ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise")
 EXTENSION_NAME = "dyconv_cuda"
 _state: dict = {"extension": None, "registered": False}
 
@@ -29,6 +33,34 @@ def extension_sources() -> list[Path]:
     """The two translation units of the extension."""
     root = plugins_dir()
     return [root / "kernels" / "dynamic_conv.cu", root / "torch" / "dyconv_torch.cpp"]
+
+
+def cublas_root(cuda_home: Optional[str] = None) -> Optional[Path]:
+    """A tree with ``include/cublas_v2.h`` and ``lib/libcublas.so*``, or None.
+
+    In order: ``$CUBLAS_ROOT``; the CUDA toolkit at ``cuda_home``; the nvidia-cublas wheel
+    (``nvidia/cu13``, or ``nvidia/cublas`` of the CUDA 12 wheel).
+    """
+    candidates = [Path(os.environ["CUBLAS_ROOT"])] if os.environ.get("CUBLAS_ROOT") else []
+    candidates += [Path(cuda_home)] if cuda_home else []
+    if importlib.util.find_spec("nvidia") is not None:
+        for name in ("nvidia.cu13", "nvidia.cublas"):
+            spec = importlib.util.find_spec(name)
+            candidates += [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    for root in candidates:
+        libraries = sorted((root / "lib").glob("libcublas.so*")) + sorted((root / "lib64").glob("libcublas.so*"))
+        if (root / "include" / "cublas_v2.h").is_file() and libraries:
+            return root
+    return None
+
+
+def cublas_flags(root: Optional[Path]) -> dict:
+    """Extra ``cpp_extension.load`` arguments that compile the cuBLAS path against ``root`` (none for None)."""
+    if root is None:
+        return {"extra_cuda_cflags": [], "extra_ldflags": []}
+    library = next(p for folder in ("lib", "lib64") for p in sorted((root / folder).glob("libcublas.so*")))
+    return {"extra_cuda_cflags": ["-DDYCONV_WITH_CUBLAS=1", f"-I{root / 'include'}"],
+            "extra_ldflags": [f"-L{library.parent}", f"-l:{library.name}", f"-Wl,-rpath,{library.parent}"]}
 
 
 def load_extension(verbose: bool = False) -> ModuleType:
@@ -42,9 +74,11 @@ def load_extension(verbose: bool = False) -> ModuleType:
         if cpp_extension.CUDA_HOME is None:
             raise DyconvError("nvcc not found: set CUDA_HOME to the CUDA toolkit to build the CUDA kernels")
         sources = extension_sources()
+        blas = cublas_flags(cublas_root(cpp_extension.CUDA_HOME))
         _state["extension"] = cpp_extension.load(
             name=EXTENSION_NAME, sources=[str(s) for s in sources], extra_include_paths=[str(sources[0].parent)],
-            extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=verbose)
+            extra_cflags=["-O3"], extra_cuda_cflags=["-O3", *blas["extra_cuda_cflags"]],
+            extra_ldflags=blas["extra_ldflags"], verbose=verbose)
     return _state["extension"]
 
 
@@ -57,7 +91,8 @@ def dynamic_conv2d_cuda(x: Tensor, attention: Tensor, weight: Tensor, bias: Opti
     Args:
         x: ``[N, C, H, W]`` float32 or float16. attention: ``[N, K]`` or ``[N, K, M]``.
         weight: ``[K, M, C/groups, kH, kW]``. bias: ``[K, M]`` or None. spatial: ``[N, kH, kW]`` or None.
-        padding: ``(top, left, bottom, right)``. algo: one of :data:`ALGOS`.
+        padding: ``(top, left, bottom, right)``. algo: one of :data:`ALGOS` (``cublas-pointwise``: 1x1 /
+        stride 1 / unpadded only, TF32 for float32; see :func:`available_algos`).
     Returns:
         ``[N, M, Ho, Wo]`` in ``x.dtype``.
     """
@@ -102,6 +137,11 @@ def selected_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence
     check_operands(x, attention, weight, groups=groups)
     return load_extension().select_algo(x, attention.to(x.dtype), weight.to(x.dtype), list(stride), list(padding),
                                         list(dilation), int(groups))
+
+
+def available_algos() -> list[str]:
+    """The paths of :data:`ALGOS` compiled into the extension (``cublas-pointwise`` needs cuBLAS at build time)."""
+    return list(load_extension().available_algos())
 
 
 def _cuda_kernel(x, attention, weight, bias, spatial, stride, padding, dilation, groups):

@@ -6,15 +6,27 @@
 //   gemm (aggregated) the same GEMM reading Wn from a workspace filled by aggregate_kernel first; cheaper when
 //                    one sample's output plane spans many pixel tiles (each tile would re-mix the weights).
 // A 1x1 / stride-1 / unpadded conv is the GEMM's pointwise specialisation, i.e. a batched GEMM over
-// (sample, group). Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
+// (sample, group); built with cuBLAS (DYCONV_WITH_CUBLAS), that GEMM also runs on tensor cores through
+//   cublas pointwise  per-sample kernels aggregated in the input type, then one cublasGemmStridedBatchedEx
+//                    over (sample, group): TF32 for float32, float16 inputs with float32 accumulation. Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
 // When even 32x32 tiles leave the GPU mostly idle (batch 1, late layers), the GEMM also splits its
 // reduction over blockIdx.z: slice z stores its float32 partial sums into its own workspace buffer, and a
 // second kernel adds the slices in a fixed order, so results are bitwise the same from run to run.
 #include "dynamic_conv.h"
 
 #include <cuda_fp16.h>
+#ifndef DYCONV_WITH_CUBLAS
+#define DYCONV_WITH_CUBLAS 0
+#endif
+#if DYCONV_WITH_CUBLAS
+#include <cublas_v2.h>
+#endif
 
 #include <algorithm>
+#include <type_traits>
+#if DYCONV_WITH_CUBLAS
+#include <unordered_map>
+#endif
 
 namespace dyconv
 {
@@ -135,9 +147,9 @@ __device__ __forceinline__ float im2col(ConvShape const& s, T const* xg, int r, 
     return load(xg, (static_cast<size_t>(c) * s.h + ih) * s.w + iw);
 }
 
-// kernels[n, gm, r] = mixed_weight(n, gm, r), float32 [N, M, C/G*kH*kW].
-template <typename T>
-__global__ void aggregate_kernel(ConvShape s, Typed<T> t, float* kernels)
+// kernels[n, gm, r] = mixed_weight(n, gm, r), [N, M, C/G*kH*kW] in K (float32, or the GEMM's input type).
+template <typename T, typename K>
+__global__ void aggregate_kernel(ConvShape s, Typed<T> t, K* kernels)
 {
     int const kernel_size = (s.c / s.groups) * s.kh * s.kw;
     size_t const total = static_cast<size_t>(s.n) * s.m * kernel_size;
@@ -146,7 +158,7 @@ __global__ void aggregate_kernel(ConvShape s, Typed<T> t, float* kernels)
     {
         int const r = static_cast<int>(i % kernel_size);
         size_t const nm = i / kernel_size;
-        kernels[i] = mixed_weight(s, t, static_cast<int>(nm / s.m), static_cast<int>(nm % s.m), r, kernel_size);
+        store(kernels, i, mixed_weight(s, t, static_cast<int>(nm / s.m), static_cast<int>(nm % s.m), r, kernel_size));
     }
 }
 
@@ -447,10 +459,12 @@ size_t kernels_bytes(ConvShape const& s)
     return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
 }
 
-// The part of the workspace a path cannot run without: the per-sample kernels of kGemmAggregated.
+// The part of the workspace a path cannot run without: the per-sample kernels of kGemmAggregated and
+// kCublasPointwise (float32, enough for float16 kernels too).
 size_t required_workspace(ConvShape const& s, Algo chosen)
 {
-    return chosen == Algo::kGemmAggregated && s.n > 0 ? kernels_bytes(s) : 0;
+    bool const aggregates = chosen == Algo::kGemmAggregated || chosen == Algo::kCublasPointwise;
+    return aggregates && s.n > 0 ? kernels_bytes(s) : 0;
 }
 
 template <typename T, int BM, int BN, bool kFused>
@@ -495,14 +509,92 @@ void launch_gemm(ConvShape const& s, Typed<T> const& t, float const* kernels, fl
     reduce_slices_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(partial, slices, t.y, count);
 }
 
-template <typename T>
-void launch_aggregate(ConvShape const& s, Typed<T> const& t, float* kernels, cudaStream_t stream)
+template <typename T, typename K>
+void launch_aggregate(ConvShape const& s, Typed<T> const& t, K* kernels, cudaStream_t stream)
 {
     size_t const total = static_cast<size_t>(s.n) * s.m * (s.c / s.groups) * s.kh * s.kw;
     size_t const blocks = (total + kAggregateThreads - 1) / kAggregateThreads;
     int const grid = static_cast<int>(blocks < 65535 ? blocks : 65535);
     aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
 }
+
+#if DYCONV_WITH_CUBLAS
+// y[n, m, p] = sum_k A[n,k] B[k, m]: the C the cuBLAS GEMM adds its product to (beta = 1).
+template <typename T>
+__global__ void bias_kernel(ConvShape s, Typed<T> t)
+{
+    size_t const pixels = static_cast<size_t>(s.ho) * s.wo;
+    size_t const total = static_cast<size_t>(s.n) * s.m * pixels;
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    {
+        size_t const nm = i / pixels;
+        store(t.y, i, mixed_bias(s, t, static_cast<int>(nm / s.m), static_cast<int>(nm % s.m)));
+    }
+}
+
+// One cuBLAS handle per thread and device, created on first use and never destroyed: a handle destroyed at
+// thread or process exit may outlive the CUDA context it was made in.
+cublasHandle_t blas_handle(cudaError_t& error)
+{
+    thread_local std::unordered_map<int, cublasHandle_t> handles;
+    int device = 0;
+    error = cudaGetDevice(&device);
+    if (error != cudaSuccess)
+    {
+        return nullptr;
+    }
+    auto found = handles.find(device);
+    if (found == handles.end())
+    {
+        cublasHandle_t handle = nullptr;
+        if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS)
+        {
+            error = cudaErrorInitializationError;
+            return nullptr;
+        }
+        found = handles.emplace(device, handle).first;
+    }
+    return found->second;
+}
+
+// Y = Wn X per (sample, group) on tensor cores, Wn [N, M, C/G] in T (the aggregated kernels). Row-major
+// Y [M/G, P] = Wn [M/G, C/G] X [C/G, P] is column-major Y^T [P, M/G] = X^T [P, C/G] Wn^T [C/G, M/G]: both
+// operands untransposed, each leading dimension its row-major row length, and the N*G problems evenly strided
+// (group g of sample n is problem n*G + g in X, Wn and Y alike).
+template <typename T>
+cudaError_t launch_cublas_pointwise(ConvShape const& s, Typed<T> const& t, T const* kernels, cudaStream_t stream)
+{
+    cudaError_t error = cudaSuccess;
+    cublasHandle_t const handle = blas_handle(error);
+    if (handle == nullptr || cublasSetStream(handle, stream) != CUBLAS_STATUS_SUCCESS)
+    {
+        return error != cudaSuccess ? error : cudaErrorInitializationError;
+    }
+    if (t.bias != nullptr)
+    {
+        size_t const total = static_cast<size_t>(s.n) * s.m * s.ho * s.wo;
+        size_t const blocks = std::min<size_t>((total + kAggregateThreads - 1) / kAggregateThreads, 65535);
+        bias_kernel<T><<<static_cast<int>(blocks), kAggregateThreads, 0, stream>>>(s, t);
+    }
+    constexpr bool kHalf = std::is_same<T, __half>::value;
+    cudaDataType const type = kHalf ? CUDA_R_16F : CUDA_R_32F;
+    cublasComputeType_t const compute = kHalf ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    int const cg = s.c / s.groups;
+    int const mg = s.m / s.groups;
+    int const pixels = s.ho * s.wo;
+    float const alpha = 1.f;
+    float const beta = t.bias != nullptr ? 1.f : 0.f;
+    cublasStatus_t const status = cublasGemmStridedBatchedEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, pixels, mg, cg, &alpha,
+        t.x, type, pixels, static_cast<long long>(cg) * pixels, kernels, type, cg, static_cast<long long>(mg) * cg,
+        &beta, t.y, type, pixels, static_cast<long long>(mg) * pixels, s.n * s.groups, compute, CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS)
+    {
+        return status == CUBLAS_STATUS_INVALID_VALUE ? cudaErrorInvalidValue : cudaErrorUnknown;
+    }
+    return cudaSuccess;
+}
+#endif
 
 // `workspace_bytes` >= the algorithm's fixed part (kernels_bytes for kGemmAggregated); the rest bounds split-K.
 template <typename T>
@@ -530,6 +622,21 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
         launch_gemm<T, false>(s, t, kernels, partial, (workspace_bytes - kernels_bytes(s)) / sizeof(float), stream);
         break;
     }
+    case Algo::kCublasPointwise:
+#if DYCONV_WITH_CUBLAS
+    {
+        T* kernels = static_cast<T*>(workspace);
+        launch_aggregate<T>(s, t, kernels, stream);
+        cudaError_t const status = launch_cublas_pointwise<T>(s, t, kernels, stream);
+        if (status != cudaSuccess)
+        {
+            return status;
+        }
+        break;
+    }
+#else
+        return cudaErrorNotSupported; // refused by dynamic_conv2d before
+#endif
     case Algo::kAuto: return cudaErrorInvalidValue; // resolved by dynamic_conv2d, which refuses non-Algo values
     }
     return cudaGetLastError();
@@ -555,9 +662,12 @@ cudaError_t validate(ConvShape const& s, Algo algo)
     // plan with the most blocks, kSmallTile tiles; split-K slices stay far below the z limit).
     bool const int_indices = static_cast<long long>(s.ho) * s.wo <= INT32_MAX
         && static_cast<long long>(s.c / s.groups) * s.kh * s.kw <= INT32_MAX;
+    // cuBLAS takes the (sample, group) problem count as an int.
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
     Grid const grid = chosen == Algo::kDepthwise ? depthwise_grid(s) : gemm_grid(s, kSmallTile, kSmallTile, 1);
-    return int_indices && grid.fits() ? cudaSuccess : cudaErrorInvalidValue;
+    bool const fits = chosen == Algo::kCublasPointwise ? static_cast<long long>(s.n) * s.groups <= INT32_MAX
+                                                        : grid.fits();
+    return int_indices && fits ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 Algo select_algo(ConvShape const& s)
@@ -572,9 +682,9 @@ Algo select_algo(ConvShape const& s)
 size_t workspace_size(ConvShape const& s, Algo algo, int32_t multiprocessors)
 {
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
-    if (chosen == Algo::kDepthwise || s.n == 0)
+    if (chosen == Algo::kDepthwise || chosen == Algo::kCublasPointwise || s.n == 0)
     {
-        return 0;
+        return required_workspace(s, chosen);
     }
     int const count = multiprocessors > 0 ? multiprocessors : multiprocessor_count();
     return required_workspace(s, chosen) + partial_bytes(s, count);
@@ -597,9 +707,14 @@ cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors cons
         return cudaSuccess;
     }
     Algo const chosen = algo == Algo::kAuto ? select_algo(shape) : algo;
-    bool const depthwise_ok = chosen != Algo::kDepthwise || shape.c / shape.groups == 1;
+    if (!algo_available(chosen))
+    {
+        return cudaErrorNotSupported;
+    }
+    bool const applies = (chosen != Algo::kDepthwise || shape.c / shape.groups == 1)
+        && (chosen != Algo::kCublasPointwise || is_pointwise(shape));
     size_t const needed = required_workspace(shape, chosen);
-    if (!depthwise_ok || workspace_bytes < needed || (workspace_bytes > 0 && workspace == nullptr))
+    if (!applies || workspace_bytes < needed || (workspace_bytes > 0 && workspace == nullptr))
     {
         return cudaErrorInvalidValue;
     }
@@ -626,6 +741,11 @@ cudaError_t aggregate_kernels(
     return cudaGetLastError();
 }
 
+bool algo_available(Algo algo)
+{
+    return is_algo(static_cast<int64_t>(algo)) && (DYCONV_WITH_CUBLAS || algo != Algo::kCublasPointwise);
+}
+
 char const* algo_name(Algo algo)
 {
     switch (algo)
@@ -634,6 +754,7 @@ char const* algo_name(Algo algo)
     case Algo::kDepthwise: return "depthwise";
     case Algo::kGemmFused: return "gemm-fused";
     case Algo::kGemmAggregated: return "gemm-aggregated";
+    case Algo::kCublasPointwise: return "cublas-pointwise";
     }
     return "unknown";
 }

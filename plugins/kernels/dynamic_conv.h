@@ -29,13 +29,21 @@ enum class Algo : int32_t
     kDepthwise = 1,      //!< direct kernel, one output plane per block; needs C/G == 1
     kGemmFused = 2,      //!< implicit GEMM that mixes the experts while loading weight tiles (no workspace)
     kGemmAggregated = 3, //!< aggregate per-sample kernels into the workspace, then implicit GEMM over them
+    //! Per-sample kernels aggregated in the input type into the workspace, then one cuBLAS strided-batched GEMM
+    //! over (sample, group) on tensor cores: TF32 for float32 (10-bit mantissas: not float32 accuracy), float16
+    //! inputs with float32 accumulation. Needs a 1x1 / stride 1 / unpadded conv and a build with cuBLAS.
+    kCublasPointwise = 4,
 };
 
 //! True for the values of Algo (a raw integer from a binding or a serialized plugin may be anything).
 constexpr bool is_algo(int64_t value)
 {
-    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kGemmAggregated);
+    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kCublasPointwise);
 }
+
+//! False for an Algo value this build of the kernels left out (kCublasPointwise without DYCONV_WITH_CUBLAS) and
+//! for a value outside Algo.
+bool algo_available(Algo algo);
 
 //! Shapes and convolution attributes of one call; see conv_shape() to fill the derived sizes.
 struct ConvShape
@@ -93,8 +101,8 @@ Algo select_algo(ConvShape const& shape);
 constexpr int32_t kFusedMaxPixels = 256;
 
 //! Workspace bytes for `algo` on a GPU of `multiprocessors` multiprocessors (0: the current device's): 0 for
-//! kDepthwise; N*M*(C/G)*kH*kW floats of per-sample kernels for kGemmAggregated (required), and for both GEMM
-//! paths the split-K buffer of the largest split plan on that GPU: slices * N*M*Ho*Wo floats, at most 4096 per
+//! kDepthwise; N*M*(C/G)*kH*kW floats of per-sample kernels for kGemmAggregated and kCublasPointwise
+//! (required), and for both implicit-GEMM paths the split-K buffer of the largest split plan on that GPU: slices * N*M*Ho*Wo floats, at most 4096 per
 //! multiprocessor (16 KiB), none when the reduction is too short to split. Monotone in N, so a size computed for
 //! the largest batch serves every smaller one. On another GPU (an engine built on a MIG slice, run on a full
 //! GPU) the kernels split only as far as the bytes given hold (see dynamic_conv2d).
@@ -105,7 +113,8 @@ size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto, int32_t m
 //! rest is refused for one with fewer slices (down to none), so a smaller workspace costs speed, never memory
 //! safety. Split-K slices are added in a fixed order: the same inputs, GPU and workspace size give bitwise the
 //! same Y on every run. Returns cudaErrorInvalidValue for an inconsistent shape, an `algo` outside Algo, a path
-//! that does not apply or a workspace below the required part (Y is then not written); an empty batch is a no-op.
+//! that does not apply or a workspace below the required part, cudaErrorNotSupported for an algorithm this build
+//! left out (see algo_available); Y is then not written. An empty batch is a no-op.
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, Algo algo = Algo::kAuto);
 

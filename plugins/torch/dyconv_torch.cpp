@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace
@@ -105,6 +106,9 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
         checkOperand(*spatial, x, "spatial", 3);
     }
     TORCH_CHECK(dyconv::is_algo(algo), "dyconv: unknown kernel path ", algo, " (not a dyconv::Algo value)");
+    TORCH_CHECK(dyconv::algo_available(static_cast<dyconv::Algo>(algo)), "dyconv: kernel path ",
+        dyconv::algo_name(static_cast<dyconv::Algo>(algo)), " is not compiled into this build (no cuBLAS was found "
+        "when it was built: set CUBLAS_ROOT or pip install nvidia-cublas, then rebuild)");
     checkOperandShapes(x, attention, weight, bias, spatial);
     c10::cuda::CUDAGuard const guard(x.device());
     auto const chosen = static_cast<dyconv::Algo>(algo);
@@ -143,6 +147,20 @@ std::string selectAlgo(torch::Tensor x, torch::Tensor attention, torch::Tensor w
     return dyconv::algo_name(dyconv::select_algo(shape));
 }
 
+//! Names of the dyconv::Algo values this build has (kAuto excluded).
+std::vector<std::string> availableAlgos()
+{
+    std::vector<std::string> names;
+    for (int64_t value = 1; dyconv::is_algo(value); ++value)
+    {
+        if (dyconv::algo_available(static_cast<dyconv::Algo>(value)))
+        {
+            names.emplace_back(dyconv::algo_name(static_cast<dyconv::Algo>(value)));
+        }
+    }
+    return names;
+}
+
 } // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
@@ -152,4 +170,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("algo") = 0);
     m.def("select_algo", &selectAlgo, "the per-shape heuristic's choice", py::arg("x"), py::arg("attention"),
         py::arg("weight"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"));
+    m.def("available_algos", &availableAlgos, "the kernel paths compiled into this build");
 }

@@ -51,3 +51,9 @@ extern "C" size_t emu_workspace_size(dyconv::ConvShape const* shape, int algo, i
     emu::multiprocessor_count = multiprocessor_count;
     return dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo), sized_for);
 }
+
+// cuBLAS GEMMs computed so far (emulated_cublas/cublas_v2.h).
+extern "C" long long emu_blas_gemm_calls()
+{
+    return emu_blas::gemm_calls;
+}

@@ -39,6 +39,11 @@ class LayerConfig:
         return self.c // self.groups == 1
 
     @property
+    def pointwise(self) -> bool:
+        """1x1, stride 1, unpadded: the conv is a GEMM over X itself (the cuBLAS path's shapes)."""
+        return self.kernel == 1 and self.stride == (1, 1) and self.padding == (0, 0, 0, 0)
+
+    @property
     def reduction(self) -> int:
         """GEMM reduction length ``C/groups * kH * kW``."""
         return self.c // self.groups * self.kernel * self.kernel

@@ -57,3 +57,32 @@ def test_operand_shapes_are_checked_before_the_kernels_read_them(operand, shape,
 def test_contract_shapes_pass_the_operand_check():
     cuda.check_operands(**GOOD, groups=2)
     cuda.check_operands(**{**GOOD, "attention": torch.ones(2, 3, 6), "bias": None, "spatial": None}, groups=2)
+
+
+def fake_cublas(root, library="libcublas.so.13"):
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cublas_v2.h").write_text("")
+    (root / "lib").mkdir()
+    (root / "lib" / library).write_text("")
+    return root
+
+
+def test_cublas_root_comes_first_and_compiles_the_cublas_path(monkeypatch, tmp_path):
+    root = fake_cublas(tmp_path / "wheel")
+    toolkit = fake_cublas(tmp_path / "toolkit", "libcublas.so")
+    monkeypatch.setenv("CUBLAS_ROOT", str(root))
+    assert cuda.cublas_root(str(toolkit)) == root
+    flags = cuda.cublas_flags(root)
+    assert flags["extra_cuda_cflags"] == ["-DDYCONV_WITH_CUBLAS=1", f"-I{root / 'include'}"]
+    assert "-l:libcublas.so.13" in flags["extra_ldflags"] and f"-Wl,-rpath,{root / 'lib'}" in flags["extra_ldflags"]
+    monkeypatch.delenv("CUBLAS_ROOT")
+    assert cuda.cublas_root(str(toolkit)) == toolkit
+
+
+def test_without_cublas_the_extension_builds_without_its_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUBLAS_ROOT", str(tmp_path))
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cublas_v2.h").write_text("")  # headers but no library: not usable either
+    monkeypatch.setattr(cuda.importlib.util, "find_spec", lambda name: None)
+    assert cuda.cublas_root(None) is None
+    assert cuda.cublas_flags(None) == {"extra_cuda_cflags": [], "extra_ldflags": []}

@@ -5,7 +5,10 @@ The kernel source is compiled with g++ after rewriting each launch to ``emu::lau
 index arithmetic, tiling, padding and path selection of every path on a CPU-only machine; the
 same configs run on a real device in ``test_kernels_cuda.py``. Every launch plan runs in fp32 and
 fp16, on a workspace and an output filled with garbage; fp16 results must meet the ``fp16-kernel``
-tolerance, which a simulated kernel accumulating in fp16 is shown to miss.
+tolerance, which a simulated kernel accumulating in fp16 is shown to miss. The cuBLAS path calls
+the CPU reference GEMM of ``emulated_cublas/cublas_v2.h`` (TF32 rounding included), so its GEMM
+parameters (transposes, leading dimensions, strides, batch count, compute type) are checked by the
+same comparison, under the ``tensor-core-kernel`` tolerance.
 """
 
 import ctypes
@@ -25,7 +28,7 @@ from layer_configs import KERNEL_CONFIGS, LAYER_CONFIGS, LayerConfig
 
 HERE = Path(__file__).resolve().parent
 KERNEL_SOURCE = HERE.parents[1] / "plugins" / "kernels" / "dynamic_conv.cu"
-ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3}
+ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3, "cublas-pointwise": 4}
 DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
 KERNEL_TOLERANCES = {"fp32": TOLERANCES["fp32"], "fp16": TOLERANCES["fp16-kernel"]}  # fp16: fp32 accumulation
 CUDA_ERROR_INVALID_VALUE = 1
@@ -33,6 +36,7 @@ WORKSPACE_OVERRUN = -1  # emulated_entry.cpp: a write past the workspace given
 GEMM_TILE = 16  # kGemmBK: reduction tile
 MIN_SPLIT_STEPS = 4  # kMinStepsPerSplit
 LAUNCHES = ("tiles64", "tiles32", "split-k")
+TENSOR_CORE_ALGOS = ("cublas-pointwise",)
 
 
 class ConvShape(ctypes.Structure):
@@ -75,11 +79,14 @@ def emulated(tmp_path_factory) -> ctypes.CDLL:
     build = tmp_path_factory.mktemp("emulated_kernels")
     (build / "dynamic_conv_emulated.inc").write_text(emulated_source(KERNEL_SOURCE.read_text()))
     library = build / "emulated_kernels.so"
-    subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{include}",
-                    f"-I{KERNEL_SOURCE.parent}", f"-I{HERE}", f"-I{build}", str(HERE / "emulated_entry.cpp"),
-                    "-o", str(library)], check=True, capture_output=True, text=True)
+    # cuBLAS is the CPU reference of emulated_cublas/cublas_v2.h, so the cuBLAS path is emulated too.
+    subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DDYCONV_WITH_CUBLAS=1",
+                    f"-I{HERE / 'emulated_cublas'}", f"-I{include}", f"-I{KERNEL_SOURCE.parent}", f"-I{HERE}",
+                    f"-I{build}", str(HERE / "emulated_entry.cpp"), "-o", str(library)],
+                   check=True, capture_output=True, text=True)
     lib = ctypes.CDLL(str(library))
     lib.emu_workspace_size.restype = ctypes.c_size_t
+    lib.emu_blas_gemm_calls.restype = ctypes.c_longlong
     lib.emu_gemm_splits.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
     return lib
 
@@ -133,7 +140,13 @@ def multiprocessor_count_for(launch: str, config: LayerConfig, batch: int) -> in
 
 def algos_for(config: LayerConfig) -> list[str]:
     """Every path that applies (``auto`` runs once per config; the heuristic has its own test)."""
-    return ["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
+    return (["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
+            + (["cublas-pointwise"] if config.pointwise else []))
+
+
+def tolerance_for(algo: str, precision: str):
+    """Tensor-core paths (TF32, or fp16 per-sample kernels): ``tensor-core-kernel``; the rest KERNEL_TOLERANCES."""
+    return TOLERANCES["tensor-core-kernel"] if algo in TENSOR_CORE_ALGOS else KERNEL_TOLERANCES[precision]
 
 
 BATCH = 3
@@ -151,9 +164,11 @@ def test_emulated_kernels_match_reference(emulated, config, algo, launch, precis
     count = multiprocessor_count_for(launch, config, BATCH)
     if launch == "split-k":
         assert splits(emulated, conv_shape(config, BATCH), count) > 1
+    gemm_calls = emulated.emu_blas_gemm_calls()
     status, y = run_emulated(emulated, config, inputs, precision, algo, count)
     assert status == 0
-    result = compare(y, reference(config, inputs, DTYPES[precision][1]), KERNEL_TOLERANCES[precision])
+    assert emulated.emu_blas_gemm_calls() - gemm_calls == (algo == "cublas-pointwise")
+    result = compare(y, reference(config, inputs, DTYPES[precision][1]), tolerance_for(algo, precision))
     assert result.passed, str(result)
 
 
@@ -195,10 +210,14 @@ def test_heuristic_picks_documented_path(emulated, config):
     assert emulated.emu_select_algo(ctypes.byref(conv_shape(config, 1))) == ALGOS[expected]
 
 
-def test_depthwise_path_rejects_a_dense_conv(emulated):
-    config = LAYER_CONFIGS[0]
+@pytest.mark.parametrize("algo, config", [
+    ("depthwise", LAYER_CONFIGS[0]),  # a dense conv
+    ("cublas-pointwise", next(c for c in LAYER_CONFIGS if c.name == "pointwise-stride2")),
+    ("cublas-pointwise", next(c for c in LAYER_CONFIGS if c.name == "3x3")),
+], ids=lambda v: v.name if isinstance(v, LayerConfig) else v)
+def test_a_path_rejects_a_shape_it_does_not_apply_to(emulated, algo, config):
     inputs = config.inputs(batch=1, generator=torch.Generator().manual_seed(2))
-    status, _ = run_emulated(emulated, config, inputs, "fp32", "depthwise")
+    status, _ = run_emulated(emulated, config, inputs, "fp32", algo)
     assert status == CUDA_ERROR_INVALID_VALUE
 
 

@@ -3,7 +3,8 @@ with the per-sample loop on random layer cases (any plane, square or not; sizes 
 
 Each example draws one run of the case (:func:`kernel_runs`): a path that applies (``algos_for``) under a
 launch plan the case allows (64x64 or 32x32 tiles, split-K), in fp32 against the float64 loop (``fp32``
-tolerance) or in fp16 (``fp16-kernel`` tolerance, on the same fp16-rounded inputs). The inputs are ``LayerConfig.inputs``: samples and their
+tolerance) or in fp16 (``fp16-kernel`` tolerance, on the same fp16-rounded inputs); tensor-core paths under
+``tensor-core-kernel`` (``tolerance_for``). The inputs are ``LayerConfig.inputs``: samples and their
 attentions differ.
 """
 
@@ -12,9 +13,9 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from test_kernels_emulated import emulated  # noqa: F401  (the module-scoped fixture: one build per module)
 from test_kernels_emulated import (DTYPES, GEMM_TILE, LAUNCHES, algos_for, gemm_blocks, multiprocessor_count_for,
-                                   reference, run_emulated)
+                                   reference, run_emulated, tolerance_for)
 
-from dyconv_deploy.tolerance import TOLERANCES, compare
+from dyconv_deploy.tolerance import compare
 from fuzz_cases import FuzzCase, fuzz_cases
 
 # The emulation runs a std::thread per CUDA thread and a std::barrier per __syncthreads(): a run costs about
@@ -48,6 +49,6 @@ def test_emulated_kernels_agree_with_per_sample_loop(emulated, case: FuzzCase, d
     inputs = config.inputs(batch=case.batch, generator=torch.Generator().manual_seed(case.seed))
     status, y = run_emulated(emulated, config, inputs, precision, algo, count)
     assert status == 0, f"the kernels returned cudaError {status}"
-    tolerance = TOLERANCES["fp32" if precision == "fp32" else "fp16-kernel"]
-    comparison = compare(y, reference(config, inputs, DTYPES[precision][1]), tolerance, name=f"{algo} {launch}")
+    comparison = compare(y, reference(config, inputs, DTYPES[precision][1]), tolerance_for(algo, precision),
+                         name=f"{algo} {launch}")
     assert comparison.passed, str(comparison)
