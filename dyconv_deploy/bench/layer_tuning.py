@@ -5,16 +5,17 @@ candidate strategy — ``plugin`` (the custom node: the OpenVINO extension, or O
 load-time expansion), ``experts`` (constant weights, K x the FLOPs) and, for a static batch,
 ``grouped`` — lowers that layer alone; the candidates then run interleaved on the engine at the
 tuning batch and the lowest median wins. Timings are cached on disk by layer geometry, engine
-and version, engine options, threads, batch, CPU model and package version, so a second export
-of the same architecture times nothing. A layer runs alone here, without its neighbours: the
-choice ignores layout changes between layers, which is why ``bench`` compares the ``auto`` graph
-with the single-strategy graphs.
+and version, engine options, threads, batch, CPU model, package version and a hash of the
+lowering code, so a second export of the same architecture times nothing. A layer runs alone
+here, without its neighbours: the choice ignores layout changes between layers, which is why
+``bench`` compares the ``auto`` graph with the single-strategy graphs.
 """
 
 import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -211,10 +212,23 @@ def _environment(backend: str) -> dict:
     return fields
 
 
+@lru_cache(maxsize=1)
+def _lowering_sources_sha256() -> str:
+    """Hash of the code that decides what each candidate graph is: the lower stage and ONNX Runtime's
+    load-time expansion (so an edited checkout does not reuse timings of other graphs)."""
+    from dyconv_deploy import lower
+    from dyconv_deploy.runtime import ort_custom_op
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(lower.__file__).parent.glob("*.py")) + [Path(ort_custom_op.__file__)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _cache_key(layer: LayerGraph, tuning: Tuning, options: dict, environment: dict) -> str:
     fields = {"geometry": layer.geometry, "backend": tuning.backend, "batch": tuning.batch,
               "candidates": list(tuning.candidates), "options": options, "environment": environment,
-              "version": __version__}
+              "version": __version__, "lowering": _lowering_sources_sha256()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -6,6 +6,13 @@ the contract because the conv is linear in its kernel. Cost: K× the conv FLOPs 
 larger intermediate. The Conv keeps the node's groups: its output channels are ordered
 (group, expert, channel-in-group) so each conv group sees only its own experts.
 
+A depthwise node (one input channel per group, no S) becomes K Convs instead, one per expert
+with its constant ``W[k]`` and the node's groups, each scaled by its attention and summed:
+``Y = Sum_k A[:, k(, :)] · (conv(X, W[k]) + B[k])``. The same math, but every Conv is a plain
+depthwise one, which engines run on their fast constant-weight kernels (ONNX Runtime's NCHWc
+depthwise path: 3–5x faster than a depthwise Conv with computed weights), where the single
+K·M-channel grouped Conv has no such kernel.
+
 Spatial attention S (ODConv) multiplies kernel tap p of every sample by ``S[n,p]``, which is
 the same as scaling the input patch at tap p. So X is first unfolded by a fixed one-hot
 depthwise Conv into ``[N, C·kH·kW, Ho, Wo]`` (channel c·P + p holds tap p of channel c, with
@@ -32,8 +39,11 @@ def lower_experts(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def rewrite(graph: gs.Graph, contract: ContractNode) -> None:
-    """Replace one contract node by its expert Conv and the attention-weighted sum."""
+    """Replace one contract node by its expert Conv(s) and the attention-weighted sum."""
     emit = emitter_for(graph, contract, NAME)
+    if contract.spatial is None and contract.in_channels == contract.group:
+        _per_expert_depthwise(emit, contract, detach_output(contract.node))
+        return
     weight = group_major(contract.weight, contract.group)
     if contract.spatial is None:
         x, attrs = contract.x, contract.conv_attrs()
@@ -45,6 +55,26 @@ def rewrite(graph: gs.Graph, contract: ContractNode) -> None:
         inputs.append(emit.const("bias", group_major(contract.bias, contract.group)))
     per_expert = emit.op("Conv", inputs, "conv", **attrs)
     _mix(emit, contract, per_expert, detach_output(contract.node))
+
+
+def _per_expert_depthwise(emit: Emitter, contract: ContractNode, output: gs.Variable) -> None:
+    """``output = Sum_k conv(X, W[k], B[k]) · A[:, k]``: K depthwise Convs, each weighted by its expert's
+    attention (``[N, 1, 1, 1]``, or ``[N, M, 1, 1]`` for a rank-3 A)."""
+    experts = contract.experts
+    attention = [contract.attention]
+    if experts > 1:  # one [N, 1(, M)] tensor per expert
+        attention = [gs.Variable(f"{emit.prefix}/attention_{k}") for k in range(experts)]
+        emit.graph.nodes.append(gs.Node("Split", f"{emit.prefix}/attention_split", {"axis": 1},
+                                        [contract.attention, emit.ints("split", [1] * experts)], attention))
+    weighted = []
+    for k, weight in enumerate(attention):
+        inputs = [contract.x, emit.const(f"weight_{k}", contract.weight[k])]
+        if contract.bias is not None:
+            inputs.append(emit.const(f"bias_{k}", contract.bias[k]))
+        conv = emit.op("Conv", inputs, f"conv_{k}", **contract.conv_attrs())
+        scale = emit.reshape(weight, [0, -1, 1, 1], f"attention_{k}_nchw")
+        weighted.append(emit.op("Mul", [conv, scale], f"weighted_{k}"))
+    emit.op("Sum", weighted, "mixed", output)
 
 
 def group_major(array: np.ndarray, groups: int) -> np.ndarray:

@@ -54,6 +54,7 @@ NODES = [
     Node("3x3-stride2-asym-pads", strides=(2, 2), pads=(1, 0, 0, 1), size=8),
     Node("3x3-dilated-groups2-dynet", dilations=(2, 2), pads=(2, 2, 2, 2), groups=2, per_channel=True),
     Node("5x5-depthwise-multiplier", c=4, m=8, kernel=5, pads=(2, 2, 2, 2), groups=4, experts=2),
+    Node("3x3-depthwise-dynet-stride2", c=6, m=6, groups=6, per_channel=True, strides=(2, 2), size=8),
     Node("3x3-spatial", spatial=True, routing="Sigmoid"),
     Node("3x3-depthwise-spatial-stride2", c=6, m=6, groups=6, spatial=True, strides=(2, 2), pads=(0, 1, 1, 0)),
     Node("5x5-groups2-spatial-dynet-nobias", kernel=5, pads=(2, 1, 2, 3), groups=2, spatial=True, per_channel=True,

@@ -16,7 +16,9 @@ def test_experts_matches_reference_at_any_batch(node):
         assert_matches(run_onnxruntime(lowered, feeds), run_reference(model, feeds))
     ops = op_types(lowered)
     assert "DynamicConv2d" not in ops
-    assert ops.count("Conv") == (2 if node.spatial else 1)  # S adds the one-hot unfold
+    depthwise = node.c == node.groups and not node.spatial
+    # S adds the one-hot unfold; a depthwise node runs one constant-weight Conv per expert
+    assert ops.count("Conv") == (2 if node.spatial else node.experts if depthwise else 1)
     assert {o.domain for o in lowered.opset_import} == {""}
     assert batch_dim(lowered) == "batch"
 
