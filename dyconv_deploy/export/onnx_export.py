@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from dyconv_deploy import __version__
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.export import static_shapes
+from dyconv_deploy.export.fast_optimizer import fast_matching
 from dyconv_deploy.export.metadata import save_atomic, stamp, state_dict_sha256
 from dyconv_deploy.export.settings import (AUTO_EXPORTER, AUTO_ORDER, DEFAULT_EXPORTER, DEFAULT_OPSET,
                                            EXPORTER_CHOICES, EXPORTER_OPSETS)
@@ -89,7 +90,7 @@ def _dynamo_capture(model: nn.Module, request: ExportRequest) -> torch.export.Ex
 
 
 def _dynamo_translate(program: torch.export.ExportedProgram, request: ExportRequest) -> onnx.ModelProto:
-    with _quiet_exporter():
+    with _quiet_exporter(), fast_matching():  # the exporter ends with onnxscript's optimizer
         onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=translation_table(),
                                          dynamic_shapes=({0: BATCH_DIM},) if request.dynamic_batch else None,
                                          input_names=[INPUT_NAME], output_names=request.output_names,

@@ -3,7 +3,8 @@
 The TorchScript exporter computes every ``x.shape[i]`` a forward() reads at run time
 (``Gather(Shape(x), i)``), even where the size is fixed, and builds view shapes with ``Concat``;
 dynamo writes constants, and ``-1`` for the one free (batch) dimension of a view. :func:`optimize`
-runs onnxscript's optimizer (the one the dynamo exporter runs) around two exact rewrites:
+runs onnxscript's optimizer (the one the dynamo exporter runs; :func:`~.fast_optimizer.fast_matching`
+drops its wasted matching) around two exact rewrites:
 
 1. before it, ``Gather(Shape(x), i)`` with a constant scalar ``i >= 0`` becomes the constant
    ``x.shape[i]`` where shape inference fixed that dim (the optimizer folds shape slices, not
@@ -27,6 +28,8 @@ from onnx import numpy_helper
 from onnx_ir.passes.common import (DeduplicateInitializersPass, IdentityEliminationPass,
                                    LiftConstantsToInitializersPass, RemoveUnusedNodesPass)
 
+from dyconv_deploy.export.fast_optimizer import fast_matching
+
 Dims = tuple  # a value's inferred dims: int (fixed), str (a shape-inference symbol) or None (unknown)
 
 
@@ -40,7 +43,8 @@ def optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     IdentityEliminationPass()(model)
     _fixed_sizes_as_constants(model.graph, dims)
-    onnxscript.optimizer.optimize(model)
+    with fast_matching():
+        onnxscript.optimizer.optimize(model)
     optimized = ir.to_proto(model)
     _view_shapes_as_constants(optimized)
     model = ir.from_proto(optimized)
