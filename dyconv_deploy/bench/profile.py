@@ -22,6 +22,9 @@ expansion; "constant" = an initializer, a ``Constant`` output, or computed from 
   - ``experts``: ``ReduceSum(Mul(Reshape(Conv(X, W_const)), a))`` where the Reshape splits the
     conv's K·M channels into >= 5 dims: the split Reshape, the Mul, the ReduceSum and a Reshape
     right after it are mixing (the K·M-channel Conv is convolution);
+  - ``experts`` on a depthwise node: ``Sum_k Mul(Conv(X, W_k const), a_k)`` with a non-constant
+    ``a_k`` smaller than the conv output (the expert's attention): the Muls and the Sum are mixing
+    (the K Convs are convolution), and each ``a_k`` is an attention input;
   - Shape/Slice/Concat/Gather/… nodes (and constant nodes) whose outputs only mixing nodes read
     (the split and merge shapes) are mixing.
 
@@ -139,6 +142,7 @@ def categorize(model: onnx.ModelProto) -> dict[str, str]:
             slots.update((i, s) for s in (1, 4) if s < len(node.input) and node.input[s])
     _per_sample_kernels(g, mixing, slots)
     _expert_sums(g, mixing, slots)
+    _expert_terms(g, mixing, slots)
     attention = _attention(g, mixing, slots)
     for _ in range(3):  # ODConv's channel/filter scales hang off a routing node; each round may expose more
         extra = _scale_slots(g, attention, mixing) - slots
@@ -247,6 +251,30 @@ def _expert_sums(g: _Graph, mixing: set[int], slots: set[tuple[int, int]]) -> No
             if mul.input[1 - s] not in g.constant:
                 slots.add((m, 1 - s))
             break
+
+
+def _expert_terms(g: _Graph, mixing: set[int], slots: set[tuple[int, int]]) -> None:
+    """``experts`` on a depthwise node: ``Sum_k Mul(Conv(X, W_k const), a_k)`` (module doc)."""
+    for r, node in enumerate(g.nodes):
+        if node.op_type != "Sum" or len(node.input) < 2:
+            continue
+        terms = []
+        for operand in node.input:
+            m = g.made_by(operand)
+            mul = g.nodes[m] if m is not None else None
+            if mul is None or mul.op_type != "Mul" or len(mul.input) != 2:
+                break
+            term = next(((m, 1 - s) for s, x in enumerate(mul.input)
+                         if (c := g.made_by(x)) is not None and g.nodes[c].op_type == "Conv"
+                         and g.nodes[c].input[1] in g.constant and mul.input[1 - s] not in g.constant
+                         and g.numel(mul.input[1 - s]) < g.numel(x)), None)
+            if term is None:
+                break
+            terms.append(term)
+        else:
+            mixing.update(m for m, _ in terms)
+            mixing.add(r)
+            slots.update(terms)
 
 
 def _attention(g: _Graph, mixing: set[int], slots: set[tuple[int, int]]) -> set[int]:

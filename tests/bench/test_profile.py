@@ -92,7 +92,10 @@ def test_mixing_combines_attention_with_the_experts(graphs):
     matmuls = [k for k in mixing if nodes[k].op_type == "MatMul"]
     assert len([k for k in matmuls if k.endswith("/kernels")]) == 4  # A @ W, one per dynamic conv
     experts = categorize(graphs["experts"])
-    assert sum(k.endswith("/experts/weighted") and c == "mixing" for k, c in experts.items()) == 4
+    # one weighted sum per dynamic conv: a ReduceSum over the split, or a Sum of K scaled depthwise convs
+    assert sum(k.endswith("/experts/mixed") and c == "mixing" for k, c in experts.items()) == 4
+    terms = [k for k in experts if "/experts/weighted_" in k]
+    assert terms and all(experts[k] == "mixing" for k in terms)  # the depthwise node's K scaled terms
     assert all(c == "convolution" for k, c in experts.items() if k.endswith("/experts/conv"))
     expanded = to_onnxruntime(graphs["plugin"])
     ort_categories = categorize(expanded)
