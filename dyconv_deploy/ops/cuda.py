@@ -24,7 +24,7 @@ from dyconv_deploy.native import plugins_dir
 from dyconv_deploy.ops.contract import TORCH_OP
 
 # Paths of plugins/kernels (dyconv::Algo values; "auto" is the per-shape heuristic).
-ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise")
+ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise", "tensor-core-fused")
 EXTENSION_NAME = "dyconv_cuda"
 _state: dict = {"extension": None, "registered": False}
 
@@ -92,7 +92,8 @@ def dynamic_conv2d_cuda(x: Tensor, attention: Tensor, weight: Tensor, bias: Opti
         x: ``[N, C, H, W]`` float32 or float16. attention: ``[N, K]`` or ``[N, K, M]``.
         weight: ``[K, M, C/groups, kH, kW]``. bias: ``[K, M]`` or None. spatial: ``[N, kH, kW]`` or None.
         padding: ``(top, left, bottom, right)``. algo: one of :data:`ALGOS` (``cublas-pointwise``: 1x1 /
-        stride 1 / unpadded only, TF32 for float32; see :func:`available_algos`).
+        stride 1 / unpadded only, TF32 for float32; ``tensor-core-fused``: sm_80 or later, TF32 for float32;
+        see :func:`available_algos`).
     Returns:
         ``[N, M, Ho, Wo]`` in ``x.dtype``.
     """
@@ -140,7 +141,8 @@ def selected_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence
 
 
 def available_algos() -> list[str]:
-    """The paths of :data:`ALGOS` compiled into the extension (``cublas-pointwise`` needs cuBLAS at build time)."""
+    """The paths of :data:`ALGOS` compiled into the extension that the current GPU runs (``cublas-pointwise``
+    needs cuBLAS at build time, ``tensor-core-fused`` an sm_80 or later GPU)."""
     return list(load_extension().available_algos())
 
 

@@ -6,7 +6,10 @@
 //   gemm (aggregated) the same GEMM reading Wn from a workspace filled by aggregate_kernel first; cheaper when
 //                    one sample's output plane spans many pixel tiles (each tile would re-mix the weights).
 // A 1x1 / stride-1 / unpadded conv is the GEMM's pointwise specialisation, i.e. a batched GEMM over
-// (sample, group); built with cuBLAS (DYCONV_WITH_CUBLAS), that GEMM also runs on tensor cores through
+// (sample, group). Tensor cores (sm_80 and later):
+//   tensor-core fused the fused implicit GEMM with WMMA: weight tiles mixed in fp32 registers while loaded,
+//                    stored to shared memory as TF32 (float32 inputs) or half, 16x16 MMAs with fp32 accumulators;
+// and, built with cuBLAS (DYCONV_WITH_CUBLAS), for pointwise convs
 //   cublas pointwise  per-sample kernels aggregated in the input type, then one cublasGemmStridedBatchedEx
 //                    over (sample, group): TF32 for float32, float16 inputs with float32 accumulation. Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
 // When even 32x32 tiles leave the GPU mostly idle (batch 1, late layers), the GEMM also splits its
@@ -15,6 +18,7 @@
 #include "dynamic_conv.h"
 
 #include <cuda_fp16.h>
+#include <mma.h>
 #ifndef DYCONV_WITH_CUBLAS
 #define DYCONV_WITH_CUBLAS 0
 #endif
@@ -323,6 +327,191 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
     }
 }
 
+// Tensor cores through WMMA (mma.h). TF32 fragments exist from sm_80 on: device code compiled for an older
+// architecture (a torch extension built for the GPU at hand, or a compute_7x PTX JIT-compiled on a newer GPU)
+// gets an empty tensor_core_kernel, which launch() never starts: tensor_cores_usable() refuses the algorithm
+// unless both the current device and the code its kernel was compiled to are sm_80 or later.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define DYCONV_TENSOR_CORE_CODE 1
+#else
+#define DYCONV_TENSOR_CORE_CODE 0
+#endif
+constexpr int kTensorCoreArch = 80; // compute capability x 10 the tensor-core kernel needs
+
+constexpr int kMmaTile = 64;    // outputs x pixels per block: 2 x 2 warps of 32 x 32 (2 x 2 fragments of 16 x 16)
+constexpr int kMmaWarpTile = 32;
+constexpr int kMmaFragment = 16;
+constexpr int kMmaThreads = 128;
+constexpr int kMmaPad = 8;      // row padding (elements): keeps rows 16-byte multiples, shifts them across banks
+
+#if DYCONV_TENSOR_CORE_CODE
+// Tensor-core operand element of T: TF32 (kept in float) for float32, half for float16. kK: the MMA's depth.
+template <typename T>
+struct MmaOperand;
+
+template <>
+struct MmaOperand<float>
+{
+    using Fragment = nvcuda::wmma::precision::tf32;
+    using Element = float;
+    static constexpr int kK = 8;
+
+    __device__ static float convert(float v)
+    {
+        return nvcuda::wmma::__float_to_tf32(v);
+    }
+};
+
+template <>
+struct MmaOperand<__half>
+{
+    using Fragment = __half;
+    using Element = __half;
+    static constexpr int kK = 16;
+
+    __device__ static __half convert(float v)
+    {
+        return __float2half_rn(v);
+    }
+};
+
+// WMMA's rules for load/store_matrix_sync, for a row-major tile of `Element` with `ld` elements per row: ld a
+// multiple of 16 bytes (8 halves, 4 floats), and every fragment pointer 256-bit (32-byte) aligned. Fragments
+// start at rows that are multiples of `row_step` and columns that are multiples of `col_step` of an array whose
+// base is 32-byte aligned, so both hold when ld and these steps are multiples of the byte counts below.
+template <typename Element>
+__host__ __device__ constexpr bool wmma_layout_ok(int ld, int row_step, int col_step)
+{
+    return (ld * sizeof(Element)) % 16 == 0 && (static_cast<size_t>(row_step) * ld * sizeof(Element)) % 32 == 0
+        && (col_step * sizeof(Element)) % 32 == 0;
+}
+#endif
+
+// The fused implicit GEMM on tensor cores, grid (pixel tiles * N * G, M/G tiles) of 64 x 64 tiles, 128 threads:
+// weight tiles are mixed from the experts in fp32 (like gemm_kernel<kFused>) and stored as the MMA's operand type,
+// X tiles (im2col) converted the same way; warp w multiplies the 32 x 32 quarter (w / 2, w % 2) of the tile as
+// 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are staged in shared memory for the epilogue (mixed
+// bias, bounds, store in T). Rows of the weight tile past M/G, reduction indices past C/G*kH*kW and pixels past
+// Ho*Wo are zeros in shared memory and never stored. Static shared memory: 29,440 bytes (float), 24,064 (half).
+template <typename T, bool kPointwise>
+__global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, Typed<T> t)
+{
+#if DYCONV_TENSOR_CORE_CODE
+    namespace wmma = nvcuda::wmma;
+    using Op = MmaOperand<T>;
+    using E = typename Op::Element;
+    constexpr int kK = Op::kK;
+    constexpr int kLdw = kGemmBK + kMmaPad;  // sw: row-major M x R
+    constexpr int kLdx = kMmaTile + kMmaPad; // sx: row-major R x P
+    constexpr int kLdy = kMmaTile + kMmaPad; // sy: row-major M x P (float accumulators)
+    static_assert(kGemmBK % kK == 0, "the reduction tile must be whole MMA steps");
+    static_assert(kMmaThreads == 32 * (kMmaTile / kMmaWarpTile) * (kMmaTile / kMmaWarpTile), "one warp per quarter");
+    static_assert(kMmaWarpTile == 2 * kMmaFragment, "2 x 2 fragments per warp");
+    static_assert(wmma_layout_ok<E>(kLdw, kMmaFragment, kK), "weight fragments: ldm or alignment");
+    static_assert(wmma_layout_ok<E>(kLdx, kK, kMmaFragment), "X fragments: ldm or alignment");
+    static_assert(wmma_layout_ok<float>(kLdy, kMmaFragment, kMmaFragment), "accumulator stores: ldm or alignment");
+    __shared__ __align__(32) E sw[kMmaTile][kLdw];
+    __shared__ __align__(32) E sx[kGemmBK][kLdx];
+    __shared__ __align__(32) float sy[kMmaTile][kLdy];
+    __shared__ float sbias[kMmaTile];
+    static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) <= 48 * 1024, "static shared memory");
+
+    int const cg = s.c / s.groups;
+    int const mg = s.m / s.groups;
+    int const kernel_size = cg * s.kh * s.kw;
+    int const pixels = s.ho * s.wo;
+    int const pixel_tiles = (pixels + kMmaTile - 1) / kMmaTile;
+    int const sample_group = blockIdx.x / pixel_tiles; // n * groups + g
+    int const n = sample_group / s.groups;
+    int const g = sample_group - n * s.groups;
+    int const m0 = blockIdx.y * kMmaTile;
+    int const p0 = (blockIdx.x - sample_group * pixel_tiles) * kMmaTile;
+    int const warp = threadIdx.x / 32;
+    int const warp_m = (warp / 2) * kMmaWarpTile;
+    int const warp_p = (warp % 2) * kMmaWarpTile;
+    T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
+
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
+    for (int i = 0; i < 2; ++i)
+    {
+        for (int j = 0; j < 2; ++j)
+        {
+            wmma::fill_fragment(acc[i][j], 0.f);
+        }
+    }
+    for (int r0 = 0; r0 < kernel_size; r0 += kGemmBK)
+    {
+        for (int e = threadIdx.x; e < kMmaTile * kGemmBK; e += kMmaThreads)
+        {
+            int const mm = e / kGemmBK;
+            int const rr = e - mm * kGemmBK;
+            int const m = m0 + mm;
+            int const r = r0 + rr;
+            float const v = m < mg && r < kernel_size ? mixed_weight(s, t, n, g * mg + m, r, kernel_size) : 0.f;
+            sw[mm][rr] = Op::convert(v);
+        }
+        for (int e = threadIdx.x; e < kGemmBK * kMmaTile; e += kMmaThreads)
+        {
+            int const rr = e / kMmaTile;
+            int const pp = e - rr * kMmaTile;
+            int const r = r0 + rr;
+            int const p = p0 + pp;
+            float v = 0.f;
+            if (r < kernel_size && p < pixels)
+            {
+                v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
+            }
+            sx[rr][pp] = Op::convert(v);
+        }
+        __syncthreads(); // the tiles are whole before any warp loads a fragment
+#pragma unroll
+        for (int kk = 0; kk < kGemmBK; kk += kK)
+        {
+            wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Op::Fragment, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Op::Fragment, wmma::row_major> b[2];
+            for (int i = 0; i < 2; ++i)
+            {
+                wmma::load_matrix_sync(a[i], &sw[warp_m + kMmaFragment * i][kk], kLdw);
+                wmma::load_matrix_sync(b[i], &sx[kk][warp_p + kMmaFragment * i], kLdx);
+            }
+            for (int i = 0; i < 2; ++i)
+            {
+                for (int j = 0; j < 2; ++j)
+                {
+                    wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+                }
+            }
+        }
+        __syncthreads(); // every warp has its fragments before the next tiles overwrite them
+    }
+
+    for (int i = 0; i < 2; ++i)
+    {
+        for (int j = 0; j < 2; ++j)
+        {
+            wmma::store_matrix_sync(&sy[warp_m + kMmaFragment * i][warp_p + kMmaFragment * j], acc[i][j], kLdy,
+                wmma::mem_row_major);
+        }
+    }
+    for (int mm = threadIdx.x; mm < kMmaTile; mm += kMmaThreads)
+    {
+        sbias[mm] = m0 + mm < mg ? mixed_bias(s, t, n, g * mg + m0 + mm) : 0.f;
+    }
+    __syncthreads(); // all four quarters and the bias are in shared memory
+    for (int e = threadIdx.x; e < kMmaTile * kMmaTile; e += kMmaThreads)
+    {
+        int const mm = e / kMmaTile;
+        int const pp = e - mm * kMmaTile;
+        int const m = m0 + mm;
+        int const p = p0 + pp;
+        if (m < mg && p < pixels)
+        {
+            store(t.y, (static_cast<size_t>(n) * s.m + g * mg + m) * pixels + p, sy[mm][pp] + sbias[mm]);
+        }
+    }
+#endif
+}
+
 // y[i] = sum over z = 0, 1, ..., slices - 1 of partial[z, i] (split-K slices, bias in slice 0), added in this
 // order whatever the order the slices ran in, and stored in y's element type.
 template <typename T>
@@ -377,6 +566,36 @@ bool is_pointwise(ConvShape const& s)
 {
     return s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 && s.pad_left == 0
         && s.pad_bottom == 0 && s.pad_right == 0;
+}
+
+// True when the current device is sm_80 or later and the code of tensor_core_kernel loaded for it was compiled
+// for sm_80 or later (PTX version, so compute_7x PTX JIT-compiled on a newer GPU counts as older): otherwise the
+// kernel is empty (DYCONV_TENSOR_CORE_CODE). False when either cannot be queried; a failed query's error is taken
+// off the runtime's last-error slot, so that it is not reported by a later launch.
+bool tensor_cores_usable()
+{
+    int device = 0;
+    int major = 0;
+    int minor = 0;
+    cudaFuncAttributes attributes{};
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess
+        || cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    {
+        cudaGetLastError();
+        return false;
+    }
+    if (major * 10 + minor < kTensorCoreArch)
+    {
+        return false;
+    }
+    void const* const kernel = reinterpret_cast<void const*>(&tensor_core_kernel<float, false>);
+    if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
+    {
+        cudaGetLastError();
+        return false;
+    }
+    return attributes.ptxVersion >= kTensorCoreArch;
 }
 
 int multiprocessor_count()
@@ -622,6 +841,19 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
         launch_gemm<T, false>(s, t, kernels, partial, (workspace_bytes - kernels_bytes(s)) / sizeof(float), stream);
         break;
     }
+    case Algo::kTensorCoreFused: // dynamic_conv2d checked tensor_cores_usable (algo_available)
+    {
+        dim3 const grid = gemm_grid(s, kMmaTile, kMmaTile, 1).dims();
+        if (is_pointwise(s))
+        {
+            tensor_core_kernel<T, true><<<grid, kMmaThreads, 0, stream>>>(s, t);
+        }
+        else
+        {
+            tensor_core_kernel<T, false><<<grid, kMmaThreads, 0, stream>>>(s, t);
+        }
+        break;
+    }
     case Algo::kCublasPointwise:
 #if DYCONV_WITH_CUBLAS
     {
@@ -682,7 +914,8 @@ Algo select_algo(ConvShape const& s)
 size_t workspace_size(ConvShape const& s, Algo algo, int32_t multiprocessors)
 {
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
-    if (chosen == Algo::kDepthwise || chosen == Algo::kCublasPointwise || s.n == 0)
+    bool const splits = chosen == Algo::kGemmFused || chosen == Algo::kGemmAggregated;
+    if (!splits || s.n == 0)
     {
         return required_workspace(s, chosen);
     }
@@ -743,6 +976,10 @@ cudaError_t aggregate_kernels(
 
 bool algo_available(Algo algo)
 {
+    if (algo == Algo::kTensorCoreFused)
+    {
+        return tensor_cores_usable();
+    }
     return is_algo(static_cast<int64_t>(algo)) && (DYCONV_WITH_CUBLAS || algo != Algo::kCublasPointwise);
 }
 
@@ -755,6 +992,7 @@ char const* algo_name(Algo algo)
     case Algo::kGemmFused: return "gemm-fused";
     case Algo::kGemmAggregated: return "gemm-aggregated";
     case Algo::kCublasPointwise: return "cublas-pointwise";
+    case Algo::kTensorCoreFused: return "tensor-core-fused";
     }
     return "unknown";
 }

@@ -33,16 +33,23 @@ enum class Algo : int32_t
     //! over (sample, group) on tensor cores: TF32 for float32 (10-bit mantissas: not float32 accuracy), float16
     //! inputs with float32 accumulation. Needs a 1x1 / stride 1 / unpadded conv and a build with cuBLAS.
     kCublasPointwise = 4,
+    //! The fused implicit GEMM (kGemmFused) on tensor cores with WMMA, any conv, no workspace, no split-K: weight
+    //! tiles mixed in fp32, then stored as TF32 (float32 inputs, X rounded too: 10-bit mantissas, not float32
+    //! accuracy) or half; 16x16 MMAs with fp32 accumulators, 64x64 tiles. Needs a GPU of compute capability 8.0 or
+    //! later (A100, H100) and code compiled for one (see algo_available). Never chosen by kAuto.
+    kTensorCoreFused = 5,
 };
 
 //! True for the values of Algo (a raw integer from a binding or a serialized plugin may be anything).
 constexpr bool is_algo(int64_t value)
 {
-    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kCublasPointwise);
+    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kTensorCoreFused);
 }
 
-//! False for an Algo value this build of the kernels left out (kCublasPointwise without DYCONV_WITH_CUBLAS) and
-//! for a value outside Algo.
+//! False for an Algo value this build of the kernels left out (kCublasPointwise without DYCONV_WITH_CUBLAS), for
+//! kTensorCoreFused when the current device is below sm_80 or the code loaded for it was compiled for an older
+//! architecture (a build for sm_75 only, or compute_7x PTX JIT-compiled), and for a value outside Algo. Queries
+//! the current device for kTensorCoreFused only.
 bool algo_available(Algo algo);
 
 //! Shapes and convolution attributes of one call; see conv_shape() to fill the derived sizes.
@@ -101,7 +108,7 @@ Algo select_algo(ConvShape const& shape);
 constexpr int32_t kFusedMaxPixels = 256;
 
 //! Workspace bytes for `algo` on a GPU of `multiprocessors` multiprocessors (0: the current device's): 0 for
-//! kDepthwise; N*M*(C/G)*kH*kW floats of per-sample kernels for kGemmAggregated and kCublasPointwise
+//! kDepthwise and kTensorCoreFused; N*M*(C/G)*kH*kW floats of per-sample kernels for kGemmAggregated and kCublasPointwise
 //! (required), and for both implicit-GEMM paths the split-K buffer of the largest split plan on that GPU: slices * N*M*Ho*Wo floats, at most 4096 per
 //! multiprocessor (16 KiB), none when the reduction is too short to split. Monotone in N, so a size computed for
 //! the largest batch serves every smaller one. On another GPU (an engine built on a MIG slice, run on a full
@@ -114,7 +121,7 @@ size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto, int32_t m
 //! safety. Split-K slices are added in a fixed order: the same inputs, GPU and workspace size give bitwise the
 //! same Y on every run. Returns cudaErrorInvalidValue for an inconsistent shape, an `algo` outside Algo, a path
 //! that does not apply or a workspace below the required part, cudaErrorNotSupported for an algorithm this build
-//! left out (see algo_available); Y is then not written. An empty batch is a no-op.
+//! left out or the current GPU cannot run (see algo_available); Y is then not written. An empty batch is a no-op.
 cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors const& tensors, void* workspace,
     size_t workspace_bytes, cudaStream_t stream, Algo algo = Algo::kAuto);
 

@@ -106,11 +106,16 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
         checkOperand(*spatial, x, "spatial", 3);
     }
     TORCH_CHECK(dyconv::is_algo(algo), "dyconv: unknown kernel path ", algo, " (not a dyconv::Algo value)");
-    TORCH_CHECK(dyconv::algo_available(static_cast<dyconv::Algo>(algo)), "dyconv: kernel path ",
-        dyconv::algo_name(static_cast<dyconv::Algo>(algo)), " is not compiled into this build (no cuBLAS was found "
-        "when it was built: set CUBLAS_ROOT or pip install nvidia-cublas, then rebuild)");
     checkOperandShapes(x, attention, weight, bias, spatial);
     c10::cuda::CUDAGuard const guard(x.device());
+    // After the guard: kTensorCoreFused is available or not on x's device (algo_available asks the current one).
+    TORCH_CHECK(dyconv::algo_available(static_cast<dyconv::Algo>(algo)), "dyconv: kernel path ",
+        dyconv::algo_name(static_cast<dyconv::Algo>(algo)),
+        algo == static_cast<int64_t>(dyconv::Algo::kTensorCoreFused)
+            ? " needs a GPU of compute capability 8.0 or later (A100, H100) and the extension compiled for it "
+              "(TORCH_CUDA_ARCH_LIST with 8.0+); x is on a GPU it cannot run on"
+            : " is not compiled into this build (no cuBLAS was found when it was built: set CUBLAS_ROOT or pip "
+              "install nvidia-cublas, then rebuild)");
     auto const chosen = static_cast<dyconv::Algo>(algo);
     dyconv::ConvShape const shape = convShape(x, attention, weight, stride, padding, dilation, groups, chosen);
 
@@ -147,7 +152,8 @@ std::string selectAlgo(torch::Tensor x, torch::Tensor attention, torch::Tensor w
     return dyconv::algo_name(dyconv::select_algo(shape));
 }
 
-//! Names of the dyconv::Algo values this build has (kAuto excluded).
+//! Names of the dyconv::Algo values this build has and the current device can run (kAuto excluded):
+//! tensor-core-fused only on sm_80 or later with code compiled for it.
 std::vector<std::string> availableAlgos()
 {
     std::vector<std::string> names;
@@ -170,5 +176,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("algo") = 0);
     m.def("select_algo", &selectAlgo, "the per-shape heuristic's choice", py::arg("x"), py::arg("attention"),
         py::arg("weight"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"));
-    m.def("available_algos", &availableAlgos, "the kernel paths compiled into this build");
+    m.def("available_algos", &availableAlgos, "the kernel paths of this build that the current GPU runs");
 }

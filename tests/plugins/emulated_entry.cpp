@@ -6,6 +6,7 @@
 
 constexpr size_t kGuardBytes = 1 << 16;
 constexpr int kWorkspaceOverrun = -1;
+constexpr int kMisuse = -2; // an emulated API used against its rules (emu::misuse, see emu_misuse)
 
 // One call on a GPU of `multiprocessor_count` multiprocessors that schedules blocks in the order of
 // `block_order_seed` (0: linear), with `workspace_bytes` of workspace (< 0: workspace_size's for this GPU).
@@ -15,6 +16,7 @@ extern "C" int emu_dynamic_conv2d(dyconv::ConvShape const* shape, int dtype, voi
 {
     emu::multiprocessor_count = multiprocessor_count;
     emu::block_order_seed = block_order_seed;
+    emu::misuse.clear();
     size_t const bytes = workspace_bytes >= 0 ? static_cast<size_t>(workspace_bytes)
                                               : dyconv::workspace_size(*shape, static_cast<dyconv::Algo>(algo));
     // Garbage, as a real allocator's memory: every path must initialise what it reads back. A guard of the same
@@ -25,7 +27,25 @@ extern "C" int emu_dynamic_conv2d(dyconv::ConvShape const* shape, int dtype, voi
         bytes > 0 ? workspace.data() : nullptr, bytes, nullptr, static_cast<dyconv::Algo>(algo));
     bool const guard_intact
         = std::all_of(workspace.begin() + bytes, workspace.end(), [](unsigned char b) { return b == 0xC3; });
-    return guard_intact ? status : kWorkspaceOverrun;
+    return !guard_intact ? kWorkspaceOverrun : !emu::misuse.empty() ? kMisuse : status;
+}
+
+// What the last emu_dynamic_conv2d returning kMisuse found ("" when nothing).
+extern "C" char const* emu_misuse()
+{
+    return emu::misuse.c_str();
+}
+
+// The emulated GPU's compute capability and the architecture its kernels were compiled for (x 10: 90 is sm_90).
+extern "C" void emu_set_architecture(int compute_capability, int code_architecture)
+{
+    emu::compute_capability = compute_capability;
+    emu::code_architecture = code_architecture;
+}
+
+extern "C" int emu_algo_available(int algo)
+{
+    return dyconv::algo_available(static_cast<dyconv::Algo>(algo));
 }
 
 extern "C" int emu_select_algo(dyconv::ConvShape const* shape)

@@ -94,13 +94,18 @@ LAYER_CONFIGS = [
     LayerConfig("3x3-1008-deep", c=112, m=8, experts=4, kernel=3, h=5, w=5, padding=(1, 1, 1, 1)),
 ]
 
-# Tiling of plugins/kernels: more than one GEMM tile of output channels per group (64 and 32), and a depthwise
-# plane spanning two pixel blocks (256 threads): an offset wrong in the second tile or block shows only here.
+# Tiling of plugins/kernels: more than one GEMM tile of output channels per group (64 and 32), a depthwise
+# plane spanning two pixel blocks (256 threads), and 2 x 2 tensor-core tiles: an offset wrong in the second tile or
+# block shows only here.
 TILE_CONFIGS = [
     LayerConfig("pointwise-m-two-tiles", c=8, m=72, experts=2, kernel=1, h=5, w=5),
     LayerConfig("3x3-grouped-m-two-tiles-deep", c=32, m=144, experts=2, kernel=3, h=4, w=4, padding=(1, 1, 1, 1),
                 groups=2),
     LayerConfig("depthwise-3x3-289-pixels", c=2, m=2, experts=2, kernel=3, h=17, w=17, padding=(1, 1, 1, 1),
                 groups=2),
+    # Two 64-tiles of output channels and of pixels per group at once (the tensor-core path's 2 x 2 blocks), a
+    # reduction of 27, DyNet attention: each block's M and pixel offsets, and its tile's edges, both ways.
+    LayerConfig("3x3-grouped-two-by-two-mma-tiles", c=6, m=144, experts=2, kernel=3, h=9, w=9, padding=(1, 1, 1, 1),
+                groups=2, channel_attention=True),
 ]
 KERNEL_CONFIGS = LAYER_CONFIGS + TILE_CONFIGS

@@ -33,14 +33,16 @@ def cuda_ops():
 
 
 def paths_for(config) -> list[str]:
-    """Every path that applies; ``cublas-pointwise`` also needs a build with cuBLAS (skipped otherwise)."""
-    return (["auto", "gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
-            + (["cublas-pointwise"] if config.pointwise else []))
+    """Every path that applies; ``cublas-pointwise`` also needs a build with cuBLAS, ``tensor-core-fused`` an sm_80+
+    GPU (skipped otherwise)."""
+    return (["auto", "gemm-fused", "gemm-aggregated", "tensor-core-fused"]
+            + (["depthwise"] if config.depthwise else []) + (["cublas-pointwise"] if config.pointwise else []))
 
 
 def tolerance_for(algo: str, precision: str):
     """Tensor cores (TF32 for fp32, fp16 per-sample kernels): ``tensor-core-kernel``; the rest fp32 accuracy."""
-    return TOLERANCES["tensor-core-kernel"] if algo == "cublas-pointwise" else KERNEL_TOLERANCES[precision]
+    tensor_cores = algo in ("cublas-pointwise", "tensor-core-fused")
+    return TOLERANCES["tensor-core-kernel"] if tensor_cores else KERNEL_TOLERANCES[precision]
 
 
 CASES = [pytest.param(config, algo, id=f"{config.name}-{algo}") for config in KERNEL_CONFIGS
@@ -53,7 +55,8 @@ CASES = [pytest.param(config, algo, id=f"{config.name}-{algo}") for config in KE
 @pytest.mark.parametrize("config, algo", CASES)
 def test_cuda_kernels_match_reference(cuda_ops, config, algo, precision, batch):
     if algo not in ["auto", *cuda_ops.available_algos()]:
-        pytest.skip(f"{algo} is not compiled into this build of the extension (no cuBLAS found)")
+        pytest.skip(f"{algo} is not available: not compiled into this build (no cuBLAS found) or, for "
+                    "tensor-core-fused, a GPU below sm_80")
     inputs = config.inputs(batch, torch.Generator().manual_seed(batch))
     dtype = DTYPES[precision]
     device = {k: None if v is None else v.to("cuda", dtype) for k, v in inputs.items()}

@@ -8,7 +8,10 @@ fp16, on a workspace and an output filled with garbage; fp16 results must meet t
 tolerance, which a simulated kernel accumulating in fp16 is shown to miss. The cuBLAS path calls
 the CPU reference GEMM of ``emulated_cublas/cublas_v2.h`` (TF32 rounding included), so its GEMM
 parameters (transposes, leading dimensions, strides, batch count, compute type) are checked by the
-same comparison, under the ``tensor-core-kernel`` tolerance.
+same comparison, under the ``tensor-core-kernel`` tolerance. The WMMA path (``tensor-core-fused``)
+runs on the emulated WMMA of ``cuda_emulation.h``, which checks the API's rules (alignment, ldm,
+whole warps, the same arguments on every lane) and runs warps in turns between barriers, so a
+missing ``__syncthreads`` reads or overwrites a tile another warp has not written or read yet.
 """
 
 import ctypes
@@ -28,15 +31,19 @@ from layer_configs import KERNEL_CONFIGS, LAYER_CONFIGS, LayerConfig
 
 HERE = Path(__file__).resolve().parent
 KERNEL_SOURCE = HERE.parents[1] / "plugins" / "kernels" / "dynamic_conv.cu"
-ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3, "cublas-pointwise": 4}
+ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3, "cublas-pointwise": 4,
+         "tensor-core-fused": 5}
 DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
 KERNEL_TOLERANCES = {"fp32": TOLERANCES["fp32"], "fp16": TOLERANCES["fp16-kernel"]}  # fp16: fp32 accumulation
 CUDA_ERROR_INVALID_VALUE = 1
+CUDA_ERROR_NOT_SUPPORTED = 801
 WORKSPACE_OVERRUN = -1  # emulated_entry.cpp: a write past the workspace given
+MISUSE = -2  # emulated_entry.cpp: an emulated API used against its rules (emu_misuse says which)
 GEMM_TILE = 16  # kGemmBK: reduction tile
 MIN_SPLIT_STEPS = 4  # kMinStepsPerSplit
 LAUNCHES = ("tiles64", "tiles32", "split-k")
-TENSOR_CORE_ALGOS = ("cublas-pointwise",)
+TENSOR_CORE_ALGOS = ("cublas-pointwise", "tensor-core-fused")
+MMA_TILE = 64  # kMmaTile: outputs x pixels of a tensor-core-fused block
 
 
 class ConvShape(ctypes.Structure):
@@ -88,6 +95,7 @@ def emulated(tmp_path_factory) -> ctypes.CDLL:
     lib.emu_workspace_size.restype = ctypes.c_size_t
     lib.emu_blas_gemm_calls.restype = ctypes.c_longlong
     lib.emu_gemm_splits.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    lib.emu_misuse.restype = ctypes.c_char_p
     return lib
 
 
@@ -140,7 +148,7 @@ def multiprocessor_count_for(launch: str, config: LayerConfig, batch: int) -> in
 
 def algos_for(config: LayerConfig) -> list[str]:
     """Every path that applies (``auto`` runs once per config; the heuristic has its own test)."""
-    return (["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
+    return (["gemm-fused", "gemm-aggregated", "tensor-core-fused"] + (["depthwise"] if config.depthwise else [])
             + (["cublas-pointwise"] if config.pointwise else []))
 
 
@@ -166,7 +174,7 @@ def test_emulated_kernels_match_reference(emulated, config, algo, launch, precis
         assert splits(emulated, conv_shape(config, BATCH), count) > 1
     gemm_calls = emulated.emu_blas_gemm_calls()
     status, y = run_emulated(emulated, config, inputs, precision, algo, count)
-    assert status == 0
+    assert status == 0, emulated.emu_misuse().decode()
     assert emulated.emu_blas_gemm_calls() - gemm_calls == (algo == "cublas-pointwise")
     result = compare(y, reference(config, inputs, DTYPES[precision][1]), tolerance_for(algo, precision))
     assert result.passed, str(result)
@@ -227,6 +235,53 @@ def test_unknown_path_is_an_error(emulated, algo):
     inputs = config.inputs(batch=1, generator=torch.Generator().manual_seed(2))
     status, _ = run_emulated(emulated, config, inputs, "fp32", algo)
     assert status == CUDA_ERROR_INVALID_VALUE
+
+
+def mma_tiles(config: LayerConfig) -> tuple[int, int]:
+    """tensor-core-fused blocks per (sample, group): (output-channel tiles, pixel tiles) of 64."""
+    ho, wo = config.output_hw
+    return -(-(config.m // config.groups) // MMA_TILE), -(-ho * wo // MMA_TILE)
+
+
+def test_tensor_core_configs_reach_past_one_tile():
+    """KERNEL_CONFIGS run the WMMA path on more than one 64-tile of output channels and of pixels (both at once in
+    a grouped conv), reductions that are not whole 16-tiles (the zero-filled tail) and BATCH samples, each with
+    its own attention."""
+    assert any(mma_tiles(c)[0] > 1 for c in KERNEL_CONFIGS) and any(mma_tiles(c)[1] > 1 for c in KERNEL_CONFIGS)
+    assert any(min(mma_tiles(c)) > 1 and c.groups > 1 for c in KERNEL_CONFIGS)
+    assert any(c.reduction % GEMM_TILE for c in KERNEL_CONFIGS) and BATCH > 1
+
+
+@pytest.mark.parametrize("device, code", [(75, 75), (86, 75), (70, 90)],
+                         ids=["sm75", "sm86-running-sm75-code", "sm70"])
+def test_tensor_core_path_is_refused_where_it_cannot_run(emulated, device, code):
+    """Below sm_80, or with code compiled for an older architecture (its kernel is empty), the WMMA path is not
+    available and a call is refused with cudaErrorNotSupported, Y unwritten; the other paths still run."""
+    config = next(c for c in LAYER_CONFIGS if c.name == "3x3")
+    inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(6))
+    emulated.emu_set_architecture(device, code)
+    try:
+        available = emulated.emu_algo_available(ALGOS["tensor-core-fused"])
+        status, y = run_emulated(emulated, config, inputs, "fp32", "tensor-core-fused")
+        other, _ = run_emulated(emulated, config, inputs, "fp32", "gemm-fused")
+    finally:
+        emulated.emu_set_architecture(90, 90)
+    assert not available and status == CUDA_ERROR_NOT_SUPPORTED and np.isnan(y).all()
+    assert other == 0
+
+
+def test_tensor_core_path_runs_on_sm80_without_workspace(emulated):
+    config = next(c for c in LAYER_CONFIGS if c.name == "3x3-deep-dynet")
+    inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(7))
+    assert emulated.emu_workspace_size(ctypes.byref(conv_shape(config, 2)), ALGOS["tensor-core-fused"], 1, 1) == 0
+    emulated.emu_set_architecture(80, 80)
+    try:
+        available = emulated.emu_algo_available(ALGOS["tensor-core-fused"])
+        status, y = run_emulated(emulated, config, inputs, "fp16", "tensor-core-fused", workspace_bytes=0)
+    finally:
+        emulated.emu_set_architecture(90, 90)
+    assert available and status == 0, emulated.emu_misuse().decode()
+    assert compare(y, reference(config, inputs, np.float16), TOLERANCES["tensor-core-kernel"]).passed
 
 
 def splits(lib: ctypes.CDLL, shape: ConvShape, multiprocessor_count: int, partial_floats: int = 2**62) -> int:
