@@ -339,12 +339,13 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
 constexpr int kTensorCoreArch = 80; // compute capability x 10 the tensor-core kernel needs
 
 constexpr int kMmaTile = 64;    // outputs x pixels per block: 2 x 2 warps of 32 x 32 (2 x 2 fragments of 16 x 16)
-constexpr int kMmaWarpTile = 32;
-constexpr int kMmaFragment = 16;
 constexpr int kMmaThreads = 128;
-constexpr int kMmaPad = 8;      // row padding (elements): keeps rows 16-byte multiples, shifts them across banks
 
 #if DYCONV_TENSOR_CORE_CODE
+constexpr int kMmaWarpTile = 32;
+constexpr int kMmaFragment = 16;
+constexpr int kMmaPad = 8;      // row padding (elements): keeps rows 16-byte multiples, shifts them across banks
+
 // Tensor-core operand element of T: TF32 (kept in float) for float32, half for float16. kK: the MMA's depth.
 template <typename T>
 struct MmaOperand;
@@ -944,10 +945,8 @@ cudaError_t dynamic_conv2d(ConvShape const& shape, DType dtype, ConvTensors cons
     {
         return cudaErrorNotSupported;
     }
-    bool const applies = (chosen != Algo::kDepthwise || shape.c / shape.groups == 1)
-        && (chosen != Algo::kCublasPointwise || is_pointwise(shape));
     size_t const needed = required_workspace(shape, chosen);
-    if (!applies || workspace_bytes < needed || (workspace_bytes > 0 && workspace == nullptr))
+    if (!algo_applies(shape, chosen) || workspace_bytes < needed || (workspace_bytes > 0 && workspace == nullptr))
     {
         return cudaErrorInvalidValue;
     }
@@ -972,6 +971,12 @@ cudaError_t aggregate_kernels(
         launch_aggregate<float>(shape, typed<float>(tensors), kernels, stream);
     }
     return cudaGetLastError();
+}
+
+bool algo_applies(ConvShape const& s, Algo algo)
+{
+    return is_algo(static_cast<int64_t>(algo)) && (algo != Algo::kDepthwise || s.c / s.groups == 1)
+        && (algo != Algo::kCublasPointwise || is_pointwise(s));
 }
 
 bool algo_available(Algo algo)

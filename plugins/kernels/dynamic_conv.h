@@ -93,6 +93,10 @@ inline ConvShape conv_shape(ConvShape s)
     return s;
 }
 
+//! Whether `algo` computes convs of this shape, availability (algo_available) aside: kDepthwise needs C/G == 1,
+//! kCublasPointwise a 1x1 / stride 1 / unpadded conv; the others (and kAuto) take any. False outside Algo.
+bool algo_applies(ConvShape const& shape, Algo algo);
+
 //! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0), one output
 //! plane and one kernel have < 2^31 elements, and the launch grid of `algo` (kAuto: select_algo's) fits CUDA's
 //! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, M); GEMM (ceil(Ho*Wo / 32) * N * G,

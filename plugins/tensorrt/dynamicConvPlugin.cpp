@@ -145,6 +145,29 @@ IDimensionExpr const* outputExtent(IExprBuilder& b, IDimensionExpr const& size, 
     return b.operation(DimensionOperation::kSUM, *steps, *b.constant(1));
 }
 
+// The algorithms TensorRT may time for X's type and the profile's largest shapes `s` (the ones that apply to
+// every shape of the profile: whether they apply depends on W and the attributes, not on the batch or the plane):
+// depthwise when C/G == 1, both implicit GEMMs, and for fp16 the tensor-core ones this library and GPU have
+// (cublas-pointwise for pointwise convs, tensor-core-fused on sm_80+). An fp32 engine gets no TF32 tactic: its
+// plugin layers keep fp32 accuracy whatever the builder's TF32 flag (which a plugin cannot read).
+std::vector<int32_t> validTactics(ConvShape const& s, DataType type)
+{
+    std::vector<Algo> candidates{Algo::kDepthwise, Algo::kGemmFused, Algo::kGemmAggregated};
+    if (type == DataType::kHALF)
+    {
+        candidates.insert(candidates.end(), {Algo::kCublasPointwise, Algo::kTensorCoreFused});
+    }
+    std::vector<int32_t> tactics;
+    for (Algo const algo : candidates)
+    {
+        if (algo_applies(s, algo) && algo_available(algo) && validate(s, algo) == cudaSuccess)
+        {
+            tactics.push_back(static_cast<int32_t>(algo));
+        }
+    }
+    return tactics;
+}
+
 void readInts(PluginField const& field, int32_t* destination, int32_t count)
 {
     if (field.length != count || field.data == nullptr)
@@ -194,6 +217,15 @@ ConvAttributes parseAttributes(PluginFieldCollection const* fc)
         {
             a.workspace_bytes = *static_cast<int64_t const*>(field.data);
         }
+        else if (name == "tactic")
+        {
+            readInts(field, &a.tactic, 1);
+            if (!is_algo(a.tactic))
+            {
+                throw std::invalid_argument("serialised tactic " + std::to_string(a.tactic)
+                    + " is not a dyconv::Algo value");
+            }
+        }
     }
     bool const valid = a.strides[0] > 0 && a.strides[1] > 0 && a.dilations[0] > 0 && a.dilations[1] > 0
         && a.group > 0 && std::all_of(a.pads, a.pads + 4, [](int32_t p) { return p >= 0; }) && a.workspace_bytes >= 0;
@@ -217,6 +249,7 @@ DynamicConv2dPlugin::DynamicConv2dPlugin(DynamicConv2dPlugin const& other)
     : mAttributes(other.mAttributes)
     , mHasBias(other.mHasBias)
     , mHasSpatial(other.mHasSpatial)
+    , mTactics(other.mTactics)
 {
     bindFields();
 }
@@ -230,6 +263,7 @@ void DynamicConv2dPlugin::bindFields()
         PluginField("dilations", a.dilations, PluginFieldType::kINT32, 2),
         PluginField("group", &a.group, PluginFieldType::kINT32, 1),
         PluginField("workspace_bytes", &a.workspace_bytes, PluginFieldType::kINT64, 1),
+        PluginField("tactic", &a.tactic, PluginFieldType::kINT32, 1),
     };
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
@@ -237,6 +271,12 @@ void DynamicConv2dPlugin::bindFields()
         + std::to_string(a.pads[0]) + "," + std::to_string(a.pads[1]) + "," + std::to_string(a.pads[2]) + ","
         + std::to_string(a.pads[3]) + "_d" + std::to_string(a.dilations[0]) + "x" + std::to_string(a.dilations[1])
         + "_g" + std::to_string(a.group);
+    // Which tactics this library and GPU offer (a timing cache made with cuBLAS or on sm_80+ does not apply here
+    // otherwise).
+    for (Algo const algo : {Algo::kCublasPointwise, Algo::kTensorCoreFused})
+    {
+        mTimingCacheId += algo_available(algo) ? "_" + std::to_string(static_cast<int32_t>(algo)) : "";
+    }
 }
 
 void DynamicConv2dPlugin::setOptionalInputs(int32_t nbInputs, Dims const* dims[])
@@ -319,6 +359,7 @@ int32_t DynamicConv2dPlugin::configurePlugin(
             }
             checkShapes(dims, mHasBias, mHasSpatial, mAttributes.group);
         }
+        mTactics = validTactics(convShape(mAttributes, in[0].max, in[1].max, in[2].max), in[0].desc.type);
         mAttributes.workspace_bytes = static_cast<int64_t>(getWorkspaceSize(in, nbInputs, out, nbOutputs));
         return 0;
     }
@@ -399,9 +440,43 @@ size_t DynamicConv2dPlugin::getWorkspaceSize(
     {
         return 0;
     }
-    // Sized at the profile's largest shapes; select_algo does not depend on the batch. configurePlugin keeps the
-    // value for enqueue, which passes it on as the bytes available (the kernels refuse a plan that needs more).
-    return workspace_size(convShape(mAttributes, inputs[0].max, inputs[1].max, inputs[2].max));
+    // Sized at the profile's largest shapes (select_algo does not depend on the batch) for the default tactic
+    // (kAuto) and every valid one, whichever TensorRT picks. configurePlugin keeps the value for enqueue, which
+    // passes it on as the bytes available (the kernels refuse a plan that needs more).
+    ConvShape const s = convShape(mAttributes, inputs[0].max, inputs[1].max, inputs[2].max);
+    size_t bytes = workspace_size(s);
+    for (int32_t const tactic : validTactics(s, inputs[0].desc.type))
+    {
+        bytes = std::max(bytes, workspace_size(s, static_cast<Algo>(tactic)));
+    }
+    return bytes;
+}
+
+int32_t DynamicConv2dPlugin::getNbTactics() noexcept
+{
+    return static_cast<int32_t>(mTactics.size());
+}
+
+int32_t DynamicConv2dPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
+{
+    if (nbTactics != static_cast<int32_t>(mTactics.size()) || (nbTactics > 0 && tactics == nullptr))
+    {
+        report("getValidTactics", "asked for a number of tactics other than getNbTactics()");
+        return -1;
+    }
+    std::copy(mTactics.begin(), mTactics.end(), tactics);
+    return 0;
+}
+
+int32_t DynamicConv2dPlugin::setTactic(int32_t tactic) noexcept
+{
+    if (!is_algo(tactic))
+    {
+        report("setTactic", ("tactic " + std::to_string(tactic) + " is not a dyconv::Algo value").c_str());
+        return -1;
+    }
+    mAttributes.tactic = tactic;
+    return 0;
 }
 
 char const* DynamicConv2dPlugin::getTimingCacheID() noexcept
@@ -422,7 +497,14 @@ int32_t DynamicConv2dPlugin::onShapeChange(
         }
         setOptionalInputs(nbInputs, dims);
         checkShapes(dims, mHasBias, mHasSpatial, mAttributes.group);
-        if (validate(convShape(mAttributes, in[0].dims, in[1].dims, in[2].dims)) != cudaSuccess)
+        auto const algo = static_cast<Algo>(mAttributes.tactic);
+        ConvShape const shape = convShape(mAttributes, in[0].dims, in[1].dims, in[2].dims);
+        if (!algo_applies(shape, algo) || !algo_available(algo))
+        {
+            throw std::invalid_argument(std::string("tactic ") + algo_name(algo) + " does not apply to these shapes "
+                + "or is not available here (a library without cuBLAS, or a GPU below sm_80 for tensor-core-fused)");
+        }
+        if (validate(shape, algo) != cudaSuccess)
         {
             throw std::invalid_argument("the output is empty or exceeds the launch grid for these shapes and "
                                         "attributes");
@@ -445,7 +527,8 @@ int32_t DynamicConv2dPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
     DType const dtype = inputDesc[0].type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32;
     // TensorRT's allocation, not a size recomputed here: on another GPU the kernels may plan differently.
     auto const available = static_cast<size_t>(mAttributes.workspace_bytes);
-    cudaError_t const status = dynamic_conv2d(shape, dtype, tensors, workspace, available, stream);
+    cudaError_t const status
+        = dynamic_conv2d(shape, dtype, tensors, workspace, available, stream, static_cast<Algo>(mAttributes.tactic));
     if (status != cudaSuccess)
     {
         report("enqueue", cudaGetErrorString(status));

@@ -20,11 +20,15 @@ struct ConvAttributes
     //! Not a node attribute: what getWorkspaceSize asked for at the profile's max shapes, set by configurePlugin
     //! and serialised (kINT64), because enqueue is not told how many bytes TensorRT allocated.
     int64_t workspace_bytes{0};
+    //! Not a node attribute: the dyconv::Algo enqueue runs, TensorRT's pick among getValidTactics (setTactic; 0,
+    //! TensorRT's default tactic, is kAuto), serialised (kINT32) so that a deserialised engine runs the timed one.
+    int32_t tactic{0};
 };
 
 //! Inputs X, A, W, then optionally B and S (3, 4 or 5 inputs; an input of rank 0 counts as absent); one output Y.
 //! fp32 or fp16, linear NCHW. configurePlugin (for the build shapes and the profile's min and max) and
-//! onShapeChange refuse inputs whose extents disagree with X and W (see README.md, "Shape checks").
+//! onShapeChange refuse inputs whose extents disagree with X and W (see README.md, "Shape checks"). The kernel
+//! algorithms are TensorRT tactics (tactic value = dyconv::Algo value), offered per configured shape and type.
 class DynamicConv2dPlugin : public nvinfer1::IPluginV3,
                             public nvinfer1::IPluginV3OneCore,
                             public nvinfer1::IPluginV3OneBuild,
@@ -59,8 +63,11 @@ public:
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
     char const* getTimingCacheID() noexcept override;
+    int32_t getNbTactics() noexcept override;
+    int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
 
     // IPluginV3OneRuntime
+    int32_t setTactic(int32_t tactic) noexcept override;
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
@@ -77,6 +84,7 @@ private:
     ConvAttributes mAttributes;
     bool mHasBias{false};
     bool mHasSpatial{false};
+    std::vector<int32_t> mTactics; //!< valid tactics of the last configurePlugin
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr}; //!< the execution context's, not owned
     std::string mTimingCacheId;
     std::vector<nvinfer1::PluginField> mFields;

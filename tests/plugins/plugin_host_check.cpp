@@ -4,6 +4,7 @@
 // Usage: plugin_host_check <path/to/libdyconv_trt_plugin.so>; prints one line per check, exit 1 on failure.
 #include "NvInferRuntime.h"
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <dlfcn.h>
@@ -187,6 +188,36 @@ int64_t fieldInt64(PluginFieldCollection const* fc, char const* name)
     return -1;
 }
 
+std::vector<int32_t> tactics(IPluginV3* plugin)
+{
+    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    std::vector<int32_t> values(static_cast<size_t>(std::max(build->getNbTactics(), 0)));
+    if (build->getValidTactics(values.data(), static_cast<int32_t>(values.size())) != 0)
+    {
+        return {-1};
+    }
+    return values;
+}
+
+// `values` is `required` followed by any of `optional` (tactics this library or GPU may or may not have).
+bool tacticsAre(std::vector<int32_t> const& values, std::vector<int32_t> const& required,
+    std::vector<int32_t> const& optional)
+{
+    if (values.size() < required.size() || !std::equal(required.begin(), required.end(), values.begin()))
+    {
+        return false;
+    }
+    return std::all_of(values.begin() + static_cast<std::ptrdiff_t>(required.size()), values.end(),
+        [&](int32_t v) { return std::find(optional.begin(), optional.end(), v) != optional.end(); });
+}
+
+int32_t tacticOf(IPluginV3* plugin)
+{
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    std::vector<int32_t> const value = fieldInts(runtime->getFieldsToSerialize(), "tactic");
+    return value.size() == 1 ? value[0] : -1;
+}
+
 void checkAttributes(IPluginV3* plugin, std::string const& label)
 {
     auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -291,6 +322,52 @@ int main(int argc, char** argv)
     check(build->configurePlugin(odconv.data(), 5, &io[4], 1) == 0, "configurePlugin with S and an empty B");
     odconv[3].desc.type = DataType::kINT32;
     check(build->supportsFormatCombination(3, odconv.data(), 5, 1), "an empty B accepts any format");
+
+    // Tactics (dyconv::Algo values) for the configured shape and type: both GEMMs always, depthwise for C/G == 1,
+    // TF32/fp16 tensor-core ones for fp16 only (cublas-pointwise 4 for a pointwise conv when built with cuBLAS,
+    // tensor-core-fused 5 on an sm_80+ GPU, so optional here).
+    check(build->configurePlugin(io.data(), 4, &io[4], 1) == 0 && tactics(plugin) == std::vector<int32_t>{2, 3},
+        "fp32 3x3 grouped conv: tactics gemm-fused, gemm-aggregated");
+    std::vector<DynamicPluginTensorDesc> depthwise{tensorDesc({8, 2, 32, 32}, DataType::kHALF),
+        tensorDesc({8, 4}, DataType::kHALF), tensorDesc({4, 32, 1, 3, 3}, DataType::kHALF)};
+    check(build->configurePlugin(depthwise.data(), 3, &io[4], 1) == 0
+            && tacticsAre(tactics(plugin), {1, 2, 3}, {5}),
+        "fp16 depthwise conv: tactics depthwise, both GEMMs (+ tensor-core-fused on sm_80+), no cublas-pointwise");
+    IPluginV3* pointwise = creator->createPlugin("pw", nullptr, TensorRTPhase::kBUILD); // stride 1, no pads
+    auto* pointwiseBuild
+        = static_cast<IPluginV3OneBuild*>(pointwise->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    std::vector<DynamicPluginTensorDesc> pw{tensorDesc({8, 16, 8, 8}, DataType::kFLOAT),
+        tensorDesc({8, 4}, DataType::kFLOAT), tensorDesc({4, 32, 16, 1, 1}, DataType::kFLOAT)};
+    check(pointwiseBuild->configurePlugin(pw.data(), 3, &io[4], 1) == 0
+            && tactics(pointwise) == std::vector<int32_t>{2, 3},
+        "fp32 pointwise conv: no TF32 tactic (cublas-pointwise, tensor-core-fused)");
+    for (auto& d : pw)
+    {
+        d.desc.type = DataType::kHALF;
+    }
+    check(pointwiseBuild->configurePlugin(pw.data(), 3, &io[4], 1) == 0
+            && tacticsAre(tactics(pointwise), {2, 3}, {4, 5}),
+        "fp16 pointwise conv: both GEMMs (+ cublas-pointwise with cuBLAS, tensor-core-fused on sm_80+)");
+    auto* pointwiseRuntime
+        = static_cast<IPluginV3OneRuntime*>(pointwise->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    check(pointwiseRuntime->setTactic(3) == 0 && tacticOf(pointwise) == 3, "setTactic(3) is serialised as tactic 3");
+    IPluginV3* timed = creator->createPlugin("pw", pointwiseRuntime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+    IPluginV3* timedClone = timed == nullptr ? nullptr : timed->clone();
+    check(timed != nullptr && tacticOf(timed) == 3 && timedClone != nullptr && tacticOf(timedClone) == 3,
+        "a deserialised plugin (and its clone) runs the timed tactic");
+    delete timedClone;
+    std::cout << "(the three rejections below log one plugin error each)" << std::endl;
+    auto* timedRuntime
+        = static_cast<IPluginV3OneRuntime*>(timed->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    check(timedRuntime->setTactic(6) != 0 && timedRuntime->setTactic(-1) != 0 && tacticOf(timed) == 3,
+        "setTactic refuses values outside dyconv::Algo");
+    int32_t const badTactic = 9;
+    PluginField const badTacticField("tactic", &badTactic, PluginFieldType::kINT32, 1);
+    PluginFieldCollection badTacticFc{1, &badTacticField};
+    check(creator->createPlugin("pw", &badTacticFc, TensorRTPhase::kRUNTIME) == nullptr,
+        "a serialised tactic outside dyconv::Algo is refused");
+    delete timed;
+    delete pointwise;
     std::cout << "(the seven rejections below log one plugin error each)" << std::endl;
     check(build->configurePlugin(io.data(), 2, &io[4], 1) != 0, "configurePlugin rejects 2 inputs");
     auto const rejects = [&](std::vector<DynamicPluginTensorDesc> inputs, std::string const& what) {
@@ -324,6 +401,13 @@ int main(int argc, char** argv)
             && recorder.errors[0].first == ErrorCode::kINVALID_ARGUMENT
             && recorder.errors[0].second.find("S dimension 0 is 7 but must be 8") != std::string::npos,
         "onShapeChange rejects S of batch 7 for X of batch 8, through the error recorder");
+    shapesNow[4].dims.d[0] = 8;
+    recorder.clear();
+    bool const refused = attachedRuntime->setTactic(1) == 0
+        && attachedRuntime->onShapeChange(shapesNow.data(), 5, &io[4].desc, 1) != 0;
+    check(refused && recorder.errors.size() == 1
+            && recorder.errors[0].second.find("tactic depthwise does not apply") != std::string::npos,
+        "onShapeChange refuses a tactic that does not apply (depthwise for a dense conv), through the recorder");
     delete attached;
     // Ho = 16, Wo = 29 -> 464 pixels: aggregated path, the per-sample kernels of the max batch; a reduction of
     // 8 * 3 * 3 = 72 (5 tiles of 16) is too short to split, so no split-K buffer.
