@@ -8,12 +8,15 @@ synchronisation per group; the median of ``--repeats`` groups, per call):
 * ``cudnn-static``: ``F.conv2d`` with one static kernel of the same shape (the lower bound a
   dynamic conv is compared against);
 * ``grouped``: the batch-folded grouped conv in PyTorch (einsum aggregation + one conv with
-  ``groups * N``), i.e. :func:`dyconv_deploy.ops.reference.dynamic_conv2d_reference`.
+  ``groups * N``), i.e. :func:`dyconv_deploy.ops.reference.dynamic_conv2d_reference`;
+* ``tensor-core``: ``plugins/kernels``' ``tensor-core-fused`` path (WMMA: TF32 for fp32 tensors, fp16
+  operands with fp32 accumulation) in the tf32 and fp16 rows, when the GPU is sm_80 or later (else ``-``).
 
 Like is compared with like, one row per precision (``--precisions``): ``tf32`` (fp32 tensors, cuDNN and
 matmul TF32 allowed: torch's default for convolutions), ``fp32`` (TF32 disabled: true fp32 everywhere)
-and ``fp16``. The ``ours math`` column says what the kernels compute in (no TF32 path yet: fp32).
-It also checks ``ours`` against the per-sample reference at batch 1 (max abs error column).
+and ``fp16``. The ``ours math`` column says what the heuristic's path computes in (fp32 FMA).
+It also checks ``ours`` (and ``tensor-core``, under the ``tensor-core-kernel`` tolerance) against the
+per-sample reference at batch 1 (max abs error columns).
 Writes ``kernel_bench_<gpu>.md`` and ``.json`` atomically under ``--out`` (default
 ``benchmarks/results``), rewritten after every layer so an interrupted run keeps what it measured.
 
@@ -127,8 +130,10 @@ def set_tf32(allowed: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
-def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, iters: int, repeats: int) -> dict:
-    """Median times (ms) of ours, cuDNN static and the grouped conv for one shape and batch."""
+def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, iters: int, repeats: int,
+                tensor_cores: bool = False) -> dict:
+    """Median times (ms) of ours, cuDNN static and the grouped conv (and, with ``tensor_cores``, ours on the
+    tensor-core-fused path; else None) for one shape and batch."""
     ops = operands(shape, batch, dtype)
     conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
     x_static, static_padding = pad_input(ops["x"], shape.padding)
@@ -140,17 +145,20 @@ def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, ite
             "cudnn_static": median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride,
                                                        static_padding, shape.dilation, shape.groups), iters, repeats),
             "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv), iters, repeats),
+            "tensor_core": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo="tensor-core-fused"),
+                                     iters, repeats) if tensor_cores else None,
         }
     algo = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
     return {"batch": batch, "algo": algo, **{f"{k}_ms": v for k, v in timings.items()}}
 
 
-def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str) -> float:
-    """Max abs error of ours against the per-sample reference at batch 1 (raises when out of tolerance)."""
+def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str, algo: str = "auto") -> float:
+    """Max abs error of ours (``algo``) against the per-sample reference at batch 1 (raises when out of
+    tolerance)."""
     ops = operands(shape, 1, dtype)
     conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
     with torch.no_grad():
-        y = cuda_ops.dynamic_conv2d_cuda(**ops, **conv)
+        y = cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=algo)
         expected = per_sample_dynamic_conv2d(**{k: None if v is None else v.double() for k, v in ops.items()},
                                              **conv)
     result = compare(y, expected, TOLERANCES[tolerance], name=shape.label)
@@ -162,14 +170,18 @@ def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str)
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "",
              "| precision | ours math | sample | layer (C x H x W -> M) | uses | batch | path | ours ms "
-             "| cuDNN static ms | grouped ms | ours / cuDNN | ours / grouped | max abs err (b=1) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cuDNN static ms | grouped ms | ours / cuDNN | ours / grouped | max abs err (b=1) "
+             "| tensor-core ms | tensor-core / cuDNN | tensor-core max abs err (b=1) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        tc = r.get("tensor_core_ms")
+        tc_columns = (f"| {tc:.4f} | {tc / r['cudnn_static_ms']:.2f} | {r['tensor_core_err']:.2e} |"
+                      if tc is not None else "| - | - | - |")
         lines.append(f"| {r['precision']} | {r['ours_math']} | {r['sample']} | {r['layer']} | {r['uses']} "
                      f"| {r['batch']} | {r['algo']} "
                      f"| {r['ours_ms']:.4f} | {r['cudnn_static_ms']:.4f} | {r['grouped_ms']:.4f} "
                      f"| {r['ours_ms'] / r['cudnn_static_ms']:.2f} | {r['ours_ms'] / r['grouped_ms']:.2f} "
-                     f"| {r['max_abs_err']:.2e} |")
+                     f"| {r['max_abs_err']:.2e} {tc_columns}")
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +217,7 @@ def main(argv=None) -> int:
     from dyconv_deploy.ops import cuda as cuda_ops
 
     cuda_ops.enable_cuda_kernels()
+    tensor_core_gpu = "tensor-core-fused" in cuda_ops.available_algos()
     torch.backends.cudnn.benchmark = True
     gpu = torch.cuda.get_device_name()
     header = (f"# Dynamic conv kernels vs cuDNN ({gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
@@ -216,17 +229,21 @@ def main(argv=None) -> int:
     for precision in args.precisions:
         dtype, tf32, ours_math, tolerance = PRECISIONS[precision]
         set_tf32(tf32)
+        tensor_cores = tensor_core_gpu and precision != "fp32"  # TF32 is not fp32
         for sample, shapes in layers.items():
             for shape, names in shapes.items():
                 error = check_shape(cuda_ops, shape, dtype, tolerance)
+                tc_error = (check_shape(cuda_ops, shape, dtype, "tensor-core-kernel", "tensor-core-fused")
+                            if tensor_cores else None)
                 for batch in args.batches:
-                    row = bench_shape(cuda_ops, shape, batch, dtype, args.iters, args.repeats)
+                    row = bench_shape(cuda_ops, shape, batch, dtype, args.iters, args.repeats, tensor_cores)
                     rows.append({"precision": precision, "ours_math": ours_math, "sample": sample,
                                  "layer": shape.label, "uses": len(names), "max_abs_err": error,
-                                 "shape": asdict(shape), **row})
+                                 "tensor_core_err": tc_error, "shape": asdict(shape), **row})
+                    tc = f"  tensor-core {row['tensor_core_ms']:.4f} ms" if tensor_cores else ""
                     print(f"{precision:<5} {sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<16} "
                           f"ours {row['ours_ms']:.4f} ms  cuDNN {row['cudnn_static_ms']:.4f} ms  "
-                          f"grouped {row['grouped_ms']:.4f} ms", flush=True)
+                          f"grouped {row['grouped_ms']:.4f} ms{tc}", flush=True)
                 atomic_write(stem.with_suffix(".md"), markdown(rows, header))
                 atomic_write(stem.with_suffix(".json"), json.dumps({"gpu": gpu, "rows": rows}, indent=1))
     print(f"wrote {stem}.md and {stem}.json")
