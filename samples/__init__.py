@@ -12,6 +12,7 @@ output no longer depends on the input, so comparing two backends on it would pro
 import difflib
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -145,16 +146,28 @@ def get_sample(name: str) -> Sample:
         raise DyconvError(f"unknown sample {name!r}; {hint}known samples: {', '.join(SAMPLES)}") from None
 
 
-def create_sample(name: str) -> nn.Module:
-    """Build sample ``name`` in eval mode, with the same weights on every call (seed 0, calibrated)."""
+def create_sample(name: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
+    """Build sample ``name`` in eval mode, with the same weights on every call (seed 0, calibrated).
+
+    ``state_dict``: those weights, already computed (:func:`sample_state_dict`, e.g. from a cache),
+    instead of calibrating them again.
+    """
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; the caller's RNG is left alone
         model = get_sample(name).build()
-    model.load_state_dict(_weights(name))
+    model.load_state_dict(sample_state_dict(name) if state_dict is None else state_dict)
     return model.eval()
 
 
+def sample_sources() -> list[Path]:
+    """The files whose code decides a sample's weights: the samples, the layers and the calibration inputs."""
+    from dyconv_deploy import inputs, nn as layers
+
+    return sorted([*Path(__file__).parent.glob("*.py"), *Path(layers.__file__).parent.glob("*.py"),
+                   Path(inputs.__file__)])
+
+
 @lru_cache(maxsize=None)
-def _weights(name: str) -> dict[str, torch.Tensor]:
+def sample_state_dict(name: str) -> dict[str, torch.Tensor]:
     """Sample ``name``'s state dict: initialised from seed 0, BatchNorms calibrated (built once per process)."""
     sample = get_sample(name)
     with torch.random.fork_rng(devices=[]):

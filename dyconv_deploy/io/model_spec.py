@@ -1,7 +1,8 @@
 """Resolve a MODEL spec to an ``nn.Module`` in eval mode.
 
 Specs:
-    ``sample:NAME``           a bundled sample (``sample:NAME_static`` for its static twin)
+    ``sample:NAME``           a bundled sample (``sample:NAME_static`` for its static twin; weights cached,
+                              :mod:`dyconv_deploy.io.sample_cache`)
     ``path/to/file.py:fn``    call ``fn()`` defined in a Python file
     ``pkg.module:fn``         call ``fn()`` from an importable module
     ``model.pt2``, ``weights.pt|.pth|.ckpt``  a checkpoint (:mod:`dyconv_deploy.io.checkpoint`)
@@ -36,9 +37,9 @@ def load_model(spec: str, arch: Optional[str] = None, trust_pickle: bool = False
     elif arch is not None:
         raise DyconvError(f"--arch applies to state_dict checkpoints (.pt, .pth, .ckpt), not to {spec!r}")
     elif spec.startswith("sample:"):
-        from dyconv_deploy.samples import create_sample
+        from dyconv_deploy.io.sample_cache import load_sample
 
-        model = create_sample(spec[len("sample:"):])
+        model = load_sample(spec[len("sample:"):])
     else:
         location = spec.rpartition(":")[0]
         with user_code_path(*([Path(location).parent] if location.endswith(".py") else [])):
