@@ -87,6 +87,8 @@ def _fold(graph: gs.Graph, contract: ContractNode, scale: np.ndarray, shift: Opt
     emit = emitter_for(graph, contract, NAME)
     output = detach_output(last)
     detach_output(contract.node)
+    scale = scale.astype(contract.weight.dtype, copy=False)  # a float64 scale would double the folded weights
+    shift = None if shift is None else shift.astype(contract.weight.dtype, copy=False)
     weight = contract.weight * scale[None, :, None, None, None]
     bias = None if contract.bias is None else contract.bias * scale
     separate_shift = shift is not None and not attention_sums_to_one(contract)
