@@ -151,6 +151,42 @@ __device__ __forceinline__ float im2col(ConvShape const& s, T const* xg, int r, 
     return load(xg, (static_cast<size_t>(c) * s.h + ih) * s.w + iw);
 }
 
+// The tile a GEMM block works on, from its position in a grid (pixel tiles * N * G, M/G tiles, ...) of
+// tile_m x tile_p output tiles: sample n, group g, the tile's first output channel in the group (m0) and pixel
+// (p0), the per-group sizes, and xg, the group's first input channel of X[n].
+template <typename T>
+struct GemmBlock
+{
+    int cg, mg, kernel_size, pixels, n, g, m0, p0;
+    T const* xg;
+
+    __device__ GemmBlock(ConvShape const& s, T const* x, int tile_m, int tile_p)
+        : cg(s.c / s.groups)
+        , mg(s.m / s.groups)
+        , kernel_size(cg * s.kh * s.kw)
+        , pixels(s.ho * s.wo)
+    {
+        int const pixel_tiles = (pixels + tile_p - 1) / tile_p;
+        int const sample_group = blockIdx.x / pixel_tiles; // n * groups + g
+        n = sample_group / s.groups;
+        g = sample_group - n * s.groups;
+        m0 = blockIdx.y * tile_m;
+        p0 = (blockIdx.x - sample_group * pixel_tiles) * tile_p;
+        xg = x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
+    }
+
+    // im2col(X[n, g])[r, p], 0 for r >= r_end or a pixel past Ho*Wo (kPointwise: X itself, 1x1/stride 1/unpadded).
+    template <bool kPointwise>
+    __device__ float x_at(ConvShape const& s, int r, int p, int r_end) const
+    {
+        if (r >= r_end || p >= pixels)
+        {
+            return 0.f;
+        }
+        return kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
+    }
+};
+
 // kernels[n, gm, r] = mixed_weight(n, gm, r), [N, M, C/G*kH*kW] in K (float32, or the GEMM's input type).
 template <typename T, typename K>
 __global__ void aggregate_kernel(ConvShape s, Typed<T> t, K* kernels)
@@ -229,19 +265,11 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
     __shared__ __align__(16) float sw[kGemmBK][BM + 4];
     __shared__ __align__(16) float sx[kGemmBK][BN];
 
-    int const cg = s.c / s.groups;
-    int const mg = s.m / s.groups;
-    int const kernel_size = cg * s.kh * s.kw;
-    int const pixels = s.ho * s.wo;
-    int const pixel_tiles = (pixels + BN - 1) / BN;
-    int const sample_group = blockIdx.x / pixel_tiles; // n * groups + g
-    int const n = sample_group / s.groups;
-    int const g = sample_group - n * s.groups;
-    int const m0 = blockIdx.y * BM;
-    int const p0 = (blockIdx.x - sample_group * pixel_tiles) * BN;
+    GemmBlock<T> const block(s, t.x, BM, BN);
+    int const mg = block.mg, kernel_size = block.kernel_size, pixels = block.pixels;
+    int const n = block.n, g = block.g, m0 = block.m0, p0 = block.p0;
     int const tx = threadIdx.x % (BN / kGemmThreadN);
     int const ty = threadIdx.x / (BN / kGemmThreadN);
-    T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
 
     int const r_begin = blockIdx.z * steps_per_split * kGemmBK;
     int const r_stop = r_begin + steps_per_split * kGemmBK;
@@ -269,14 +297,7 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
         {
             int const rr = e / BN;
             int const pp = e - rr * BN;
-            int const r = r0 + rr;
-            int const p = p0 + pp;
-            float v = 0.f;
-            if (r < r_end && p < pixels)
-            {
-                v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
-            }
-            sx[rr][pp] = v;
+            sx[rr][pp] = block.template x_at<kPointwise>(s, r0 + rr, p0 + pp, r_end);
         }
         __syncthreads();
 #pragma unroll
@@ -417,20 +438,12 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     __shared__ float sbias[kMmaTile];
     static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) <= 48 * 1024, "static shared memory");
 
-    int const cg = s.c / s.groups;
-    int const mg = s.m / s.groups;
-    int const kernel_size = cg * s.kh * s.kw;
-    int const pixels = s.ho * s.wo;
-    int const pixel_tiles = (pixels + kMmaTile - 1) / kMmaTile;
-    int const sample_group = blockIdx.x / pixel_tiles; // n * groups + g
-    int const n = sample_group / s.groups;
-    int const g = sample_group - n * s.groups;
-    int const m0 = blockIdx.y * kMmaTile;
-    int const p0 = (blockIdx.x - sample_group * pixel_tiles) * kMmaTile;
+    GemmBlock<T> const block(s, t.x, kMmaTile, kMmaTile);
+    int const mg = block.mg, kernel_size = block.kernel_size, pixels = block.pixels;
+    int const n = block.n, g = block.g, m0 = block.m0, p0 = block.p0;
     int const warp = threadIdx.x / 32;
     int const warp_m = (warp / 2) * kMmaWarpTile;
     int const warp_p = (warp % 2) * kMmaWarpTile;
-    T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
 
     wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
     for (int i = 0; i < 2; ++i)
@@ -455,14 +468,7 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
         {
             int const rr = e / kMmaTile;
             int const pp = e - rr * kMmaTile;
-            int const r = r0 + rr;
-            int const p = p0 + pp;
-            float v = 0.f;
-            if (r < kernel_size && p < pixels)
-            {
-                v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
-            }
-            sx[rr][pp] = Op::convert(v);
+            sx[rr][pp] = Op::convert(block.template x_at<kPointwise>(s, r0 + rr, p0 + pp, kernel_size));
         }
         __syncthreads(); // the tiles are whole before any warp loads a fragment
 #pragma unroll
