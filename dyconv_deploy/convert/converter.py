@@ -98,6 +98,9 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
     candidates = [*extra, *installed_adapters(), *builtin_adapters()]
     converted = copy.deepcopy(model).eval()
     matches = list(_match(converted, candidates))
+    if not matches:  # already canonical: the detection forward is the only one (a bad input shape fails there)
+        with forward_errors_named(converted, inputs):
+            return converted, ConversionReport(unknown=find_dynamic_convs(converted, inputs))
     with forward_errors_named(converted, inputs):  # the first forward: a bad input shape fails here
         recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
     report = ConversionReport()

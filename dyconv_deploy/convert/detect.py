@@ -40,6 +40,12 @@ class _InputDependence(TorchDispatchMode):
         for t in inputs:
             self._taint(t)
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Only ever run eagerly: the default wraps __torch_dispatch__ in torch._disable_dynamo, whose
+        # first call imports torch._dynamo (~1 s, ~0.4 s more at exit) in a process that never compiles.
+        return False
+
     def _taint(self, t: Tensor) -> None:
         self._tainted[id(t)] = weakref.ref(t)
 

@@ -116,22 +116,70 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def _torchscript_batch_check(model: nn.Module, request: ExportRequest) -> nn.Module:
-    """With a dynamic batch: the traces at the example batch and at batch 1 must agree; returns ``model``.
+class TorchscriptExport(NamedTuple):
+    """The TorchScript exporter's graph, and the signature of the trace it was made from (None: not seen)."""
+
+    proto: onnx.ModelProto
+    model: nn.Module
+    trace: Optional[list[tuple]]
+
+
+def _torchscript_translate(model: nn.Module, request: ExportRequest) -> TorchscriptExport:
+    register_torchscript_symbolic(request.opset)
+    axes = ({name: {0: BATCH_DIM} for name in [INPUT_NAME, *request.output_names]}
+            if request.dynamic_batch else None)
+    buffer = io.BytesIO()
+    traces: list[list[tuple]] = []
+    # The TorchScript exporter is deprecated since torch 2.9, still working in 2.13.
+    with _quiet_exporter(), _tracer_warnings(request.strict_trace), _recording_traces(traces):
+        torch.onnx.export(model, (request.example_input,), buffer, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=request.output_names, opset_version=request.opset, dynamic_axes=axes,
+                          custom_opsets={DOMAIN: OP_VERSION})
+    trace = traces[0] if len(traces) == 1 else None
+    return TorchscriptExport(onnx.load_model_from_string(buffer.getvalue()), model, trace)
+
+
+@contextmanager
+def _recording_traces(signatures: list) -> Iterator[None]:
+    """Append the :func:`_trace_signature` of every graph ``torch.jit._get_trace_graph`` returns meanwhile.
+
+    The TorchScript exporter traces the model with it; the batch check compares that trace with one at
+    batch 1 instead of tracing the example batch a second time (a trace runs the whole forward).
+    """
+    trace_graph = torch.jit._get_trace_graph
+
+    def recorded(*args, **kwargs):
+        result = trace_graph(*args, **kwargs)
+        signatures.append(_trace_signature(result[0]))  # before the exporter's passes rewrite the graph
+        return result
+
+    torch.jit._get_trace_graph = recorded
+    try:
+        yield
+    finally:
+        torch.jit._get_trace_graph = trace_graph
+
+
+def _torchscript_batch_check(export: TorchscriptExport, request: ExportRequest) -> onnx.ModelProto:
+    """With a dynamic batch: the export's trace (at the example batch) and one at batch 1 must agree.
 
     A trace records one run: a branch or loop on the batch size is frozen into it without a
     warning, and the graph would be wrong at other batches. Two batch sizes that trace to different
     graphs reveal it (the example batch is >= 2, see :func:`_capture_input`). ``_get_trace_graph`` is
-    the graph-only trace the TorchScript exporter runs itself, half the time of ``torch.jit.trace``.
+    the graph-only trace the TorchScript exporter runs itself, with the same settings.
     """
     x = request.example_input
     if request.dynamic_batch:
+        batches = (x[:1],) if export.trace is not None else (x, x[:1])
         with _quiet_exporter(), _tracer_warnings(request.strict_trace):
-            traces = [_trace_signature(torch.jit._get_trace_graph(model, (batch,))[0]) for batch in (x, x[:1])]
+            traces = [_trace_signature(torch.jit._get_trace_graph(export.model, (batch,), strict=False)[0])
+                      for batch in batches]
+        if export.trace is not None:
+            traces.insert(0, export.trace)
         if traces[0] != traces[1]:
             raise ValueError(f"the trace at batch {x.shape[0]} differs from the one at batch 1 (Python control "
                              "flow on the batch size), so the graph would be wrong at other batches.")
-    return model
+    return export.proto
 
 
 @contextmanager
@@ -165,19 +213,6 @@ def _trace_signature(graph: torch.Graph) -> list[tuple]:
     return signature
 
 
-def _torchscript_translate(model: nn.Module, request: ExportRequest) -> onnx.ModelProto:
-    register_torchscript_symbolic(request.opset)
-    axes = ({name: {0: BATCH_DIM} for name in [INPUT_NAME, *request.output_names]}
-            if request.dynamic_batch else None)
-    buffer = io.BytesIO()
-    # The TorchScript exporter is deprecated since torch 2.9, still working in 2.13.
-    with _quiet_exporter(), _tracer_warnings(request.strict_trace):
-        torch.onnx.export(model, (request.example_input,), buffer, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=request.output_names, opset_version=request.opset, dynamic_axes=axes,
-                          custom_opsets={DOMAIN: OP_VERSION})
-    return onnx.load_model_from_string(buffer.getvalue())
-
-
 def _optimize(proto: onnx.ModelProto, request: ExportRequest) -> onnx.ModelProto:
     with _quiet_exporter():
         return static_shapes.optimize(proto)
@@ -191,8 +226,8 @@ EXPORTERS = {e.name: e for e in (
         ("dynamo translate", _dynamo_translate, _TRACEBACK),
     )),
     Exporter("torchscript", *EXPORTER_OPSETS["torchscript"], (
-        ("torchscript batch check", _torchscript_batch_check, _TRACEABLE),
         ("torchscript trace and translate", _torchscript_translate, _TRACEABLE + ", or " + _TRACEBACK),
+        ("torchscript batch check", _torchscript_batch_check, _TRACEABLE),
         ("optimize", _optimize, _TRACEBACK),
     )),
 )}

@@ -11,20 +11,24 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from dyconv_deploy.ops.contract import output_size
+from dyconv_deploy.ops.contract import TORCH_OP, output_size
 from dyconv_deploy.ops.reference import dynamic_conv2d_reference
 
-_INPUTS = ("x", "attention", "weight", "bias", "spatial")
+_SCHEMA = ("(Tensor x, Tensor attention, Tensor weight, Tensor? bias, Tensor? spatial, SymInt[] stride, "
+           "SymInt[] padding, SymInt[] dilation, SymInt groups) -> Tensor")
+
+# Defined with torch.library's low-level calls, not @custom_op: custom_op wraps every kernel in
+# torch._disable_dynamo, whose first call imports torch._dynamo (~1 s, and ~0.4 s more at exit)
+# in processes that never compile. The op is opaque to torch.compile and torch.export either way.
+torch.library.define(TORCH_OP, _SCHEMA)
 
 
-@torch.library.custom_op("dyconv::dynamic_conv2d", mutates_args=())
-def _dynamic_conv2d_op(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[Tensor],
-                       spatial: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-                       dilation: Sequence[int], groups: int) -> Tensor:
+@torch.library.impl(TORCH_OP, "CompositeExplicitAutograd")
+def _dynamic_conv2d_kernel(x, attention, weight, bias, spatial, stride, padding, dilation, groups):
     return dynamic_conv2d_reference(x, attention, weight, bias, spatial, stride, padding, dilation, groups)
 
 
-@_dynamic_conv2d_op.register_fake
+@torch.library.register_fake(TORCH_OP)
 def _(x, attention, weight, bias, spatial, stride, padding, dilation, groups):
     n, _, h, w = x.shape
     _, m, _, kh, kw = weight.shape
@@ -53,7 +57,7 @@ def _backward(ctx, grad_output):
     return tuple(next(grads) if has else None for has in ctx.has) + (None,) * 4
 
 
-_dynamic_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(TORCH_OP, _backward, setup_context=_setup_context)
 
 
 def dynamic_conv2d(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -69,5 +73,5 @@ def dynamic_conv2d(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[
     Returns:
         ``[N, M, Ho, Wo]``.
     """
-    return _dynamic_conv2d_op(x, attention, weight, bias, spatial, list(stride), list(padding), list(dilation),
-                              int(groups))
+    return torch.ops.dyconv.dynamic_conv2d.default(x, attention, weight, bias, spatial, list(stride), list(padding),
+                                                   list(dilation), int(groups))

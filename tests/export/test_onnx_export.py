@@ -170,9 +170,25 @@ def test_torchscript_refuses_a_trace_that_depends_on_the_batch_size():
         def forward(self, x):
             return torch.stack([x[i] * (i + 1) for i in range(x.shape[0])])  # no TracerWarning
 
-    with pytest.raises(ExportError, match=r"step 1/5 \(torchscript batch check\) failed: the trace at batch 2 differs "
+    with pytest.raises(ExportError, match=r"step 2/5 \(torchscript batch check\) failed: the trace at batch 2 differs "
                                           r"from the one at batch 1 .* Next: .* or try --exporter dynamo\.$"):
         export_onnx(PerSampleLoop(), torch.randn(2, 3, 4, 4), exporter="torchscript")
+
+
+def test_the_batch_check_compares_the_exporters_own_trace_with_one_at_batch_1():
+    """The check reuses the trace ``torch.onnx.export`` makes at the example batch: it is recorded, and it is
+    the trace the check makes itself at that batch (so a model without batch branches passes)."""
+    from dyconv_deploy.export.onnx_export import ExportRequest, _torchscript_translate, _trace_signature
+
+    model = make_layer("odconv", CONFIGS[1]).eval()
+    x = torch.randn(2, *input_shape(CONFIGS[1])[1:])
+    with torch.no_grad():
+        export = _torchscript_translate(model, ExportRequest(x, ["output"], 18, True))
+        own = _trace_signature(torch.jit._get_trace_graph(model, (x,), strict=False)[0])
+        at_batch_1 = _trace_signature(torch.jit._get_trace_graph(model, (x[:1],), strict=False)[0])
+    assert export.trace is not None and any(kind == "dyconv::dynamic_conv2d" for kind, _, _ in export.trace)
+    assert export.trace == own == at_batch_1
+    assert torch.jit._get_trace_graph.__name__ == "_get_trace_graph"  # the recording hook is removed
 
 
 def test_auto_rejects_a_trace_that_warns_and_reports_dynamos_error():
