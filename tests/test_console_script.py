@@ -1,5 +1,6 @@
 """The installed ``dyconv-deploy`` script exits with main()'s code: 2 for bad input and usage, 1 for a failed check."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,3 +23,18 @@ def test_exit_status(tmp_path, args, code, message):
     process = subprocess.run([SCRIPT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert process.returncode == code, process.stderr
     assert message in process.stderr and "Traceback" not in process.stderr
+
+
+def test_a_successful_export_flushes_everything_and_never_imports_dynamo(tmp_path):
+    """The script skips the interpreter's teardown (``os._exit``) after flushing: the whole checklist
+    reaches a pipe, the model is complete; and an export never pays torch._dynamo's import (~1 s)."""
+    import onnx
+
+    process = subprocess.run([SCRIPT, "export", "sample:tiny_dynamic", "-o", "tiny.onnx"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "verify" in process.stdout and process.stdout.rstrip().endswith("┘"), process.stdout
+    onnx.checker.check_model(onnx.load(tmp_path / "tiny.onnx"))
+    imported = {line.rpartition("|")[2].strip() for line in process.stderr.splitlines() if "import time:" in line}
+    assert "torch" in imported and "torch._dynamo" not in imported
