@@ -38,3 +38,13 @@ def test_a_successful_export_flushes_everything_and_never_imports_dynamo(tmp_pat
     onnx.checker.check_model(onnx.load(tmp_path / "tiny.onnx"))
     imported = {line.rpartition("|")[2].strip() for line in process.stderr.splitlines() if "import time:" in line}
     assert "torch" in imported and "torch._dynamo" not in imported
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True")])
+def test_the_command_line_turns_numpys_huge_pages_off_unless_asked(setting, expected):
+    env = {key: value for key, value in os.environ.items() if key != "NUMPY_MADVISE_HUGEPAGE"}
+    if setting is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = setting
+    code = "import dyconv_deploy.cli.main, numpy; print(numpy._core.multiarray._get_madvise_hugepage())"
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert process.stdout.strip() == expected, process.stderr
