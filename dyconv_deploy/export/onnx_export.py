@@ -170,16 +170,18 @@ def _torchscript_batch_check(export: TorchscriptExport, request: ExportRequest) 
     """
     x = request.example_input
     if request.dynamic_batch:
-        batches = (x[:1],) if export.trace is not None else (x, x[:1])
         with _quiet_exporter(), _tracer_warnings(request.strict_trace):
-            traces = [_trace_signature(torch.jit._get_trace_graph(export.model, (batch,), strict=False)[0])
-                      for batch in batches]
-        if export.trace is not None:
-            traces.insert(0, export.trace)
-        if traces[0] != traces[1]:
+            at_example = export.trace if export.trace is not None else _traced_signature(export.model, x)
+            at_batch_1 = _traced_signature(export.model, x[:1])
+        if at_example != at_batch_1:
             raise ValueError(f"the trace at batch {x.shape[0]} differs from the one at batch 1 (Python control "
                              "flow on the batch size), so the graph would be wrong at other batches.")
     return export.proto
+
+
+def _traced_signature(model: nn.Module, x: Tensor) -> list[tuple]:
+    """:func:`_trace_signature` of the trace of ``model(x)``, traced as the TorchScript exporter traces."""
+    return _trace_signature(torch.jit._get_trace_graph(model, (x,), strict=False)[0])
 
 
 @contextmanager

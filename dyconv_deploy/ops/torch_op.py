@@ -58,6 +58,7 @@ def _backward(ctx, grad_output):
 
 
 torch.library.register_autograd(TORCH_OP, _backward, setup_context=_setup_context)
+_OP = torch.ops.dyconv.dynamic_conv2d.default
 
 
 def dynamic_conv2d(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -73,5 +74,4 @@ def dynamic_conv2d(x: Tensor, attention: Tensor, weight: Tensor, bias: Optional[
     Returns:
         ``[N, M, Ho, Wo]``.
     """
-    return torch.ops.dyconv.dynamic_conv2d.default(x, attention, weight, bias, spatial, list(stride), list(padding),
-                                                   list(dilation), int(groups))
+    return _OP(x, attention, weight, bias, spatial, list(stride), list(padding), list(dilation), int(groups))

@@ -178,14 +178,13 @@ def test_torchscript_refuses_a_trace_that_depends_on_the_batch_size():
 def test_the_batch_check_compares_the_exporters_own_trace_with_one_at_batch_1():
     """The check reuses the trace ``torch.onnx.export`` makes at the example batch: it is recorded, and it is
     the trace the check makes itself at that batch (so a model without batch branches passes)."""
-    from dyconv_deploy.export.onnx_export import ExportRequest, _torchscript_translate, _trace_signature
+    from dyconv_deploy.export.onnx_export import ExportRequest, _torchscript_translate, _traced_signature
 
     model = make_layer("odconv", CONFIGS[1]).eval()
     x = torch.randn(2, *input_shape(CONFIGS[1])[1:])
     with torch.no_grad():
         export = _torchscript_translate(model, ExportRequest(x, ["output"], 18, True))
-        own = _trace_signature(torch.jit._get_trace_graph(model, (x,), strict=False)[0])
-        at_batch_1 = _trace_signature(torch.jit._get_trace_graph(model, (x[:1],), strict=False)[0])
+        own, at_batch_1 = _traced_signature(model, x), _traced_signature(model, x[:1])
     assert export.trace is not None and any(kind == "dyconv::dynamic_conv2d" for kind, _, _ in export.trace)
     assert export.trace == own == at_batch_1
     assert torch.jit._get_trace_graph.__name__ == "_get_trace_graph"  # the recording hook is removed

@@ -25,7 +25,7 @@ SAMPLES = [pytest.param(name, marks=[] if name == "tiny_dynamic" else [pytest.ma
            for name in list_samples() if not name.endswith("_static")]
 # Compared with dynamo's graph (its export is most of these tests' time): every sample but the plain ResNet,
 # whose ops (conv, BatchNorm, residual add, pooling) the others contain too, and DY-MobileNetV2, whose
-# DynamicConv layers are in tiny_dynamic and whose MobileNetV2 body is odconv_mobilenetv2's; 55 s of CI.
+# DynamicConv layers are in tiny_dynamic and whose MobileNetV2 body is odconv_mobilenetv2's; together ~55 s of CI.
 DYNAMO_COMPARED = {name for name in list_samples() if not name.endswith("_static")} - {"dy_resnet18", "dy_mobilenetv2"}
 
 
