@@ -75,12 +75,48 @@ inline void store_tile(ov::bfloat16* out, const float* tile, size_t count) {
     for (; j < count; ++j) out[j] = ov::bfloat16(tile[j]);
 }
 
+// Per-sample factors of the mixed kernels, each null when absent: S [N, kH, kW] (per tap) and T [N, C] (per
+// input channel; input channel c of output channel m is g*C/G + c for m's group g = m / (M/G)).
+struct KernelScales {
+    const float* spatial = nullptr;
+    const float* channel = nullptr;
+    size_t channels = 0, channels_per_group = 0, rows_per_group = 0;
+};
+
+// o[0 .. (m1-m0)*row) *= sample n's factors, o holding the mixed rows m0 .. m1-1 (rows of C/G * taps), in one
+// pass over the tile while it is in L1.
+void scale_rows(float* __restrict o, const KernelScales& scales, size_t n, size_t m0, size_t m1, size_t row,
+                size_t taps) {
+    const float* __restrict pattern = scales.spatial ? scales.spatial + n * taps : nullptr;
+    const size_t channels = scales.channel ? scales.channels_per_group : row / taps;
+    for (size_t m = m0; m < m1; ++m) {
+        const float* __restrict factor =
+            scales.channel ? scales.channel + n * scales.channels + (m / scales.rows_per_group) * channels : nullptr;
+        float* __restrict kernel = o + (m - m0) * row;
+        if (taps == 1) {  // 1x1: one factor per element (no spatial attention for a 1x1 kernel)
+            if (factor)
+                for (size_t c = 0; c < channels; ++c) kernel[c] *= factor[c];
+            if (pattern)
+                for (size_t c = 0; c < channels; ++c) kernel[c] *= pattern[0];
+            continue;
+        }
+        for (size_t c = 0; c < channels; ++c) {
+            const float f = factor ? factor[c] : 1.0f;
+            float* __restrict taps_c = kernel + c * taps;
+            if (pattern)
+                for (size_t t = 0; t < taps; ++t) taps_c[t] *= f * pattern[t];
+            else
+                for (size_t t = 0; t < taps; ++t) taps_c[t] *= f;
+        }
+    }
+}
+
 // Wn for experts stored as T, written as O (f32, or bf16 for a bf16 convolution); see MixKernels::evaluate.
 // Each sample's tile is mixed in f32 (into Wn itself when O is f32, else into an L1 scratch tile), scaled
-// by the spatial pattern, then stored.
+// by the sample's factors, then stored.
 template <typename T, typename O>
-void mix_kernels(const T* weight, const float* a, const float* s, O* out, size_t n_count, size_t k_count,
-                 size_t m_count, size_t row, size_t taps, bool per_channel) {
+void mix_kernels(const T* weight, const float* a, const KernelScales& scales, O* out, size_t n_count,
+                 size_t k_count, size_t m_count, size_t row, size_t taps, bool per_channel) {
     constexpr bool in_place = std::is_same<O, float>::value;
     const size_t per_sample = m_count * row;
     // Tiles are whole output channels, so a per-channel coefficient and the spatial pattern line up.
@@ -107,10 +143,7 @@ void mix_kernels(const T* weight, const float* a, const float* s, O* out, size_t
                         mix_span(o + offset, channel.data(), a + n * k_count * m_count + m, m_count, k_count, row);
                     }
                 }
-                if (s) {
-                    const float* pattern = s + n * taps;
-                    for (size_t j = 0; j < count; ++j) o[j] *= pattern[j % taps];
-                }
+                if (scales.spatial || scales.channel) scale_rows(o, scales, n, m0, m1, row, taps);
                 if constexpr (!in_place) store_tile(target, o, count);
             }
         }
@@ -119,35 +152,38 @@ void mix_kernels(const T* weight, const float* a, const float* s, O* out, size_t
 
 // mix_kernels for the stored type of W, writing `out`'s element type.
 template <typename O>
-void mix_stored(const ov::Tensor& weight, const float* a, const float* s, O* out, size_t n_count, size_t k_count,
-                size_t m_count, size_t row, size_t taps, bool per_channel) {
+void mix_stored(const ov::Tensor& weight, const float* a, const KernelScales& scales, O* out, size_t n_count,
+                size_t k_count, size_t m_count, size_t row, size_t taps, bool per_channel) {
     const auto type = weight.get_element_type();
     if (type == ov::element::f32) {
-        mix_kernels(weight.data<const float>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+        mix_kernels(weight.data<const float>(), a, scales, out, n_count, k_count, m_count, row, taps, per_channel);
     } else if (type == ov::element::bf16) {
-        mix_kernels(weight.data<const ov::bfloat16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+        mix_kernels(weight.data<const ov::bfloat16>(), a, scales, out, n_count, k_count, m_count, row, taps,
+                    per_channel);
     } else {
-        mix_kernels(weight.data<const ov::float16>(), a, s, out, n_count, k_count, m_count, row, taps, per_channel);
+        mix_kernels(weight.data<const ov::float16>(), a, scales, out, n_count, k_count, m_count, row, taps,
+                    per_channel);
     }
 }
 
 }  // namespace
 
 MixKernels::MixKernels(const ov::OutputVector& inputs, int64_t group, bool with_spatial, bool with_bias,
-                       std::string kernel_type)
+                       bool with_channel_scale, std::string kernel_type)
     : ov::op::Op(inputs),
       m_group(group),
       m_with_spatial(with_spatial),
       m_with_bias(with_bias),
+      m_with_channel_scale(with_channel_scale),
       m_kernel_type(std::move(kernel_type)) {
     constructor_validate_and_infer_types();
 }
 
 void MixKernels::validate_and_infer_types() {
     const auto inputs = get_input_size();
-    const size_t expected = 2 + (m_with_spatial ? 1 : 0) + (m_with_bias ? 1 : 0);
+    const size_t expected = 2 + (m_with_spatial ? 1 : 0) + (m_with_bias ? 1 : 0) + (m_with_channel_scale ? 1 : 0);
     NODE_VALIDATION_CHECK(this, inputs == expected, "MixKernels takes A, W", m_with_spatial ? ", S" : "",
-                          m_with_bias ? ", B" : "", "; got ", inputs, " inputs");
+                          m_with_bias ? ", B" : "", m_with_channel_scale ? ", T" : "", "; got ", inputs, " inputs");
     const auto& a = get_input_partial_shape(0);
     const auto& w = get_input_partial_shape(1);
     NODE_VALIDATION_CHECK(this, w.is_static() && w.size() == 5,
@@ -179,8 +215,15 @@ void MixKernels::validate_and_infer_types() {
                           "kernel_type must be f32 or bf16; got ", m_kernel_type);
     set_output_type(0, m_kernel_type == "bf16" ? ov::element::bf16 : ov::element::f32,
                     ov::PartialShape{a[0] * m_group, m / m_group, w[2], w[3], w[4]});
+    if (m_with_channel_scale) {
+        const auto& t = get_input_partial_shape(inputs - 1);
+        NODE_VALIDATION_CHECK(this, get_input_element_type(inputs - 1) == ov::element::f32,
+                              "input-channel scale T must be f32");
+        NODE_VALIDATION_CHECK(this, t.compatible(ov::PartialShape{a[0], w[2] * m_group}),
+                              "input-channel scale T must be [N, C] = [", a[0], ", ", w[2] * m_group, "]; got ", t);
+    }
     if (m_with_bias) {
-        const size_t index = inputs - 1;
+        const size_t index = 2 + (m_with_spatial ? 1 : 0);
         const auto& b = get_input_partial_shape(index);
         NODE_VALIDATION_CHECK(this, get_input_element_type(index) == ov::element::f32, "expert biases B must be f32");
         NODE_VALIDATION_CHECK(this, b.compatible(ov::PartialShape{k, m}), "expert biases B must be [K, M] = [", k,
@@ -190,13 +233,15 @@ void MixKernels::validate_and_infer_types() {
 }
 
 std::shared_ptr<ov::Node> MixKernels::clone_with_new_inputs(const ov::OutputVector& inputs) const {
-    return std::make_shared<MixKernels>(inputs, m_group, m_with_spatial, m_with_bias, m_kernel_type);
+    return std::make_shared<MixKernels>(inputs, m_group, m_with_spatial, m_with_bias, m_with_channel_scale,
+                                        m_kernel_type);
 }
 
 bool MixKernels::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("group", m_group);
     visitor.on_attribute("with_spatial", m_with_spatial);
     visitor.on_attribute("with_bias", m_with_bias);
+    visitor.on_attribute("with_channel_scale", m_with_channel_scale);
     visitor.on_attribute("kernel_type", m_kernel_type);
     return true;
 }
@@ -221,14 +266,25 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     outputs[0].set_shape({n_count * group, m_count / group, w_shape[2], w_shape[3], w_shape[4]});
 
     const float* a = attention.data<const float>();
-    const float* s = spatial ? inputs[2].data<const float>() : nullptr;
+    KernelScales scales;
+    scales.spatial = spatial ? inputs[2].data<const float>() : nullptr;
+    if (m_with_channel_scale) {
+        const ov::Tensor& channel = inputs.back();
+        scales.channels_per_group = w_shape[2];
+        scales.channels = scales.channels_per_group * group;
+        scales.rows_per_group = m_count / group;
+        OPENVINO_ASSERT(channel.get_shape() == ov::Shape({n_count, scales.channels}), "MixKernels: input-channel "
+                        "scale ", channel.get_shape(), " must be [N, C] = [", n_count, ", ", scales.channels, "]");
+        scales.channel = channel.data<const float>();
+    }
     if (m_kernel_type == "bf16") {
-        mix_stored(weight, a, s, outputs[0].data<ov::bfloat16>(), n_count, k_count, m_count, row, taps, per_channel);
+        mix_stored(weight, a, scales, outputs[0].data<ov::bfloat16>(), n_count, k_count, m_count, row, taps,
+                   per_channel);
     } else {
-        mix_stored(weight, a, s, outputs[0].data<float>(), n_count, k_count, m_count, row, taps, per_channel);
+        mix_stored(weight, a, scales, outputs[0].data<float>(), n_count, k_count, m_count, row, taps, per_channel);
     }
     if (m_with_bias) {  // Bn[n, m] = sum_k A[n,k(,m)] B[k, m]: N*K*M multiply-adds, no threads needed
-        const float* b = inputs.back().data<const float>();
+        const float* b = inputs[2 + (spatial ? 1 : 0)].data<const float>();
         outputs[1].set_shape({n_count, m_count, 1, 1});
         float* bn = outputs[1].data<float>();
         for (size_t n = 0; n < n_count; ++n) {

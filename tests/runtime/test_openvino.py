@@ -11,6 +11,9 @@
   are also compared at the fp32 tolerance with the reference on experts rounded to nearest the same way.
 - Expert biases that are all equal, after a Softmax over K (a constant bias in the extension) and after
   other normalisations (mixed as usual).
+- ODConv's input-channel scale ``X0 * T[:, :, None, None]`` before a node, folded into the kernels at a static
+  batch (checked in the read model) and compared with the reference, also when the scaled X has another
+  consumer; a constant or batch-broadcast scale stays OpenVINO's.
 - The comparisons can fail: fed another sample's attention (or spatial attention), and with the bias dropped
   from the graph, the same check fails.
 - Every bundled dynamic sample, exported, lowered with ``plugin`` and run with a dynamic batch (1 and 2)
@@ -244,6 +247,79 @@ def test_explicit_empty_optional_inputs_and_one_compile_per_shape(extension):
                              TOLERANCES["fp32"], f"@{batch}")
             assert result.passed, str(result)
         assert len(runtime._compiled) == len(BATCHES)
+
+
+def channel_scaled_graph(config: LayerConfig, weight: np.ndarray, bias: np.ndarray | None,
+                          extra_consumer: bool = False) -> onnx.ModelProto:
+    """ODConv's input-channel attention before a contract node: ``Y = DynamicConv2d(X0 * T[:, :, None, None], A, W, ...)``
+    with graph inputs X0 and T [N, C] (and, with ``extra_consumer``, the scaled X also a graph output)."""
+    graph = contract_graph(config, weight, bias)
+    graph.graph.input[0].name = "X0"
+    graph.graph.input.append(helper.make_tensor_value_info("T", TensorProto.FLOAT, ["N", config.c]))
+    graph.graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), "spatial_axes"))
+    graph.graph.node.insert(0, helper.make_node("Unsqueeze", ["T", "spatial_axes"], ["T4"]))
+    graph.graph.node.insert(1, helper.make_node("Mul", ["X0", "T4"], ["X"]))
+    if extra_consumer:
+        graph.graph.output.append(helper.make_tensor_value_info("X", TensorProto.FLOAT, None))
+    return graph
+
+
+SCALED = [c for c in CONFIGS if c.name in ("pointwise", "3x3-grouped-dilated-dynet", "3x3-odconv-spatial",
+                                           "depthwise-3x3-stride2", "depthwise-5x5-multiplier-dilated",
+                                           "3x3-row-over-tile")]
+
+
+@pytest.mark.parametrize("extra_consumer", [False, True], ids=["scale-only-feeds-the-conv", "scaled-x-also-an-output"])
+@pytest.mark.parametrize("config", SCALED, ids=[c.name for c in SCALED])
+def test_an_input_channel_scale_is_folded_into_the_kernels(extension, config, extra_consumer):
+    """X0 * T before the node becomes MixKernels' input T at a static batch (no pass over X), with the same Y."""
+    weight, bias, feeds = layer_case(config)
+    generator = np.random.default_rng(1)
+    with OpenVinoRuntime(channel_scaled_graph(config, weight, bias, extra_consumer), extension=extension) as runtime:
+        for batch in BATCHES:
+            scale = generator.uniform(0.2, 1.0, (batch, config.c)).astype(np.float32)  # a sigmoid's range
+            x0 = feeds[batch]["X"]
+            inputs = {"X0": x0, "T": scale, **{k: v for k, v in feeds[batch].items() if k != "X"}}
+            graph = runtime._read(tuple(inputs[spec.name].shape for spec in runtime.input_specs))
+            mix = [op for op in graph.get_ordered_ops() if op.get_type_name() == "MixKernels"]
+            assert [op.get_attributes()["with_channel_scale"] for op in mix] == [True]
+            expected = reference(config, {**feeds[batch], "X": x0 * scale[:, :, None, None]}, weight, bias)
+            outputs = runtime.run(inputs)
+            result = compare(outputs["Y"], expected, TOLERANCES["fp32"], f"{config.name}@{batch}")
+            assert result.passed, str(result)
+            if extra_consumer:
+                np.testing.assert_allclose(outputs["X"], x0 * scale[:, :, None, None], rtol=1e-6)
+            # The comparison catches sample n scaled by sample n-1's T, and T applied to the wrong channels.
+            for defect, wrong in (("another sample's T", np.roll(scale, 1, axis=0)),
+                                  ("T reversed over the channels", scale[:, ::-1].copy())):
+                if batch > 1 or defect != "another sample's T":
+                    assert_fails(compare(runtime.run({**inputs, "T": wrong})["Y"], expected, TOLERANCES["fp32"]),
+                                 f"{config.name}@{batch}: {defect}")
+
+
+def test_a_constant_or_broadcast_channel_scale_is_left_to_openvino(extension):
+    """A constant scale (which OpenVINO fuses itself) or one broadcast over the batch is not folded; Y is right."""
+    config = CONFIGS[0]
+    weight, bias, feeds = layer_case(config)
+    batch = BATCHES[-1]
+    scale = np.linspace(0.5, 1.5, config.c, dtype=np.float32)
+    for name, graph in (("constant", channel_scaled_graph(config, weight, bias)),
+                        ("broadcast", channel_scaled_graph(config, weight, bias))):
+        if name == "constant":
+            graph.graph.input.pop()  # T becomes an initializer of shape [1, C]
+            graph.graph.initializer.append(numpy_helper.from_array(scale[None], "T"))
+            inputs = {"X0": feeds[batch]["X"], "A": feeds[batch]["A"]}
+        else:
+            graph.graph.input[-1].type.tensor_type.shape.dim[0].dim_value = 1  # T [1, C] for every sample
+            inputs = {"X0": feeds[batch]["X"], "A": feeds[batch]["A"], "T": scale[None]}
+        with OpenVinoRuntime(graph, extension=extension) as runtime:
+            read = runtime._read(tuple(inputs[spec.name].shape for spec in runtime.input_specs))
+            mix = [op for op in read.get_ordered_ops() if op.get_type_name() == "MixKernels"]
+            assert [op.get_attributes()["with_channel_scale"] for op in mix] == [False], name
+            expected = reference(config, {**feeds[batch], "X": feeds[batch]["X"] * scale[None, :, None, None]},
+                                 weight, bias)
+            result = compare(runtime.run(inputs)["Y"], expected, TOLERANCES["fp32"], name)
+            assert result.passed, str(result)
 
 
 DYNAMIC_SAMPLES = [pytest.param(name, marks=[] if name == "tiny_dynamic" else [pytest.mark.slow])
