@@ -398,3 +398,32 @@ def test_the_extension_is_the_environment_build_or_a_cached_one(extension, monke
     monkeypatch.setattr("dyconv_deploy.runtime.openvino_extension.build_extension",
                         lambda *args, **kwargs: pytest.fail("rebuilt a cached extension"))
     assert extension_library() == extension
+
+
+def test_the_ablation_script_replaces_exactly_the_mixing(extension):
+    """benchmarks/openvino_ablation.py's ``no mixing`` model: fed the kernels and biases MixKernels would have
+    made, it gives the plugin graph's Y, so its time differs from the plugin's by the mixing alone."""
+    spec = importlib.util.spec_from_file_location(
+        "_openvino_ablation", Path(__file__).parents[2] / "benchmarks" / "openvino_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    config = CONFIGS[2]  # 3x3 with distinct expert biases: both outputs of MixKernels are replaced
+    weight, bias, feeds = layer_case(config)
+    batch = BATCHES[0]
+    with OpenVinoRuntime(contract_graph(config, weight, bias), extension=extension) as runtime:
+        graph = ablation.without_mixing(runtime._read(((batch, config.c, config.h, config.w), (batch, config.experts))))
+        assert "MixKernels" not in {op.get_type_name() for op in graph.get_ordered_ops()}
+        request = runtime._core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+        a = feeds[batch]["A"].astype(np.float64)
+        kernels = np.einsum("nk,k...->n...", a, weight).astype(np.float32)  # [N*G, M/G, C/G, kH, kW] at G = 1
+        biases = (a @ bias).astype(np.float32)[:, :, None, None]
+        values = {"X": feeds[batch]["X"], "A": feeds[batch]["A"]}
+        for port in request.model_inputs:
+            name = port.get_any_name() if port.get_names() else ""
+            value = values.get(name, kernels if len(port.get_shape()) == 5 else biases)
+            request.set_tensor(port, ov.Tensor(np.ascontiguousarray(value)))
+        request.infer()
+        result = compare(request.get_output_tensor(0).data, reference(config, feeds[batch], weight, bias),
+                         TOLERANCES["fp32"], "no mixing, fed the mixed kernels")
+        assert result.passed, str(result)
+
