@@ -4,7 +4,9 @@
 #   build      the torch extension (plugins/kernels + plugins/torch) for this GPU's architecture only;
 #   tests      tests/plugins on CUDA (the CPU-only emulated and OpenVINO tests and the full sanitizer run left out);
 #   sanitizer  compute-sanitizer memcheck, racecheck, synccheck and initcheck on a small subset of the configs;
-#   bench      the per-layer table of benchmarks/kernel_bench.py (tf32, fp32, fp16; batch 1, 32, 256).
+#   costmodel  calibrate the kernels' cost model on this GPU (dyconv_deploy/ops/cuda_cost.py) into OUT/cost_model.json;
+#   bench      the per-layer table of benchmarks/kernel_bench.py (tf32, fp32, fp16; batch 1, 32, 256), "ours" being
+#              the path the cost model picks for each layer and batch.
 # Each step writes OUT/<step>.log and appends "<step>: ok|FAILED ..." to OUT/summary.txt as soon as it ends, so an
 # interrupted run keeps what it measured; a failed step does not stop the later ones, except a failed build.
 # Exit status: 0 all ok, 1 a step failed, 2 no CUDA device (checked first, before anything is installed).
@@ -15,14 +17,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR="${1:-benchmarks/results/gpu_check}"
-STEPS="${GPU_CHECK_STEPS:-install build tests sanitizer bench}"
+STEPS="${GPU_CHECK_STEPS:-install build tests sanitizer costmodel bench}"
 PYTHON="${PYTHON:-python}"
 # A few configs that cover every path, two output-channel tiles, a two-block depthwise plane and split-K.
 SANITIZER_CONFIGS="pointwise-m-two-tiles 3x3-deep-dynet depthwise-3x3-289-pixels"
 for step in $STEPS; do
   case "$step" in
-    install | build | tests | sanitizer | bench) ;;
-    *) echo "gpu_check: unknown step '$step' in GPU_CHECK_STEPS (steps: install build tests sanitizer bench)" >&2
+    install | build | tests | sanitizer | costmodel | bench) ;;
+    *) echo "gpu_check: unknown step '$step' in GPU_CHECK_STEPS (steps: install build tests sanitizer costmodel bench)" >&2
       exit 2 ;;
   esac
 done
@@ -87,6 +89,9 @@ for step in $STEPS; do
         --ignore=tests/plugins/test_kernels_emulated.py --ignore=tests/plugins/test_openvino_extension_build.py \
         -k "not compute_sanitizer" --junitxml="$OUT_DIR/tests_plugins.xml" ;;
     sanitizer) sanitizer ;;
+    costmodel)
+      run_step costmodel 120 "$PYTHON" -c 'import sys; from dyconv_deploy.ops import cuda; cuda.enable_cuda_kernels()
+open(sys.argv[1], "w").write(cuda.cost_model(recalibrate=True).to_json())' "$OUT_DIR/cost_model.json" ;;
     bench) run_step bench 420 "$PYTHON" benchmarks/kernel_bench.py --out "$OUT_DIR" --iters 10 --repeats 3 ;;
   esac
 done

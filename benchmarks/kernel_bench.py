@@ -4,7 +4,9 @@ For every distinct ``DynamicConv2d`` shape of the two samples (224x224 input) at
 and 256, one run times side by side, with CUDA events around ``--iters`` back-to-back calls (one
 synchronisation per group; the median of ``--repeats`` groups, per call):
 
-* ``ours``: ``plugins/kernels`` through the torch extension (the per-shape heuristic's path);
+* ``ours``: ``plugins/kernels`` through the torch extension, on the path its cost model picks for the
+  shape, batch and precision (``chosen_algo``; ``heuristic_algo`` in the JSON is the kernels' own
+  batch-independent choice);
 * ``cudnn-static``: ``F.conv2d`` with one static kernel of the same shape (the lower bound a
   dynamic conv is compared against);
 * ``grouped``: the batch-folded grouped conv in PyTorch (einsum aggregation + one conv with
@@ -14,9 +16,10 @@ synchronisation per group; the median of ``--repeats`` groups, per call):
 
 Like is compared with like, one row per precision (``--precisions``): ``tf32`` (fp32 tensors, cuDNN and
 matmul TF32 allowed: torch's default for convolutions), ``fp32`` (TF32 disabled: true fp32 everywhere)
-and ``fp16``. The ``ours math`` column says what the heuristic's path computes in (fp32 FMA).
-It also checks ``ours`` (and ``tensor-core``, under the ``tensor-core-kernel`` tolerance) against the
-per-sample reference at batch 1 (max abs error columns).
+and ``fp16``. The ``ours math`` column says what the chosen path computes in (fp32 FMA, or TF32 / fp16 MMA
+when the cost model picks a tensor-core path, which it does for fp32 tensors only in the tf32 rows).
+It also checks each path ``ours`` takes (under the ``tensor-core-kernel`` tolerance for a tensor-core one),
+and ``tensor-core``, against the per-sample reference at batch 1 (max abs error columns).
 Writes ``kernel_bench_<gpu>.md`` and ``.json`` atomically under ``--out`` (default
 ``benchmarks/results``), rewritten after every layer so an interrupted run keeps what it measured.
 
@@ -139,17 +142,18 @@ def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, ite
     x_static, static_padding = pad_input(ops["x"], shape.padding)
     static_weight = ops["weight"][0].contiguous()
     static_bias = None if ops["bias"] is None else ops["bias"][0].contiguous()
+    algo = cuda_ops.chosen_algo(ops["x"], ops["attention"], ops["weight"], **conv)  # the cost model's pick
     with torch.no_grad():
         timings = {
-            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv), iters, repeats),
+            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=algo), iters, repeats),
             "cudnn_static": median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride,
                                                        static_padding, shape.dilation, shape.groups), iters, repeats),
             "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv), iters, repeats),
             "tensor_core": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo="tensor-core-fused"),
                                      iters, repeats) if tensor_cores else None,
         }
-    algo = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
-    return {"batch": batch, "algo": algo, **{f"{k}_ms": v for k, v in timings.items()}}
+    heuristic = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
+    return {"batch": batch, "algo": algo, "heuristic_algo": heuristic, **{f"{k}_ms": v for k, v in timings.items()}}
 
 
 def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str, algo: str = "auto") -> float:
@@ -215,6 +219,7 @@ def main(argv=None) -> int:
         return 2
 
     from dyconv_deploy.ops import cuda as cuda_ops
+    from dyconv_deploy.ops.cuda_cost import TENSOR_CORE_PATHS
 
     cuda_ops.enable_cuda_kernels()
     tensor_core_gpu = "tensor-core-fused" in cuda_ops.available_algos()
@@ -232,13 +237,18 @@ def main(argv=None) -> int:
         tensor_cores = tensor_core_gpu and precision != "fp32"  # TF32 is not fp32
         for sample, shapes in layers.items():
             for shape, names in shapes.items():
-                error = check_shape(cuda_ops, shape, dtype, tolerance)
+                errors = {}  # path -> max abs error at batch 1, each path the cost model picks checked once
                 tc_error = (check_shape(cuda_ops, shape, dtype, "tensor-core-kernel", "tensor-core-fused")
                             if tensor_cores else None)
                 for batch in args.batches:
                     row = bench_shape(cuda_ops, shape, batch, dtype, args.iters, args.repeats, tensor_cores)
-                    rows.append({"precision": precision, "ours_math": ours_math, "sample": sample,
-                                 "layer": shape.label, "uses": len(names), "max_abs_err": error,
+                    mma = row["algo"] in TENSOR_CORE_PATHS
+                    if row["algo"] not in errors:
+                        errors[row["algo"]] = check_shape(cuda_ops, shape, dtype,
+                                                          "tensor-core-kernel" if mma else tolerance, row["algo"])
+                    math = ("TF32 MMA" if dtype == torch.float32 else "fp16 MMA (fp32 acc)") if mma else ours_math
+                    rows.append({"precision": precision, "ours_math": math, "sample": sample,
+                                 "layer": shape.label, "uses": len(names), "max_abs_err": errors[row["algo"]],
                                  "tensor_core_err": tc_error, "shape": asdict(shape), **row})
                     tc = f"  tensor-core {row['tensor_core_ms']:.4f} ms" if tensor_cores else ""
                     print(f"{precision:<5} {sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<16} "

@@ -5,13 +5,18 @@
 torch caches the build under ``TORCH_EXTENSIONS_DIR``) and registers the result as the CUDA
 kernel of the op, so every :mod:`dyconv_deploy.nn` layer on a GPU runs the fused kernels.
 It needs a CUDA build of torch, a device and nvcc; without them it raises a one-line
-:class:`~dyconv_deploy.errors.DyconvError`. The ``cublas-pointwise`` path is compiled in when
+:class:`~dyconv_deploy.errors.DyconvError`. The registered kernel runs, per layer shape, the path
+that :mod:`~dyconv_deploy.ops.cuda_cost`'s model, calibrated once on the GPU, predicts fastest
+(:func:`chosen_algo`). The ``cublas-pointwise`` path is compiled in when
 cuBLAS is found (:func:`cublas_root`: ``CUBLAS_ROOT``, the CUDA toolkit, or the nvidia-cublas
 wheel a CUDA build of torch depends on). Backward still differentiates the reference math.
 """
 
+import hashlib
 import importlib.util
+import logging
 import os
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence
@@ -19,14 +24,17 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from dyconv_deploy.cache import default_cache_dir
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.native import plugins_dir
-from dyconv_deploy.ops.contract import TORCH_OP
+from dyconv_deploy.ops.contract import TORCH_OP, output_size
+from dyconv_deploy.ops.cuda_cost import COST_MODEL_ENV, FORCE_ENV, PATHS, CostModel, LayerShape, calibrate, choose
 
-# Paths of plugins/kernels (dyconv::Algo values; "auto" is the per-shape heuristic).
-ALGOS = ("auto", "depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise", "tensor-core-fused")
+# Paths of plugins/kernels, in dyconv::Algo order ("auto" is the kernels' per-shape heuristic).
+ALGOS = ("auto", *PATHS)
 EXTENSION_NAME = "dyconv_cuda"
-_state: dict = {"extension": None, "registered": False}
+_state: dict = {"extension": None, "registered": False, "cost_models": {}, "choices": {}}
+logger = logging.getLogger(__name__)
 
 
 def extension_sources() -> list[Path]:
@@ -146,8 +154,89 @@ def available_algos() -> list[str]:
     return list(load_extension().available_algos())
 
 
+def layer_shape(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                groups: int) -> LayerShape:
+    """The :class:`~dyconv_deploy.ops.cuda_cost.LayerShape` of one call (operands as for :func:`dynamic_conv2d_cuda`)."""
+    n, c, h, w = (int(d) for d in x.shape)
+    k, m, _, kh, kw = (int(d) for d in weight.shape)
+    ho = output_size(h, padding[0], padding[2], kh, stride[0], dilation[0])
+    wo = output_size(w, padding[1], padding[3], kw, stride[1], dilation[1])
+    pointwise = kh == kw == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
+    return LayerShape(n, c, h, w, m, int(groups), kh, kw, ho, wo, k, x.element_size(), pointwise)
+
+
+def cost_model(recalibrate: bool = False) -> CostModel:
+    """The current GPU's :class:`~dyconv_deploy.ops.cuda_cost.CostModel` for this build of the kernels:
+    read from the cache (``<cache>/cuda-cost/``), else calibrated now (every available path timed on the
+    probe layers, about a second) and cached."""
+    device = torch.cuda.get_device_properties(torch.cuda.current_device())
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in extension_sources()))
+    digest.update(f"{device.name}|{device.major}.{device.minor}|{torch.__version__}".encode())
+    path = default_cache_dir() / "cuda-cost" / f"{digest.hexdigest()[:20]}.json"
+    key = str(path)
+    if not recalibrate and key in _state["cost_models"]:
+        return _state["cost_models"][key]
+    model = None
+    if not recalibrate and path.is_file():
+        try:
+            model = CostModel.from_json(path.read_text())
+        except DyconvError as exc:
+            logger.warning("ignoring the cached cost model %s (%s): calibrating again", path, exc)
+    if model is None:
+        logger.info("calibrating the CUDA kernels' cost model on %s (once per GPU and build; cached in %s)",
+                    device.name, path.parent)
+        model = calibrate(_time_path, available_algos(), device.name, int(getattr(device, "L2_cache_size", 0)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as scratch:
+            scratch.write(model.to_json())
+        os.chmod(scratch.name, 0o644)
+        os.replace(scratch.name, path)  # never a half-written model for a concurrent reader
+    _state["cost_models"][key] = model
+    return model
+
+
+def _time_path(shape: LayerShape, path: str, dtype: str, iterations: int = 10) -> float:
+    """Seconds per call of ``path`` on random operands of ``shape`` (CUDA events, after 3 warm-up calls)."""
+    kind = torch.float16 if dtype == "float16" else torch.float32
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    def rand(*size):
+        return torch.randn(*size, device="cuda", dtype=kind, generator=generator)
+
+    x = rand(shape.n, shape.c, shape.h, shape.w)
+    weight = rand(shape.experts, shape.m, shape.c // shape.groups, shape.kh, shape.kw)
+    attention = torch.softmax(rand(shape.n, shape.experts).float(), 1).to(kind)
+    padding = (0, 0, 0, 0) if shape.pointwise else (shape.kh // 2, shape.kw // 2, shape.kh // 2, shape.kw // 2)
+    def call():
+        dynamic_conv2d_cuda(x, attention, weight, None, None, (1, 1), padding, (1, 1), shape.groups, algo=path)
+
+    for _ in range(3):
+        call()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iterations):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / iterations
+
+
+def chosen_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence[int] = (1, 1),
+                padding: Sequence[int] = (0, 0, 0, 0), dilation: Sequence[int] = (1, 1), groups: int = 1) -> str:
+    """The path ``auto`` runs for these operands: :func:`~dyconv_deploy.ops.cuda_cost.choose` with this GPU's
+    :func:`cost_model` (overrides: ``$DYCONV_CUDA_ALGO``, ``$DYCONV_CUDA_COST_MODEL=0``); cached per shape."""
+    shape = layer_shape(x, weight, stride, padding, dilation, groups)
+    dtype = "float16" if x.dtype == torch.float16 else "float32"
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    key = (shape, dtype, allow_tf32, os.environ.get(FORCE_ENV), os.environ.get(COST_MODEL_ENV))
+    if key not in _state["choices"]:
+        model = None if os.environ.get(COST_MODEL_ENV, "1") == "0" else cost_model()
+        _state["choices"][key] = choose(model, shape, dtype, available_algos(), allow_tf32)
+    return _state["choices"][key]
+
+
 def _cuda_kernel(x, attention, weight, bias, spatial, stride, padding, dilation, groups):
-    return dynamic_conv2d_cuda(x, attention, weight, bias, spatial, stride, padding, dilation, groups)
+    algo = chosen_algo(x, attention, weight, stride, padding, dilation, groups)
+    return dynamic_conv2d_cuda(x, attention, weight, bias, spatial, stride, padding, dilation, groups, algo=algo)
 
 
 def enable_cuda_kernels(verbose: bool = False) -> ModuleType:

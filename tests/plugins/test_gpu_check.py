@@ -47,7 +47,7 @@ def test_every_step_is_summarised_and_a_failure_does_not_stop_the_rest(tmp_path)
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in summary] == [
         "install", "build", "tests", "sanitizer_memcheck", "sanitizer_racecheck", "sanitizer_synccheck",
-        "sanitizer_initcheck", "bench"]
+        "sanitizer_initcheck", "costmodel", "bench"]
     assert summary[2].startswith("tests: FAILED (exit 1)") and all(" ok in " in line for line in summary[3:])
 
 

@@ -1,0 +1,226 @@
+"""Which CUDA kernel path runs a dynamic conv: a cost model of each path, calibrated on the device.
+
+For every path of ``plugins/kernels`` (:data:`~dyconv_deploy.ops.cuda.ALGOS` but ``auto``),
+:func:`path_work` counts what one call costs — FLOPs, bytes that cross DRAM, kernel launches — from
+the layer's shape alone, and :class:`PathRates` turns work into time,
+``launches * launch_s + flops / flops_per_s + dram_bytes / bytes_per_s``, with the three rates of
+each path fitted (non-negative least squares) to its timings on a few probe layers
+(:func:`calibrate`: once per device and extension build, cached on disk). :func:`choose` then takes
+the path of least predicted time among those that apply and are available:
+
+* ``depthwise``: C/G == 1; conv FLOPs + mixing each plane once; reads X, the experts, writes Y.
+* ``gemm-fused``: experts mixed while each block loads a weight tile, so every pixel tile of every
+  sample mixes its tile again (``K`` multiply-adds per weight per tile) and reads the experts again
+  (from L2 while they fit in half of it, else from DRAM); no workspace.
+* ``gemm-aggregated`` / ``cublas-pointwise``: one launch writes the per-sample kernels
+  (``N * M * C/G * kH * kW``, fp32 / the input type) from one read of the experts, the GEMM reads
+  them back; ``cublas-pointwise`` only for an unpadded stride-1 1x1 conv, on tensor cores.
+* ``tensor-core-fused``: the fused work on tensor cores (sm_80+).
+
+Tensor-core paths round fp32 inputs to TF32, so for float32 they are candidates only while
+``torch.backends.cudnn.allow_tf32`` is set, the same switch that lets cuDNN's static conv use TF32
+(PyTorch's default): the dynamic conv then trades accuracy exactly as the static twin does.
+
+Overrides, for tests and for measuring one path: ``DYCONV_CUDA_ALGO=<path>`` forces that path
+wherever it applies; ``DYCONV_CUDA_COST_MODEL=0`` keeps the kernels' own batch-independent heuristic
+(``select_algo`` in ``plugins/kernels/dynamic_conv.h``).
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Mapping, Optional
+
+import numpy as np
+
+from dyconv_deploy.errors import DyconvError
+
+PATHS = ("depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise", "tensor-core-fused")
+TENSOR_CORE_PATHS = ("cublas-pointwise", "tensor-core-fused")
+FORCE_ENV = "DYCONV_CUDA_ALGO"
+COST_MODEL_ENV = "DYCONV_CUDA_COST_MODEL"
+PIXEL_TILE = 64  # output pixels of one implicit-GEMM block (kMmaTile; the SIMT GEMM's 64-pixel plan)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One call's sizes: ``X [n, c, h, w]``, ``W [experts, m, c/groups, kh, kw]``, ``Y [n, m, ho, wo]``;
+    ``element_bytes`` 4 (float32) or 2 (float16)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    m: int
+    groups: int
+    kh: int
+    kw: int
+    ho: int
+    wo: int
+    experts: int
+    element_bytes: int = 4
+    pointwise: bool = False  # 1x1, stride 1, unpadded: the conv is a GEMM over X itself
+
+    @property
+    def kernel_elements(self) -> int:
+        """Elements of one sample's kernels, ``M * C/G * kH * kW``."""
+        return self.m * (self.c // self.groups) * self.kh * self.kw
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one call of a path costs: FLOPs, bytes across DRAM, kernel launches."""
+
+    flops: float
+    dram_bytes: float
+    launches: int
+
+
+def path_applies(shape: LayerShape, path: str) -> bool:
+    """Whether ``path`` computes this shape (``depthwise``: C/G == 1; ``cublas-pointwise``: pointwise)."""
+    if path == "depthwise":
+        return shape.c // shape.groups == 1
+    if path == "cublas-pointwise":
+        return shape.pointwise
+    return path in PATHS
+
+
+def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
+    """The :class:`Work` of one call of ``path`` on ``shape`` (see the module doc); ``l2_bytes``: the GPU's L2."""
+    s, e = shape, shape.element_bytes
+    conv_flops = 2.0 * s.n * s.kernel_elements * s.ho * s.wo
+    mix_once = 2.0 * s.n * s.experts * s.kernel_elements  # every sample's kernels mixed once
+    experts = float(s.experts * s.kernel_elements * e)
+    activations = float(s.n * s.c * s.h * s.w * e + s.n * s.m * s.ho * s.wo * e)
+    if path == "depthwise":
+        return Work(conv_flops + mix_once, activations + experts, 1)
+    if path in ("gemm-fused", "tensor-core-fused"):
+        tiles = -(-s.ho * s.wo // PIXEL_TILE)  # pixel tiles per sample: each mixes its weight tiles again
+        reread = experts * (1 if 2 * experts <= l2_bytes else s.n * tiles)
+        return Work(conv_flops + mix_once * tiles, activations + reread, 1)
+    if path in ("gemm-aggregated", "cublas-pointwise"):
+        kernel_bytes = s.n * s.kernel_elements * (4 if path == "gemm-aggregated" else e)
+        return Work(conv_flops + mix_once, activations + experts + 2.0 * kernel_bytes, 2)
+    raise DyconvError(f"no cost model for kernel path {path!r}; paths: {', '.join(PATHS)}")
+
+
+@dataclass(frozen=True)
+class PathRates:
+    """Fitted rates of one path: seconds per launch, FLOPs and DRAM bytes per second (inf: no cost seen)."""
+
+    launch_s: float
+    flops_per_s: float
+    bytes_per_s: float
+
+    def seconds(self, work: Work) -> float:
+        return work.launches * self.launch_s + work.flops / self.flops_per_s + work.dram_bytes / self.bytes_per_s
+
+
+@dataclass
+class CostModel:
+    """Per-path, per-dtype rates of one device (``rates[dtype][path]``, dtype ``float32``/``float16``)."""
+
+    device: str
+    l2_bytes: int
+    rates: dict[str, dict[str, PathRates]] = field(default_factory=dict)
+
+    def predict(self, shape: LayerShape, path: str, dtype: str) -> float:
+        """Predicted seconds of one call (raises DyconvError for a path with no rates for ``dtype``)."""
+        if path not in self.rates.get(dtype, {}):
+            raise DyconvError(f"the cost model of {self.device} has no rates for {path} in {dtype}")
+        return self.rates[dtype][path].seconds(path_work(shape, path, self.l2_bytes))
+
+    def to_json(self) -> str:
+        return json.dumps({"device": self.device, "l2_bytes": self.l2_bytes,
+                           "rates": {d: {p: asdict(r) for p, r in paths.items()} for d, paths in self.rates.items()}},
+                          indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CostModel":
+        """The model :meth:`to_json` wrote; raises DyconvError for anything else."""
+        try:
+            data = json.loads(text)
+            rates = {d: {p: PathRates(**{k: float(v) for k, v in r.items()}) for p, r in paths.items()}
+                     for d, paths in data["rates"].items()}
+            model = cls(str(data["device"]), int(data["l2_bytes"]), rates)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DyconvError(f"not a dyconv cost model: {exc}") from exc
+        unknown = sorted({p for paths in rates.values() for p in paths} - set(PATHS))
+        if unknown or any(v <= 0 for paths in rates.values() for r in paths.values()
+                          for v in (r.flops_per_s, r.bytes_per_s)):
+            raise DyconvError(f"not a dyconv cost model: unknown paths {unknown} or non-positive rates")
+        return model
+
+
+def fit_rates(works: Iterable[Work], seconds: Iterable[float]) -> PathRates:
+    """Rates for which ``PathRates.seconds`` best fits measured ``seconds`` (least squares on the three
+    non-negative coefficients launch time, 1 / FLOP rate, 1 / byte rate; a coefficient that would be
+    negative is dropped and the rest refitted). Needs at least three timings."""
+    works, seconds = list(works), np.asarray(list(seconds), np.float64)
+    if len(works) < 3 or len(works) != len(seconds) or not np.all(seconds > 0):
+        raise DyconvError(f"fitting a path's rates needs >= 3 positive timings, got {list(seconds)}")
+    design = np.array([[w.launches, w.flops, w.dram_bytes] for w in works], np.float64)
+    scale = design.max(axis=0)
+    scale[scale == 0] = 1.0
+    active = [0, 1, 2]
+    while True:
+        solution, *_ = np.linalg.lstsq(design[:, active] / scale[active], seconds, rcond=None)
+        if np.all(solution >= 0) or len(active) == 1:
+            break
+        active.pop(int(np.argmin(solution)))
+    coefficients = np.zeros(3)
+    coefficients[active] = np.maximum(solution, 0) / scale[active]
+    launch, per_flop, per_byte = coefficients
+    return PathRates(float(launch), 1.0 / per_flop if per_flop > 0 else float("inf"),
+                     1.0 / per_byte if per_byte > 0 else float("inf"))
+
+
+# Layers the calibration times, chosen to separate the three rates: launch-bound, FLOP-bound and
+# byte-bound shapes (n, c, h, m, groups, k), 1x1 ones unpadded, the others padded by k // 2.
+PROBES = (
+    (1, 16, 8, 16, 1, 1), (64, 256, 28, 256, 1, 1), (1, 960, 7, 320, 1, 1), (32, 128, 28, 128, 1, 3),
+    (1, 512, 7, 512, 1, 3), (256, 64, 14, 64, 1, 1),
+    (1, 32, 8, 32, 32, 3), (64, 192, 56, 192, 192, 3), (8, 960, 7, 960, 960, 3),
+)
+
+
+def probe_shapes(element_bytes: int) -> list[LayerShape]:
+    """:data:`PROBES` as shapes (4 experts)."""
+    return [LayerShape(n, c, h, h, m, g, k, k, h, h, 4, element_bytes, pointwise=k == 1)
+            for n, c, h, m, g, k in PROBES]
+
+
+def calibrate(time_path: Callable[[LayerShape, str, str], float], available: Iterable[str], device: str,
+              l2_bytes: int, dtypes: Iterable[str] = ("float32", "float16")) -> CostModel:
+    """A :class:`CostModel` from ``time_path(shape, path, dtype)`` (seconds per call) on :func:`probe_shapes`,
+    for every available path that applies to at least three probes."""
+    model = CostModel(device, l2_bytes)
+    for dtype in dtypes:
+        shapes = probe_shapes(2 if dtype == "float16" else 4)
+        for path in available:
+            applicable = [s for s in shapes if path_applies(s, path)]
+            if path in PATHS and len(applicable) >= 3:
+                times = [time_path(s, path, dtype) for s in applicable]
+                model.rates.setdefault(dtype, {})[path] = fit_rates(
+                    [path_work(s, path, l2_bytes) for s in applicable], times)
+    return model
+
+
+def choose(model: Optional[CostModel], shape: LayerShape, dtype: str, available: Iterable[str],
+           allow_tf32: bool, environ: Mapping[str, str] = os.environ) -> str:
+    """The path for one call: ``$DYCONV_CUDA_ALGO`` where it applies, else ``auto`` (the kernels' heuristic)
+    without a model or with ``$DYCONV_CUDA_COST_MODEL=0``, else the available path of least predicted time
+    (tensor-core paths for float32 only when ``allow_tf32``)."""
+    forced = environ.get(FORCE_ENV)
+    if forced:
+        if forced not in PATHS:
+            raise DyconvError(f"{FORCE_ENV}={forced!r} is not a kernel path; choose one of {', '.join(PATHS)}")
+        if path_applies(shape, forced) and forced in available:
+            return forced
+    if model is None or environ.get(COST_MODEL_ENV, "1") == "0":
+        return "auto"
+    candidates = [p for p in available if p in model.rates.get(dtype, {}) and path_applies(shape, p)
+                  and (dtype == "float16" or allow_tf32 or p not in TENSOR_CORE_PATHS)]
+    if not candidates:
+        return "auto"
+    return min(candidates, key=lambda p: model.predict(shape, p, dtype))

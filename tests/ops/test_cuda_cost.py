@@ -1,0 +1,173 @@
+"""The CUDA kernels' cost model (``dyconv_deploy.ops.cuda_cost``) and how ``auto`` uses it, without a GPU.
+
+- :func:`path_work` against hand counts for one layer (FLOPs, DRAM bytes, launches of each path), the
+  fused paths' expert re-reads once the experts outgrow half of L2, fp32 vs input-type workspaces.
+- :func:`fit_rates` recovers the rates that generated synthetic timings; :func:`calibrate` fits every
+  path that applies to enough probes, from a fake timer.
+- :func:`choose`: the least predicted time among the paths that apply and are available; TF32 paths
+  for float32 only with ``allow_tf32``; ``$DYCONV_CUDA_ALGO`` and ``$DYCONV_CUDA_COST_MODEL=0``.
+- The registered CUDA kernel passes the chosen path to the extension; the model is cached on disk
+  per GPU and build, and a damaged cache file is calibrated again.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.ops import cuda
+from dyconv_deploy.ops.cuda_cost import (COST_MODEL_ENV, FORCE_ENV, PATHS, CostModel, LayerShape, PathRates,
+                                         calibrate, choose, fit_rates, path_applies, path_work, probe_shapes)
+
+L2 = 50 * 2**20
+# 3x3, C=M=64 at 14x14, batch 8, 4 experts, fp32.
+LAYER = LayerShape(n=8, c=64, h=14, w=14, m=64, groups=1, kh=3, kw=3, ho=14, wo=14, experts=4)
+POINTWISE = LayerShape(n=8, c=64, h=14, w=14, m=64, groups=1, kh=1, kw=1, ho=14, wo=14, experts=4, pointwise=True)
+DEPTHWISE = LayerShape(n=8, c=64, h=14, w=14, m=64, groups=64, kh=3, kw=3, ho=14, wo=14, experts=4)
+
+
+def test_the_work_of_each_path_matches_a_hand_count():
+    kernel = 64 * 64 * 9  # M * C/G * kH * kW
+    conv = 2 * 8 * kernel * 196
+    mix = 2 * 8 * 4 * kernel
+    experts, activations = 4 * kernel * 4, 2 * 8 * 64 * 196 * 4
+    tiles = 4  # ceil(196 / 64)
+    assert path_work(LAYER, "gemm-fused", L2) == (fused := path_work(LAYER, "tensor-core-fused", L2))
+    assert (fused.flops, fused.dram_bytes, fused.launches) == (conv + mix * tiles, activations + experts, 1)
+    aggregated = path_work(LAYER, "gemm-aggregated", L2)
+    assert (aggregated.flops, aggregated.dram_bytes, aggregated.launches) == (
+        conv + mix, activations + experts + 2 * 8 * kernel * 4, 2)
+    dw = path_work(DEPTHWISE, "depthwise", L2)
+    assert (dw.flops, dw.dram_bytes) == (2 * 8 * 64 * 9 * 196 + 2 * 8 * 4 * 64 * 9, activations + 4 * 64 * 9 * 4)
+    with pytest.raises(DyconvError, match="no cost model for kernel path 'im2col'"):
+        path_work(LAYER, "im2col", L2)
+
+
+def test_fused_paths_reread_experts_that_outgrow_half_of_l2_and_cublas_kernels_take_the_input_type():
+    experts = 4 * 64 * 64 * 9 * 4
+    small_l2 = path_work(LAYER, "gemm-fused", 2 * experts - 1)
+    assert small_l2.dram_bytes - path_work(LAYER, "gemm-fused", 2 * experts).dram_bytes == experts * (8 * 4 - 1)
+    half = LayerShape(**{**POINTWISE.__dict__, "element_bytes": 2})
+    kernels = 8 * 64 * 64
+    assert (path_work(half, "gemm-aggregated", L2).dram_bytes - path_work(half, "cublas-pointwise", L2).dram_bytes
+            == 2 * kernels * (4 - 2))
+
+
+def test_paths_apply_to_their_shapes():
+    assert [p for p in PATHS if path_applies(DEPTHWISE, p)] == list(PATHS[:3]) + ["tensor-core-fused"]
+    assert not path_applies(LAYER, "depthwise") and not path_applies(LAYER, "cublas-pointwise")
+    assert path_applies(POINTWISE, "cublas-pointwise")
+
+
+def test_fitting_recovers_the_rates_behind_the_timings():
+    truth = PathRates(launch_s=6e-6, flops_per_s=2e13, bytes_per_s=3e12)
+    works = [path_work(s, "gemm-aggregated", L2) for s in probe_shapes(4)]
+    fitted = fit_rates(works, [truth.seconds(w) for w in works])
+    for name in ("launch_s", "flops_per_s", "bytes_per_s"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
+    # Timings that no launch cost explains: that coefficient is dropped, not fitted negative.
+    no_launch = PathRates(launch_s=0.0, flops_per_s=1e13, bytes_per_s=1e12)
+    fitted = fit_rates(works, [no_launch.seconds(w) for w in works])
+    assert fitted.launch_s >= 0 and fitted.flops_per_s == pytest.approx(1e13, rel=1e-3)
+    with pytest.raises(DyconvError, match=">= 3 positive timings"):
+        fit_rates(works[:2], [1e-3, 2e-3])
+
+
+RATES = {  # a made-up GPU: tensor cores 8x the SIMT FLOPs, fused paths pay for their re-mixing
+    "depthwise": PathRates(5e-6, 5e12, 2e12),
+    "gemm-fused": PathRates(5e-6, 2e13, 2.5e12),
+    "gemm-aggregated": PathRates(5e-6, 2e13, 2.5e12),
+    "cublas-pointwise": PathRates(8e-6, 1.6e14, 2.5e12),
+    "tensor-core-fused": PathRates(5e-6, 1.2e14, 2.5e12),
+}
+
+
+def fake_model() -> CostModel:
+    return calibrate(lambda shape, path, dtype: RATES[path].seconds(path_work(shape, path, L2)), PATHS, "fake", L2)
+
+
+def test_calibration_fits_every_available_path_from_its_timings():
+    model = fake_model()
+    assert set(model.rates) == {"float32", "float16"} and set(model.rates["float32"]) == set(PATHS)
+    assert model.rates["float16"]["cublas-pointwise"].flops_per_s == pytest.approx(1.6e14, rel=1e-6)
+    timed = []
+    calibrate(lambda shape, path, dtype: timed.append(path) or 1e-3, ["gemm-fused"], "fake", L2, ["float32"])
+    assert timed == ["gemm-fused"] * len(probe_shapes(4))  # only the paths it is given
+
+
+def test_choose_takes_the_least_predicted_time_among_paths_that_apply():
+    model = fake_model()
+    big = LayerShape(n=256, c=256, h=28, w=28, m=256, groups=1, kh=1, kw=1, ho=28, wo=28, experts=4, pointwise=True)
+    for shape, dtype in ((big, "float16"), (LAYER, "float16"), (DEPTHWISE, "float32"), (LAYER, "float32")):
+        candidates = [p for p in PATHS if path_applies(shape, p)
+                      and (dtype == "float16" or p not in ("cublas-pointwise", "tensor-core-fused"))]
+        best = min(candidates, key=lambda p: model.predict(shape, p, dtype))
+        assert choose(model, shape, dtype, PATHS, allow_tf32=False, environ={}) == best
+    assert choose(model, big, "float16", PATHS, allow_tf32=False, environ={}) == "cublas-pointwise"
+    assert choose(model, big, "float32", PATHS, allow_tf32=False, environ={}) in ("gemm-fused", "gemm-aggregated")
+    assert choose(model, big, "float32", PATHS, allow_tf32=True, environ={}) == "cublas-pointwise"  # TF32 allowed
+    without_cublas = [p for p in PATHS if p != "cublas-pointwise"]
+    assert choose(model, big, "float16", without_cublas, allow_tf32=True, environ={}) == "tensor-core-fused"
+
+
+def test_overrides_force_a_path_or_keep_the_kernels_heuristic():
+    model = fake_model()
+    assert choose(model, LAYER, "float32", PATHS, False, {FORCE_ENV: "gemm-aggregated"}) == "gemm-aggregated"
+    forced_elsewhere = choose(model, LAYER, "float32", PATHS, False, {FORCE_ENV: "depthwise"})  # does not apply
+    assert forced_elsewhere == choose(model, LAYER, "float32", PATHS, False, {})
+    with pytest.raises(DyconvError, match="DYCONV_CUDA_ALGO='fastest' is not a kernel path"):
+        choose(model, LAYER, "float32", PATHS, False, {FORCE_ENV: "fastest"})
+    assert choose(model, LAYER, "float32", PATHS, False, {COST_MODEL_ENV: "0"}) == "auto"
+    assert choose(None, LAYER, "float32", PATHS, False, {}) == "auto"
+
+
+def test_the_model_survives_json_and_refuses_anything_else():
+    model = fake_model()
+    again = CostModel.from_json(model.to_json())
+    assert again == model
+    for text in ("[]", '{"device": "x"}', model.to_json().replace("gemm-fused", "im2col"),
+                 model.to_json().replace('"flops_per_s": 2', '"flops_per_s": -2')):
+        with pytest.raises(DyconvError, match="not a dyconv cost model"):
+            CostModel.from_json(text)
+
+
+def test_the_cuda_kernel_runs_the_chosen_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cuda, "cost_model", fake_model)
+    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
+    monkeypatch.setattr(cuda, "dynamic_conv2d_cuda", lambda *args, algo: calls.append(algo))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setitem(cuda._state, "choices", {})
+    x, weight = torch.zeros(256, 256, 28, 28, dtype=torch.float16), torch.zeros(4, 256, 256, 1, 1)
+    attention = torch.zeros(256, 4)
+    cuda._cuda_kernel(x, attention, weight, None, None, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    shape = cuda.layer_shape(x, weight, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    assert shape.pointwise and shape.element_bytes == 2 and (shape.ho, shape.wo) == (28, 28)
+    assert calls == [choose(fake_model(), shape, "float16", PATHS, False, {})] == ["cublas-pointwise"]
+    strided = cuda.layer_shape(torch.zeros(1, 8, 9, 9), torch.zeros(2, 8, 8, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    assert (strided.ho, strided.wo, strided.pointwise, strided.element_bytes) == (5, 5, False, 4)
+
+
+def test_the_model_is_calibrated_once_per_gpu_and_build_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYCONV_DEPLOY_CACHE", str(tmp_path))
+    monkeypatch.setitem(cuda._state, "cost_models", {})
+    device = SimpleNamespace(name="Fake GPU", major=9, minor=0, L2_cache_size=L2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: device)
+    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
+    calibrations = []
+    monkeypatch.setattr(cuda, "calibrate", lambda *args: calibrations.append(args[2:]) or fake_model())
+    first = cuda.cost_model()
+    assert calibrations == [("Fake GPU", L2)]
+    [cached] = (tmp_path / "cuda-cost").glob("*.json")
+    assert CostModel.from_json(cached.read_text()) == first
+    monkeypatch.setitem(cuda._state, "cost_models", {})  # a new process reads the file
+    assert cuda.cost_model() == first and len(calibrations) == 1
+    cached.write_text("{not json")
+    monkeypatch.setitem(cuda._state, "cost_models", {})
+    assert cuda.cost_model() == first and len(calibrations) == 2  # damaged: calibrated again, rewritten
+    assert CostModel.from_json(cached.read_text()) == first
+    device.name = "Other GPU"
+    cuda.cost_model()
+    assert len(list((tmp_path / "cuda-cost").glob("*.json"))) == 2
