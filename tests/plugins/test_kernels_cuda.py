@@ -74,7 +74,9 @@ def test_torch_op_dispatches_to_the_kernels(cuda_ops, config):
     inputs = {k: None if v is None else v.cuda()
               for k, v in config.inputs(3, torch.Generator().manual_seed(0)).items()}
     through_op = dynamic_conv2d(**inputs, **config.conv_kwargs())
-    direct = cuda_ops.dynamic_conv2d_cuda(**inputs, **config.conv_kwargs())
+    algo = cuda_ops.chosen_algo(inputs["x"], inputs["attention"], inputs["weight"], **config.conv_kwargs())
+    assert algo in ("auto", *cuda_ops.available_algos())  # the cost model's pick (auto: the heuristic's)
+    direct = cuda_ops.dynamic_conv2d_cuda(**inputs, **config.conv_kwargs(), algo=algo)
     assert torch.equal(through_op, direct)
 
 
