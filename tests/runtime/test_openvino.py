@@ -269,13 +269,16 @@ SCALED = [c for c in CONFIGS if c.name in ("pointwise", "3x3-grouped-dilated-dyn
                                            "3x3-row-over-tile")]
 
 
+@pytest.mark.parametrize("mode", ["f32", "bf16-inference" if BF16 else "bf16-experts"])
 @pytest.mark.parametrize("extra_consumer", [False, True], ids=["scale-only-feeds-the-conv", "scaled-x-also-an-output"])
 @pytest.mark.parametrize("config", SCALED, ids=[c.name for c in SCALED])
-def test_an_input_channel_scale_is_folded_into_the_kernels(extension, config, extra_consumer):
+def test_an_input_channel_scale_is_folded_into_the_kernels(extension, config, extra_consumer, mode):
     """X0 * T before the node becomes MixKernels' input T at a static batch (no pass over X), with the same Y."""
+    options, tolerance, per_rms = MODES[mode]
     weight, bias, feeds = layer_case(config)
     generator = np.random.default_rng(1)
-    with OpenVinoRuntime(channel_scaled_graph(config, weight, bias, extra_consumer), extension=extension) as runtime:
+    graph = channel_scaled_graph(config, weight, bias, extra_consumer)
+    with OpenVinoRuntime(graph, extension=extension, **options) as runtime:
         for batch in BATCHES:
             scale = generator.uniform(0.2, 1.0, (batch, config.c)).astype(np.float32)  # a sigmoid's range
             x0 = feeds[batch]["X"]
@@ -285,15 +288,16 @@ def test_an_input_channel_scale_is_folded_into_the_kernels(extension, config, ex
             assert [op.get_attributes()["with_channel_scale"] for op in mix] == [True]
             expected = reference(config, {**feeds[batch], "X": x0 * scale[:, :, None, None]}, weight, bias)
             outputs = runtime.run(inputs)
-            result = compare(outputs["Y"], expected, TOLERANCES["fp32"], f"{config.name}@{batch}")
+            result = check(outputs["Y"], expected, tolerance, per_rms, f"{config.name}@{batch}")
             assert result.passed, str(result)
             if extra_consumer:
-                np.testing.assert_allclose(outputs["X"], x0 * scale[:, :, None, None], rtol=1e-6)
+                check_x = check(outputs["X"], x0 * scale[:, :, None, None], tolerance, per_rms, "X")
+                assert check_x.passed, str(check_x)
             # The comparison catches sample n scaled by sample n-1's T, and T applied to the wrong channels.
             for defect, wrong in (("another sample's T", np.roll(scale, 1, axis=0)),
                                   ("T reversed over the channels", scale[:, ::-1].copy())):
                 if batch > 1 or defect != "another sample's T":
-                    assert_fails(compare(runtime.run({**inputs, "T": wrong})["Y"], expected, TOLERANCES["fp32"]),
+                    assert_fails(check(runtime.run({**inputs, "T": wrong})["Y"], expected, tolerance, per_rms),
                                  f"{config.name}@{batch}: {defect}")
 
 
