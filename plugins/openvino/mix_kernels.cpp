@@ -93,7 +93,7 @@ void scale_rows(float* __restrict o, const KernelScales& scales, size_t n, size_
         const float* __restrict factor =
             scales.channel ? scales.channel + n * scales.channels + (m / scales.rows_per_group) * channels : nullptr;
         float* __restrict kernel = o + (m - m0) * row;
-        if (taps == 1) {  // 1x1: one factor per element (no spatial attention for a 1x1 kernel)
+        if (taps == 1) {  // 1x1: each element has one channel factor and the single tap's
             if (factor)
                 for (size_t c = 0; c < channels; ++c) kernel[c] *= factor[c];
             if (pattern)
