@@ -41,10 +41,13 @@ def without_mixing(graph):
     for node in graph.get_ordered_ops():
         if node.get_type_name() != MIX_OP:
             continue
-        for output in node.outputs():
-            parameter = ov.opset13.parameter(output.get_partial_shape(), output.get_element_type())
+        for output in node.outputs():  # an f32 input, converted where MixKernels wrote bf16 (bf16 inference)
+            parameter = ov.opset13.parameter(output.get_partial_shape(), ov.Type.f32)
+            value = parameter.output(0)
+            if output.get_element_type() != ov.Type.f32:
+                value = ov.opset13.convert(value, output.get_element_type()).output(0)
             for target in list(output.get_target_inputs()):
-                target.replace_source_output(parameter.output(0))
+                target.replace_source_output(value)
             parameters.append(parameter)
     graph.add_parameters(parameters)
     return graph

@@ -1,6 +1,6 @@
 // ONNX frontend conversion of dyconv::DynamicConv2d (contract version 1) into OpenVINO operations:
 //
-//   Wn, Bn = MixKernels(A, W[, S][, B])           [N*G, M/G, C/G, kH, kW], [N, M, 1, 1] (the project's kernel)
+//   Wn, Bn = MixKernels(A, W[, S][, B][, T])           [N*G, M/G, C/G, kH, kW], [N, M, 1, 1] (the project's kernel)
 //   Y  = per-sample convolutions (oneDNN), by what the reader knows of the batch N:
 //        N = 1              GroupConvolution(X, Wn)
 //        static N <= 16     Concat_n GroupConvolution(X[n], Wn[n])  (Split along N: the convolutions keep
@@ -12,10 +12,10 @@
 //        (the runtime compiles a graph per input shape, so N is static there; a model read with a dynamic
 //        batch takes the folded route)
 //   Y += Bn                                       (Bn[n] = sum_k A[n,k(,m)] B[k(,m)], mixed in the same op)
-//   X  = X0 * T[:, :, None, None]                 (ODConv's input-channel attention, a computed [N, C, 1, 1]
-//                                                  scale over a static batch: folded into the kernels, MixKernels'
-//                                                  input T, exact as conv(X0 * T, Wn) = conv(X0, Wn * T[c]); no
-//                                                  pass over the activation: ODConv-MobileNetV2 6-10% faster)
+//   X  = X0 * T[:, :, None, None]                 (ODConv's input-channel attention, an [N, C, 1, 1] scale of
+//                                                  a static batch: folded into the kernels, MixKernels' input
+//                                                  T, exact as conv(X0 * T, Wn) = conv(X0, Wn * T[c]); no pass
+//                                                  over the activation: ODConv-MobileNetV2 6-10% faster)
 //   Y += B[0][None, :, None, None]                (instead, when every expert has the same bias and A is a
 //                                                  softmax over K: sum_k A[n,k] B[0] = B[0]; a constant bias
 //                                                  that OpenVINO fuses into the convolution, as after a
@@ -116,8 +116,8 @@ std::shared_ptr<Node> shared_bias(const Output<Node>& bias) {
     return ov::op::v0::Constant::create(ov::element::f32, ov::Shape{1, m, 1, 1}, row);
 }
 
-// X0 and T [N, C] when x = X0 * T[:, :, None, None], T computed (not a constant, which OpenVINO fuses into the
-// convolution itself) with the static batch of X0; nullopt otherwise.
+// X0 and T [N, C] when x = X0 * T[:, :, None, None] with an f32 scale T of X0's static batch (ODConv's input-
+// channel attention; a constant scale folds as well); nullopt otherwise (then the Multiply stays OpenVINO's).
 std::optional<std::pair<Output<Node>, Output<Node>>> channel_scaled(const Output<Node>& x) {
     const auto multiply = ov::as_type_ptr<ov::op::v1::Multiply>(x.get_node_shared_ptr());
     if (!multiply || multiply->get_autob().m_type != ov::op::AutoBroadcastType::NUMPY) return std::nullopt;
@@ -125,7 +125,7 @@ std::optional<std::pair<Output<Node>, Output<Node>>> channel_scaled(const Output
         const auto input = multiply->input_value(i), scale = multiply->input_value(1 - i);
         const auto &x_shape = input.get_partial_shape(), &s_shape = scale.get_partial_shape();
         if (!x_shape.is_static() || !s_shape.is_static() || x_shape.size() != 4 || s_shape.size() != 4 ||
-            ov::is_type<ov::op::v0::Constant>(scale.get_node()) || s_shape[0] != x_shape[0] ||
+            scale.get_element_type() != ov::element::f32 || s_shape[0] != x_shape[0] ||
             s_shape[1] != x_shape[1] || s_shape[2] != 1 || s_shape[3] != 1) {
             continue;
         }

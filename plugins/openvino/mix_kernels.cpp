@@ -80,7 +80,7 @@ inline void store_tile(ov::bfloat16* out, const float* tile, size_t count) {
 struct KernelScales {
     const float* spatial = nullptr;
     const float* channel = nullptr;
-    size_t channels = 0, channels_per_group = 0, rows_per_group = 0;
+    size_t channels = 0, rows_per_group = 0;
 };
 
 // o[0 .. (m1-m0)*row) *= sample n's factors, o holding the mixed rows m0 .. m1-1 (rows of C/G * taps), in one
@@ -88,16 +88,17 @@ struct KernelScales {
 void scale_rows(float* __restrict o, const KernelScales& scales, size_t n, size_t m0, size_t m1, size_t row,
                 size_t taps) {
     const float* __restrict pattern = scales.spatial ? scales.spatial + n * taps : nullptr;
-    const size_t channels = scales.channel ? scales.channels_per_group : row / taps;
+    const size_t channels = row / taps;  // C/G
     for (size_t m = m0; m < m1; ++m) {
         const float* __restrict factor =
             scales.channel ? scales.channel + n * scales.channels + (m / scales.rows_per_group) * channels : nullptr;
         float* __restrict kernel = o + (m - m0) * row;
         if (taps == 1) {  // 1x1: each element has one channel factor and the single tap's
+            const float tap = pattern ? pattern[0] : 1.0f;
             if (factor)
-                for (size_t c = 0; c < channels; ++c) kernel[c] *= factor[c];
-            if (pattern)
-                for (size_t c = 0; c < channels; ++c) kernel[c] *= pattern[0];
+                for (size_t c = 0; c < channels; ++c) kernel[c] *= factor[c] * tap;
+            else
+                for (size_t c = 0; c < channels; ++c) kernel[c] *= tap;
             continue;
         }
         for (size_t c = 0; c < channels; ++c) {
@@ -270,8 +271,7 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     scales.spatial = spatial ? inputs[2].data<const float>() : nullptr;
     if (m_with_channel_scale) {
         const ov::Tensor& channel = inputs.back();
-        scales.channels_per_group = w_shape[2];
-        scales.channels = scales.channels_per_group * group;
+        scales.channels = w_shape[2] * group;
         scales.rows_per_group = m_count / group;
         OPENVINO_ASSERT(channel.get_shape() == ov::Shape({n_count, scales.channels}), "MixKernels: input-channel "
                         "scale ", channel.get_shape(), " must be [N, C] = [", n_count, ", ", scales.channels, "]");

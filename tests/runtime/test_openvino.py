@@ -12,8 +12,8 @@
 - Expert biases that are all equal, after a Softmax over K (a constant bias in the extension) and after
   other normalisations (mixed as usual).
 - ODConv's input-channel scale ``X0 * T[:, :, None, None]`` before a node, folded into the kernels at a static
-  batch (checked in the read model) and compared with the reference, also when the scaled X has another
-  consumer; a constant or batch-broadcast scale stays OpenVINO's.
+  batch (checked in the read model) and compared with the reference on every route (batches 1, 3, 17), also
+  when the scaled X has another consumer; a scale broadcast over the batch stays OpenVINO's.
 - The comparisons can fail: fed another sample's attention (or spatial attention), and with the bias dropped
   from the graph, the same check fails.
 - Every bundled dynamic sample, exported, lowered with ``plugin`` and run with a dynamic batch (1 and 2)
@@ -266,7 +266,8 @@ def channel_scaled_graph(config: LayerConfig, weight: np.ndarray, bias: np.ndarr
 
 SCALED = [c for c in CONFIGS if c.name in ("pointwise", "3x3-grouped-dilated-dynet", "3x3-odconv-spatial",
                                            "depthwise-3x3-stride2", "depthwise-5x5-multiplier-dilated",
-                                           "3x3-row-over-tile")]
+                                           "3x3-row-over-tile", "pointwise-dynet-spatial",
+                                           "pointwise-stride2-groups2")]
 
 
 @pytest.mark.parametrize("mode", ["f32", "bf16-inference" if BF16 else "bf16-experts"])
@@ -279,12 +280,12 @@ def test_an_input_channel_scale_is_folded_into_the_kernels(extension, config, ex
     generator = np.random.default_rng(1)
     graph = channel_scaled_graph(config, weight, bias, extra_consumer)
     with OpenVinoRuntime(graph, extension=extension, **options) as runtime:
-        for batch in BATCHES:
+        for batch in BATCHES + ((FOLDED_BATCH,) if mode == "f32" else ()):  # 17: the batch-folded or MatMul route
             scale = generator.uniform(0.2, 1.0, (batch, config.c)).astype(np.float32)  # a sigmoid's range
             x0 = feeds[batch]["X"]
             inputs = {"X0": x0, "T": scale, **{k: v for k, v in feeds[batch].items() if k != "X"}}
-            graph = runtime._read(tuple(inputs[spec.name].shape for spec in runtime.input_specs))
-            mix = [op for op in graph.get_ordered_ops() if op.get_type_name() == "MixKernels"]
+            read = runtime._read(tuple(inputs[spec.name].shape for spec in runtime.input_specs))
+            mix = [op for op in read.get_ordered_ops() if op.get_type_name() == "MixKernels"]
             assert [op.get_attributes()["with_channel_scale"] for op in mix] == [True]
             expected = reference(config, {**feeds[batch], "X": x0 * scale[:, :, None, None]}, weight, bias)
             outputs = runtime.run(inputs)
@@ -301,29 +302,23 @@ def test_an_input_channel_scale_is_folded_into_the_kernels(extension, config, ex
                                  f"{config.name}@{batch}: {defect}")
 
 
-def test_a_constant_or_broadcast_channel_scale_is_left_to_openvino(extension):
-    """A constant scale (which OpenVINO fuses itself) or one broadcast over the batch is not folded; Y is right."""
+def test_a_channel_scale_broadcast_over_the_batch_is_left_to_openvino(extension):
+    """T [1, C] for every sample of a batch of 3 is not folded (MixKernels takes one T per sample); Y is right."""
     config = CONFIGS[0]
     weight, bias, feeds = layer_case(config)
     batch = BATCHES[-1]
     scale = np.linspace(0.5, 1.5, config.c, dtype=np.float32)
-    for name, graph in (("constant", channel_scaled_graph(config, weight, bias)),
-                        ("broadcast", channel_scaled_graph(config, weight, bias))):
-        if name == "constant":
-            graph.graph.input.pop()  # T becomes an initializer of shape [1, C]
-            graph.graph.initializer.append(numpy_helper.from_array(scale[None], "T"))
-            inputs = {"X0": feeds[batch]["X"], "A": feeds[batch]["A"]}
-        else:
-            graph.graph.input[-1].type.tensor_type.shape.dim[0].dim_value = 1  # T [1, C] for every sample
-            inputs = {"X0": feeds[batch]["X"], "A": feeds[batch]["A"], "T": scale[None]}
-        with OpenVinoRuntime(graph, extension=extension) as runtime:
-            read = runtime._read(tuple(inputs[spec.name].shape for spec in runtime.input_specs))
-            mix = [op for op in read.get_ordered_ops() if op.get_type_name() == "MixKernels"]
-            assert [op.get_attributes()["with_channel_scale"] for op in mix] == [False], name
-            expected = reference(config, {**feeds[batch], "X": feeds[batch]["X"] * scale[None, :, None, None]},
-                                 weight, bias)
-            result = compare(runtime.run(inputs)["Y"], expected, TOLERANCES["fp32"], name)
-            assert result.passed, str(result)
+    graph = channel_scaled_graph(config, weight, bias)
+    graph.graph.input[-1].type.tensor_type.shape.dim[0].dim_value = 1
+    inputs = {"X0": feeds[batch]["X"], "A": feeds[batch]["A"], "T": scale[None]}
+    with OpenVinoRuntime(graph, extension=extension) as runtime:
+        read = runtime._read(tuple(inputs[spec.name].shape for spec in runtime.input_specs))
+        mix = [op for op in read.get_ordered_ops() if op.get_type_name() == "MixKernels"]
+        assert [op.get_attributes()["with_channel_scale"] for op in mix] == [False]
+        expected = reference(config, {**feeds[batch], "X": feeds[batch]["X"] * scale[None, :, None, None]},
+                             weight, bias)
+        result = compare(runtime.run(inputs)["Y"], expected, TOLERANCES["fp32"], "broadcast T")
+        assert result.passed, str(result)
 
 
 DYNAMIC_SAMPLES = [pytest.param(name, marks=[] if name == "tiny_dynamic" else [pytest.mark.slow])
@@ -404,7 +399,8 @@ def test_the_extension_is_the_environment_build_or_a_cached_one(extension, monke
     assert extension_library() == extension
 
 
-def test_the_ablation_script_replaces_exactly_the_mixing(extension):
+@pytest.mark.parametrize("precision", ["f32", "bf16"] if BF16 else ["f32"])
+def test_the_ablation_script_replaces_exactly_the_mixing(extension, precision):
     """benchmarks/openvino_ablation.py's ``weights only`` model: fed the kernels and biases MixKernels would have
     made, it gives the plugin graph's Y, so its time differs from the plugin's by the attention and mixing alone."""
     spec = importlib.util.spec_from_file_location(
@@ -414,8 +410,12 @@ def test_the_ablation_script_replaces_exactly_the_mixing(extension):
     config = CONFIGS[2]  # 3x3 with distinct expert biases: both outputs of MixKernels are replaced
     weight, bias, feeds = layer_case(config)
     batch = BATCHES[0]
-    with OpenVinoRuntime(contract_graph(config, weight, bias), extension=extension) as runtime:
-        graph = ablation.without_mixing(runtime._read(((batch, config.c, config.h, config.w), (batch, config.experts))))
+    shapes = ((batch, config.c, config.h, config.w), (batch, config.experts))
+    with OpenVinoRuntime(contract_graph(config, weight, bias), extension=extension, precision=precision) as runtime:
+        ablation.compiled(runtime, ablation.without_mixing(runtime._read(shapes)), feeds[batch]["X"])()  # as it times
+        if precision != "f32":
+            return
+        graph = ablation.without_mixing(runtime._read(shapes))
         types = {op.get_type_name() for op in graph.get_ordered_ops()}
         assert "MixKernels" not in types and "GroupConvolution" in types
         request = runtime._core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
