@@ -167,12 +167,17 @@ def layer_shape(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
 
 def cost_model(recalibrate: bool = False) -> CostModel:
     """The current GPU's :class:`~dyconv_deploy.ops.cuda_cost.CostModel` for this build of the kernels:
-    read from the cache (``<cache>/cuda-cost/``), else calibrated now (every available path timed on the
-    probe layers, about a second) and cached."""
+    read from the cache (``<cache>/cuda-cost/``, keyed by the kernel sources, the paths this build runs on
+    this GPU, the GPU's name, capability, multiprocessors and L2, and torch), else calibrated now (every
+    available path timed on its probe layers, about a second) and cached."""
     device = torch.cuda.get_device_properties(torch.cuda.current_device())
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in extension_sources()))
-    digest.update(f"{device.name}|{device.major}.{device.minor}|{torch.__version__}".encode())
-    path = default_cache_dir() / "cuda-cost" / f"{digest.hexdigest()[:20]}.json"
+    if "source_digest" not in _state:
+        _state["source_digest"] = hashlib.sha256(b"".join(p.read_bytes() for p in extension_sources())).hexdigest()
+    available = sorted(available_algos())
+    l2_bytes = int(getattr(device, "L2_cache_size", 0))
+    identity = [_state["source_digest"], *available, device.name, f"{device.major}.{device.minor}",
+                str(device.multi_processor_count), str(l2_bytes), torch.__version__]
+    path = default_cache_dir() / "cuda-cost" / f"{hashlib.sha256('|'.join(identity).encode()).hexdigest()[:20]}.json"
     key = str(path)
     if not recalibrate and key in _state["cost_models"]:
         return _state["cost_models"][key]
@@ -185,7 +190,7 @@ def cost_model(recalibrate: bool = False) -> CostModel:
     if model is None:
         logger.info("calibrating the CUDA kernels' cost model on %s (once per GPU and build; cached in %s)",
                     device.name, path.parent)
-        model = calibrate(_time_path, available_algos(), device.name, int(getattr(device, "L2_cache_size", 0)))
+        model = calibrate(_time_path, available, device.name, l2_bytes)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as scratch:
             scratch.write(model.to_json())
@@ -222,15 +227,24 @@ def _time_path(shape: LayerShape, path: str, dtype: str, iterations: int = 10) -
 
 def chosen_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence[int] = (1, 1),
                 padding: Sequence[int] = (0, 0, 0, 0), dilation: Sequence[int] = (1, 1), groups: int = 1) -> str:
-    """The path ``auto`` runs for these operands: :func:`~dyconv_deploy.ops.cuda_cost.choose` with this GPU's
-    :func:`cost_model` (overrides: ``$DYCONV_CUDA_ALGO``, ``$DYCONV_CUDA_COST_MODEL=0``); cached per shape."""
+    """The path ``auto`` runs for these operands: :func:`~dyconv_deploy.ops.cuda_cost.choose` with the
+    :func:`cost_model` of ``x``'s GPU (overrides: ``$DYCONV_CUDA_ALGO``, ``$DYCONV_CUDA_COST_MODEL=0``); cached
+    per shape and device. While a CUDA graph is being captured, a shape not seen before gets the kernels' own
+    heuristic, uncached (calibrating would synchronise the capturing stream); warm-up runs decide the rest."""
     shape = layer_shape(x, weight, stride, padding, dilation, groups)
     dtype = "float16" if x.dtype == torch.float16 else "float32"
     allow_tf32 = torch.backends.cudnn.allow_tf32
-    key = (shape, dtype, allow_tf32, os.environ.get(FORCE_ENV), os.environ.get(COST_MODEL_ENV))
+    key = (shape, dtype, x.device.index, allow_tf32, os.environ.get(FORCE_ENV), os.environ.get(COST_MODEL_ENV))
     if key not in _state["choices"]:
-        model = None if os.environ.get(COST_MODEL_ENV, "1") == "0" else cost_model()
-        _state["choices"][key] = choose(model, shape, dtype, available_algos(), allow_tf32)
+        with torch.cuda.device(x.device):
+            capturing = torch.cuda.is_current_stream_capturing()
+            model = None
+            if os.environ.get(COST_MODEL_ENV, "1") != "0" and not capturing:
+                model = cost_model()
+            choice = choose(model, shape, dtype, available_algos(), allow_tf32)
+        if capturing and model is None:
+            return choice  # not cached: once capture ends, the model is calibrated and decides
+        _state["choices"][key] = choice
     return _state["choices"][key]
 
 

@@ -3,19 +3,25 @@
 For every path of ``plugins/kernels`` (:data:`~dyconv_deploy.ops.cuda.ALGOS` but ``auto``),
 :func:`path_work` counts what one call costs — FLOPs, bytes that cross DRAM, kernel launches — from
 the layer's shape alone, and :class:`PathRates` turns work into time,
-``launches * launch_s + flops / flops_per_s + dram_bytes / bytes_per_s``, with the three rates of
-each path fitted (non-negative least squares) to its timings on a few probe layers
-(:func:`calibrate`: once per device and extension build, cached on disk). :func:`choose` then takes
-the path of least predicted time among those that apply and are available:
+``launches * launch_s + flops * s_per_flop + dram_bytes * s_per_byte``, with the three costs of
+each path fitted (non-negative least squares on relative errors) to its timings on the probe layers
+it applies to (:func:`calibrate`: once per device and extension build, cached on disk).
+:func:`choose` then takes the path of least predicted time among those that apply and are available:
 
-* ``depthwise``: C/G == 1; conv FLOPs + mixing each plane once; reads X, the experts, writes Y.
-* ``gemm-fused``: experts mixed while each block loads a weight tile, so every pixel tile of every
+* ``depthwise``: C/G == 1; conv FLOPs + mixing the taps once per 256-pixel block; reads X, the
+  experts, writes Y.
+* ``gemm-fused``: experts mixed while each block loads a weight tile, so every 64-pixel tile of every
   sample mixes its tile again (``K`` multiply-adds per weight per tile) and reads the experts again
   (from L2 while they fit in half of it, else from DRAM); no workspace.
 * ``gemm-aggregated`` / ``cublas-pointwise``: one launch writes the per-sample kernels
-  (``N * M * C/G * kH * kW``, fp32 / the input type) from one read of the experts, the GEMM reads
-  them back; ``cublas-pointwise`` only for an unpadded stride-1 1x1 conv, on tensor cores.
+  (``N * M * C/G * kH * kW``, fp32 / the input type), reading the experts once per sample (from L2
+  while they fit in half of it), the GEMM reads them back; ``cublas-pointwise`` only for an unpadded
+  stride-1 1x1 conv, on tensor cores.
 * ``tensor-core-fused``: the fused work on tensor cores (sm_80+).
+
+Not counted (the fitted costs absorb them on average): the SIMT GEMM's 32x32-tile and split-K plans
+for grids too small to fill the GPU (more re-mixing, a second launch and the partial sums' traffic),
+and the bias (an extra launch and a read of Y for ``cublas-pointwise``).
 
 Tensor-core paths round fp32 inputs to TF32, so for float32 they are candidates only while
 ``torch.backends.cudnn.allow_tf32`` is set, the same switch that lets cuDNN's static conv use TF32
@@ -27,6 +33,7 @@ wherever it applies; ``DYCONV_CUDA_COST_MODEL=0`` keeps the kernels' own batch-i
 """
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
@@ -39,7 +46,7 @@ PATHS = ("depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise", "tens
 TENSOR_CORE_PATHS = ("cublas-pointwise", "tensor-core-fused")
 FORCE_ENV = "DYCONV_CUDA_ALGO"
 COST_MODEL_ENV = "DYCONV_CUDA_COST_MODEL"
-PIXEL_TILE = 64  # output pixels of one implicit-GEMM block (kMmaTile; the SIMT GEMM's 64-pixel plan)
+PIXEL_TILE = 64  # output pixels of one implicit-GEMM block (kMmaTile; the SIMT GEMM's 64x64 plan)
 
 
 @dataclass(frozen=True)
@@ -100,20 +107,21 @@ def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
         return Work(conv_flops + mix_once * tiles, activations + reread, 1)
     if path in ("gemm-aggregated", "cublas-pointwise"):
         kernel_bytes = s.n * s.kernel_elements * (4 if path == "gemm-aggregated" else e)
-        return Work(conv_flops + mix_once, activations + experts + 2.0 * kernel_bytes, 2)
+        reread = experts * (1 if 2 * experts <= l2_bytes else s.n)  # the aggregation reads them per sample
+        return Work(conv_flops + mix_once, activations + reread + 2.0 * kernel_bytes, 2)
     raise DyconvError(f"no cost model for kernel path {path!r}; paths: {', '.join(PATHS)}")
 
 
 @dataclass(frozen=True)
 class PathRates:
-    """Fitted rates of one path: seconds per launch, FLOPs and DRAM bytes per second (inf: no cost seen)."""
+    """Fitted costs of one path, each >= 0: seconds per launch, per FLOP and per DRAM byte."""
 
     launch_s: float
-    flops_per_s: float
-    bytes_per_s: float
+    s_per_flop: float
+    s_per_byte: float
 
     def seconds(self, work: Work) -> float:
-        return work.launches * self.launch_s + work.flops / self.flops_per_s + work.dram_bytes / self.bytes_per_s
+        return work.launches * self.launch_s + work.flops * self.s_per_flop + work.dram_bytes * self.s_per_byte
 
 
 @dataclass
@@ -133,7 +141,7 @@ class CostModel:
     def to_json(self) -> str:
         return json.dumps({"device": self.device, "l2_bytes": self.l2_bytes,
                            "rates": {d: {p: asdict(r) for p, r in paths.items()} for d, paths in self.rates.items()}},
-                          indent=1, sort_keys=True)
+                          indent=1, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> "CostModel":
@@ -146,33 +154,32 @@ class CostModel:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DyconvError(f"not a dyconv cost model: {exc}") from exc
         unknown = sorted({p for paths in rates.values() for p in paths} - set(PATHS))
-        if unknown or any(v <= 0 for paths in rates.values() for r in paths.values()
-                          for v in (r.flops_per_s, r.bytes_per_s)):
-            raise DyconvError(f"not a dyconv cost model: unknown paths {unknown} or non-positive rates")
+        if unknown or not all(math.isfinite(v) and v >= 0 for paths in rates.values() for r in paths.values()
+                              for v in asdict(r).values()):
+            raise DyconvError(f"not a dyconv cost model: unknown paths {unknown} or costs that are not finite "
+                              "and >= 0")
         return model
 
 
 def fit_rates(works: Iterable[Work], seconds: Iterable[float]) -> PathRates:
-    """Rates for which ``PathRates.seconds`` best fits measured ``seconds`` (least squares on the three
-    non-negative coefficients launch time, 1 / FLOP rate, 1 / byte rate; a coefficient that would be
-    negative is dropped and the rest refitted). Needs at least three timings."""
+    """Costs for which ``PathRates.seconds`` best fits measured ``seconds``: least squares on the relative
+    errors (so large probes do not outweigh small ones) over the three non-negative coefficients; a
+    coefficient that would be negative is dropped and the rest refitted. Needs at least three timings."""
     works, seconds = list(works), np.asarray(list(seconds), np.float64)
     if len(works) < 3 or len(works) != len(seconds) or not np.all(seconds > 0):
         raise DyconvError(f"fitting a path's rates needs >= 3 positive timings, got {list(seconds)}")
-    design = np.array([[w.launches, w.flops, w.dram_bytes] for w in works], np.float64)
+    design = np.array([[w.launches, w.flops, w.dram_bytes] for w in works], np.float64) / seconds[:, None]
     scale = design.max(axis=0)
     scale[scale == 0] = 1.0
     active = [0, 1, 2]
     while True:
-        solution, *_ = np.linalg.lstsq(design[:, active] / scale[active], seconds, rcond=None)
+        solution, *_ = np.linalg.lstsq(design[:, active] / scale[active], np.ones(len(works)), rcond=None)
         if np.all(solution >= 0) or len(active) == 1:
             break
         active.pop(int(np.argmin(solution)))
     coefficients = np.zeros(3)
     coefficients[active] = np.maximum(solution, 0) / scale[active]
-    launch, per_flop, per_byte = coefficients
-    return PathRates(float(launch), 1.0 / per_flop if per_flop > 0 else float("inf"),
-                     1.0 / per_byte if per_byte > 0 else float("inf"))
+    return PathRates(*(float(c) for c in coefficients))
 
 
 # Layers the calibration times, chosen to separate the three rates: launch-bound, FLOP-bound and
@@ -180,7 +187,7 @@ def fit_rates(works: Iterable[Work], seconds: Iterable[float]) -> PathRates:
 PROBES = (
     (1, 16, 8, 16, 1, 1), (64, 256, 28, 256, 1, 1), (1, 960, 7, 320, 1, 1), (32, 128, 28, 128, 1, 3),
     (1, 512, 7, 512, 1, 3), (256, 64, 14, 64, 1, 1),
-    (1, 32, 8, 32, 32, 3), (64, 192, 56, 192, 192, 3), (8, 960, 7, 960, 960, 3),
+    (1, 32, 8, 32, 32, 3), (64, 192, 56, 192, 192, 3), (8, 960, 7, 960, 960, 3), (16, 576, 14, 576, 576, 3),
 )
 
 
@@ -192,8 +199,8 @@ def probe_shapes(element_bytes: int) -> list[LayerShape]:
 
 def calibrate(time_path: Callable[[LayerShape, str, str], float], available: Iterable[str], device: str,
               l2_bytes: int, dtypes: Iterable[str] = ("float32", "float16")) -> CostModel:
-    """A :class:`CostModel` from ``time_path(shape, path, dtype)`` (seconds per call) on :func:`probe_shapes`,
-    for every available path that applies to at least three probes."""
+    """A :class:`CostModel` from ``time_path(shape, path, dtype)`` (seconds per call) on those of
+    :func:`probe_shapes` each available path applies to (at least three: four depthwise, four pointwise)."""
     model = CostModel(device, l2_bytes)
     for dtype in dtypes:
         shapes = probe_shapes(2 if dtype == "float16" else 4)

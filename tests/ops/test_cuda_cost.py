@@ -10,8 +10,11 @@
   per GPU and build, and a damaged cache file is calibrated again.
 """
 
+import contextlib
+import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,10 +47,12 @@ def test_the_work_of_each_path_matches_a_hand_count():
         path_work(LAYER, "im2col", L2)
 
 
-def test_fused_paths_reread_experts_that_outgrow_half_of_l2_and_cublas_kernels_take_the_input_type():
+def test_experts_that_outgrow_half_of_l2_are_reread_and_cublas_kernels_take_the_input_type():
     experts = 4 * 64 * 64 * 9 * 4
     small_l2 = path_work(LAYER, "gemm-fused", 2 * experts - 1)
     assert small_l2.dram_bytes - path_work(LAYER, "gemm-fused", 2 * experts).dram_bytes == experts * (8 * 4 - 1)
+    aggregated = path_work(LAYER, "gemm-aggregated", 2 * experts - 1)
+    assert aggregated.dram_bytes - path_work(LAYER, "gemm-aggregated", 2 * experts).dram_bytes == experts * (8 - 1)
     half = LayerShape(**{**POINTWISE.__dict__, "element_bytes": 2})
     kernels = 8 * 64 * 64
     assert (path_work(half, "gemm-aggregated", L2).dram_bytes - path_work(half, "cublas-pointwise", L2).dram_bytes
@@ -60,26 +65,41 @@ def test_paths_apply_to_their_shapes():
     assert path_applies(POINTWISE, "cublas-pointwise")
 
 
+def rates(launch_s: float, flops_per_s: float, bytes_per_s: float) -> PathRates:
+    return PathRates(launch_s, 1 / flops_per_s, 1 / bytes_per_s)
+
+
 def test_fitting_recovers_the_rates_behind_the_timings():
-    truth = PathRates(launch_s=6e-6, flops_per_s=2e13, bytes_per_s=3e12)
+    truth = rates(6e-6, 2e13, 3e12)
     works = [path_work(s, "gemm-aggregated", L2) for s in probe_shapes(4)]
     fitted = fit_rates(works, [truth.seconds(w) for w in works])
-    for name in ("launch_s", "flops_per_s", "bytes_per_s"):
+    for name in ("launch_s", "s_per_flop", "s_per_byte"):
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
     # Timings that no launch cost explains: that coefficient is dropped, not fitted negative.
-    no_launch = PathRates(launch_s=0.0, flops_per_s=1e13, bytes_per_s=1e12)
+    no_launch = rates(0.0, 1e13, 1e12)
     fitted = fit_rates(works, [no_launch.seconds(w) for w in works])
-    assert fitted.launch_s >= 0 and fitted.flops_per_s == pytest.approx(1e13, rel=1e-3)
+    assert fitted.launch_s >= 0 and fitted.s_per_flop == pytest.approx(1e-13, rel=1e-3)
+    # With noise, the fit minimises the squared relative errors, not the absolute ones: a 10 % error on a 12 us
+    # probe counts as much as on a 400 us one.
+    noisy = np.array([truth.seconds(w) * (1.1 if i % 2 else 0.9) for i, w in enumerate(works)])
+    design = np.array([[w.launches, w.flops, w.dram_bytes] for w in works])
+    absolute, *_ = np.linalg.lstsq(design / design.max(0), noisy, rcond=None)
+    fitted = fit_rates(works, noisy)
+    def relative_sse(predicted):
+        return float(np.sum((predicted / noisy - 1) ** 2))
+
+    assert relative_sse(np.array([fitted.seconds(w) for w in works])) < 0.9 * relative_sse(
+        design / design.max(0) @ absolute)
     with pytest.raises(DyconvError, match=">= 3 positive timings"):
         fit_rates(works[:2], [1e-3, 2e-3])
 
 
 RATES = {  # a made-up GPU: tensor cores 8x the SIMT FLOPs, fused paths pay for their re-mixing
-    "depthwise": PathRates(5e-6, 5e12, 2e12),
-    "gemm-fused": PathRates(5e-6, 2e13, 2.5e12),
-    "gemm-aggregated": PathRates(5e-6, 2e13, 2.5e12),
-    "cublas-pointwise": PathRates(8e-6, 1.6e14, 2.5e12),
-    "tensor-core-fused": PathRates(5e-6, 1.2e14, 2.5e12),
+    "depthwise": rates(5e-6, 5e12, 2e12),
+    "gemm-fused": rates(5e-6, 2e13, 2.5e12),
+    "gemm-aggregated": rates(5e-6, 2e13, 2.5e12),
+    "cublas-pointwise": rates(8e-6, 1.6e14, 2.5e12),
+    "tensor-core-fused": rates(5e-6, 1.2e14, 2.5e12),
 }
 
 
@@ -90,7 +110,7 @@ def fake_model() -> CostModel:
 def test_calibration_fits_every_available_path_from_its_timings():
     model = fake_model()
     assert set(model.rates) == {"float32", "float16"} and set(model.rates["float32"]) == set(PATHS)
-    assert model.rates["float16"]["cublas-pointwise"].flops_per_s == pytest.approx(1.6e14, rel=1e-6)
+    assert model.rates["float16"]["cublas-pointwise"].s_per_flop == pytest.approx(1 / 1.6e14, rel=1e-6)
     timed = []
     calibrate(lambda shape, path, dtype: timed.append(path) or 1e-3, ["gemm-fused"], "fake", L2, ["float32"])
     assert timed == ["gemm-fused"] * len(probe_shapes(4))  # only the paths it is given
@@ -126,10 +146,18 @@ def test_the_model_survives_json_and_refuses_anything_else():
     model = fake_model()
     again = CostModel.from_json(model.to_json())
     assert again == model
-    for text in ("[]", '{"device": "x"}', model.to_json().replace("gemm-fused", "im2col"),
-                 model.to_json().replace('"flops_per_s": 2', '"flops_per_s": -2')):
+    assert "Infinity" not in model.to_json() and "NaN" not in model.to_json()  # strict JSON for other tools
+    def edited(value):
+        data = json.loads(model.to_json())
+        data["rates"]["float32"]["gemm-fused"]["s_per_flop"] = value
+        return json.dumps(data)
+
+    for text in ("[]", '{"device": "x"}', model.to_json().replace("gemm-fused", "im2col"), edited(-1e-13),
+                 edited(float("nan")), edited(float("inf"))):
         with pytest.raises(DyconvError, match="not a dyconv cost model"):
             CostModel.from_json(text)
+    with pytest.raises(ValueError):  # a model with a non-finite cost is never written
+        CostModel("x", L2, {"float32": {"depthwise": PathRates(float("nan"), 0.0, 0.0)}}).to_json()
 
 
 def test_the_cuda_kernel_runs_the_chosen_path(monkeypatch):
@@ -138,6 +166,8 @@ def test_the_cuda_kernel_runs_the_chosen_path(monkeypatch):
     monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
     monkeypatch.setattr(cuda, "dynamic_conv2d_cuda", lambda *args, algo: calls.append(algo))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setitem(cuda._state, "choices", {})
     x, weight = torch.zeros(256, 256, 28, 28, dtype=torch.float16), torch.zeros(4, 256, 256, 1, 1)
     attention = torch.zeros(256, 4)
@@ -152,7 +182,7 @@ def test_the_cuda_kernel_runs_the_chosen_path(monkeypatch):
 def test_the_model_is_calibrated_once_per_gpu_and_build_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("DYCONV_DEPLOY_CACHE", str(tmp_path))
     monkeypatch.setitem(cuda._state, "cost_models", {})
-    device = SimpleNamespace(name="Fake GPU", major=9, minor=0, L2_cache_size=L2)
+    device = SimpleNamespace(name="Fake GPU", major=9, minor=0, multi_processor_count=132, L2_cache_size=L2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: device)
     monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
@@ -170,4 +200,48 @@ def test_the_model_is_calibrated_once_per_gpu_and_build_and_cached(monkeypatch, 
     assert CostModel.from_json(cached.read_text()) == first
     device.name = "Other GPU"
     cuda.cost_model()
-    assert len(list((tmp_path / "cuda-cost").glob("*.json"))) == 2
+    device.multi_processor_count = 114  # the same GPU with fewer multiprocessors (a MIG slice, an H100 PCIe)
+    cuda.cost_model()
+    monkeypatch.setattr(cuda, "available_algos", lambda: [p for p in PATHS if p != "cublas-pointwise"])
+    cuda.cost_model()  # a build without cuBLAS
+    assert len(list((tmp_path / "cuda-cost").glob("*.json"))) == 4 == len(calibrations) - 1
+
+
+def test_while_a_cuda_graph_is_captured_a_new_shape_is_not_calibrated(monkeypatch):
+    monkeypatch.setattr(cuda, "cost_model", lambda: pytest.fail("calibrated during capture"))
+    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setitem(cuda._state, "choices", {})
+    x, weight, attention = torch.zeros(1, 8, 5, 5), torch.zeros(2, 8, 8, 1, 1), torch.zeros(1, 2)
+    assert cuda.chosen_algo(x, attention, weight) == "auto" and cuda._state["choices"] == {}
+
+
+def test_each_gpu_gets_its_own_choice(monkeypatch):
+    """The choice is cached per device: a second GPU whose model prefers another path is asked again."""
+    fast, slow = fake_model(), fake_model()
+    shape_x = (256, 256, 28, 28)
+    weight, attention = torch.zeros(4, 256, 256, 1, 1), torch.zeros(256, 4)
+    first = choose(fast, cuda.layer_shape(torch.zeros(shape_x), weight, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+                   "float32", PATHS, False, {})
+    slow.rates["float32"][first] = PathRates(1.0, 1.0, 1.0)  # this GPU runs that path very slowly
+    models = {0: fast, 1: slow}
+    current = {"index": 0}
+
+    @contextlib.contextmanager
+    def device(d):
+        current["index"] = d.index
+        yield
+
+    monkeypatch.setattr(cuda, "cost_model", lambda: models[current["index"]])
+    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setitem(cuda._state, "choices", {})
+    choices = []
+    for index in (0, 1):
+        x = SimpleNamespace(shape=shape_x, dtype=torch.float32, element_size=lambda: 4,
+                            device=SimpleNamespace(index=index))
+        choices.append(cuda.chosen_algo(x, attention, weight))
+    assert choices[0] == first and choices[1] != first
