@@ -4,8 +4,8 @@
 //   Y  = per-sample convolutions (oneDNN), by what the reader knows of the batch N:
 //        N = 1              GroupConvolution(X, Wn)
 //        static N <= 16     Concat_n GroupConvolution(X[n], Wn[n])  (Split along N: the convolutions keep
-//                           oneDNN's channels-last layout; DY-MobileNetV2 at batch 8 -9% in f32, -31% in bf16
-//                           against the folded route, which reorders X and Y every layer)
+//                           oneDNN's channels-last layout; at batch 8 against the folded route, which reorders
+//                           X and Y every layer: DY-MobileNetV2 as fast in f32, -15% in bf16, DY-ResNet-18 -35%)
 //        larger/dynamic N   GroupConvolution(X as [1, N*C, H, W], Wn) as [N, M, Ho, Wo] (batch folded into
 //                           the groups), or for an unpadded stride-1 1x1 conv with G = 1
 //                           MatMul(Wn as [N, M, C], X as [N, C, H*W])
@@ -187,7 +187,8 @@ ov::OutputVector convert_dynamic_conv2d(const ov::frontend::NodeContext& context
         y = conv(x, kernels);
     } else if (batch > 1 && batch <= kMaxUnrolledBatch) {
         // One convolution per sample: they keep oneDNN's channels-last layout, where a batch folded into the
-        // groups costs two activation reorders per layer (DY-MobileNetV2 at batch 8: -9% in f32, -31% in bf16).
+        // groups costs two activation reorders per layer (at batch 8: DY-MobileNetV2 as fast in f32, -15% in bf16;
+        // DY-ResNet-18 -35%).
         const auto axis = v0::Constant::create(ov::element::i64, ov::Shape{}, {0});
         const auto x_split = std::make_shared<v1::Split>(x, axis, batch);
         const auto k_split = std::make_shared<v1::Split>(kernels, axis, batch);
