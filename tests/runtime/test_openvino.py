@@ -432,3 +432,19 @@ def test_the_ablation_script_replaces_exactly_the_mixing(extension, precision):
                          TOLERANCES["fp32"], "weights only, fed the mixed kernels")
         assert result.passed, str(result)
 
+
+
+def test_the_ablation_script_prints_its_table(extension, tmp_path, monkeypatch, capsys):
+    """``python benchmarks/openvino_ablation.py --sample tiny_dynamic``: one row per batch, ratios to the twin."""
+    spec = importlib.util.spec_from_file_location(
+        "_openvino_ablation", Path(__file__).parents[2] / "benchmarks" / "openvino_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    monkeypatch.setattr("sys.argv", ["openvino_ablation.py", "--sample", "tiny_dynamic", "--batches", "1", "2",
+                                     "--iterations", "2", "--warmup", "1", "--cache-dir", str(tmp_path)])
+    ablation.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tiny_dynamic on OpenVINO, f32") and "run-time weights" in lines[1]
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["1", "2"] and all(row[3].startswith("(") and row[3].endswith("x)")
+                                                          for row in rows)
