@@ -8,6 +8,7 @@ import pytest
 from dyconv_deploy.bench import bench
 from dyconv_deploy.bench.graphs import CACHE_ENV, twin_spec
 from dyconv_deploy.bench.measure import interleaved, summarize
+from dyconv_deploy.bench.report import OPENVINO_PROFILE_CAVEAT, profile_table
 from dyconv_deploy.cli.main import main
 from dyconv_deploy.export.settings import STRATEGIES
 
@@ -158,6 +159,8 @@ def test_profile_splits_each_graph_into_op_categories(tmp_path, cache, backend):
     assert saved["settings"]["profile"] is True
     assert all(set(r["profile"]["categories"]) == {"attention", "mixing", "convolution", "other"}
                for r in saved["results"])
+    caption = profile_table(result).caption  # OpenVINO's table says how far its counters can be trusted
+    assert (caption == OPENVINO_PROFILE_CAVEAT) if backend == "openvino" else caption is None
 
 
 def test_profile_is_refused_where_no_profiler_is_wired(capsys):
