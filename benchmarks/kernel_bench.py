@@ -31,7 +31,6 @@ Writes ``kernel_bench_<gpu>.md`` and ``.json`` atomically under ``--out`` (defau
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -110,23 +109,6 @@ def operands(shape: LayerShape, batch: int, dtype: torch.dtype) -> dict:
     }
 
 
-def median_ms(fn, iters: int, repeats: int, warmup: int = 5) -> float:
-    """Per-call time of ``fn()`` on the current stream in ms: the median over ``repeats`` groups of ``iters``
-    back-to-back calls, each group timed by two CUDA events and synchronised once."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / iters)
-    return statistics.median(times)
-
-
 def set_tf32(allowed: bool) -> None:
     """TF32 tensor cores for cuDNN convolutions and for matmuls (the grouped conv's einsum)."""
     torch.backends.cudnn.allow_tf32 = allowed
@@ -143,14 +125,17 @@ def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, ite
     static_weight = ops["weight"][0].contiguous()
     static_bias = None if ops["bias"] is None else ops["bias"][0].contiguous()
     algo = cuda_ops.chosen_algo(ops["x"], ops["attention"], ops["weight"], **conv)  # the cost model's pick
+    def median_ms(fn):  # per call, ms: CUDA events around groups of back-to-back calls
+        return cuda_ops.median_call_ms(fn, iters, repeats, warmup=5)
+
     with torch.no_grad():
         timings = {
-            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=algo), iters, repeats),
+            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=algo)),
             "cudnn_static": median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride,
-                                                       static_padding, shape.dilation, shape.groups), iters, repeats),
-            "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv), iters, repeats),
-            "tensor_core": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo="tensor-core-fused"),
-                                     iters, repeats) if tensor_cores else None,
+                                                       static_padding, shape.dilation, shape.groups)),
+            "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv)),
+            "tensor_core": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo="tensor-core-fused"))
+                           if tensor_cores else None,
         }
     heuristic = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
     return {"batch": batch, "algo": algo, "heuristic_algo": heuristic, **{f"{k}_ms": v for k, v in timings.items()}}

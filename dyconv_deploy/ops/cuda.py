@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -200,8 +201,26 @@ def cost_model(recalibrate: bool = False) -> CostModel:
     return model
 
 
-def _time_path(shape: LayerShape, path: str, dtype: str, iterations: int = 10) -> float:
-    """Seconds per call of ``path`` on random operands of ``shape`` (CUDA events, after 3 warm-up calls)."""
+def median_call_ms(fn, iterations: int, repeats: int = 1, warmup: int = 3) -> float:
+    """Per-call time of ``fn()`` on the current CUDA stream in ms: the median over ``repeats`` groups of
+    ``iterations`` back-to-back calls (after ``warmup`` untimed ones), each group timed by two CUDA events and
+    synchronised once."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iterations):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / iterations)
+    return statistics.median(times)
+
+
+def _time_path(shape: LayerShape, path: str, dtype: str) -> float:
+    """Seconds per call of ``path`` on random operands of ``shape`` (:func:`median_call_ms`, 10 calls)."""
     kind = torch.float16 if dtype == "float16" else torch.float32
     generator = torch.Generator(device="cuda").manual_seed(0)
     def rand(*size):
@@ -211,18 +230,8 @@ def _time_path(shape: LayerShape, path: str, dtype: str, iterations: int = 10) -
     weight = rand(shape.experts, shape.m, shape.c // shape.groups, shape.kh, shape.kw)
     attention = torch.softmax(rand(shape.n, shape.experts).float(), 1).to(kind)
     padding = (0, 0, 0, 0) if shape.pointwise else (shape.kh // 2, shape.kw // 2, shape.kh // 2, shape.kw // 2)
-    def call():
-        dynamic_conv2d_cuda(x, attention, weight, None, None, (1, 1), padding, (1, 1), shape.groups, algo=path)
-
-    for _ in range(3):
-        call()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iterations):
-        call()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / iterations
+    return median_call_ms(lambda: dynamic_conv2d_cuda(x, attention, weight, None, None, (1, 1), padding, (1, 1),
+                                                      shape.groups, algo=path), 10) / 1e3
 
 
 def chosen_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence[int] = (1, 1),
@@ -238,12 +247,10 @@ def chosen_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence[i
     if key not in _state["choices"]:
         with torch.cuda.device(x.device):
             capturing = torch.cuda.is_current_stream_capturing()
-            model = None
-            if os.environ.get(COST_MODEL_ENV, "1") != "0" and not capturing:
-                model = cost_model()
-            choice = choose(model, shape, dtype, available_algos(), allow_tf32)
-        if capturing and model is None:
-            return choice  # not cached: once capture ends, the model is calibrated and decides
+            use_model = os.environ.get(COST_MODEL_ENV, "1") != "0" and not capturing
+            choice = choose(cost_model() if use_model else None, shape, dtype, available_algos(), allow_tf32)
+        if capturing:
+            return choice  # not cached: after the capture the model decides
         _state["choices"][key] = choice
     return _state["choices"][key]
 

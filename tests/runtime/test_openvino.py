@@ -399,14 +399,20 @@ def test_the_extension_is_the_environment_build_or_a_cached_one(extension, monke
     assert extension_library() == extension
 
 
-@pytest.mark.parametrize("precision", ["f32", "bf16"] if BF16 else ["f32"])
-def test_the_ablation_script_replaces_exactly_the_mixing(extension, precision):
-    """benchmarks/openvino_ablation.py's ``weights only`` model: fed the kernels and biases MixKernels would have
-    made, it gives the plugin graph's Y, so its time differs from the plugin's by the attention and mixing alone."""
+@pytest.fixture(scope="module")
+def ablation():
+    """``benchmarks/openvino_ablation.py`` as a module."""
     spec = importlib.util.spec_from_file_location(
         "_openvino_ablation", Path(__file__).parents[2] / "benchmarks" / "openvino_ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"] if BF16 else ["f32"])
+def test_the_ablation_script_replaces_exactly_the_mixing(extension, ablation, precision):
+    """benchmarks/openvino_ablation.py's ``weights only`` model: fed the kernels and biases MixKernels would have
+    made, it gives the plugin graph's Y, so its time differs from the plugin's by the attention and mixing alone."""
     config = CONFIGS[2]  # 3x3 with distinct expert biases: both outputs of MixKernels are replaced
     weight, bias, feeds = layer_case(config)
     batch = BATCHES[0]
@@ -434,12 +440,8 @@ def test_the_ablation_script_replaces_exactly_the_mixing(extension, precision):
 
 
 
-def test_the_ablation_script_prints_its_table(extension, tmp_path, monkeypatch, capsys):
+def test_the_ablation_script_prints_its_table(extension, ablation, tmp_path, monkeypatch, capsys):
     """``python benchmarks/openvino_ablation.py --sample tiny_dynamic``: one row per batch, ratios to the twin."""
-    spec = importlib.util.spec_from_file_location(
-        "_openvino_ablation", Path(__file__).parents[2] / "benchmarks" / "openvino_ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
     monkeypatch.setattr("sys.argv", ["openvino_ablation.py", "--sample", "tiny_dynamic", "--batches", "1", "2",
                                      "--iterations", "2", "--warmup", "1", "--cache-dir", str(tmp_path)])
     ablation.main()
