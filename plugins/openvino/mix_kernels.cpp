@@ -80,7 +80,7 @@ inline void store_tile(ov::bfloat16* out, const float* tile, size_t count) {
 struct KernelScales {
     const float* spatial = nullptr;
     const float* channel = nullptr;
-    size_t channels = 0, rows_per_group = 0;
+    size_t input_channels = 0, rows_per_group = 0;  // C, and M/G
 };
 
 // o[0 .. (m1-m0)*row) *= sample n's factors, o holding the mixed rows m0 .. m1-1 (rows of C/G * taps), in one
@@ -88,10 +88,10 @@ struct KernelScales {
 void scale_rows(float* __restrict o, const KernelScales& scales, size_t n, size_t m0, size_t m1, size_t row,
                 size_t taps) {
     const float* __restrict pattern = scales.spatial ? scales.spatial + n * taps : nullptr;
-    const size_t channels = row / taps;  // C/G
+    const size_t channels = row / taps;  // of one group: C/G
     for (size_t m = m0; m < m1; ++m) {
         const float* __restrict factor =
-            scales.channel ? scales.channel + n * scales.channels + (m / scales.rows_per_group) * channels : nullptr;
+            scales.channel ? scales.channel + n * scales.input_channels + (m / scales.rows_per_group) * channels : nullptr;
         float* __restrict kernel = o + (m - m0) * row;
         if (taps == 1) {  // 1x1: each element has one channel factor and the single tap's
             const float tap = pattern ? pattern[0] : 1.0f;
@@ -271,10 +271,10 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     scales.spatial = spatial ? inputs[2].data<const float>() : nullptr;
     if (m_with_channel_scale) {
         const ov::Tensor& channel = inputs.back();
-        scales.channels = w_shape[2] * group;
+        scales.input_channels = w_shape[2] * group;
         scales.rows_per_group = m_count / group;
-        OPENVINO_ASSERT(channel.get_shape() == ov::Shape({n_count, scales.channels}), "MixKernels: input-channel "
-                        "scale ", channel.get_shape(), " must be [N, C] = [", n_count, ", ", scales.channels, "]");
+        OPENVINO_ASSERT(channel.get_shape() == ov::Shape({n_count, scales.input_channels}), "MixKernels: input-channel "
+                        "scale ", channel.get_shape(), " must be [N, C] = [", n_count, ", ", scales.input_channels, "]");
         scales.channel = channel.data<const float>();
     }
     if (m_kernel_type == "bf16") {
