@@ -157,7 +157,8 @@ def available_algos() -> list[str]:
 
 def layer_shape(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                 groups: int) -> LayerShape:
-    """The :class:`~dyconv_deploy.ops.cuda_cost.LayerShape` of one call (operands as for :func:`dynamic_conv2d_cuda`)."""
+    """The :class:`~dyconv_deploy.ops.cuda_cost.LayerShape` of one call (operands as for
+    :func:`dynamic_conv2d_cuda`)."""
     n, c, h, w = (int(d) for d in x.shape)
     k, m, _, kh, kw = (int(d) for d in weight.shape)
     ho = output_size(h, padding[0], padding[2], kh, stride[0], dilation[0])

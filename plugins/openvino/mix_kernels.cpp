@@ -90,8 +90,8 @@ void scale_rows(float* __restrict o, const KernelScales& scales, size_t n, size_
     const float* __restrict pattern = scales.spatial ? scales.spatial + n * taps : nullptr;
     const size_t channels = row / taps;  // of one group: C/G
     for (size_t m = m0; m < m1; ++m) {
-        const float* __restrict factor =
-            scales.channel ? scales.channel + n * scales.input_channels + (m / scales.rows_per_group) * channels : nullptr;
+        const float* __restrict factor = nullptr;
+        if (scales.channel) factor = scales.channel + n * scales.input_channels + m / scales.rows_per_group * channels;
         float* __restrict kernel = o + (m - m0) * row;
         if (taps == 1) {  // 1x1: each element has one channel factor and the single tap's
             const float tap = pattern ? pattern[0] : 1.0f;
@@ -273,8 +273,9 @@ bool MixKernels::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
         const ov::Tensor& channel = inputs.back();
         scales.input_channels = w_shape[2] * group;
         scales.rows_per_group = m_count / group;
-        OPENVINO_ASSERT(channel.get_shape() == ov::Shape({n_count, scales.input_channels}), "MixKernels: input-channel "
-                        "scale ", channel.get_shape(), " must be [N, C] = [", n_count, ", ", scales.input_channels, "]");
+        OPENVINO_ASSERT(channel.get_shape() == ov::Shape({n_count, scales.input_channels}),
+                        "MixKernels: input-channel scale ", channel.get_shape(), " must be [N, C] = [", n_count, ", ",
+                        scales.input_channels, "]");
         scales.channel = channel.data<const float>();
     }
     if (m_kernel_type == "bf16") {

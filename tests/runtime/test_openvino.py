@@ -251,7 +251,8 @@ def test_explicit_empty_optional_inputs_and_one_compile_per_shape(extension):
 
 def channel_scaled_graph(config: LayerConfig, weight: np.ndarray, bias: np.ndarray | None,
                           extra_consumer: bool = False) -> onnx.ModelProto:
-    """ODConv's input-channel attention before a contract node: ``Y = DynamicConv2d(X0 * T[:, :, None, None], A, W, ...)``
+    """ODConv's input-channel attention before a contract node:
+    ``Y = DynamicConv2d(X0 * T[:, :, None, None], A, W, ...)``
     with graph inputs X0 and T [N, C] (and, with ``extra_consumer``, the scaled X also a graph output)."""
     graph = contract_graph(config, weight, bias)
     graph.graph.input[0].name = "X0"
