@@ -101,8 +101,8 @@ def dynamic_conv2d_cuda(x: Tensor, attention: Tensor, weight: Tensor, bias: Opti
         x: ``[N, C, H, W]`` float32 or float16. attention: ``[N, K]`` or ``[N, K, M]``.
         weight: ``[K, M, C/groups, kH, kW]``. bias: ``[K, M]`` or None. spatial: ``[N, kH, kW]`` or None.
         padding: ``(top, left, bottom, right)``. algo: one of :data:`ALGOS` (``cublas-pointwise``: 1x1 /
-        stride 1 / unpadded only, TF32 for float32; ``tensor-core-fused``: sm_80 or later, TF32 for float32;
-        see :func:`available_algos`).
+        stride 1 / unpadded only, TF32 for float32; ``tensor-core-fused``, ``-aggregated``, ``-experts``:
+        sm_80 or later, TF32 for float32, ``-experts`` at most 64 experts; see :func:`available_algos`).
     Returns:
         ``[N, M, Ho, Wo]`` in ``x.dtype``.
     """
@@ -151,7 +151,7 @@ def selected_algo(x: Tensor, attention: Tensor, weight: Tensor, stride: Sequence
 
 def available_algos() -> list[str]:
     """The paths of :data:`ALGOS` compiled into the extension that the current GPU runs (``cublas-pointwise``
-    needs cuBLAS at build time, ``tensor-core-fused`` an sm_80 or later GPU)."""
+    needs cuBLAS at build time, the ``tensor-core-*`` paths an sm_80 or later GPU)."""
     return list(load_extension().available_algos())
 
 

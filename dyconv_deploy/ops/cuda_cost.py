@@ -17,7 +17,14 @@ it applies to (:func:`calibrate`: once per device and extension build, cached on
   (``N * M * C/G * kH * kW``, fp32 / the input type), reading the experts once per sample (from L2
   while they fit in half of it), the GEMM reads them back; ``cublas-pointwise`` only for an unpadded
   stride-1 1x1 conv, on tensor cores.
-* ``tensor-core-fused``: the fused work on tensor cores (sm_80+).
+* ``tensor-core-fused`` / ``tensor-core-aggregated``: the fused / aggregated work (``-aggregated``'s
+  kernels in the input type) on tensor cores (sm_80+), whose FLOPs are the MMAs' padded ones: every
+  64 x 64 block multiplies whole 16-deep reduction tiles, padding included (a depthwise conv's one
+  channel per group fills one of its 64 rows).
+* ``tensor-core-experts``: one WMMA GEMM of the unmixed experts, ``K`` rows per output channel
+  (``floor(64 / K)`` channels per 64-row tile), so ``K`` times the conv's padded FLOPs, plus
+  ``K`` multiply-adds per output in the epilogue; reads X, the experts (again per pixel tile of
+  every sample once they outgrow half of L2), writes Y; no per-sample kernels, no workspace.
 
 Not counted (the fitted costs absorb them on average): the SIMT GEMM's 32x32-tile and split-K plans
 for grids too small to fill the GPU (more re-mixing, a second launch and the partial sums' traffic),
@@ -42,11 +49,14 @@ import numpy as np
 
 from dyconv_deploy.errors import DyconvError
 
-PATHS = ("depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise", "tensor-core-fused")
-TENSOR_CORE_PATHS = ("cublas-pointwise", "tensor-core-fused")
+PATHS = ("depthwise", "gemm-fused", "gemm-aggregated", "cublas-pointwise", "tensor-core-fused",
+         "tensor-core-aggregated", "tensor-core-experts")
+TENSOR_CORE_PATHS = ("cublas-pointwise", "tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts")
 FORCE_ENV = "DYCONV_CUDA_ALGO"
 COST_MODEL_ENV = "DYCONV_CUDA_COST_MODEL"
 PIXEL_TILE = 64  # output pixels of one implicit-GEMM block (kMmaTile; the SIMT GEMM's 64x64 plan)
+ROW_TILE = 64  # weight rows of one WMMA block (kMmaTile)
+REDUCTION_TILE = 16  # reduction depth of one WMMA step (kGemmBK)
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,29 @@ class Work:
 
 
 def path_applies(shape: LayerShape, path: str) -> bool:
-    """Whether ``path`` computes this shape (``depthwise``: C/G == 1; ``cublas-pointwise``: pointwise)."""
+    """Whether ``path`` computes this shape (``depthwise``: C/G == 1; ``cublas-pointwise``: pointwise;
+    ``tensor-core-experts``: at most 64 experts)."""
     if path == "depthwise":
         return shape.c // shape.groups == 1
     if path == "cublas-pointwise":
         return shape.pointwise
+    if path == "tensor-core-experts":
+        return shape.experts <= ROW_TILE
     return path in PATHS
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def mma_flops(shape: LayerShape, channels_per_tile: int) -> float:
+    """FLOPs the WMMA blocks multiply, padding included: per (sample, group), ``ceil(M/G / channels_per_tile)``
+    blocks of 64 rows by whole 16-deep reduction tiles by whole 64-pixel tiles."""
+    s = shape
+    reduction = _ceil((s.c // s.groups) * s.kh * s.kw, REDUCTION_TILE) * REDUCTION_TILE
+    rows = _ceil(s.m // s.groups, channels_per_tile) * ROW_TILE
+    pixels = _ceil(s.ho * s.wo, PIXEL_TILE) * PIXEL_TILE
+    return 2.0 * s.n * s.groups * rows * reduction * pixels
 
 
 def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
@@ -99,16 +126,21 @@ def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
     mix_once = 2.0 * s.n * s.experts * s.kernel_elements  # every sample's kernels mixed once
     experts = float(s.experts * s.kernel_elements * e)
     activations = float(s.n * s.c * s.h * s.w * e + s.n * s.m * s.ho * s.wo * e)
+    tiles = _ceil(s.ho * s.wo, PIXEL_TILE)  # pixel tiles per sample
+    reread_per_tile = experts * (1 if 2 * experts <= l2_bytes else s.n * tiles)
     if path == "depthwise":
         return Work(conv_flops + mix_once, activations + experts, 1)
-    if path in ("gemm-fused", "tensor-core-fused"):
-        tiles = -(-s.ho * s.wo // PIXEL_TILE)  # pixel tiles per sample: each mixes its weight tiles again
-        reread = experts * (1 if 2 * experts <= l2_bytes else s.n * tiles)
-        return Work(conv_flops + mix_once * tiles, activations + reread, 1)
-    if path in ("gemm-aggregated", "cublas-pointwise"):
+    if path in ("gemm-fused", "tensor-core-fused"):  # every pixel tile mixes its weight tiles again
+        flops = conv_flops if path == "gemm-fused" else mma_flops(s, ROW_TILE)
+        return Work(flops + mix_once * tiles, activations + reread_per_tile, 1)
+    if path == "tensor-core-experts":
+        epilogue = 2.0 * s.n * s.m * s.ho * s.wo * s.experts
+        return Work(mma_flops(s, ROW_TILE // s.experts) + epilogue, activations + reread_per_tile, 1)
+    if path in ("gemm-aggregated", "cublas-pointwise", "tensor-core-aggregated"):
         kernel_bytes = s.n * s.kernel_elements * (4 if path == "gemm-aggregated" else e)
         reread = experts * (1 if 2 * experts <= l2_bytes else s.n)  # the aggregation reads them per sample
-        return Work(conv_flops + mix_once, activations + reread + 2.0 * kernel_bytes, 2)
+        flops = mma_flops(s, ROW_TILE) if path == "tensor-core-aggregated" else conv_flops
+        return Work(flops + mix_once, activations + reread + 2.0 * kernel_bytes, 2)
     raise DyconvError(f"no cost model for kernel path {path!r}; paths: {', '.join(PATHS)}")
 
 

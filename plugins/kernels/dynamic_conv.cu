@@ -6,13 +6,19 @@
 //   gemm (aggregated) the same GEMM reading Wn from a workspace filled by aggregate_kernel first; cheaper when
 //                    one sample's output plane spans many pixel tiles (each tile would re-mix the weights).
 // A 1x1 / stride-1 / unpadded conv is the GEMM's pointwise specialisation, i.e. a batched GEMM over
-// (sample, group). Tensor cores (sm_80 and later):
-//   tensor-core fused the fused implicit GEMM with WMMA: weight tiles mixed in fp32 registers while loaded,
-//                    stored to shared memory as TF32 (float32 inputs) or half, 16x16 MMAs with fp32 accumulators;
-// and, built with cuBLAS (DYCONV_WITH_CUBLAS), for pointwise convs
+// (sample, group). Tensor cores (sm_80 and later), one WMMA implicit GEMM (tensor_core_kernel) whose weight
+// rows are, by path (TensorCoreRows):
+//   tensor-core fused      mixed in fp32 registers while loaded (no workspace);
+//   tensor-core aggregated read from per-sample kernels aggregate_kernel wrote in the input type;
+//   tensor-core experts    the K unmixed experts of each output channel (K x the FLOPs, constant weights), the
+//                          attention-weighted sum over K taken from the fp32 accumulators in the epilogue;
+// stored to shared memory as TF32 (float32 inputs) or half, 16x16 MMAs with fp32 accumulators; and, built with
+// cuBLAS (DYCONV_WITH_CUBLAS), for pointwise convs
 //   cublas pointwise  per-sample kernels aggregated in the input type, then one cublasGemmStridedBatchedEx
-//                    over (sample, group): TF32 for float32, float16 inputs with float32 accumulation. Bias mixing (K multiply-adds per output channel) is fused into every epilogue.
-// When even 32x32 tiles leave the GPU mostly idle (batch 1, late layers), the GEMM also splits its
+//                    over (sample, group): TF32 for float32, float16 inputs with float32 accumulation.
+// Bias mixing (K multiply-adds per output channel) is fused into every epilogue but cuBLAS's, before which a
+// bias kernel writes Y (the GEMM adds to it, beta = 1).
+// When even 32x32 tiles leave the GPU mostly idle (batch 1, late layers), the SIMT GEMM also splits its
 // reduction over blockIdx.z: slice z stores its float32 partial sums into its own workspace buffer, and a
 // second kernel adds the slices in a fixed order, so results are bitwise the same from run to run.
 #include "dynamic_conv.h"
@@ -409,14 +415,33 @@ __host__ __device__ constexpr bool wmma_layout_ok(int ld, int row_step, int col_
 }
 #endif
 
-// The fused implicit GEMM on tensor cores, grid (pixel tiles * N * G, M/G tiles) of 64 x 64 tiles, 128 threads:
-// weight tiles are mixed from the experts in fp32 (like gemm_kernel<kFused>) and stored as the MMA's operand type,
-// X tiles (im2col) converted the same way; warp w multiplies the 32 x 32 quarter (w / 2, w % 2) of the tile as
-// 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are staged in shared memory for the epilogue (mixed
-// bias, bounds, store in T). Rows of the weight tile past M/G, reduction indices past C/G*kH*kW and pixels past
-// Ho*Wo are zeros in shared memory and never stored. Static shared memory: 29,440 bytes (float), 24,064 (half).
-template <typename T, bool kPointwise>
-__global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, Typed<T> t)
+// What the rows of a tensor-core block's weight tile hold, i.e. which tensor-core path it runs.
+enum class TensorCoreRows : int
+{
+    kMixed,      //!< tensor-core-fused: row mm is output channel m0 + mm of Wn, mixed from the experts while loaded
+    kAggregated, //!< tensor-core-aggregated: row mm is output channel m0 + mm of Wn, read from the workspace
+    kExperts,    //!< tensor-core-experts: row k * channels + j is expert k's unmixed kernel of channel m0 + j
+};
+
+// Output channels of one tensor-core block: kMmaTile, or for kExperts the channels whose K expert rows fit in
+// the tile (floor(64 / K), 0 when K > 64).
+__host__ __device__ constexpr int tensor_core_channels(TensorCoreRows rows, int experts)
+{
+    return rows == TensorCoreRows::kExperts ? kMmaTile / experts : kMmaTile;
+}
+
+// One implicit GEMM on tensor cores for the three WMMA paths, grid (pixel tiles * N * G, M/G tiles of
+// tensor_core_channels) of 64 x 64 tiles, 128 threads. Weight tile rows (see TensorCoreRows) come mixed from the
+// experts in fp32 (like gemm_kernel<kFused>), from the per-sample kernels in `kernels` ([N, M, C/G*kH*kW] in T),
+// or unmixed from the experts, and are stored as the MMA's operand type; X tiles (im2col) are converted the same
+// way, and for kExperts scaled by S[n, tap] (conv(X, W S) = conv(X S, W) tap by tap). Warp w multiplies the
+// 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are
+// staged in shared memory for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)] times expert k's row) + the
+// mixed bias, bounds checked, stored in T. Rows past M/G (or past K * channels), reduction indices past
+// C/G*kH*kW and pixels past Ho*Wo are zeros in shared memory and never stored. Static shared memory: 29,696
+// bytes (float), 24,320 (half).
+template <typename T, bool kPointwise, TensorCoreRows kRows>
+__global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, Typed<T> t, T const* kernels)
 {
 #if DYCONV_TENSOR_CORE_CODE
     namespace wmma = nvcuda::wmma;
@@ -436,11 +461,15 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     __shared__ __align__(32) E sx[kGemmBK][kLdx];
     __shared__ __align__(32) float sy[kMmaTile][kLdy];
     __shared__ float sbias[kMmaTile];
-    static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) <= 48 * 1024, "static shared memory");
+    __shared__ float sattention[kMmaTile]; // kExperts: A[n, k(, m)] of each row
+    static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) + sizeof(sattention) <= 48 * 1024,
+        "static shared memory");
 
-    GemmBlock<T> const block(s, t.x, kMmaTile, kMmaTile);
+    int const channels = tensor_core_channels(kRows, s.experts);
+    GemmBlock<T> const block(s, t.x, channels, kMmaTile);
     int const mg = block.mg, kernel_size = block.kernel_size, pixels = block.pixels;
     int const n = block.n, g = block.g, m0 = block.m0, p0 = block.p0;
+    int const taps = s.kh * s.kw;
     int const warp = threadIdx.x / 32;
     int const warp_m = (warp / 2) * kMmaWarpTile;
     int const warp_p = (warp % 2) * kMmaWarpTile;
@@ -459,16 +488,37 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
         {
             int const mm = e / kGemmBK;
             int const rr = e - mm * kGemmBK;
-            int const m = m0 + mm;
             int const r = r0 + rr;
-            float const v = m < mg && r < kernel_size ? mixed_weight(s, t, n, g * mg + m, r, kernel_size) : 0.f;
+            float v = 0.f;
+            if (kRows == TensorCoreRows::kExperts)
+            {
+                int const k = mm / channels;
+                int const m = m0 + mm - k * channels;
+                if (k < s.experts && m < mg && r < kernel_size)
+                {
+                    v = load(t.weight, (static_cast<size_t>(k) * s.m + g * mg + m) * kernel_size + r);
+                }
+            }
+            else if (m0 + mm < mg && r < kernel_size)
+            {
+                int const gm = g * mg + m0 + mm;
+                v = kRows == TensorCoreRows::kMixed
+                    ? mixed_weight(s, t, n, gm, r, kernel_size)
+                    : load(kernels, (static_cast<size_t>(n) * s.m + gm) * kernel_size + r);
+            }
             sw[mm][rr] = Op::convert(v);
         }
         for (int e = threadIdx.x; e < kGemmBK * kMmaTile; e += kMmaThreads)
         {
             int const rr = e / kMmaTile;
             int const pp = e - rr * kMmaTile;
-            sx[rr][pp] = Op::convert(block.template x_at<kPointwise>(s, r0 + rr, p0 + pp, kernel_size));
+            int const r = r0 + rr;
+            float v = block.template x_at<kPointwise>(s, r, p0 + pp, kernel_size);
+            if (kRows == TensorCoreRows::kExperts && t.spatial != nullptr && r < kernel_size)
+            {
+                v *= load(t.spatial, static_cast<size_t>(n) * taps + r % taps);
+            }
+            sx[rr][pp] = Op::convert(v);
         }
         __syncthreads(); // the tiles are whole before any warp loads a fragment
 #pragma unroll
@@ -502,10 +552,16 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     }
     for (int mm = threadIdx.x; mm < kMmaTile; mm += kMmaThreads)
     {
-        sbias[mm] = m0 + mm < mg ? mixed_bias(s, t, n, g * mg + m0 + mm) : 0.f;
+        sbias[mm] = mm < channels && m0 + mm < mg ? mixed_bias(s, t, n, g * mg + m0 + mm) : 0.f;
+        if (kRows == TensorCoreRows::kExperts)
+        {
+            int const k = mm / channels;
+            int const m = m0 + mm - k * channels;
+            sattention[mm] = k < s.experts && m < mg ? attention_at(s, t.attention, n, k, g * mg + m) : 0.f;
+        }
     }
-    __syncthreads(); // all four quarters and the bias are in shared memory
-    for (int e = threadIdx.x; e < kMmaTile * kMmaTile; e += kMmaThreads)
+    __syncthreads(); // all four quarters, the bias and the attention are in shared memory
+    for (int e = threadIdx.x; e < channels * kMmaTile; e += kMmaThreads)
     {
         int const mm = e / kMmaTile;
         int const pp = e - mm * kMmaTile;
@@ -513,7 +569,19 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
         int const p = p0 + pp;
         if (m < mg && p < pixels)
         {
-            store(t.y, (static_cast<size_t>(n) * s.m + g * mg + m) * pixels + p, sy[mm][pp] + sbias[mm]);
+            float v = sbias[mm];
+            if (kRows == TensorCoreRows::kExperts)
+            {
+                for (int k = 0; k < s.experts; ++k)
+                {
+                    v += sattention[k * channels + mm] * sy[k * channels + mm][pp];
+                }
+            }
+            else
+            {
+                v += sy[mm][pp];
+            }
+            store(t.y, (static_cast<size_t>(n) * s.m + g * mg + m) * pixels + p, v);
         }
     }
 #endif
@@ -596,7 +664,7 @@ bool tensor_cores_usable()
     {
         return false;
     }
-    void const* const kernel = reinterpret_cast<void const*>(&tensor_core_kernel<float, false>);
+    void const* const kernel = reinterpret_cast<void const*>(&tensor_core_kernel<float, false, TensorCoreRows::kMixed>);
     if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
     {
         cudaGetLastError();
@@ -685,11 +753,12 @@ size_t kernels_bytes(ConvShape const& s)
     return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
 }
 
-// The part of the workspace a path cannot run without: the per-sample kernels of kGemmAggregated and
-// kCublasPointwise (float32, enough for float16 kernels too).
+// The part of the workspace a path cannot run without: the per-sample kernels of kGemmAggregated,
+// kCublasPointwise and kTensorCoreAggregated (float32, enough for float16 kernels too).
 size_t required_workspace(ConvShape const& s, Algo chosen)
 {
-    bool const aggregates = chosen == Algo::kGemmAggregated || chosen == Algo::kCublasPointwise;
+    bool const aggregates = chosen == Algo::kGemmAggregated || chosen == Algo::kCublasPointwise
+        || chosen == Algo::kTensorCoreAggregated;
     return aggregates && s.n > 0 ? kernels_bytes(s) : 0;
 }
 
@@ -742,6 +811,26 @@ void launch_aggregate(ConvShape const& s, Typed<T> const& t, K* kernels, cudaStr
     size_t const blocks = (total + kAggregateThreads - 1) / kAggregateThreads;
     int const grid = static_cast<int>(blocks < 65535 ? blocks : 65535);
     aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
+}
+
+// The tensor-core launch of `rows`: (pixel tiles * N * G, M/G tiles of tensor_core_channels).
+Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows)
+{
+    return gemm_grid(s, tensor_core_channels(rows, s.experts), kMmaTile, 1);
+}
+
+template <typename T, TensorCoreRows kRows>
+void launch_tensor_core(ConvShape const& s, Typed<T> const& t, T const* kernels, cudaStream_t stream)
+{
+    dim3 const grid = tensor_core_grid(s, kRows).dims();
+    if (is_pointwise(s))
+    {
+        tensor_core_kernel<T, true, kRows><<<grid, kMmaThreads, 0, stream>>>(s, t, kernels);
+    }
+    else
+    {
+        tensor_core_kernel<T, false, kRows><<<grid, kMmaThreads, 0, stream>>>(s, t, kernels);
+    }
 }
 
 #if DYCONV_WITH_CUBLAS
@@ -849,18 +938,18 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
         break;
     }
     case Algo::kTensorCoreFused: // dynamic_conv2d checked tensor_cores_usable (algo_available)
+        launch_tensor_core<T, TensorCoreRows::kMixed>(s, t, nullptr, stream);
+        break;
+    case Algo::kTensorCoreAggregated:
     {
-        dim3 const grid = gemm_grid(s, kMmaTile, kMmaTile, 1).dims();
-        if (is_pointwise(s))
-        {
-            tensor_core_kernel<T, true><<<grid, kMmaThreads, 0, stream>>>(s, t);
-        }
-        else
-        {
-            tensor_core_kernel<T, false><<<grid, kMmaThreads, 0, stream>>>(s, t);
-        }
+        T* kernels = static_cast<T*>(workspace);
+        launch_aggregate<T>(s, t, kernels, stream);
+        launch_tensor_core<T, TensorCoreRows::kAggregated>(s, t, kernels, stream);
         break;
     }
+    case Algo::kTensorCoreExperts:
+        launch_tensor_core<T, TensorCoreRows::kExperts>(s, t, nullptr, stream);
+        break;
     case Algo::kCublasPointwise:
 #if DYCONV_WITH_CUBLAS
     {
@@ -897,13 +986,28 @@ cudaError_t validate(ConvShape const& s, Algo algo)
     {
         return cudaErrorInvalidValue;
     }
-    // The kernels index one output plane and one kernel in int; the grid is the chosen path's (for a GEMM its
-    // plan with the most blocks, kSmallTile tiles; split-K slices stay far below the z limit).
+    // The kernels index one output plane and one kernel in int; the grid is the chosen path's (for a SIMT GEMM
+    // its plan with the most blocks, kSmallTile tiles; split-K slices stay far below the z limit);
+    // tensor-core-experts needs every expert of a channel in one 64-row tile.
     bool const int_indices = static_cast<long long>(s.ho) * s.wo <= INT32_MAX
         && static_cast<long long>(s.c / s.groups) * s.kh * s.kw <= INT32_MAX;
     // cuBLAS takes the (sample, group) problem count as an int.
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
-    Grid const grid = chosen == Algo::kDepthwise ? depthwise_grid(s) : gemm_grid(s, kSmallTile, kSmallTile, 1);
+    Grid grid = gemm_grid(s, kSmallTile, kSmallTile, 1);
+    switch (chosen)
+    {
+    case Algo::kDepthwise: grid = depthwise_grid(s); break;
+    case Algo::kTensorCoreFused: grid = tensor_core_grid(s, TensorCoreRows::kMixed); break;
+    case Algo::kTensorCoreAggregated: grid = tensor_core_grid(s, TensorCoreRows::kAggregated); break;
+    case Algo::kTensorCoreExperts:
+        if (s.experts > kMmaTile)
+        {
+            return cudaErrorInvalidValue;
+        }
+        grid = tensor_core_grid(s, TensorCoreRows::kExperts);
+        break;
+    default: break;
+    }
     bool const fits = chosen == Algo::kCublasPointwise ? static_cast<long long>(s.n) * s.groups <= INT32_MAX
                                                         : grid.fits();
     return int_indices && fits ? cudaSuccess : cudaErrorInvalidValue;
@@ -982,12 +1086,13 @@ cudaError_t aggregate_kernels(
 bool algo_applies(ConvShape const& s, Algo algo)
 {
     return is_algo(static_cast<int64_t>(algo)) && (algo != Algo::kDepthwise || s.c / s.groups == 1)
-        && (algo != Algo::kCublasPointwise || is_pointwise(s));
+        && (algo != Algo::kCublasPointwise || is_pointwise(s))
+        && (algo != Algo::kTensorCoreExperts || s.experts <= kMmaTile);
 }
 
 bool algo_available(Algo algo)
 {
-    if (algo == Algo::kTensorCoreFused)
+    if (needs_sm80(algo))
     {
         return tensor_cores_usable();
     }
@@ -1004,6 +1109,8 @@ char const* algo_name(Algo algo)
     case Algo::kGemmAggregated: return "gemm-aggregated";
     case Algo::kCublasPointwise: return "cublas-pointwise";
     case Algo::kTensorCoreFused: return "tensor-core-fused";
+    case Algo::kTensorCoreAggregated: return "tensor-core-aggregated";
+    case Algo::kTensorCoreExperts: return "tensor-core-experts";
     }
     return "unknown";
 }

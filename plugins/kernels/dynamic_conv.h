@@ -38,18 +38,34 @@ enum class Algo : int32_t
     //! accuracy) or half; 16x16 MMAs with fp32 accumulators, 64x64 tiles. Needs a GPU of compute capability 8.0 or
     //! later (A100, H100) and code compiled for one (see algo_available). Never chosen by kAuto.
     kTensorCoreFused = 5,
+    //! kGemmAggregated on tensor cores: per-sample kernels aggregated into the workspace in the input type, then
+    //! the WMMA implicit GEMM of kTensorCoreFused reads them (each weight mixed once per sample, not once per
+    //! 64-pixel tile). Any conv; the accuracy, GPU and build needs of kTensorCoreFused. Never chosen by kAuto.
+    kTensorCoreAggregated = 6,
+    //! The experts GEMM with the mix in the epilogue: one WMMA implicit GEMM of the unmixed experts, K rows per
+    //! output channel (floor(64 / K) channels per 64-row tile; X scaled by S per tap), then
+    //! Y = sum_k A[n,k(,m)] Yk + mixed bias from the fp32 accumulators. K times the conv's FLOPs but constant
+    //! weights and no per-sample kernels: for late layers and large batches. Needs K <= 64; the accuracy, GPU and
+    //! build needs of kTensorCoreFused; no workspace. Never chosen by kAuto.
+    kTensorCoreExperts = 7,
 };
 
 //! True for the values of Algo (a raw integer from a binding or a serialized plugin may be anything).
 constexpr bool is_algo(int64_t value)
 {
-    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kTensorCoreFused);
+    return value >= static_cast<int64_t>(Algo::kAuto) && value <= static_cast<int64_t>(Algo::kTensorCoreExperts);
+}
+
+//! The WMMA paths (kTensorCoreFused, kTensorCoreAggregated, kTensorCoreExperts), which need an sm_80+ GPU.
+constexpr bool needs_sm80(Algo algo)
+{
+    return algo == Algo::kTensorCoreFused || algo == Algo::kTensorCoreAggregated || algo == Algo::kTensorCoreExperts;
 }
 
 //! False for an Algo value this build of the kernels left out (kCublasPointwise without DYCONV_WITH_CUBLAS), for
-//! kTensorCoreFused when the current device is below sm_80 or the code loaded for it was compiled for an older
-//! architecture (a build for sm_75 only, or compute_7x PTX JIT-compiled), and for a value outside Algo. Queries
-//! the current device for kTensorCoreFused only.
+//! the WMMA paths (needs_sm80) when the current device is below sm_80 or the code loaded for it was compiled for
+//! an older architecture (a build for sm_75 only, or compute_7x PTX JIT-compiled), and for a value outside Algo.
+//! Queries the current device for the WMMA paths only.
 bool algo_available(Algo algo);
 
 //! Shapes and convolution attributes of one call; see conv_shape() to fill the derived sizes.
@@ -94,13 +110,15 @@ inline ConvShape conv_shape(ConvShape s)
 }
 
 //! Whether `algo` computes convs of this shape, availability (algo_available) aside: kDepthwise needs C/G == 1,
-//! kCublasPointwise a 1x1 / stride 1 / unpadded conv; the others (and kAuto) take any. False outside Algo.
+//! kCublasPointwise a 1x1 / stride 1 / unpadded conv, kTensorCoreExperts K <= 64; the others (and kAuto) take
+//! any. False outside Algo.
 bool algo_applies(ConvShape const& shape, Algo algo);
 
 //! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0), one output
 //! plane and one kernel have < 2^31 elements, and the launch grid of `algo` (kAuto: select_algo's) fits CUDA's
-//! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, M); GEMM (ceil(Ho*Wo / 32) * N * G,
-//! ceil(M/G / 32)), its plan with the most blocks. `algo` must be an Algo value (see is_algo).
+//! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, M); SIMT GEMM (ceil(Ho*Wo / 32) * N * G,
+//! ceil(M/G / 32)), its plan with the most blocks; WMMA paths (ceil(Ho*Wo / 64) * N * G, ceil(M/G / c)) with
+//! c = 64, or floor(64 / K) for kTensorCoreExperts (K > 64: refused). `algo` must be an Algo value (is_algo).
 cudaError_t validate(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):
@@ -112,15 +130,16 @@ Algo select_algo(ConvShape const& shape);
 constexpr int32_t kFusedMaxPixels = 256;
 
 //! Workspace bytes for `algo` on a GPU of `multiprocessors` multiprocessors (0: the current device's): 0 for
-//! kDepthwise and kTensorCoreFused; N*M*(C/G)*kH*kW floats of per-sample kernels for kGemmAggregated and kCublasPointwise
-//! (required), and for both implicit-GEMM paths the split-K buffer of the largest split plan on that GPU: slices * N*M*Ho*Wo floats, at most 4096 per
+//! kDepthwise, kTensorCoreFused and kTensorCoreExperts; N*M*(C/G)*kH*kW floats of per-sample kernels for
+//! kGemmAggregated, kCublasPointwise and kTensorCoreAggregated (required), and for both SIMT implicit-GEMM paths
+//! the split-K buffer of the largest split plan on that GPU: slices * N*M*Ho*Wo floats, at most 4096 per
 //! multiprocessor (16 KiB), none when the reduction is too short to split. Monotone in N, so a size computed for
 //! the largest batch serves every smaller one. On another GPU (an engine built on a MIG slice, run on a full
 //! GPU) the kernels split only as far as the bytes given hold (see dynamic_conv2d).
 size_t workspace_size(ConvShape const& shape, Algo algo = Algo::kAuto, int32_t multiprocessors = 0);
 
 //! Y for one call. `workspace` holds `workspace_bytes` (may be null when that is 0): at least the required part
-//! of workspace_size (the per-sample kernels of kGemmAggregated); a split-K plan whose slices do not fit in the
+//! of workspace_size (the per-sample kernels of the aggregating paths); a split-K plan whose slices do not fit in the
 //! rest is refused for one with fewer slices (down to none), so a smaller workspace costs speed, never memory
 //! safety. Split-K slices are added in a fixed order: the same inputs, GPU and workspace size give bitwise the
 //! same Y on every run. Returns cudaErrorInvalidValue for an inconsistent shape, an `algo` outside Algo, a path

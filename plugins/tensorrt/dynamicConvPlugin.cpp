@@ -147,15 +147,17 @@ IDimensionExpr const* outputExtent(IExprBuilder& b, IDimensionExpr const& size, 
 
 // The algorithms TensorRT may time for X's type and the profile's largest shapes `s` (the ones that apply to
 // every shape of the profile: whether they apply depends on W and the attributes, not on the batch or the plane):
-// depthwise when C/G == 1, both implicit GEMMs, and for fp16 the tensor-core ones this library and GPU have
-// (cublas-pointwise for pointwise convs, tensor-core-fused on sm_80+). An fp32 engine gets no TF32 tactic: its
-// plugin layers keep fp32 accuracy whatever the builder's TF32 flag (which a plugin cannot read).
+// depthwise when C/G == 1, both SIMT implicit GEMMs, and for fp16 the tensor-core ones this library and GPU have
+// (cublas-pointwise for pointwise convs; on sm_80+ tensor-core-fused, tensor-core-aggregated and, with at most 64
+// experts, tensor-core-experts). An fp32 engine gets no TF32 tactic: its plugin layers keep fp32 accuracy
+// whatever the builder's TF32 flag (which a plugin cannot read).
 std::vector<int32_t> validTactics(ConvShape const& s, DataType type)
 {
     std::vector<Algo> candidates{Algo::kDepthwise, Algo::kGemmFused, Algo::kGemmAggregated};
     if (type == DataType::kHALF)
     {
-        candidates.insert(candidates.end(), {Algo::kCublasPointwise, Algo::kTensorCoreFused});
+        candidates.insert(candidates.end(),
+            {Algo::kCublasPointwise, Algo::kTensorCoreFused, Algo::kTensorCoreAggregated, Algo::kTensorCoreExperts});
     }
     std::vector<int32_t> tactics;
     for (Algo const algo : candidates)
@@ -273,7 +275,8 @@ void DynamicConv2dPlugin::bindFields()
         + "_g" + std::to_string(a.group);
     // Which tactics this library and GPU offer (a timing cache made with cuBLAS or on sm_80+ does not apply here
     // otherwise).
-    for (Algo const algo : {Algo::kCublasPointwise, Algo::kTensorCoreFused})
+    for (Algo const algo : {Algo::kCublasPointwise, Algo::kTensorCoreFused, Algo::kTensorCoreAggregated,
+             Algo::kTensorCoreExperts})
     {
         mTimingCacheId += algo_available(algo) ? "_" + std::to_string(static_cast<int32_t>(algo)) : "";
     }
@@ -502,7 +505,7 @@ int32_t DynamicConv2dPlugin::onShapeChange(
         if (!algo_applies(shape, algo) || !algo_available(algo))
         {
             throw std::invalid_argument(std::string("tactic ") + algo_name(algo) + " does not apply to these shapes "
-                + "or is not available here (a library without cuBLAS, or a GPU below sm_80 for tensor-core-fused)");
+                + "or is not available here (a library without cuBLAS, or a GPU below sm_80 for the tensor-core-* paths)");
         }
         if (validate(shape, algo) != cudaSuccess)
         {

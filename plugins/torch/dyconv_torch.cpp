@@ -82,7 +82,8 @@ dyconv::ConvShape convShape(torch::Tensor const& x, torch::Tensor const& attenti
         " input channels, x has ", x.size(1));
     TORCH_CHECK(dyconv::validate(s, algo) == cudaSuccess, "dyconv: shapes not supported (", dyconv::algo_name(algo),
         "): x ", x.sizes(), ", weight ", weight.sizes(), ", groups ", groups,
-        " (C and M divisible by groups, output size positive, launch grid within CUDA's limits)");
+        " (C and M divisible by groups, output size positive, launch grid within CUDA's limits; "
+        "tensor-core-experts: at most 64 experts)");
     return s;
 }
 
@@ -108,10 +109,10 @@ torch::Tensor dynamicConv2d(torch::Tensor x, torch::Tensor attention, torch::Ten
     TORCH_CHECK(dyconv::is_algo(algo), "dyconv: unknown kernel path ", algo, " (not a dyconv::Algo value)");
     checkOperandShapes(x, attention, weight, bias, spatial);
     c10::cuda::CUDAGuard const guard(x.device());
-    // After the guard: kTensorCoreFused is available or not on x's device (algo_available asks the current one).
+    // After the guard: the WMMA paths are available or not on x's device (algo_available asks the current one).
     TORCH_CHECK(dyconv::algo_available(static_cast<dyconv::Algo>(algo)), "dyconv: kernel path ",
         dyconv::algo_name(static_cast<dyconv::Algo>(algo)),
-        algo == static_cast<int64_t>(dyconv::Algo::kTensorCoreFused)
+        dyconv::needs_sm80(static_cast<dyconv::Algo>(algo))
             ? " needs a GPU of compute capability 8.0 or later (A100, H100) and the extension compiled for it "
               "(TORCH_CUDA_ARCH_LIST with 8.0+); x is on a GPU it cannot run on"
             : " is not compiled into this build (no cuBLAS was found when it was built: set CUBLAS_ROOT or pip "
@@ -153,7 +154,7 @@ std::string selectAlgo(torch::Tensor x, torch::Tensor attention, torch::Tensor w
 }
 
 //! Names of the dyconv::Algo values this build has and the current device can run (kAuto excluded):
-//! tensor-core-fused only on sm_80 or later with code compiled for it.
+//! the tensor-core-* (WMMA) paths only on sm_80 or later with code compiled for it.
 std::vector<std::string> availableAlgos()
 {
     std::vector<std::string> names;

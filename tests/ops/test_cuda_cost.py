@@ -20,8 +20,9 @@ import torch
 
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.ops import cuda
-from dyconv_deploy.ops.cuda_cost import (COST_MODEL_ENV, FORCE_ENV, PATHS, CostModel, LayerShape, PathRates,
-                                         calibrate, choose, fit_rates, path_applies, path_work, probe_shapes)
+from dyconv_deploy.ops.cuda_cost import (COST_MODEL_ENV, FORCE_ENV, PATHS, TENSOR_CORE_PATHS, CostModel, LayerShape,
+                                         PathRates, calibrate, choose, fit_rates, path_applies, path_work,
+                                         probe_shapes)
 
 L2 = 50 * 2**20
 # 3x3, C=M=64 at 14x14, batch 8, 4 experts, fp32.
@@ -36,7 +37,7 @@ def test_the_work_of_each_path_matches_a_hand_count():
     mix = 2 * 8 * 4 * kernel
     experts, activations = 4 * kernel * 4, 2 * 8 * 64 * 196 * 4
     tiles = 4  # ceil(196 / 64)
-    assert path_work(LAYER, "gemm-fused", L2) == (fused := path_work(LAYER, "tensor-core-fused", L2))
+    fused = path_work(LAYER, "gemm-fused", L2)
     assert (fused.flops, fused.dram_bytes, fused.launches) == (conv + mix * tiles, activations + experts, 1)
     aggregated = path_work(LAYER, "gemm-aggregated", L2)
     assert (aggregated.flops, aggregated.dram_bytes, aggregated.launches) == (
@@ -45,6 +46,28 @@ def test_the_work_of_each_path_matches_a_hand_count():
     assert (dw.flops, dw.dram_bytes) == (2 * 8 * 64 * 9 * 196 + 2 * 8 * 4 * 64 * 9, activations + 4 * 64 * 9 * 4)
     with pytest.raises(DyconvError, match="no cost model for kernel path 'im2col'"):
         path_work(LAYER, "im2col", L2)
+
+
+def test_tensor_core_paths_count_the_padded_mma_work():
+    """WMMA blocks multiply 64 rows x whole 16-deep reduction tiles x 64 pixels, padding included; the experts
+    path has K rows per channel (16 channels per tile for K = 4) and mixes in the epilogue."""
+    kernel = 64 * 64 * 9
+    mix = 2 * 8 * 4 * kernel
+    experts, activations = 4 * kernel * 4, 2 * 8 * 64 * 196 * 4
+    padded = 2 * 8 * 64 * 576 * 256  # 196 pixels -> 256; 576 reduction is whole 16-tiles
+    fused = path_work(LAYER, "tensor-core-fused", L2)
+    assert (fused.flops, fused.dram_bytes, fused.launches) == (padded + 4 * mix, activations + experts, 1)
+    aggregated = path_work(LAYER, "tensor-core-aggregated", L2)
+    assert (aggregated.flops, aggregated.dram_bytes, aggregated.launches) == (
+        padded + mix, activations + experts + 2 * 8 * kernel * 4, 2)
+    by_experts = path_work(LAYER, "tensor-core-experts", L2)
+    assert (by_experts.flops, by_experts.dram_bytes, by_experts.launches) == (
+        4 * padded + 2 * 8 * 64 * 196 * 4, activations + experts, 1)
+    # A depthwise conv: one channel per group fills 1 of 64 rows, 9 taps a whole 16-deep tile.
+    dw_mix = 2 * 8 * 4 * 64 * 9
+    assert path_work(DEPTHWISE, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 64 * 16 * 256 + 4 * dw_mix
+    three = LayerShape(**{**LAYER.__dict__, "experts": 3})  # 21 channels per tile: 64 channels are 4 tiles
+    assert path_work(three, "tensor-core-experts", L2).flops == 4 * padded + 2 * 8 * 64 * 196 * 3
 
 
 def test_experts_that_outgrow_half_of_l2_are_reread_and_cublas_kernels_take_the_input_type():
@@ -60,9 +83,11 @@ def test_experts_that_outgrow_half_of_l2_are_reread_and_cublas_kernels_take_the_
 
 
 def test_paths_apply_to_their_shapes():
-    assert [p for p in PATHS if path_applies(DEPTHWISE, p)] == list(PATHS[:3]) + ["tensor-core-fused"]
+    assert [p for p in PATHS if path_applies(DEPTHWISE, p)] == [p for p in PATHS if p != "cublas-pointwise"]
     assert not path_applies(LAYER, "depthwise") and not path_applies(LAYER, "cublas-pointwise")
     assert path_applies(POINTWISE, "cublas-pointwise")
+    assert path_applies(LayerShape(**{**LAYER.__dict__, "experts": 64}), "tensor-core-experts")
+    assert not path_applies(LayerShape(**{**LAYER.__dict__, "experts": 65}), "tensor-core-experts")
 
 
 def rates(launch_s: float, flops_per_s: float, bytes_per_s: float) -> PathRates:
@@ -100,6 +125,8 @@ RATES = {  # a made-up GPU: tensor cores 8x the SIMT FLOPs, fused paths pay for 
     "gemm-aggregated": rates(5e-6, 2e13, 2.5e12),
     "cublas-pointwise": rates(8e-6, 1.6e14, 2.5e12),
     "tensor-core-fused": rates(5e-6, 1.2e14, 2.5e12),
+    "tensor-core-aggregated": rates(5e-6, 1.4e14, 2.5e12),
+    "tensor-core-experts": rates(5e-6, 1.5e14, 2.5e12),
 }
 
 
@@ -121,7 +148,7 @@ def test_choose_takes_the_least_predicted_time_among_paths_that_apply():
     big = LayerShape(n=256, c=256, h=28, w=28, m=256, groups=1, kh=1, kw=1, ho=28, wo=28, experts=4, pointwise=True)
     for shape, dtype in ((big, "float16"), (LAYER, "float16"), (DEPTHWISE, "float32"), (LAYER, "float32")):
         candidates = [p for p in PATHS if path_applies(shape, p)
-                      and (dtype == "float16" or p not in ("cublas-pointwise", "tensor-core-fused"))]
+                      and (dtype == "float16" or p not in TENSOR_CORE_PATHS)]
         best = min(candidates, key=lambda p: model.predict(shape, p, dtype))
         assert choose(model, shape, dtype, PATHS, allow_tf32=False, environ={}) == best
     assert choose(model, big, "float16", PATHS, allow_tf32=False, environ={}) == "cublas-pointwise"
@@ -129,6 +156,11 @@ def test_choose_takes_the_least_predicted_time_among_paths_that_apply():
     assert choose(model, big, "float32", PATHS, allow_tf32=True, environ={}) == "cublas-pointwise"  # TF32 allowed
     without_cublas = [p for p in PATHS if p != "cublas-pointwise"]
     assert choose(model, big, "float16", without_cublas, allow_tf32=True, environ={}) == "tensor-core-fused"
+    # A GPU on which the experts GEMM runs at the tensor cores' rate while mixing per tile is slow: a late layer at
+    # a large batch (7x7 planes, per-sample kernels far larger than the activations) goes to the experts path.
+    late = LayerShape(n=256, c=320, h=7, w=7, m=1280, groups=1, kh=1, kw=1, ho=7, wo=7, experts=4, pointwise=True)
+    model.rates["float16"]["tensor-core-fused"] = rates(5e-6, 2e13, 2.5e12)
+    assert choose(model, late, "float16", without_cublas, allow_tf32=True, environ={}) == "tensor-core-experts"
 
 
 def test_overrides_force_a_path_or_keep_the_kernels_heuristic():

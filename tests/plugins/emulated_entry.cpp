@@ -77,3 +77,8 @@ extern "C" long long emu_blas_gemm_calls()
 {
     return emu_blas::gemm_calls;
 }
+
+extern "C" int emu_validate_algo(dyconv::ConvShape const* shape, int algo)
+{
+    return static_cast<int>(dyconv::validate(*shape, static_cast<dyconv::Algo>(algo)));
+}

@@ -107,5 +107,9 @@ TILE_CONFIGS = [
     # reduction of 27, DyNet attention: each block's M and pixel offsets, and its tile's edges, both ways.
     LayerConfig("3x3-grouped-two-by-two-mma-tiles", c=6, m=144, experts=2, kernel=3, h=9, w=9, padding=(1, 1, 1, 1),
                 groups=2, channel_attention=True),
+    # tensor-core-experts: three experts leave 21 channels and an unused row per 64-row tile; 48 channels are
+    # three tiles, the last one partial, and ODConv's spatial attention scales X per tap.
+    LayerConfig("3x3-three-experts-three-channel-tiles", c=4, m=48, experts=3, kernel=3, h=6, w=6,
+                padding=(1, 1, 1, 1), spatial=True),
 ]
 KERNEL_CONFIGS = LAYER_CONFIGS + TILE_CONFIGS

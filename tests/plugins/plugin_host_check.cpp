@@ -325,14 +325,14 @@ int main(int argc, char** argv)
 
     // Tactics (dyconv::Algo values) for the configured shape and type: both GEMMs always, depthwise for C/G == 1,
     // TF32/fp16 tensor-core ones for fp16 only (cublas-pointwise 4 for a pointwise conv when built with cuBLAS,
-    // tensor-core-fused 5 on an sm_80+ GPU, so optional here).
+    // the WMMA paths tensor-core-fused 5, -aggregated 6 and -experts 7 on an sm_80+ GPU, so optional here).
     check(build->configurePlugin(io.data(), 4, &io[4], 1) == 0 && tactics(plugin) == std::vector<int32_t>{2, 3},
         "fp32 3x3 grouped conv: tactics gemm-fused, gemm-aggregated");
     std::vector<DynamicPluginTensorDesc> depthwise{tensorDesc({8, 2, 32, 32}, DataType::kHALF),
         tensorDesc({8, 4}, DataType::kHALF), tensorDesc({4, 32, 1, 3, 3}, DataType::kHALF)};
     check(build->configurePlugin(depthwise.data(), 3, &io[4], 1) == 0
-            && tacticsAre(tactics(plugin), {1, 2, 3}, {5}),
-        "fp16 depthwise conv: tactics depthwise, both GEMMs (+ tensor-core-fused on sm_80+), no cublas-pointwise");
+            && tacticsAre(tactics(plugin), {1, 2, 3}, {5, 6, 7}),
+        "fp16 depthwise conv: tactics depthwise, both GEMMs (+ the WMMA paths on sm_80+), no cublas-pointwise");
     IPluginV3* pointwise = creator->createPlugin("pw", nullptr, TensorRTPhase::kBUILD); // stride 1, no pads
     auto* pointwiseBuild
         = static_cast<IPluginV3OneBuild*>(pointwise->getCapabilityInterface(PluginCapabilityType::kBUILD));
@@ -340,14 +340,14 @@ int main(int argc, char** argv)
         tensorDesc({8, 4}, DataType::kFLOAT), tensorDesc({4, 32, 16, 1, 1}, DataType::kFLOAT)};
     check(pointwiseBuild->configurePlugin(pw.data(), 3, &io[4], 1) == 0
             && tactics(pointwise) == std::vector<int32_t>{2, 3},
-        "fp32 pointwise conv: no TF32 tactic (cublas-pointwise, tensor-core-fused)");
+        "fp32 pointwise conv: no TF32 tactic (cublas-pointwise, tensor-core-*)");
     for (auto& d : pw)
     {
         d.desc.type = DataType::kHALF;
     }
     check(pointwiseBuild->configurePlugin(pw.data(), 3, &io[4], 1) == 0
-            && tacticsAre(tactics(pointwise), {2, 3}, {4, 5}),
-        "fp16 pointwise conv: both GEMMs (+ cublas-pointwise with cuBLAS, tensor-core-fused on sm_80+)");
+            && tacticsAre(tactics(pointwise), {2, 3}, {4, 5, 6, 7}),
+        "fp16 pointwise conv: both GEMMs (+ cublas-pointwise with cuBLAS, the WMMA paths on sm_80+)");
     auto* pointwiseRuntime
         = static_cast<IPluginV3OneRuntime*>(pointwise->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     check(pointwiseRuntime->setTactic(3) == 0 && tacticOf(pointwise) == 3, "setTactic(3) is serialised as tactic 3");
@@ -359,7 +359,8 @@ int main(int argc, char** argv)
     std::cout << "(the three rejections below log one plugin error each)" << std::endl;
     auto* timedRuntime
         = static_cast<IPluginV3OneRuntime*>(timed->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-    check(timedRuntime->setTactic(6) != 0 && timedRuntime->setTactic(-1) != 0 && tacticOf(timed) == 3,
+    // 8: one past the last dyconv::Algo value (kTensorCoreExperts).
+    check(timedRuntime->setTactic(8) != 0 && timedRuntime->setTactic(-1) != 0 && tacticOf(timed) == 3,
         "setTactic refuses values outside dyconv::Algo");
     int32_t const badTactic = 9;
     PluginField const badTacticField("tactic", &badTactic, PluginFieldType::kINT32, 1);

@@ -32,16 +32,19 @@ def cuda_ops():
     return cuda
 
 
+WMMA_PATHS = ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts")
+
+
 def paths_for(config) -> list[str]:
-    """Every path that applies; ``cublas-pointwise`` also needs a build with cuBLAS, ``tensor-core-fused`` an sm_80+
-    GPU (skipped otherwise)."""
-    return (["auto", "gemm-fused", "gemm-aggregated", "tensor-core-fused"]
+    """Every path that applies; ``cublas-pointwise`` also needs a build with cuBLAS, the ``tensor-core-*`` paths an
+    sm_80+ GPU (skipped otherwise)."""
+    return (["auto", "gemm-fused", "gemm-aggregated", *WMMA_PATHS]
             + (["depthwise"] if config.depthwise else []) + (["cublas-pointwise"] if config.pointwise else []))
 
 
 def tolerance_for(algo: str, precision: str):
     """Tensor cores (TF32 for fp32, fp16 per-sample kernels): ``tensor-core-kernel``; the rest fp32 accuracy."""
-    tensor_cores = algo in ("cublas-pointwise", "tensor-core-fused")
+    tensor_cores = algo in ("cublas-pointwise", *WMMA_PATHS)
     return TOLERANCES["tensor-core-kernel"] if tensor_cores else KERNEL_TOLERANCES[precision]
 
 
@@ -56,7 +59,7 @@ CASES = [pytest.param(config, algo, id=f"{config.name}-{algo}") for config in KE
 def test_cuda_kernels_match_reference(cuda_ops, config, algo, precision, batch):
     if algo not in ["auto", *cuda_ops.available_algos()]:
         pytest.skip(f"{algo} is not available: not compiled into this build (no cuBLAS found) or, for "
-                    "tensor-core-fused, a GPU below sm_80")
+                    "tensor-core-*, a GPU below sm_80")
     inputs = config.inputs(batch, torch.Generator().manual_seed(batch))
     dtype = DTYPES[precision]
     device = {k: None if v is None else v.to("cuda", dtype) for k, v in inputs.items()}

@@ -8,8 +8,8 @@ fp16, on a workspace and an output filled with garbage; fp16 results must meet t
 tolerance, which a simulated kernel accumulating in fp16 is shown to miss. The cuBLAS path calls
 the CPU reference GEMM of ``emulated_cublas/cublas_v2.h`` (TF32 rounding included), so its GEMM
 parameters (transposes, leading dimensions, strides, batch count, compute type) are checked by the
-same comparison, under the ``tensor-core-kernel`` tolerance. The WMMA path (``tensor-core-fused``)
-runs on the emulated WMMA of ``cuda_emulation.h``, which checks the API's rules (alignment, ldm,
+same comparison, under the ``tensor-core-kernel`` tolerance. The WMMA paths (``tensor-core-fused``,
+``-aggregated``, ``-experts``) run on the emulated WMMA of ``cuda_emulation.h``, which checks the API's rules (alignment, ldm,
 whole warps, the same arguments on every lane) and runs warps in turns between barriers, so a
 missing ``__syncthreads`` reads or overwrites a tile another warp has not written or read yet.
 """
@@ -32,7 +32,7 @@ from layer_configs import KERNEL_CONFIGS, LAYER_CONFIGS, LayerConfig
 HERE = Path(__file__).resolve().parent
 KERNEL_SOURCE = HERE.parents[1] / "plugins" / "kernels" / "dynamic_conv.cu"
 ALGOS = {"auto": 0, "depthwise": 1, "gemm-fused": 2, "gemm-aggregated": 3, "cublas-pointwise": 4,
-         "tensor-core-fused": 5}
+         "tensor-core-fused": 5, "tensor-core-aggregated": 6, "tensor-core-experts": 7}
 DTYPES = {"fp32": (0, np.float32), "fp16": (1, np.float16)}
 KERNEL_TOLERANCES = {"fp32": TOLERANCES["fp32"], "fp16": TOLERANCES["fp16-kernel"]}  # fp16: fp32 accumulation
 CUDA_ERROR_INVALID_VALUE = 1
@@ -42,8 +42,9 @@ MISUSE = -2  # emulated_entry.cpp: an emulated API used against its rules (emu_m
 GEMM_TILE = 16  # kGemmBK: reduction tile
 MIN_SPLIT_STEPS = 4  # kMinStepsPerSplit
 LAUNCHES = ("tiles64", "tiles32", "split-k")
-TENSOR_CORE_ALGOS = ("cublas-pointwise", "tensor-core-fused")
-MMA_TILE = 64  # kMmaTile: outputs x pixels of a tensor-core-fused block
+WMMA_ALGOS = ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts")  # need sm_80
+TENSOR_CORE_ALGOS = ("cublas-pointwise", *WMMA_ALGOS)
+MMA_TILE = 64  # kMmaTile: weight rows x pixels of a WMMA block
 
 
 class ConvShape(ctypes.Structure):
@@ -148,7 +149,7 @@ def multiprocessor_count_for(launch: str, config: LayerConfig, batch: int) -> in
 
 def algos_for(config: LayerConfig) -> list[str]:
     """Every path that applies (``auto`` runs once per config; the heuristic has its own test)."""
-    return (["gemm-fused", "gemm-aggregated", "tensor-core-fused"] + (["depthwise"] if config.depthwise else [])
+    return (["gemm-fused", "gemm-aggregated", *WMMA_ALGOS] + (["depthwise"] if config.depthwise else [])
             + (["cublas-pointwise"] if config.pointwise else []))
 
 
@@ -237,32 +238,38 @@ def test_unknown_path_is_an_error(emulated, algo):
     assert status == CUDA_ERROR_INVALID_VALUE
 
 
-def mma_tiles(config: LayerConfig) -> tuple[int, int]:
-    """tensor-core-fused blocks per (sample, group): (output-channel tiles, pixel tiles) of 64."""
+def mma_tiles(config: LayerConfig, channels: int = MMA_TILE) -> tuple[int, int]:
+    """WMMA blocks per (sample, group): (output-channel tiles of ``channels``, pixel tiles of 64)."""
     ho, wo = config.output_hw
-    return -(-(config.m // config.groups) // MMA_TILE), -(-ho * wo // MMA_TILE)
+    return -(-(config.m // config.groups) // channels), -(-ho * wo // MMA_TILE)
 
 
 def test_tensor_core_configs_reach_past_one_tile():
-    """KERNEL_CONFIGS run the WMMA path on more than one 64-tile of output channels and of pixels (both at once in
+    """KERNEL_CONFIGS run the WMMA paths on more than one 64-tile of output channels and of pixels (both at once in
     a grouped conv), reductions that are not whole 16-tiles (the zero-filled tail) and BATCH samples, each with
-    its own attention."""
+    its own attention; tensor-core-experts (floor(64 / K) channels per tile) also on several channel tiles with K
+    that does not divide 64 (an unused last row), with DyNet attention and with ODConv's spatial attention."""
     assert any(mma_tiles(c)[0] > 1 for c in KERNEL_CONFIGS) and any(mma_tiles(c)[1] > 1 for c in KERNEL_CONFIGS)
     assert any(min(mma_tiles(c)) > 1 and c.groups > 1 for c in KERNEL_CONFIGS)
     assert any(c.reduction % GEMM_TILE for c in KERNEL_CONFIGS) and BATCH > 1
+    experts_tiles = {c.name: mma_tiles(c, MMA_TILE // c.experts)[0] for c in KERNEL_CONFIGS}
+    assert any(experts_tiles[c.name] > 1 and MMA_TILE % c.experts for c in KERNEL_CONFIGS)
+    assert any(experts_tiles[c.name] > 1 and c.channel_attention for c in KERNEL_CONFIGS)
+    assert any(c.spatial and not c.depthwise for c in KERNEL_CONFIGS)
 
 
+@pytest.mark.parametrize("algo", WMMA_ALGOS)
 @pytest.mark.parametrize("device, code", [(75, 75), (86, 75), (70, 90)],
                          ids=["sm75", "sm86-running-sm75-code", "sm70"])
-def test_tensor_core_path_is_refused_where_it_cannot_run(emulated, device, code):
-    """Below sm_80, or with code compiled for an older architecture (its kernel is empty), the WMMA path is not
+def test_tensor_core_path_is_refused_where_it_cannot_run(emulated, device, code, algo):
+    """Below sm_80, or with code compiled for an older architecture (its kernel is empty), a WMMA path is not
     available and a call is refused with cudaErrorNotSupported, Y unwritten; the other paths still run."""
     config = next(c for c in LAYER_CONFIGS if c.name == "3x3")
     inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(6))
     emulated.emu_set_architecture(device, code)
     try:
-        available = emulated.emu_algo_available(ALGOS["tensor-core-fused"])
-        status, y = run_emulated(emulated, config, inputs, "fp32", "tensor-core-fused")
+        available = emulated.emu_algo_available(ALGOS[algo])
+        status, y = run_emulated(emulated, config, inputs, "fp32", algo)
         other, _ = run_emulated(emulated, config, inputs, "fp32", "gemm-fused")
     finally:
         emulated.emu_set_architecture(90, 90)
@@ -270,18 +277,41 @@ def test_tensor_core_path_is_refused_where_it_cannot_run(emulated, device, code)
     assert other == 0
 
 
-def test_tensor_core_path_runs_on_sm80_without_workspace(emulated):
+@pytest.mark.parametrize("algo, workspace", [("tensor-core-fused", False), ("tensor-core-experts", False),
+                                             ("tensor-core-aggregated", True)])
+def test_tensor_core_paths_run_on_sm80_with_their_workspace(emulated, algo, workspace):
+    """On sm_80 the WMMA paths run; only tensor-core-aggregated needs a workspace (the per-sample kernels), and
+    refuses less."""
     config = next(c for c in LAYER_CONFIGS if c.name == "3x3-deep-dynet")
-    inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(7))
-    assert emulated.emu_workspace_size(ctypes.byref(conv_shape(config, 2)), ALGOS["tensor-core-fused"], 1, 1) == 0
+    batch = 2
+    inputs = config.inputs(batch=batch, generator=torch.Generator().manual_seed(7))
+    kernels = batch * config.m * config.reduction * 4
+    size = emulated.emu_workspace_size(ctypes.byref(conv_shape(config, batch)), ALGOS[algo], 1, 1)
+    assert size == (-(-kernels // 256) * 256 if workspace else 0)
     emulated.emu_set_architecture(80, 80)
     try:
-        available = emulated.emu_algo_available(ALGOS["tensor-core-fused"])
-        status, y = run_emulated(emulated, config, inputs, "fp16", "tensor-core-fused", workspace_bytes=0)
+        available = emulated.emu_algo_available(ALGOS[algo])
+        status, y = run_emulated(emulated, config, inputs, "fp16", algo, workspace_bytes=size)
+        short, _ = run_emulated(emulated, config, inputs, "fp16", algo, workspace_bytes=size - 4) if workspace \
+            else (CUDA_ERROR_INVALID_VALUE, None)
     finally:
         emulated.emu_set_architecture(90, 90)
     assert available and status == 0, emulated.emu_misuse().decode()
+    assert short == CUDA_ERROR_INVALID_VALUE
     assert compare(y, reference(config, inputs, np.float16), TOLERANCES["tensor-core-kernel"]).passed
+
+
+def test_experts_path_needs_every_expert_of_a_channel_in_one_tile(emulated):
+    """tensor-core-experts keeps a channel's K expert rows in one 64-row tile: K = 64 runs, K = 65 is refused."""
+    for experts, expected in ((64, 0), (65, CUDA_ERROR_INVALID_VALUE)):
+        config = LayerConfig(f"pointwise-{experts}-experts", c=4, m=3, experts=experts, kernel=1, h=3, w=3)
+        inputs = config.inputs(batch=2, generator=torch.Generator().manual_seed(8))
+        assert (emulated.emu_validate_algo(ctypes.byref(conv_shape(config, 2)), ALGOS["tensor-core-experts"]) == 0) \
+            == (experts <= MMA_TILE)
+        status, y = run_emulated(emulated, config, inputs, "fp32", "tensor-core-experts")
+        assert status == expected, emulated.emu_misuse().decode()
+        if expected == 0:
+            assert compare(y, reference(config, inputs, np.float32), TOLERANCES["tensor-core-kernel"]).passed
 
 
 def splits(lib: ctypes.CDLL, shape: ConvShape, multiprocessor_count: int, partial_floats: int = 2**62) -> int:
