@@ -1,6 +1,7 @@
 // Kernels of dynamic_conv.h. Three convolution paths share one weight-mixing device function:
-//   depthwise        C/G == 1: one block per (sample, output channel) mixes its kH*kW taps into shared
-//                    memory, then each thread computes output pixels directly.
+//   depthwise        C/G == 1: a block per (sample, output channel), or per several output channels of a
+//                    sample when their planes are small, mixes each plane's kH*kW taps once into shared
+//                    memory, then each thread computes one output pixel directly.
 //   gemm (fused)     implicit GEMM per (sample, group): Y[m, p] = sum_r Wn[m, r] * im2col(X)[r, p]; weight
 //                    tiles are mixed from the K experts while being loaded, so Wn never reaches global memory.
 //   gemm (aggregated) the same GEMM reading Wn from a workspace filled by aggregate_kernel first; cheaper when
@@ -208,35 +209,61 @@ __global__ void aggregate_kernel(ConvShape s, Typed<T> t, K* kernels)
     }
 }
 
-// grid (pixel blocks * N, M); dynamic shared memory: kH*kW floats.
+// Output planes of one depthwise block: one when a plane needs all kDepthwiseThreads threads (its pixel blocks
+// then split it), else as many whole-warp slots of ceil(Ho*Wo / 32) warps as the block holds (up to 8 planes of
+// <= 32 pixels: a 7x7 plane leaves 15 of 64 threads idle, not 207 of 256), and no more than keep the planes'
+// mixed taps within kDepthwiseSharedFloats.
+constexpr int kDepthwiseSharedFloats = 2048;
+
+__host__ __device__ inline int depthwise_planes_per_block(ConvShape const& s)
+{
+    int const pixels = s.ho * s.wo;
+    if (pixels >= kDepthwiseThreads)
+    {
+        return 1;
+    }
+    int const planes = (kDepthwiseThreads / 32) / ((pixels + 31) / 32);
+    int const fit = kDepthwiseSharedFloats / (s.kh * s.kw);
+    return fit < 1 ? 1 : planes < fit ? planes : fit;
+}
+
+// grid (pixel blocks * N, ceil(M / planes)) with planes = depthwise_planes_per_block: slot q of the block (its
+// threadIdx.x / slot threads) computes output channel blockIdx.y * planes + q; dynamic shared memory: planes *
+// kH*kW floats, each plane's taps mixed once.
 template <typename T>
 __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape s, Typed<T> t)
 {
     extern __shared__ float taps[];
-    __shared__ float bias;
+    __shared__ float bias[kDepthwiseThreads / 32];
     int const pixels = s.ho * s.wo;
-    int const pixel_blocks = (pixels + blockDim.x - 1) / blockDim.x;
+    int const planes = depthwise_planes_per_block(s);
+    int const slot_threads = planes == 1 ? kDepthwiseThreads : (pixels + 31) / 32 * 32;
+    int const pixel_blocks = (pixels + kDepthwiseThreads - 1) / kDepthwiseThreads; // 1 when planes > 1
     int const n = blockIdx.x / pixel_blocks;
-    int const gm = blockIdx.y;
+    int const first = blockIdx.y * planes; // output channel of slot 0
     int const ntaps = s.kh * s.kw;
-    for (int r = threadIdx.x; r < ntaps; r += blockDim.x)
+    for (int e = threadIdx.x; e < planes * ntaps; e += blockDim.x)
     {
-        taps[r] = mixed_weight(s, t, n, gm, r, ntaps);
+        int const q = e / ntaps;
+        taps[e] = first + q < s.m ? mixed_weight(s, t, n, first + q, e - q * ntaps, ntaps) : 0.f;
     }
-    if (threadIdx.x == 0)
+    for (int q = threadIdx.x; q < planes; q += blockDim.x)
     {
-        bias = mixed_bias(s, t, n, gm);
+        bias[q] = first + q < s.m ? mixed_bias(s, t, n, first + q) : 0.f;
     }
     __syncthreads();
 
-    int const c = gm / (s.m / s.groups); // C/G == 1: group index == input channel
-    T const* xc = t.x + (static_cast<size_t>(n) * s.c + c) * s.h * s.w;
-    int const p = (blockIdx.x - n * pixel_blocks) * blockDim.x + threadIdx.x;
-    if (p < pixels)
+    int const q = threadIdx.x / slot_threads;
+    int const gm = first + q;
+    int const p = (blockIdx.x - n * pixel_blocks) * kDepthwiseThreads + threadIdx.x - q * slot_threads;
+    if (q < planes && gm < s.m && p < pixels)
     {
+        int const c = gm / (s.m / s.groups); // C/G == 1: group index == input channel
+        T const* xc = t.x + (static_cast<size_t>(n) * s.c + c) * s.h * s.w;
+        float const* plane_taps = taps + q * ntaps;
         int const oh = p / s.wo;
         int const ow = p - oh * s.wo;
-        float acc = bias;
+        float acc = bias[q];
         for (int i = 0; i < s.kh; ++i)
         {
             int const ih = oh * s.stride_h - s.pad_top + i * s.dilation_h;
@@ -249,7 +276,7 @@ __global__ void __launch_bounds__(kDepthwiseThreads) depthwise_kernel(ConvShape 
                 int const iw = ow * s.stride_w - s.pad_left + j * s.dilation_w;
                 if (iw >= 0 && iw < s.w)
                 {
-                    acc += taps[i * s.kw + j] * load(xc, static_cast<size_t>(ih) * s.w + iw);
+                    acc += plane_taps[i * s.kw + j] * load(xc, static_cast<size_t>(ih) * s.w + iw);
                 }
             }
         }
@@ -625,10 +652,11 @@ struct Grid
     }
 };
 
-// The depthwise launch: (pixel blocks of kDepthwiseThreads * N, M).
+// The depthwise launch: (pixel blocks of kDepthwiseThreads * N, ceil(M / planes per block)).
 Grid depthwise_grid(ConvShape const& s)
 {
-    return {ceil_div(static_cast<long long>(s.ho) * s.wo, kDepthwiseThreads) * s.n, s.m, 1};
+    return {ceil_div(static_cast<long long>(s.ho) * s.wo, kDepthwiseThreads) * s.n,
+        ceil_div(s.m, depthwise_planes_per_block(s)), 1};
 }
 
 // The GEMM launch with BM x BN tiles: (pixel tiles * N * G, M/G tiles, split-K slices).
@@ -922,7 +950,7 @@ cudaError_t launch(ConvShape const& s, ConvTensors const& tensors, void* workspa
     case Algo::kDepthwise:
     {
         dim3 const grid = depthwise_grid(s).dims();
-        size_t const shared = static_cast<size_t>(s.kh) * s.kw * sizeof(float);
+        size_t const shared = static_cast<size_t>(depthwise_planes_per_block(s)) * s.kh * s.kw * sizeof(float);
         depthwise_kernel<T><<<grid, kDepthwiseThreads, shared, stream>>>(s, t);
         break;
     }

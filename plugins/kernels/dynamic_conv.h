@@ -26,7 +26,7 @@ enum class DType : int32_t
 enum class Algo : int32_t
 {
     kAuto = 0,
-    kDepthwise = 1,      //!< direct kernel, one output plane per block; needs C/G == 1
+    kDepthwise = 1,      //!< direct kernel, taps mixed once per plane, small planes several per block; C/G == 1
     kGemmFused = 2,      //!< implicit GEMM that mixes the experts while loading weight tiles (no workspace)
     kGemmAggregated = 3, //!< aggregate per-sample kernels into the workspace, then implicit GEMM over them
     //! Per-sample kernels aggregated in the input type into the workspace, then one cuBLAS strided-batched GEMM
@@ -116,9 +116,11 @@ bool algo_applies(ConvShape const& shape, Algo algo);
 
 //! cudaSuccess when the shape is consistent (positive sizes, C and M divisible by groups, Ho, Wo > 0), one output
 //! plane and one kernel have < 2^31 elements, and the launch grid of `algo` (kAuto: select_algo's) fits CUDA's
-//! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, M); SIMT GEMM (ceil(Ho*Wo / 32) * N * G,
-//! ceil(M/G / 32)), its plan with the most blocks; WMMA paths (ceil(Ho*Wo / 64) * N * G, ceil(M/G / c)) with
-//! c = 64, or floor(64 / K) for kTensorCoreExperts (K > 64: refused). `algo` must be an Algo value (is_algo).
+//! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, ceil(M / planes)), planes per block 1 for
+//! planes of >= 256 pixels, else floor(8 / ceil(Ho*Wo / 32)) capped at floor(2048 / (kH*kW)) (at least 1);
+//! SIMT GEMM (ceil(Ho*Wo / 32) * N * G, ceil(M/G / 32)), its plan with the most blocks; WMMA paths
+//! (ceil(Ho*Wo / 64) * N * G, ceil(M/G / c)) with c = 64, or floor(64 / K) for kTensorCoreExperts (K > 64:
+//! refused). `algo` must be an Algo value (is_algo).
 cudaError_t validate(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):

@@ -258,6 +258,25 @@ def test_tensor_core_configs_reach_past_one_tile():
     assert any(c.spatial and not c.depthwise for c in KERNEL_CONFIGS)
 
 
+def depthwise_planes_per_block(config: LayerConfig) -> int:
+    """Mirror of the kernels' depthwise_planes_per_block: 1 from 256 pixels on, else 8 warps / warps per plane,
+    capped by 2048 floats of taps."""
+    ho, wo = config.output_hw
+    if ho * wo >= 256:
+        return 1
+    return max(1, min(8 // -(-ho * wo // 32), 2048 // config.kernel ** 2))
+
+
+def test_depthwise_configs_cover_every_block_layout():
+    """Small planes several per block (one warp each, and several warps each) with a last block only partly
+    filled with channels, and a plane split over two blocks."""
+    layouts = [(depthwise_planes_per_block(c), c.m % depthwise_planes_per_block(c), c.output_hw)
+               for c in KERNEL_CONFIGS if c.depthwise]
+    assert any(planes == 8 and partial for planes, partial, _ in layouts)
+    assert any(1 < planes < 8 for planes, _, _ in layouts)
+    assert any(planes == 1 and ho * wo > 256 for planes, _, (ho, wo) in layouts)
+
+
 @pytest.mark.parametrize("algo", WMMA_ALGOS)
 @pytest.mark.parametrize("device, code", [(75, 75), (86, 75), (70, 90)],
                          ids=["sm75", "sm86-running-sm75-code", "sm70"])
@@ -410,9 +429,14 @@ def pointwise(m: int, h: int, w: int) -> LayerConfig:
     # DY-MobileNetV2's depthwise layers at batch 256: N * groups * Ho * Wo is far beyond 2^31, the grid is not.
     (depthwise(960, 7), 256, True),
     (depthwise(1280, 112), 256, True),
-    # Depthwise grid (ceil(Ho*Wo / 256) * N, M): exact at both limits.
-    (depthwise(65535, 1), 1, True),
-    (depthwise(65536, 1), 1, False),
+    # Depthwise grid (ceil(Ho*Wo / 256) * N, ceil(M / planes per block)): exact at both limits; one plane per block
+    # from 256 pixels on, eight of one pixel, two of 100 pixels (four warps each).
+    (depthwise(65535, 16), 1, True),
+    (depthwise(65536, 16), 1, False),
+    (depthwise(8 * 65535, 1), 1, True),
+    (depthwise(8 * 65535 + 1, 1), 1, False),
+    (depthwise(2 * 65535, 10), 1, True),
+    (depthwise(2 * 65535 + 1, 10), 1, False),
     (depthwise(4, 16), GRID_X_LIMIT, True),  # one pixel block per plane
     (depthwise(4, 17), (GRID_X_LIMIT + 1) // 2 - 1, True),  # 289 pixels: two blocks per plane
     (depthwise(4, 17), (GRID_X_LIMIT + 1) // 2, False),
