@@ -4,24 +4,26 @@ For every distinct ``DynamicConv2d`` shape of the two samples (224x224 input) at
 and 256, one run times side by side, with CUDA events around ``--iters`` back-to-back calls (one
 synchronisation per group; the median of ``--repeats`` groups, per call):
 
-* ``ours``: ``plugins/kernels`` through the torch extension, on the path its cost model picks for the
-  shape, batch and precision (``chosen_algo``; ``heuristic_algo`` in the JSON is the kernels' own
-  batch-independent choice);
+* every path of ``plugins/kernels`` that applies to the shape and that the extension and GPU have
+  (``depthwise``, ``gemm-fused``, ``gemm-aggregated``, ``cublas-pointwise``, ``tensor-core-fused``,
+  ``-aggregated``, ``-experts``), through the torch extension; the tensor-core paths (TF32 for fp32
+  tensors, fp16 operands with fp32 accumulation) only in the tf32 and fp16 rows;
+* ``ours``: the path the cost model picks for the shape, batch and precision (``chosen_algo``; ``auto``
+  is the kernels' batch-independent heuristic, ``heuristic_algo`` in the JSON), i.e. that path's time;
 * ``cudnn-static``: ``F.conv2d`` with one static kernel of the same shape (the lower bound a
   dynamic conv is compared against);
 * ``grouped``: the batch-folded grouped conv in PyTorch (einsum aggregation + one conv with
-  ``groups * N``), i.e. :func:`dyconv_deploy.ops.reference.dynamic_conv2d_reference`;
-* ``tensor-core``: ``plugins/kernels``' ``tensor-core-fused`` path (WMMA: TF32 for fp32 tensors, fp16
-  operands with fp32 accumulation) in the tf32 and fp16 rows, when the GPU is sm_80 or later (else ``-``).
+  ``groups * N``), i.e. :func:`dyconv_deploy.ops.reference.dynamic_conv2d_reference`.
 
 Like is compared with like, one row per precision (``--precisions``): ``tf32`` (fp32 tensors, cuDNN and
 matmul TF32 allowed: torch's default for convolutions), ``fp32`` (TF32 disabled: true fp32 everywhere)
 and ``fp16``. The ``ours math`` column says what the chosen path computes in (fp32 FMA, or TF32 / fp16 MMA
-when the cost model picks a tensor-core path, which it does for fp32 tensors only in the tf32 rows).
-It also checks each path ``ours`` takes (under the ``tensor-core-kernel`` tolerance for a tensor-core one),
-and ``tensor-core``, against the per-sample reference at batch 1 (max abs error columns).
-Writes ``kernel_bench_<gpu>.md`` and ``.json`` atomically under ``--out`` (default
-``benchmarks/results``), rewritten after every layer so an interrupted run keeps what it measured.
+for a tensor-core path, which fp32 tensors get only in the tf32 rows). ``best`` is the fastest path timed,
+so ``ours / best`` is what the cost model's choice costs. Every timed path is checked once per shape and
+precision against the per-sample reference at batch 1 (under the ``tensor-core-kernel`` tolerance for a
+tensor-core path; the worst max abs error is in the table, each path's in the JSON). Writes
+``kernel_bench_<gpu>.md`` and ``.json`` atomically under ``--out`` (default ``benchmarks/results``),
+rewritten after every layer so an interrupted run keeps what it measured.
 
     python benchmarks/kernel_bench.py                          # tf32, fp32, fp16; batches 1 32 256
     python benchmarks/kernel_bench.py --precisions fp16 --iters 50
@@ -115,62 +117,82 @@ def set_tf32(allowed: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
-def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, iters: int, repeats: int,
-                tensor_cores: bool = False) -> dict:
-    """Median times (ms) of ours, cuDNN static and the grouped conv (and, with ``tensor_cores``, ours on the
-    tensor-core-fused path; else None) for one shape and batch."""
+def conv_kwargs(shape: LayerShape) -> dict:
+    return {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
+
+
+def timed_paths(cuda_ops, shape: LayerShape, precision: str) -> list[str]:
+    """The kernel paths a row of ``precision`` times: those that apply to ``shape`` and the extension and GPU
+    have, tensor-core ones only where TF32 or fp16 is the precision."""
+    from dyconv_deploy.ops.cuda_cost import TENSOR_CORE_PATHS, path_applies
+
+    # Batch 1 is enough to ask which paths apply: that does not depend on the batch.
+    layer = cuda_ops.layer_shape(torch.empty(1, shape.c, shape.h, shape.w, device="meta",
+                                             dtype=PRECISIONS[precision][0]),
+                                 torch.empty(shape.experts, shape.m, shape.c // shape.groups, *shape.kernel,
+                                             device="meta"),
+                                 shape.stride, shape.padding, shape.dilation, shape.groups)
+    return [p for p in cuda_ops.available_algos()
+            if path_applies(layer, p) and (precision != "fp32" or p not in TENSOR_CORE_PATHS)]
+
+
+def bench_shape(cuda_ops, shape: LayerShape, batch: int, dtype: torch.dtype, paths: list[str], iters: int,
+                repeats: int) -> dict:
+    """Median times (ms per call) of each of ``paths``, cuDNN static and the grouped conv for one shape and batch,
+    and ours: the time of the path the cost model picks (the heuristic's path for ``auto``)."""
     ops = operands(shape, batch, dtype)
-    conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
+    conv = conv_kwargs(shape)
     x_static, static_padding = pad_input(ops["x"], shape.padding)
     static_weight = ops["weight"][0].contiguous()
     static_bias = None if ops["bias"] is None else ops["bias"][0].contiguous()
     algo = cuda_ops.chosen_algo(ops["x"], ops["attention"], ops["weight"], **conv)  # the cost model's pick
+    heuristic = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
     def median_ms(fn):  # per call, ms: CUDA events around groups of back-to-back calls
         return cuda_ops.median_call_ms(fn, iters, repeats, warmup=5)
 
     with torch.no_grad():
-        timings = {
-            "ours": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=algo)),
-            "cudnn_static": median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride,
-                                                       static_padding, shape.dilation, shape.groups)),
-            "grouped": median_ms(lambda: dynamic_conv2d_reference(**ops, **conv)),
-            "tensor_core": median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo="tensor-core-fused"))
-                           if tensor_cores else None,
-        }
-    heuristic = cuda_ops.selected_algo(ops["x"], ops["attention"], ops["weight"], **conv)
-    return {"batch": batch, "algo": algo, "heuristic_algo": heuristic, **{f"{k}_ms": v for k, v in timings.items()}}
+        paths_ms = {path: median_ms(lambda: cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=path))
+                    for path in paths}
+        cudnn_ms = median_ms(lambda: F.conv2d(x_static, static_weight, static_bias, shape.stride, static_padding,
+                                              shape.dilation, shape.groups))
+        grouped_ms = median_ms(lambda: dynamic_conv2d_reference(**ops, **conv))
+    ran = heuristic if algo == "auto" else algo
+    best = min(paths_ms, key=paths_ms.get)
+    return {"batch": batch, "algo": algo, "heuristic_algo": heuristic, "ours_ms": paths_ms[ran],
+            "best_algo": best, "best_ms": paths_ms[best], "cudnn_static_ms": cudnn_ms, "grouped_ms": grouped_ms,
+            "paths_ms": paths_ms}
 
 
 def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str, algo: str = "auto") -> float:
     """Max abs error of ours (``algo``) against the per-sample reference at batch 1 (raises when out of
     tolerance)."""
     ops = operands(shape, 1, dtype)
-    conv = {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
+    conv = conv_kwargs(shape)
     with torch.no_grad():
         y = cuda_ops.dynamic_conv2d_cuda(**ops, **conv, algo=algo)
         expected = per_sample_dynamic_conv2d(**{k: None if v is None else v.double() for k, v in ops.items()},
                                              **conv)
-    result = compare(y, expected, TOLERANCES[tolerance], name=shape.label)
+    result = compare(y, expected, TOLERANCES[tolerance], name=f"{shape.label} ({algo})")
     if not result.passed:
         raise SystemExit(f"kernel mismatch: {result}")
     return result.max_abs
 
 
-def markdown(rows: list[dict], header: str) -> str:
+def markdown(rows: list[dict], header: str, paths: tuple[str, ...]) -> str:
+    """The table of ``rows``: one line per precision, layer and batch, then each of ``paths`` as a multiple of
+    cuDNN's time (``-`` where it was not timed)."""
     lines = [header, "",
-             "| precision | ours math | sample | layer (C x H x W -> M) | uses | batch | path | ours ms "
-             "| cuDNN static ms | grouped ms | ours / cuDNN | ours / grouped | max abs err (b=1) "
-             "| tensor-core ms | tensor-core / cuDNN | tensor-core max abs err (b=1) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| precision | ours math | sample | layer (C x H x W -> M) | uses | batch | ours path | ours ms "
+             "| best path | cuDNN static ms | grouped ms | ours / cuDNN | best / cuDNN | ours / grouped "
+             "| max abs err (b=1) | " + " | ".join(f"{p} / cuDNN" for p in paths) + " |",
+             "|" + "---|" * (15 + len(paths))]
     for r in rows:
-        tc = r.get("tensor_core_ms")
-        tc_columns = (f"| {tc:.4f} | {tc / r['cudnn_static_ms']:.2f} | {r['tensor_core_err']:.2e} |"
-                      if tc is not None else "| - | - | - |")
+        cudnn = r["cudnn_static_ms"]
+        per_path = " | ".join(f"{r['paths_ms'][p] / cudnn:.2f}" if p in r["paths_ms"] else "-" for p in paths)
         lines.append(f"| {r['precision']} | {r['ours_math']} | {r['sample']} | {r['layer']} | {r['uses']} "
-                     f"| {r['batch']} | {r['algo']} "
-                     f"| {r['ours_ms']:.4f} | {r['cudnn_static_ms']:.4f} | {r['grouped_ms']:.4f} "
-                     f"| {r['ours_ms'] / r['cudnn_static_ms']:.2f} | {r['ours_ms'] / r['grouped_ms']:.2f} "
-                     f"| {r['max_abs_err']:.2e} {tc_columns}")
+                     f"| {r['batch']} | {r['algo']} | {r['ours_ms']:.4f} | {r['best_algo']} | {cudnn:.4f} "
+                     f"| {r['grouped_ms']:.4f} | {r['ours_ms'] / cudnn:.2f} | {r['best_ms'] / cudnn:.2f} "
+                     f"| {r['ours_ms'] / r['grouped_ms']:.2f} | {r['max_abs_err']:.2e} | {per_path} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,10 +226,9 @@ def main(argv=None) -> int:
         return 2
 
     from dyconv_deploy.ops import cuda as cuda_ops
-    from dyconv_deploy.ops.cuda_cost import TENSOR_CORE_PATHS
+    from dyconv_deploy.ops.cuda_cost import PATHS, TENSOR_CORE_PATHS
 
     cuda_ops.enable_cuda_kernels()
-    tensor_core_gpu = "tensor-core-fused" in cuda_ops.available_algos()
     torch.backends.cudnn.benchmark = True
     gpu = torch.cuda.get_device_name()
     header = (f"# Dynamic conv kernels vs cuDNN ({gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
@@ -219,27 +240,24 @@ def main(argv=None) -> int:
     for precision in args.precisions:
         dtype, tf32, ours_math, tolerance = PRECISIONS[precision]
         set_tf32(tf32)
-        tensor_cores = tensor_core_gpu and precision != "fp32"  # TF32 is not fp32
         for sample, shapes in layers.items():
             for shape, names in shapes.items():
-                errors = {}  # path -> max abs error at batch 1, each path the cost model picks checked once
-                tc_error = (check_shape(cuda_ops, shape, dtype, "tensor-core-kernel", "tensor-core-fused")
-                            if tensor_cores else None)
+                paths = timed_paths(cuda_ops, shape, precision)
+                errors = {path: check_shape(cuda_ops, shape, dtype,
+                                            "tensor-core-kernel" if path in TENSOR_CORE_PATHS else tolerance, path)
+                          for path in paths}  # max abs error at batch 1, each timed path once
                 for batch in args.batches:
-                    row = bench_shape(cuda_ops, shape, batch, dtype, args.iters, args.repeats, tensor_cores)
-                    mma = row["algo"] in TENSOR_CORE_PATHS
-                    if row["algo"] not in errors:
-                        errors[row["algo"]] = check_shape(cuda_ops, shape, dtype,
-                                                          "tensor-core-kernel" if mma else tolerance, row["algo"])
+                    row = bench_shape(cuda_ops, shape, batch, dtype, paths, args.iters, args.repeats)
+                    ran = row["heuristic_algo"] if row["algo"] == "auto" else row["algo"]
+                    mma = ran in TENSOR_CORE_PATHS
                     math = ("TF32 MMA" if dtype == torch.float32 else "fp16 MMA (fp32 acc)") if mma else ours_math
                     rows.append({"precision": precision, "ours_math": math, "sample": sample,
-                                 "layer": shape.label, "uses": len(names), "max_abs_err": errors[row["algo"]],
-                                 "tensor_core_err": tc_error, "shape": asdict(shape), **row})
-                    tc = f"  tensor-core {row['tensor_core_ms']:.4f} ms" if tensor_cores else ""
-                    print(f"{precision:<5} {sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<16} "
-                          f"ours {row['ours_ms']:.4f} ms  cuDNN {row['cudnn_static_ms']:.4f} ms  "
-                          f"grouped {row['grouped_ms']:.4f} ms{tc}", flush=True)
-                atomic_write(stem.with_suffix(".md"), markdown(rows, header))
+                                 "layer": shape.label, "uses": len(names), "max_abs_err": max(errors.values()),
+                                 "path_errors": errors, "shape": asdict(shape), **row})
+                    print(f"{precision:<5} {sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<22} "
+                          f"ours {row['ours_ms']:.4f} ms  best {row['best_algo']} {row['best_ms']:.4f} ms  "
+                          f"cuDNN {row['cudnn_static_ms']:.4f} ms  grouped {row['grouped_ms']:.4f} ms", flush=True)
+                atomic_write(stem.with_suffix(".md"), markdown(rows, header, PATHS))
                 atomic_write(stem.with_suffix(".json"), json.dumps({"gpu": gpu, "rows": rows}, indent=1))
     print(f"wrote {stem}.md and {stem}.json")
     return 0

@@ -1,0 +1,69 @@
+"""``benchmarks/kernel_bench.py`` without a GPU: which kernel paths a row times, and the table of every path.
+
+The timing itself needs a GPU (``benchmarks/gpu_check.sh``); here a stand-in for ``dyconv_deploy.ops.cuda`` offers
+every path, so what is checked is the choice of paths per layer and precision (tensor-core paths never in the
+true-fp32 rows, ``depthwise`` and ``cublas-pointwise`` only where they apply) and that the table shows each path
+against cuDNN, ``-`` where a path was not timed.
+"""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dyconv_deploy.ops import cuda
+from dyconv_deploy.ops.cuda_cost import PATHS, TENSOR_CORE_PATHS
+
+
+@pytest.fixture(scope="module")
+def kernel_bench():
+    """``benchmarks/kernel_bench.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "_kernel_bench", Path(__file__).parents[2] / "benchmarks" / "kernel_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def every_path_available() -> SimpleNamespace:
+    return SimpleNamespace(available_algos=lambda: list(PATHS), layer_shape=cuda.layer_shape)
+
+
+def layer(kernel_bench, c, m, kernel, groups=1, stride=(1, 1), padding=(0, 0, 0, 0), experts=4):
+    return kernel_bench.LayerShape(c, 14, 14, m, experts, (kernel, kernel), stride, padding, (1, 1), groups, True)
+
+
+def test_each_row_times_the_paths_that_apply_in_its_precision(kernel_bench):
+    ops = every_path_available()
+    pointwise, dense, depthwise = (layer(kernel_bench, 64, 96, 1), layer(kernel_bench, 64, 96, 3, padding=(1,) * 4),
+                                   layer(kernel_bench, 96, 96, 3, groups=96, padding=(1,) * 4))
+    simt = ["gemm-fused", "gemm-aggregated"]
+    wmma = ["tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts"]
+    assert kernel_bench.timed_paths(ops, pointwise, "fp32") == simt
+    assert kernel_bench.timed_paths(ops, pointwise, "tf32") == [*simt, "cublas-pointwise", *wmma]
+    assert kernel_bench.timed_paths(ops, dense, "fp16") == [*simt, *wmma]
+    assert kernel_bench.timed_paths(ops, depthwise, "fp32") == ["depthwise", *simt]
+    assert kernel_bench.timed_paths(ops, depthwise, "fp16") == ["depthwise", *simt, *wmma]
+    many_experts = layer(kernel_bench, 64, 96, 3, padding=(1,) * 4, experts=65)
+    assert "tensor-core-experts" not in kernel_bench.timed_paths(ops, many_experts, "tf32")
+    without = SimpleNamespace(available_algos=lambda: [p for p in PATHS if p not in TENSOR_CORE_PATHS],
+                              layer_shape=cuda.layer_shape)  # a build without cuBLAS on a GPU below sm_80
+    assert kernel_bench.timed_paths(without, pointwise, "fp16") == simt
+
+
+def test_the_table_shows_every_timed_path_against_cudnn(kernel_bench):
+    row = {"precision": "fp16", "ours_math": "fp16 MMA (fp32 acc)", "sample": "dy_mobilenetv2",
+           "layer": "320x7x7 -> 1280 k1x1 s1", "uses": 1, "batch": 256, "algo": "tensor-core-experts",
+           "ours_ms": 0.30, "best_algo": "tensor-core-experts", "best_ms": 0.30, "cudnn_static_ms": 0.25,
+           "grouped_ms": 0.60, "max_abs_err": 1e-3,
+           "paths_ms": {"gemm-fused": 1.0, "gemm-aggregated": 2.0, "tensor-core-experts": 0.30}}
+    table = kernel_bench.markdown([row], "# header", PATHS)
+    header, rule, line = table.splitlines()[2:5]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    values = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))
+    assert len(columns) == rule.count("---") == len(values)
+    assert values["ours / cuDNN"] == "1.20" and values["ours / grouped"] == "0.50"
+    assert values["gemm-fused / cuDNN"] == "4.00" and values["gemm-aggregated / cuDNN"] == "8.00"
+    assert values["tensor-core-experts / cuDNN"] == "1.20"
+    assert values["depthwise / cuDNN"] == values["cublas-pointwise / cuDNN"] == "-"
