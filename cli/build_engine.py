@@ -1,5 +1,6 @@
 """``dyconv-deploy build-engine``: ONNX -> TensorRT engine plus its JSON sidecar."""
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -52,9 +53,15 @@ def build_engine_command(
         dyconv-deploy build-engine model.onnx --shapes input:1x3x160x160,8x3x224x224,16x3x320x320
     """
     from dyconv_deploy.trt.build import build_engine, parse_shapes
+    from dyconv_deploy.trt.sidecar import read_sidecar
 
     ranges = parse_shapes(shapes or [])
     engine = build_engine(onnx_file, output, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                           shapes=ranges, fp16=fp16, workspace_mb=workspace,
                           timing_cache=timing_cache.expanduser(), plugin_library=plugin, embed_plugin=embed_plugin)
     typer.echo(f"wrote {engine} and {engine}.json")
+    tactics = (read_sidecar(engine) or {}).get("plugin_tactics")
+    if tactics:
+        counts = Counter(t["algo"] or f"tactic {t['tactic']}" for t in tactics)
+        typer.echo("TensorRT picked for the plugin layers: "
+                   + ", ".join(f"{name} x{count}" for name, count in counts.most_common()))

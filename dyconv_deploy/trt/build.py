@@ -5,6 +5,11 @@ before parsing) -> parse the ONNX -> one optimisation profile (batch range from
 ``min/opt/max_batch``, or explicit ``shapes``) -> precision -> timing cache -> build with a
 progress display -> write the engine, the timing cache and the sidecar atomically.
 
+The builder keeps detailed layer information (``ProfilingVerbosity.DETAILED``), so that the
+sidecar can record which tactic TensorRT's autotuner picked for every plugin layer: for a
+DynamicConv2d layer its ``dyconv::Algo`` value, named as in ``plugins/kernels`` (``plugin_tactics``,
+read back from the built engine with TensorRT's engine inspector).
+
 Precision: one route on every version. The network is strongly typed (TensorRT 10:
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; TensorRT 11: always), so tensor types come
 from the ONNX, and ``fp16=True`` first converts the ONNX to fp16 with
@@ -13,6 +18,7 @@ weakly typed ``BuilderFlag.FP16`` (deprecated in 10.12, gone in 11) is never use
 TensorRT run the attention softmax and the plugin's A input in fp16.
 """
 
+import json
 import logging
 import os
 import re
@@ -170,6 +176,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         _parse(parser, source)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer tactics for the sidecar
     inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
     profile = profile_shapes(inputs, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, shapes=shapes)
     _add_profile(builder, config, profile)
@@ -196,11 +203,40 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         "outputs": [_io_record(trt, network.get_output(i)) for i in range(network.num_outputs)],
         "precision": "fp16" if fp16 else "fp32",
         "onnx_sha256": file_sha256(onnx_path),
+        "plugin_tactics": plugin_tactics(trt, logger, bytes(blob), host_code=embed_plugin),
         "build_seconds": round(seconds, 3),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     log.info("built %s in %.1f s", engine_path, seconds)
     return engine_path
+
+
+def plugin_tactics(trt, logger, plan: bytes, *, host_code: bool = False) -> list[dict] | None:
+    """The tactic of every plugin layer of ``plan``, from TensorRT's engine inspector (the plan must be built with
+    ``ProfilingVerbosity.DETAILED``): ``[{"layer": name, "tactic": value, "algo": name or None}]``, ``algo`` the
+    ``dyconv::Algo`` name of the value (DynamicConv2d's tactics; None for a value outside it). None, with a
+    warning, when the plan cannot be inspected; ``host_code``: the plan carries a plugin library."""
+    from dyconv_deploy.ops.cuda import ALGOS
+
+    try:
+        runtime = trt.Runtime(logger)
+        runtime.engine_host_code_allowed = host_code
+        engine = runtime.deserialize_cuda_engine(plan)
+        inspector = engine.create_engine_inspector()
+        layers = [json.loads(inspector.get_layer_information(i, trt.LayerInformationFormat.JSON))
+                  for i in range(engine.num_layers)]
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        log.warning("could not read the plugin layers' tactics from the engine (%s); the sidecar has none", exc)
+        return None
+    tactics = []
+    for layer in layers:
+        if not isinstance(layer, dict) or "Plugin" not in str(layer.get("LayerType", "")):
+            continue
+        value = layer.get("TacticValue")
+        tactic = int(value, 0) if isinstance(value, str) else value
+        tactics.append({"layer": layer.get("Name"), "tactic": tactic,
+                        "algo": ALGOS[tactic] if isinstance(tactic, int) and 0 <= tactic < len(ALGOS) else None})
+    return tactics
 
 
 def load_plugin_library(trt, path: str | os.PathLike) -> None:

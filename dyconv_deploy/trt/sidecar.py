@@ -9,7 +9,12 @@ serialised into the plan. ``model.engine`` gets ``model.engine.json``::
      "compute_capability": "9.0", "plugin_sha256": "…" | null, "plugin_serialized": false,
      "profiles": [{"x": {"min": [1,3,224,224], "opt": [...], "max": [...]}}],
      "inputs": [{"name": "x", "shape": [-1,3,224,224], "dtype": "float32"}], "outputs": [...],
-     "precision": "fp16", "onnx_sha256": "…", "build_seconds": 41.2, "built_at": "2026-…Z"}
+     "precision": "fp16", "onnx_sha256": "…", "build_seconds": 41.2, "built_at": "2026-…Z",
+     "plugin_tactics": [{"layer": "/features.1/conv/DynamicConv2d", "tactic": 5,
+                         "algo": "tensor-core-fused"}, ...] | null}
+
+``plugin_tactics`` is what TensorRT's autotuner picked for each plugin layer (the plugin's tactics
+are the ``dyconv::Algo`` values of ``plugins/kernels``; null when the plan could not be inspected).
 
 :func:`check_compatible` compares it with :func:`current_environment` and raises a
 :class:`~dyconv_deploy.errors.DyconvError` whose message is one sentence.

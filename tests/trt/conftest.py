@@ -8,6 +8,7 @@ would get). Version differences it models: the ``FP16`` builder flag exists only
 """
 
 import importlib
+import json
 import sys
 import types
 
@@ -30,11 +31,18 @@ def tensorrt_gpu():
     return importlib.import_module("tensorrt")
 
 
+# Two layers as TensorRT's inspector describes them: a convolution and a DynamicConv2d plugin layer on tactic 7.
+ENGINE_LAYERS = [
+    {"Name": "/stem/Conv", "LayerType": "CaskConvolution", "TacticValue": "0x4a3b2c1d00000000"},
+    {"Name": "/features.1/DynamicConv2d", "LayerType": "PluginV3", "TacticValue": "0x0000000000000007"},
+]
+
+
 class FakeTensorRT(types.ModuleType):
     """``tensorrt`` as far as build_engine and the runtime use it; ``events`` records every call in order."""
 
     def __init__(self, version: str, *, parse_ok: bool = True, build_ok: bool = True,
-                 engine_profile: dict[str, tuple] | None = None):
+                 engine_profile: dict[str, tuple] | None = None, engine_layers: list | None = None):
         super().__init__("tensorrt")
         self.__version__, self.events, self.parsed = version, [], None
         trt = self
@@ -163,7 +171,20 @@ class FakeTensorRT(types.ModuleType):
                 lo, _, hi = profile[name]
                 return len(shape) == len(lo) and all(a <= d <= b for a, d, b in zip(lo, shape, hi))
 
+        # What the engine inspector reports per layer of a DETAILED plan (TensorRT's JSON, one object a layer).
+        layers = ENGINE_LAYERS if engine_layers is None else engine_layers
+
+        class Inspector:
+            def get_layer_information(self, index, layer_format):
+                assert layer_format == "json"
+                return json.dumps(layers[index])
+
         class Engine:
+            num_layers = len(layers)
+
+            def create_engine_inspector(self):
+                return Inspector()
+
             def get_tensor_profile_shape(self, name, profile_index):
                 return [list(s) for s in profile[name]] if profile_index == 0 else []
 
@@ -183,6 +204,8 @@ class FakeTensorRT(types.ModuleType):
         self.Logger, self.OnnxParser, self.Builder, self.IProgressMonitor = Logger, OnnxParser, Builder, IProgressMonitor
         self.Runtime = Runtime
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+        self.ProfilingVerbosity = types.SimpleNamespace(DETAILED="detailed")
+        self.LayerInformationFormat = types.SimpleNamespace(JSON="json")
         major = int(version.split(".")[0])
         self.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="version_compatible",
                                                  EXCLUDE_LEAN_RUNTIME="exclude_lean_runtime")

@@ -48,7 +48,26 @@ def test_tensorrt_10_fp16_profile_plugin_and_sidecar(fake_trt, tmp_path):
     assert sidecar["plugin_serialized"] is False
     assert sidecar["profiles"] == [{"x": {"min": [1, 3, 4, 4], "opt": [8, 3, 4, 4], "max": [32, 3, 4, 4]}}]
     assert sidecar["inputs"] == [{"name": "x", "shape": [-1, 3, 4, 4], "dtype": "float32"}]
+    assert sidecar["plugin_tactics"] == [{"layer": "/features.1/DynamicConv2d", "tactic": 7,
+                                          "algo": "tensor-core-experts"}]
+    assert ("deserialize", b"ENGINE", False) in trt.events  # the built plan, inspected
     assert sorted(p.name for p in engine.parent.iterdir()) == ["m.engine", "m.engine.json"]
+
+
+def test_the_sidecar_names_each_plugin_layers_tactic_and_survives_an_engine_it_cannot_inspect(fake_trt, tmp_path):
+    layers = [{"Name": "dw", "LayerType": "PluginV3", "TacticValue": "0x0000000000000001"},
+              {"Name": "pw", "LayerType": "PluginV3", "TacticValue": 4},
+              {"Name": "odd", "LayerType": "PluginV3", "TacticValue": "0x00000000000000ff"},
+              {"Name": "relu", "LayerType": "PointWiseV2", "TacticValue": "0x0000000000000003"}]
+    fake_trt("10.3.0", engine_layers=layers)
+    engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+    assert read_sidecar(engine)["plugin_tactics"] == [
+        {"layer": "dw", "tactic": 1, "algo": "depthwise"}, {"layer": "pw", "tactic": 4, "algo": "cublas-pointwise"},
+        {"layer": "odd", "tactic": 255, "algo": None}]
+    trt = fake_trt("10.3.0")
+    del trt.LayerInformationFormat  # a TensorRT without the inspector's JSON: no tactics, the engine is kept
+    engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m2.engine", progress=False)
+    assert read_sidecar(engine)["plugin_tactics"] is None and engine.read_bytes() == b"ENGINE"
 
 
 def test_embed_plugin_builds_a_version_compatible_engine_that_carries_the_library(fake_trt, tmp_path):
@@ -62,7 +81,7 @@ def test_embed_plugin_builds_a_version_compatible_engine_that_carries_the_librar
     assert read_sidecar(engine)["plugin_serialized"] is True
 
 
-def test_build_engine_command_passes_embed_plugin(fake_trt, tmp_path):
+def test_build_engine_command_passes_embed_plugin(fake_trt, tmp_path, capsys):
     from dyconv_deploy.cli.main import main
 
     trt, plugin = fake_trt(), tmp_path / "libdyconv.so"
@@ -71,6 +90,8 @@ def test_build_engine_command_passes_embed_plugin(fake_trt, tmp_path):
     assert main(["build-engine", _onnx(tmp_path / "m.onnx"), "-o", str(engine), "--plugin", str(plugin),
                  "--embed-plugin", "--timing-cache", str(tmp_path / "timing.cache")]) == 0
     assert ("flag", "version_compatible") in trt.events and read_sidecar(engine)["plugin_serialized"] is True
+    assert ("deserialize", b"ENGINE", True) in trt.events  # a plan with host code is inspected with it allowed
+    assert "TensorRT picked for the plugin layers: tensor-core-experts x1" in capsys.readouterr().out
 
 
 def test_embed_plugin_without_a_plugin_library_is_refused(fake_trt, tmp_path):
