@@ -3,8 +3,9 @@
 #   1. plugins/kernels with nvcc for sm_80 and sm_90 (through CMake), every algorithm: the cuBLAS one
 #      (cublas-pointwise) when cuBLAS is found (the CUDA toolkit's, CUBLAS_ROOT, or the nvidia-cublas wheel of
 #      the python on PATH; DYCONV_CI_REQUIRE_CUBLAS=1 fails without it), else it prints that it was left out;
-#      the WMMA one (tensor-core-fused, TF32 needs sm_80) with its 48 KB shared-memory and layout static_asserts;
-#      then dynamic_conv.cu alone for sm_75 (a torch extension built for an older GPU), where that kernel is empty;
+#      the WMMA ones (tensor-core-fused, -aggregated, -experts: TF32 needs sm_80) with their 48 KB shared-memory
+#      and layout static_asserts; then dynamic_conv.cu alone for sm_75 (a torch extension built for an older GPU),
+#      where that kernel is empty;
 #   2. the TensorRT plugin library, when TensorRT headers are found (TENSORRT_ROOT or third_party/tensorrt),
 #      then its exports (getCreators, setLoggerFinder, no libnvinfer dependency) and a host-side run of the
 #      creator and plugin interfaces (tests/plugins/plugin_host_check.cpp). The build goes to plugins/build
@@ -56,9 +57,9 @@ cmake -S plugins -B "$CMAKE_BUILD" -U "DYCONV_CUBLAS_*" -DCMAKE_CUDA_COMPILER="$
   || { cat "$SCRATCH/configure.log"; exit 1; }
 grep -- '-- dyconv: cuBLAS' "$SCRATCH/configure.log" | sed 's/^-- dyconv: /ci_compile: /'
 cmake --build "$CMAKE_BUILD" -j"$(nproc)"
-echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_80 and sm_90 (tensor-core-fused: WMMA TF32/half)"
+echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_80 and sm_90 (tensor-core-*: WMMA TF32/half)"
 "$NVCC" -std=c++17 -O1 -gencode arch=compute_75,code=sm_75 -c plugins/kernels/dynamic_conv.cu -o "$SCRATCH/sm75.o"
-echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_75 (tensor-core-fused left empty, refused at run time)"
+echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_75 (the WMMA kernel left empty, refused at run time)"
 
 if [ "$PLUGIN" = ON ]; then
   LIB="$CMAKE_BUILD/libdyconv_trt_plugin.so"
