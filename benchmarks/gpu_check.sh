@@ -3,28 +3,40 @@
 #   install    the project with --no-deps --no-build-isolation (the device image has torch; nothing can be fetched);
 #   build      the torch extension (plugins/kernels + plugins/torch) for this GPU's architecture only;
 #   tests      tests/plugins on CUDA (the CPU-only emulated and OpenVINO tests and the full sanitizer run left out);
-#   sanitizer  compute-sanitizer memcheck, racecheck, synccheck and initcheck on a small subset of the configs;
 #   costmodel  calibrate the kernels' cost model on this GPU (dyconv_deploy/ops/cuda_cost.py) into OUT/cost_model.json;
-#   bench      the per-layer table of benchmarks/kernel_bench.py (tf32, fp32, fp16; batch 1, 32, 256), "ours" being
-#              the path the cost model picks for each layer and batch.
-# Each step writes OUT/<step>.log and appends "<step>: ok|FAILED ..." to OUT/summary.txt as soon as it ends, so an
-# interrupted run keeps what it measured; a failed step does not stop the later ones, except a failed build.
-# Exit status: 0 all ok, 1 a step failed, 2 no CUDA device (checked first, before anything is installed).
+#   network    the whole-network table of benchmarks/network_bench.py: DY-MobileNetV2 and DY-ResNet-18 on the
+#              extension's kernels and on the op's default CUDA implementation, each against its static twin
+#              (fp16 first, the goal's precision, then tf32 and fp32; batch 1, 32, 256; exit 1 if the kernels'
+#              output mismatches the default one's);
+#   bench      the per-layer table of benchmarks/kernel_bench.py (fp16, tf32, fp32; batch 1, 32, 256): every kernel
+#              path, "ours" being the path the cost model picks for each layer and batch;
+#   sanitizer  compute-sanitizer memcheck, racecheck, synccheck and initcheck on a small subset of the configs.
+# The headline tables come before the sanitizer, so a run cut short still has them. Each step writes
+# OUT/<step>.log and appends "<step>: ok|FAILED ..." to OUT/summary.txt as soon as it ends, so an interrupted run
+# keeps what it measured; a failed step does not stop the later ones, except a failed build. With
+# GPU_CHECK_ARCHIVE=FILE, OUT is also packed into FILE (a .tar.gz) after every step: one file to bring back from a
+# machine that returns only a few. Exit status: 0 all ok, 1 a step failed, 2 no CUDA device (checked first, before
+# anything is installed).
 #
 #   bash benchmarks/gpu_check.sh [OUT]          # OUT defaults to benchmarks/results/gpu_check
 #   GPU_CHECK_STEPS="build bench" bash benchmarks/gpu_check.sh "$OUT"   # a rerun of some steps
+#   GPU_CHECK_STEPS="build network" bash benchmarks/gpu_check.sh "$OUT" # the whole-network table again
+#   GPU_CHECK_ARCHIVE="$OUT/gpu_check.tar.gz" bash benchmarks/gpu_check.sh /tmp/gpu_check  # the device tool's $OUT
+# Where one command may run 10 minutes, split it: "install build tests costmodel network", then
+# "build bench sanitizer" (the second build finds the extension in TORCH_EXTENSIONS_DIR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR="${1:-benchmarks/results/gpu_check}"
-STEPS="${GPU_CHECK_STEPS:-install build tests sanitizer costmodel bench}"
+STEPS="${GPU_CHECK_STEPS:-install build tests costmodel network bench sanitizer}"
 PYTHON="${PYTHON:-python}"
 # A few configs that cover every path, two output-channel tiles, a two-block depthwise plane and split-K.
 SANITIZER_CONFIGS="pointwise-m-two-tiles 3x3-deep-dynet depthwise-3x3-289-pixels"
 for step in $STEPS; do
   case "$step" in
-    install | build | tests | sanitizer | costmodel | bench) ;;
-    *) echo "gpu_check: unknown step '$step' in GPU_CHECK_STEPS (steps: install build tests sanitizer costmodel bench)" >&2
+    install | build | tests | costmodel | network | bench | sanitizer) ;;
+    *) echo "gpu_check: unknown step '$step' in GPU_CHECK_STEPS (steps: install build tests costmodel network bench" \
+        "sanitizer)" >&2
       exit 2 ;;
   esac
 done
@@ -65,6 +77,10 @@ run_step() {
     tail -5 "$OUT_DIR/$name.log"
     FAILED=1
   fi
+  if [ -n "${GPU_CHECK_ARCHIVE:-}" ]; then
+    tar -czf "$GPU_CHECK_ARCHIVE.tmp" -C "$(dirname "$OUT_DIR")" "$(basename "$OUT_DIR")" \
+      && mv "$GPU_CHECK_ARCHIVE.tmp" "$GPU_CHECK_ARCHIVE"
+  fi
   return "$rc"
 }
 
@@ -92,7 +108,10 @@ for step in $STEPS; do
     costmodel)
       run_step costmodel 120 "$PYTHON" -c 'import sys; from dyconv_deploy.ops import cuda; cuda.enable_cuda_kernels()
 open(sys.argv[1], "w").write(cuda.cost_model(recalibrate=True).to_json())' "$OUT_DIR/cost_model.json" ;;
-    bench) run_step bench 420 "$PYTHON" benchmarks/kernel_bench.py --out "$OUT_DIR" --iters 10 --repeats 3 ;;
+    network) run_step network 240 "$PYTHON" benchmarks/network_bench.py --out "$OUT_DIR" --precisions fp16 tf32 fp32 ;;
+    bench)
+      run_step bench 420 "$PYTHON" benchmarks/kernel_bench.py --out "$OUT_DIR" --iters 10 --repeats 3 \
+        --precisions fp16 tf32 fp32 ;;
   esac
 done
 echo "gpu_check: done, results in $OUT_DIR (summary.txt)"

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def test_without_a_gpu_it_stops_before_installing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.txt"]
 
 
-def test_every_step_is_summarised_and_a_failure_does_not_stop_the_rest(tmp_path):
+def fake_gpu(tmp_path: Path) -> dict:
+    """A stand-in python (FAKE_GPU_PYTHON) and compute-sanitizer: the environment of a run_check on a "GPU"."""
     python = tmp_path / "python"
     python.write_text(FAKE_GPU_PYTHON)
     python.chmod(0o755)
@@ -42,15 +44,34 @@ def test_every_step_is_summarised_and_a_failure_does_not_stop_the_rest(tmp_path)
     sanitizer.chmod(0o755)
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                            if not (Path(p) / "compute-sanitizer").exists())
-    run = run_check(tmp_path / "out", str(python), CUDA_HOME=str(tmp_path / "cuda"), PATH=path)
+    return {"python": str(python), "CUDA_HOME": str(tmp_path / "cuda"), "PATH": path}
+
+
+def test_every_step_is_summarised_and_a_failure_does_not_stop_the_rest(tmp_path):
+    run = run_check(tmp_path / "out", **fake_gpu(tmp_path))
     assert run.returncode == 1, run.stdout + run.stderr
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in summary] == [
-        "install", "build", "tests", "sanitizer_memcheck", "sanitizer_racecheck", "sanitizer_synccheck",
-        "sanitizer_initcheck", "costmodel", "bench"]
+        "install", "build", "tests", "costmodel", "network", "bench", "sanitizer_memcheck", "sanitizer_racecheck",
+        "sanitizer_synccheck", "sanitizer_initcheck"]
     assert summary[2].startswith("tests: FAILED (exit 1)") and all(" ok in " in line for line in summary[3:])
 
 
 def test_unknown_step_is_refused(tmp_path):
     run = run_check(tmp_path / "out", sys.executable, GPU_CHECK_STEPS="build winograd")
     assert run.returncode == 2 and "unknown step 'winograd'" in run.stderr
+
+
+def test_the_archive_holds_the_results_of_every_step_so_far(tmp_path):
+    """GPU_CHECK_ARCHIVE: one .tar.gz of OUT, rewritten after each step (what a device machine brings back)."""
+    archive = tmp_path / "back" / "gpu_check.tar.gz"
+    archive.parent.mkdir()
+    run = run_check(tmp_path / "out", **fake_gpu(tmp_path), GPU_CHECK_STEPS="install costmodel",
+                    GPU_CHECK_ARCHIVE=str(archive))
+    assert run.returncode == 0, run.stdout + run.stderr
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        summary = tar.extractfile("out/summary.txt").read().decode().splitlines()
+    assert {"out/summary.txt", "out/install.log", "out/costmodel.log", "out/environment.txt"} <= names
+    assert [line.split(":")[0] for line in summary] == ["install", "costmodel"]
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["gpu_check.tar.gz"]  # no temporary left
