@@ -6,6 +6,7 @@
 #      the WMMA ones (tensor-core-fused, -aggregated, -experts: TF32 needs sm_80) with their 48 KB shared-memory
 #      and layout static_asserts; then dynamic_conv.cu alone for sm_75 (a torch extension built for an older GPU),
 #      where that kernel is empty;
+#      and the torch binding (plugins/torch/dyconv_torch.cpp) against the installed torch's headers, syntax only;
 #   2. the TensorRT plugin library, when TensorRT headers are found (TENSORRT_ROOT or third_party/tensorrt),
 #      then its exports (getCreators, setLoggerFinder, no libnvinfer dependency) and a host-side run of the
 #      creator and plugin interfaces (tests/plugins/plugin_host_check.cpp). The build goes to plugins/build
@@ -60,6 +61,25 @@ cmake --build "$CMAKE_BUILD" -j"$(nproc)"
 echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_80 and sm_90 (tensor-core-*: WMMA TF32/half)"
 "$NVCC" -std=c++17 -O1 -gencode arch=compute_75,code=sm_75 -c plugins/kernels/dynamic_conv.cu -o "$SCRATCH/sm75.o"
 echo "ci_compile: compiled plugins/kernels/dynamic_conv.cu for sm_75 (the WMMA kernel left empty, refused at run time)"
+
+# The torch binding, syntax only, against the headers of the python's torch (linking it needs a CUDA build of torch,
+# which builds it on a GPU machine): a CPU torch ships c10/cuda but not the generated cuda_cmake_macros.h, which a
+# stub after the real include paths stands in for.
+PYTHON="${PYTHON:-python}"
+if TORCH_INCLUDES="$("$PYTHON" -c 'import torch.utils.cpp_extension as e; print(" ".join(e.include_paths()))' \
+  2>/dev/null)"; then
+  mkdir -p "$SCRATCH/stub/c10/cuda/impl"
+  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$SCRATCH/stub/c10/cuda/impl/cuda_cmake_macros.h"
+  PY_INCLUDE="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  # shellcheck disable=SC2046  # one include flag per path
+  g++ -std=c++20 -fsyntax-only $(printf -- '-isystem %s ' $TORCH_INCLUDES) -idirafter "$SCRATCH/stub" \
+    -isystem "$PY_INCLUDE" -isystem "$CUDA_INCLUDE" -Iplugins/kernels -DTORCH_EXTENSION_NAME=dyconv_cuda \
+    plugins/torch/dyconv_torch.cpp
+  echo "ci_compile: checked plugins/torch/dyconv_torch.cpp against torch $("$PYTHON" -c 'import torch; \
+print(torch.__version__)') headers (syntax only)"
+else
+  echo "ci_compile: torch binding NOT checked: $PYTHON cannot import torch.utils.cpp_extension"
+fi
 
 if [ "$PLUGIN" = ON ]; then
   LIB="$CMAKE_BUILD/libdyconv_trt_plugin.so"
