@@ -23,8 +23,9 @@ it applies to (:func:`calibrate`: once per device and extension build, cached on
   channel per group fills one of its 64 rows).
 * ``tensor-core-experts``: one WMMA GEMM of the unmixed experts, ``K`` rows per output channel
   (``floor(64 / K)`` channels per 64-row tile), so ``K`` times the conv's padded FLOPs, plus
-  ``K`` multiply-adds per output in the epilogue; reads X, the experts (again per pixel tile of
-  every sample once they outgrow half of L2), writes Y; no per-sample kernels, no workspace.
+  ``K`` multiply-adds per output in the epilogue; its 64-column tiles run over the whole batch's
+  pixels (``ceil(N*Ho*Wo / 64)`` per group: 7x7 planes fill whole tiles); reads X, the experts (again
+  per column tile once they outgrow half of L2), writes Y; no per-sample kernels, no workspace.
 
 Not counted (the fitted costs absorb them on average): the SIMT GEMM's 32x32-tile and split-K plans
 for grids too small to fill the GPU (more re-mixing, a second launch and the partial sums' traffic),
@@ -109,14 +110,22 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def mma_flops(shape: LayerShape, channels_per_tile: int) -> float:
-    """FLOPs the WMMA blocks multiply, padding included: per (sample, group), ``ceil(M/G / channels_per_tile)``
-    blocks of 64 rows by whole 16-deep reduction tiles by whole 64-pixel tiles."""
+def mma_flops(shape: LayerShape, channels_per_tile: int, batch_columns: bool = False) -> float:
+    """FLOPs the WMMA blocks multiply, padding included: per group, ``ceil(M/G / channels_per_tile)`` blocks of
+    64 rows by whole 16-deep reduction tiles by whole 64-column tiles, the columns being each sample's pixels
+    (``ceil(Ho*Wo / 64)`` tiles per sample) or, with ``batch_columns`` (tensor-core-experts, whose weights
+    are the same for every sample), the whole batch's (``ceil(N*Ho*Wo / 64)`` tiles)."""
     s = shape
     reduction = _ceil((s.c // s.groups) * s.kh * s.kw, REDUCTION_TILE) * REDUCTION_TILE
     rows = _ceil(s.m // s.groups, channels_per_tile) * ROW_TILE
-    pixels = _ceil(s.ho * s.wo, PIXEL_TILE) * PIXEL_TILE
-    return 2.0 * s.n * s.groups * rows * reduction * pixels
+    columns = _column_tiles(s, batch_columns) * PIXEL_TILE
+    return 2.0 * s.groups * rows * reduction * columns
+
+
+def _column_tiles(shape: LayerShape, batch_columns: bool) -> int:
+    """64-column tiles of one group's GEMM: per sample, or over the whole batch's pixels."""
+    s = shape
+    return _ceil(s.n * s.ho * s.wo, PIXEL_TILE) if batch_columns else s.n * _ceil(s.ho * s.wo, PIXEL_TILE)
 
 
 def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
@@ -133,9 +142,10 @@ def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
     if path in ("gemm-fused", "tensor-core-fused"):  # every pixel tile mixes its weight tiles again
         flops = conv_flops if path == "gemm-fused" else mma_flops(s, ROW_TILE)
         return Work(flops + mix_once * tiles, activations + reread_per_tile, 1)
-    if path == "tensor-core-experts":
+    if path == "tensor-core-experts":  # every 64-column tile of the batch reads its rows' experts
         epilogue = 2.0 * s.n * s.m * s.ho * s.wo * s.experts
-        return Work(mma_flops(s, ROW_TILE // s.experts) + epilogue, activations + reread_per_tile, 1)
+        reread = experts * (1 if 2 * experts <= l2_bytes else _column_tiles(s, batch_columns=True))
+        return Work(mma_flops(s, ROW_TILE // s.experts, batch_columns=True) + epilogue, activations + reread, 1)
     if path in ("gemm-aggregated", "cublas-pointwise", "tensor-core-aggregated"):
         kernel_bytes = s.n * s.kernel_elements * (4 if path == "gemm-aggregated" else e)
         reread = experts * (1 if 2 * experts <= l2_bytes else s.n)  # the aggregation reads them per sample

@@ -11,8 +11,9 @@
 // rows are, by path (TensorCoreRows):
 //   tensor-core fused      mixed in fp32 registers while loaded (no workspace);
 //   tensor-core aggregated read from per-sample kernels aggregate_kernel wrote in the input type;
-//   tensor-core experts    the K unmixed experts of each output channel (K x the FLOPs, constant weights), the
-//                          attention-weighted sum over K taken from the fp32 accumulators in the epilogue;
+//   tensor-core experts    the K unmixed experts of each output channel (K x the FLOPs, constant weights, so a
+//                          tile's 64 columns run over the whole batch's pixels), the attention-weighted sum
+//                          over K taken from the fp32 accumulators in the epilogue;
 // stored to shared memory as TF32 (float32 inputs) or half, 16x16 MMAs with fp32 accumulators; and, built with
 // cuBLAS (DYCONV_WITH_CUBLAS), for pointwise convs
 //   cublas pointwise  per-sample kernels aggregated in the input type, then one cublasGemmStridedBatchedEx
@@ -457,16 +458,48 @@ __host__ __device__ constexpr int tensor_core_channels(TensorCoreRows rows, int 
     return rows == TensorCoreRows::kExperts ? kMmaTile / experts : kMmaTile;
 }
 
-// One implicit GEMM on tensor cores for the three WMMA paths, grid (pixel tiles * N * G, M/G tiles of
-// tensor_core_channels) of 64 x 64 tiles, 128 threads. Weight tile rows (see TensorCoreRows) come mixed from the
+// The columns of a tensor-core block: 64 consecutive output pixels of one sample (kMixed, kAggregated: the
+// weights are that sample's), or, for kExperts, whose weights are the same for every sample, 64 consecutive
+// columns of the (sample, pixel) sequence of the whole batch, so that small planes (7x7, 14x14) fill whole tiles.
+// Grid x: (column tiles) * G, group-major for kExperts, else (pixel tiles * N * G) as GemmBlock.
+struct TensorCoreColumns
+{
+    int g, m0, q0;   //!< group, the tile's first output channel in the group, first column
+    int columns;     //!< columns in all: Ho*Wo (per sample) or N*Ho*Wo (kExperts)
+    int first_n;     //!< sample of the per-sample tiles (kExperts: unused, each column has its own)
+
+    __device__ TensorCoreColumns(ConvShape const& s, TensorCoreRows rows, int channels)
+    {
+        int const pixels = s.ho * s.wo;
+        bool const batch = rows == TensorCoreRows::kExperts;
+        columns = batch ? s.n * pixels : pixels;
+        int const tiles = (columns + kMmaTile - 1) / kMmaTile;
+        int const owner = blockIdx.x / tiles; // kExperts: g; else n * G + g
+        g = batch ? owner : owner % s.groups;
+        first_n = batch ? 0 : owner / s.groups;
+        m0 = blockIdx.y * channels;
+        q0 = (blockIdx.x - owner * tiles) * kMmaTile;
+    }
+
+    //! Sample and pixel of column q (< columns).
+    __device__ void decode(ConvShape const& s, int q, int& n, int& p) const
+    {
+        int const pixels = s.ho * s.wo;
+        n = columns == pixels ? first_n : q / pixels;
+        p = columns == pixels ? q : q - (q / pixels) * pixels;
+    }
+};
+
+// One implicit GEMM on tensor cores for the three WMMA paths, grid tensor_core_grid of 64 x 64 tiles (rows x
+// columns, see TensorCoreColumns), 128 threads. Weight tile rows (see TensorCoreRows) come mixed from the
 // experts in fp32 (like gemm_kernel<kFused>), from the per-sample kernels in `kernels` ([N, M, C/G*kH*kW] in T),
 // or unmixed from the experts, and are stored as the MMA's operand type; X tiles (im2col) are converted the same
-// way, and for kExperts scaled by S[n, tap] (conv(X, W S) = conv(X S, W) tap by tap). Warp w multiplies the
-// 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are
-// staged in shared memory for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)] times expert k's row) + the
-// mixed bias, bounds checked, stored in T. Rows past M/G (or past K * channels), reduction indices past
-// C/G*kH*kW and pixels past Ho*Wo are zeros in shared memory and never stored. Static shared memory: 29,696
-// bytes (float), 24,320 (half).
+// way, and for kExperts scaled by S[n, tap] of each column's sample (conv(X, W S) = conv(X S, W) tap by tap).
+// Warp w multiplies the 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32
+// accumulators, which are staged in shared memory for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)]
+// times expert k's row, n the column's sample) + the mixed bias, bounds checked, stored in T. Rows past M/G (or
+// past K * channels), reduction indices past C/G*kH*kW and columns past the last are zeros in shared memory and
+// never stored. Static shared memory: at most 29,440 bytes (float), 24,064 (half).
 template <typename T, bool kPointwise, TensorCoreRows kRows>
 __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, Typed<T> t, T const* kernels)
 {
@@ -474,6 +507,7 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     namespace wmma = nvcuda::wmma;
     using Op = MmaOperand<T>;
     using E = typename Op::Element;
+    constexpr bool kExperts = kRows == TensorCoreRows::kExperts;
     constexpr int kK = Op::kK;
     constexpr int kLdw = kGemmBK + kMmaPad;  // sw: row-major M x R
     constexpr int kLdx = kMmaTile + kMmaPad; // sx: row-major R x P
@@ -487,16 +521,17 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     __shared__ __align__(32) E sw[kMmaTile][kLdw];
     __shared__ __align__(32) E sx[kGemmBK][kLdx];
     __shared__ __align__(32) float sy[kMmaTile][kLdy];
-    __shared__ float sbias[kMmaTile];
-    __shared__ float sattention[kMmaTile]; // kExperts: A[n, k(, m)] of each row
-    static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) + sizeof(sattention) <= 48 * 1024,
-        "static shared memory");
+    __shared__ float sbias[kMmaTile]; // kMixed, kAggregated: the mixed bias of each row's channel
+    static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) <= 48 * 1024, "static shared memory");
 
     int const channels = tensor_core_channels(kRows, s.experts);
-    GemmBlock<T> const block(s, t.x, channels, kMmaTile);
-    int const mg = block.mg, kernel_size = block.kernel_size, pixels = block.pixels;
-    int const n = block.n, g = block.g, m0 = block.m0, p0 = block.p0;
+    TensorCoreColumns const tile(s, kRows, channels);
+    int const cg = s.c / s.groups;
+    int const mg = s.m / s.groups;
+    int const kernel_size = cg * s.kh * s.kw;
+    int const pixels = s.ho * s.wo;
     int const taps = s.kh * s.kw;
+    int const g = tile.g, m0 = tile.m0, q0 = tile.q0;
     int const warp = threadIdx.x / 32;
     int const warp_m = (warp / 2) * kMmaWarpTile;
     int const warp_p = (warp % 2) * kMmaWarpTile;
@@ -517,7 +552,7 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
             int const rr = e - mm * kGemmBK;
             int const r = r0 + rr;
             float v = 0.f;
-            if (kRows == TensorCoreRows::kExperts)
+            if (kExperts)
             {
                 int const k = mm / channels;
                 int const m = m0 + mm - k * channels;
@@ -530,8 +565,8 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
             {
                 int const gm = g * mg + m0 + mm;
                 v = kRows == TensorCoreRows::kMixed
-                    ? mixed_weight(s, t, n, gm, r, kernel_size)
-                    : load(kernels, (static_cast<size_t>(n) * s.m + gm) * kernel_size + r);
+                    ? mixed_weight(s, t, tile.first_n, gm, r, kernel_size)
+                    : load(kernels, (static_cast<size_t>(tile.first_n) * s.m + gm) * kernel_size + r);
             }
             sw[mm][rr] = Op::convert(v);
         }
@@ -540,10 +575,19 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
             int const rr = e / kMmaTile;
             int const pp = e - rr * kMmaTile;
             int const r = r0 + rr;
-            float v = block.template x_at<kPointwise>(s, r, p0 + pp, kernel_size);
-            if (kRows == TensorCoreRows::kExperts && t.spatial != nullptr && r < kernel_size)
+            int const q = q0 + pp;
+            float v = 0.f;
+            if (r < kernel_size && q < tile.columns)
             {
-                v *= load(t.spatial, static_cast<size_t>(n) * taps + r % taps);
+                int n = 0;
+                int p = 0;
+                tile.decode(s, q, n, p);
+                T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
+                v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
+                if (kExperts && t.spatial != nullptr)
+                {
+                    v *= load(t.spatial, static_cast<size_t>(n) * taps + r % taps);
+                }
             }
             sx[rr][pp] = Op::convert(v);
         }
@@ -577,38 +621,37 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
                 wmma::mem_row_major);
         }
     }
-    for (int mm = threadIdx.x; mm < kMmaTile; mm += kMmaThreads)
+    for (int mm = threadIdx.x; mm < kMmaTile && !kExperts; mm += kMmaThreads)
     {
-        sbias[mm] = mm < channels && m0 + mm < mg ? mixed_bias(s, t, n, g * mg + m0 + mm) : 0.f;
-        if (kRows == TensorCoreRows::kExperts)
-        {
-            int const k = mm / channels;
-            int const m = m0 + mm - k * channels;
-            sattention[mm] = k < s.experts && m < mg ? attention_at(s, t.attention, n, k, g * mg + m) : 0.f;
-        }
+        sbias[mm] = m0 + mm < mg ? mixed_bias(s, t, tile.first_n, g * mg + m0 + mm) : 0.f;
     }
-    __syncthreads(); // all four quarters, the bias and the attention are in shared memory
+    __syncthreads(); // all four quarters (and the bias) are in shared memory
     for (int e = threadIdx.x; e < channels * kMmaTile; e += kMmaThreads)
     {
         int const mm = e / kMmaTile;
         int const pp = e - mm * kMmaTile;
         int const m = m0 + mm;
-        int const p = p0 + pp;
-        if (m < mg && p < pixels)
+        int const q = q0 + pp;
+        if (m < mg && q < tile.columns)
         {
-            float v = sbias[mm];
-            if (kRows == TensorCoreRows::kExperts)
+            int n = 0;
+            int p = 0;
+            tile.decode(s, q, n, p);
+            int const gm = g * mg + m;
+            float v = 0.f;
+            if (kExperts) // this column's sample: its bias and attention (a few cached loads per output)
             {
+                v = mixed_bias(s, t, n, gm);
                 for (int k = 0; k < s.experts; ++k)
                 {
-                    v += sattention[k * channels + mm] * sy[k * channels + mm][pp];
+                    v += attention_at(s, t.attention, n, k, gm) * sy[k * channels + mm][pp];
                 }
             }
             else
             {
-                v += sy[mm][pp];
+                v = sbias[mm] + sy[mm][pp];
             }
-            store(t.y, (static_cast<size_t>(n) * s.m + g * mg + m) * pixels + p, v);
+            store(t.y, (static_cast<size_t>(n) * s.m + gm) * pixels + p, v);
         }
     }
 #endif
@@ -841,10 +884,16 @@ void launch_aggregate(ConvShape const& s, Typed<T> const& t, K* kernels, cudaStr
     aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
 }
 
-// The tensor-core launch of `rows`: (pixel tiles * N * G, M/G tiles of tensor_core_channels).
+// The tensor-core launch of `rows` (see TensorCoreColumns): (pixel tiles * N * G, M/G tiles of
+// tensor_core_channels), or for kExperts (ceil(N*Ho*Wo / 64) * G, M/G tiles).
 Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows)
 {
-    return gemm_grid(s, tensor_core_channels(rows, s.experts), kMmaTile, 1);
+    long long const row_tiles = ceil_div(s.m / s.groups, tensor_core_channels(rows, s.experts));
+    if (rows == TensorCoreRows::kExperts)
+    {
+        return {ceil_div(static_cast<long long>(s.n) * s.ho * s.wo, kMmaTile) * s.groups, row_tiles, 1};
+    }
+    return gemm_grid(s, kMmaTile, kMmaTile, 1);
 }
 
 template <typename T, TensorCoreRows kRows>
@@ -1016,7 +1065,7 @@ cudaError_t validate(ConvShape const& s, Algo algo)
     }
     // The kernels index one output plane and one kernel in int; the grid is the chosen path's (for a SIMT GEMM
     // its plan with the most blocks, kSmallTile tiles; split-K slices stay far below the z limit);
-    // tensor-core-experts needs every expert of a channel in one 64-row tile.
+    // tensor-core-experts needs every expert of a channel in one 64-row tile and N*Ho*Wo in int.
     bool const int_indices = static_cast<long long>(s.ho) * s.wo <= INT32_MAX
         && static_cast<long long>(s.c / s.groups) * s.kh * s.kw <= INT32_MAX;
     // cuBLAS takes the (sample, group) problem count as an int.
@@ -1027,8 +1076,8 @@ cudaError_t validate(ConvShape const& s, Algo algo)
     case Algo::kDepthwise: grid = depthwise_grid(s); break;
     case Algo::kTensorCoreFused: grid = tensor_core_grid(s, TensorCoreRows::kMixed); break;
     case Algo::kTensorCoreAggregated: grid = tensor_core_grid(s, TensorCoreRows::kAggregated); break;
-    case Algo::kTensorCoreExperts:
-        if (s.experts > kMmaTile)
+    case Algo::kTensorCoreExperts: // its columns run over the whole batch, indexed in int
+        if (s.experts > kMmaTile || static_cast<long long>(s.n) * s.ho * s.wo > INT32_MAX)
         {
             return cudaErrorInvalidValue;
         }

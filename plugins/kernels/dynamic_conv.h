@@ -43,10 +43,11 @@ enum class Algo : int32_t
     //! 64-pixel tile). Any conv; the accuracy, GPU and build needs of kTensorCoreFused. Never chosen by kAuto.
     kTensorCoreAggregated = 6,
     //! The experts GEMM with the mix in the epilogue: one WMMA implicit GEMM of the unmixed experts, K rows per
-    //! output channel (floor(64 / K) channels per 64-row tile; X scaled by S per tap), then
-    //! Y = sum_k A[n,k(,m)] Yk + mixed bias from the fp32 accumulators. K times the conv's FLOPs but constant
-    //! weights and no per-sample kernels: for late layers and large batches. Needs K <= 64; the accuracy, GPU and
-    //! build needs of kTensorCoreFused; no workspace. Never chosen by kAuto.
+    //! output channel (floor(64 / K) channels per 64-row tile; X scaled by S per tap), its 64-column tiles
+    //! running over the (sample, pixel) columns of the whole batch, then Y = sum_k A[n,k(,m)] Yk + mixed bias
+    //! from the fp32 accumulators. K times the conv's FLOPs but constant weights, no per-sample kernels and full
+    //! tiles on small planes: for late layers and large batches. Needs K <= 64 and N*Ho*Wo < 2^31; the accuracy,
+    //! GPU and build needs of kTensorCoreFused; no workspace. Never chosen by kAuto.
     kTensorCoreExperts = 7,
 };
 
@@ -119,8 +120,8 @@ bool algo_applies(ConvShape const& shape, Algo algo);
 //! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, ceil(M / planes)), planes per block 1 for
 //! planes of >= 256 pixels, else floor(8 / ceil(Ho*Wo / 32)) capped at floor(2048 / (kH*kW)) (at least 1);
 //! SIMT GEMM (ceil(Ho*Wo / 32) * N * G, ceil(M/G / 32)), its plan with the most blocks; WMMA paths
-//! (ceil(Ho*Wo / 64) * N * G, ceil(M/G / c)) with c = 64, or floor(64 / K) for kTensorCoreExperts (K > 64:
-//! refused). `algo` must be an Algo value (is_algo).
+//! (ceil(Ho*Wo / 64) * N * G, ceil(M/G / 64)), kTensorCoreExperts (ceil(N*Ho*Wo / 64) * G,
+//! ceil(M/G / floor(64 / K))), refused for K > 64 or N*Ho*Wo >= 2^31. `algo` must be an Algo value (is_algo).
 cudaError_t validate(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):

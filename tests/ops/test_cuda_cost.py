@@ -60,14 +60,19 @@ def test_tensor_core_paths_count_the_padded_mma_work():
     aggregated = path_work(LAYER, "tensor-core-aggregated", L2)
     assert (aggregated.flops, aggregated.dram_bytes, aggregated.launches) == (
         padded + mix, activations + experts + 2 * 8 * kernel * 4, 2)
+    # The experts path's columns run over the batch: 8 * 196 = 1568 pixels -> 25 tiles = 1600 columns.
+    batch_padded = 2 * 64 * 576 * 1600
     by_experts = path_work(LAYER, "tensor-core-experts", L2)
     assert (by_experts.flops, by_experts.dram_bytes, by_experts.launches) == (
-        4 * padded + 2 * 8 * 64 * 196 * 4, activations + experts, 1)
+        4 * batch_padded + 2 * 8 * 64 * 196 * 4, activations + experts, 1)
     # A depthwise conv: one channel per group fills 1 of 64 rows, 9 taps a whole 16-deep tile.
     dw_mix = 2 * 8 * 4 * 64 * 9
     assert path_work(DEPTHWISE, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 64 * 16 * 256 + 4 * dw_mix
     three = LayerShape(**{**LAYER.__dict__, "experts": 3})  # 21 channels per tile: 64 channels are 4 tiles
-    assert path_work(three, "tensor-core-experts", L2).flops == 4 * padded + 2 * 8 * 64 * 196 * 3
+    assert path_work(three, "tensor-core-experts", L2).flops == 4 * batch_padded + 2 * 8 * 64 * 196 * 3
+    # Experts outgrowing half of L2 are read again by every one of the 25 column tiles.
+    reread = path_work(LAYER, "tensor-core-experts", 2 * experts - 1).dram_bytes
+    assert reread - by_experts.dram_bytes == experts * (25 - 1)
 
 
 def test_experts_that_outgrow_half_of_l2_are_reread_and_cublas_kernels_take_the_input_type():

@@ -255,7 +255,13 @@ def test_tensor_core_configs_reach_past_one_tile():
     experts_tiles = {c.name: mma_tiles(c, MMA_TILE // c.experts)[0] for c in KERNEL_CONFIGS}
     assert any(experts_tiles[c.name] > 1 and MMA_TILE % c.experts for c in KERNEL_CONFIGS)
     assert any(experts_tiles[c.name] > 1 and c.channel_attention for c in KERNEL_CONFIGS)
-    assert any(c.spatial and not c.depthwise for c in KERNEL_CONFIGS)
+    # Its column tiles run over the batch's pixels: some start in one sample and end in the next, with ODConv's
+    # S, DyNet's attention and a bias each differing per sample.
+    def spans_samples(c):
+        ho, wo = c.output_hw
+        return any(q // (ho * wo) != (q + MMA_TILE - 1) // (ho * wo) for q in range(0, BATCH * ho * wo, MMA_TILE))
+    assert any(spans_samples(c) and c.spatial and not c.depthwise for c in KERNEL_CONFIGS)
+    assert any(spans_samples(c) and c.channel_attention and c.bias for c in KERNEL_CONFIGS)
 
 
 def depthwise_planes_per_block(config: LayerConfig) -> int:
@@ -318,6 +324,16 @@ def test_tensor_core_paths_run_on_sm80_with_their_workspace(emulated, algo, work
     assert available and status == 0, emulated.emu_misuse().decode()
     assert short == CUDA_ERROR_INVALID_VALUE
     assert compare(y, reference(config, inputs, np.float16), TOLERANCES["tensor-core-kernel"]).passed
+
+
+def test_experts_path_indexes_the_batch_columns_in_int(emulated):
+    """tensor-core-experts numbers the (sample, pixel) columns of the whole batch in int: N*Ho*Wo < 2^31."""
+    config = pointwise(2, 2048, 1024)  # 2^21 pixels a plane
+    shape = ctypes.byref(conv_shape(config, 1023))
+    assert emulated.emu_validate_algo(shape, ALGOS["tensor-core-experts"]) == 0
+    assert emulated.emu_validate_algo(ctypes.byref(conv_shape(config, 1024)), ALGOS["tensor-core-experts"]) \
+        == CUDA_ERROR_INVALID_VALUE
+    assert emulated.emu_validate_algo(ctypes.byref(conv_shape(config, 1024)), ALGOS["tensor-core-fused"]) == 0
 
 
 def test_experts_path_needs_every_expert_of_a_channel_in_one_tile(emulated):
