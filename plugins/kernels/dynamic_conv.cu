@@ -462,6 +462,7 @@ __host__ __device__ constexpr int tensor_core_channels(TensorCoreRows rows, int 
 // weights are that sample's), or, for kExperts, whose weights are the same for every sample, 64 consecutive
 // columns of the (sample, pixel) sequence of the whole batch, so that small planes (7x7, 14x14) fill whole tiles.
 // Grid x: (column tiles) * G, group-major for kExperts, else (pixel tiles * N * G) as GemmBlock.
+#if DYCONV_TENSOR_CORE_CODE
 struct TensorCoreColumns
 {
     int g, m0, q0;   //!< group, the tile's first output channel in the group, first column
@@ -489,6 +490,7 @@ struct TensorCoreColumns
         p = columns == pixels ? q : q - (q / pixels) * pixels;
     }
 };
+#endif
 
 // One implicit GEMM on tensor cores for the three WMMA paths, grid tensor_core_grid of 64 x 64 tiles (rows x
 // columns, see TensorCoreColumns), 128 threads. Weight tile rows (see TensorCoreRows) come mixed from the
