@@ -19,7 +19,7 @@ it applies to (:func:`calibrate`: once per device and extension build, cached on
   stride-1 1x1 conv, on tensor cores.
 * ``tensor-core-fused`` / ``tensor-core-aggregated``: the fused / aggregated work (``-aggregated``'s
   kernels in the input type) on tensor cores (sm_80+), whose FLOPs are the MMAs' padded ones: every
-  64 x 64 block multiplies whole 16-deep reduction tiles, padding included (a depthwise conv's one
+  64 x 64 block multiplies whole 32-deep reduction tiles, padding included (a depthwise conv's one
   channel per group fills one of its 64 rows).
 * ``tensor-core-experts``: one WMMA GEMM of the unmixed experts, ``K`` rows per output channel
   (``floor(64 / K)`` channels per 64-row tile), so ``K`` times the conv's padded FLOPs, plus
@@ -57,7 +57,7 @@ FORCE_ENV = "DYCONV_CUDA_ALGO"
 COST_MODEL_ENV = "DYCONV_CUDA_COST_MODEL"
 PIXEL_TILE = 64  # output pixels of one implicit-GEMM block (kMmaTile; the SIMT GEMM's 64x64 plan)
 ROW_TILE = 64  # weight rows of one WMMA block (kMmaTile)
-REDUCTION_TILE = 16  # reduction depth of one WMMA step (kGemmBK)
+REDUCTION_TILE = 32  # reduction depth of one WMMA block tile (kMmaBK)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _ceil(a: int, b: int) -> int:
 
 def mma_flops(shape: LayerShape, channels_per_tile: int, batch_columns: bool = False) -> float:
     """FLOPs the WMMA blocks multiply, padding included: per group, ``ceil(M/G / channels_per_tile)`` blocks of
-    64 rows by whole 16-deep reduction tiles by whole 64-column tiles, the columns being each sample's pixels
+    64 rows by whole 32-deep reduction tiles by whole 64-column tiles, the columns being each sample's pixels
     (``ceil(Ho*Wo / 64)`` tiles per sample) or, with ``batch_columns`` (tensor-core-experts, whose weights
     are the same for every sample), the whole batch's (``ceil(N*Ho*Wo / 64)`` tiles)."""
     s = shape

@@ -397,6 +397,7 @@ constexpr int kMmaTile = 64;    // outputs x pixels per block: 2 x 2 warps of 32
 constexpr int kMmaThreads = 128;
 
 #if DYCONV_TENSOR_CORE_CODE
+constexpr int kMmaBK = 32; // reduction tile of the tensor-core kernel: 2 (half) or 4 (TF32) MMA steps
 constexpr int kMmaWarpTile = 32;
 constexpr int kMmaFragment = 16;
 constexpr int kMmaPad = 8;      // row padding (elements): keeps rows 16-byte multiples, shifts them across banks
@@ -492,16 +493,98 @@ struct TensorCoreColumns
 };
 #endif
 
+#if DYCONV_TENSOR_CORE_CODE
+// One thread's column of a tensor-core block's X tile: im2col(X[n, g])[r, p] of the column's sample n and pixel
+// p, for the rows r = first, first + kStep, first + 2 kStep, ... the thread loads one after another over the
+// whole reduction (its column and row step are fixed: kMmaThreads / kMmaTile threads share a column). The column
+// is decoded once and the row's (c, ky, kx) advanced by additions, so the loads do no integer division. For
+// kExperts with ODConv's S, each value is scaled by S[n, ky * kW + kx] (conv(X, W S) = conv(X S, W) tap by tap).
+template <typename T, bool kPointwise, int kStep>
+struct Im2colColumn
+{
+    T const* xg = nullptr;      //!< X[n] at the group's first input channel; null for a column past the last
+    T const* spatial = nullptr; //!< S[n] (kExperts with S), else null
+    int p = 0;                  //!< output pixel
+    int ih0 = 0, iw0 = 0;       //!< input position of tap (0, 0)
+    int r = 0, c = 0, ky = 0, kx = 0; //!< the next row: r = (c * kH + ky) * kW + kx
+
+    __device__ Im2colColumn(ConvShape const& s, Typed<T> const& t, TensorCoreColumns const& tile, int q, int first,
+        bool scale_by_spatial)
+        : r(first)
+    {
+        int const taps = s.kh * s.kw;
+        c = first / taps;
+        ky = (first - c * taps) / s.kw;
+        kx = first - c * taps - ky * s.kw;
+        if (q >= tile.columns)
+        {
+            return;
+        }
+        int n = 0;
+        tile.decode(s, q, n, p);
+        int const cg = s.c / s.groups;
+        xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(tile.g) * cg) * s.h * s.w;
+        spatial = scale_by_spatial && t.spatial != nullptr ? t.spatial + static_cast<size_t>(n) * taps : nullptr;
+        int const oh = p / s.wo;
+        ih0 = oh * s.stride_h - s.pad_top;
+        iw0 = (p - oh * s.wo) * s.stride_w - s.pad_left;
+    }
+
+    //! The value at row r (0 past the reduction or the column, or in the padding), then r += kStep.
+    __device__ float next(ConvShape const& s, int kernel_size, int pixels)
+    {
+        float v = 0.f;
+        if (xg != nullptr && r < kernel_size)
+        {
+            if (kPointwise)
+            {
+                v = load(xg, static_cast<size_t>(r) * pixels + p);
+            }
+            else
+            {
+                int const ih = ih0 + ky * s.dilation_h;
+                int const iw = iw0 + kx * s.dilation_w;
+                if (ih >= 0 && ih < s.h && iw >= 0 && iw < s.w)
+                {
+                    v = load(xg, (static_cast<size_t>(c) * s.h + ih) * s.w + iw);
+                }
+            }
+            if (spatial != nullptr)
+            {
+                v *= load(spatial, ky * s.kw + kx);
+            }
+        }
+        r += kStep;
+        if (kPointwise)
+        {
+            return v;
+        }
+        kx += kStep;
+        while (kx >= s.kw)
+        {
+            kx -= s.kw;
+            ++ky;
+        }
+        while (ky >= s.kh)
+        {
+            ky -= s.kh;
+            ++c;
+        }
+        return v;
+    }
+};
+#endif
+
 // One implicit GEMM on tensor cores for the three WMMA paths, grid tensor_core_grid of 64 x 64 tiles (rows x
-// columns, see TensorCoreColumns), 128 threads. Weight tile rows (see TensorCoreRows) come mixed from the
-// experts in fp32 (like gemm_kernel<kFused>), from the per-sample kernels in `kernels` ([N, M, C/G*kH*kW] in T),
-// or unmixed from the experts, and are stored as the MMA's operand type; X tiles (im2col) are converted the same
-// way, and for kExperts scaled by S[n, tap] of each column's sample (conv(X, W S) = conv(X S, W) tap by tap).
-// Warp w multiplies the 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32
-// accumulators, which are staged in shared memory for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)]
-// times expert k's row, n the column's sample) + the mixed bias, bounds checked, stored in T. Rows past M/G (or
-// past K * channels), reduction indices past C/G*kH*kW and columns past the last are zeros in shared memory and
-// never stored. Static shared memory: at most 29,440 bytes (float), 24,064 (half).
+// columns, see TensorCoreColumns), 128 threads, reduction tiles of kMmaBK. Weight tile rows (see TensorCoreRows)
+// come mixed from the experts in fp32 (like gemm_kernel<kFused>), from the per-sample kernels in `kernels`
+// ([N, M, C/G*kH*kW] in T), or unmixed from the experts, and are stored as the MMA's operand type; X tiles
+// (Im2colColumn: each thread one column, two threads a column) are converted the same way. Warp w multiplies the
+// 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are
+// staged in shared memory (over the operand tiles, no longer read) for the epilogue: Y = the row (kExperts:
+// sum_k A[n,k(,m)] times expert k's row, n the column's sample) + the mixed bias, bounds checked, stored in T.
+// Rows past M/G (or past K * channels), reduction indices past C/G*kH*kW and columns past the last are zeros in
+// shared memory and never stored. Static shared memory: 19,712 bytes (float), 18,688 (half).
 template <typename T, bool kPointwise, TensorCoreRows kRows>
 __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, Typed<T> t, T const* kernels)
 {
@@ -511,32 +594,43 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     using E = typename Op::Element;
     constexpr bool kExperts = kRows == TensorCoreRows::kExperts;
     constexpr int kK = Op::kK;
-    constexpr int kLdw = kGemmBK + kMmaPad;  // sw: row-major M x R
+    constexpr int kLdw = kMmaBK + kMmaPad;   // sw: row-major M x R
     constexpr int kLdx = kMmaTile + kMmaPad; // sx: row-major R x P
     constexpr int kLdy = kMmaTile + kMmaPad; // sy: row-major M x P (float accumulators)
-    static_assert(kGemmBK % kK == 0, "the reduction tile must be whole MMA steps");
+    constexpr int kColumnThreads = kMmaThreads / kMmaTile; // threads per X column, kColumnThreads rows apart
+    constexpr int kRowThreads = kMmaThreads / kMmaBK;      // weight rows loaded at once, one per kMmaBK threads
+    static_assert(kMmaBK % kK == 0 && kMmaBK % kColumnThreads == 0, "the reduction tile: whole MMA steps and rows");
+    static_assert(kMmaThreads % kMmaTile == 0 && kMmaThreads % kMmaBK == 0, "whole columns and rows per pass");
     static_assert(kMmaThreads == 32 * (kMmaTile / kMmaWarpTile) * (kMmaTile / kMmaWarpTile), "one warp per quarter");
     static_assert(kMmaWarpTile == 2 * kMmaFragment, "2 x 2 fragments per warp");
     static_assert(wmma_layout_ok<E>(kLdw, kMmaFragment, kK), "weight fragments: ldm or alignment");
     static_assert(wmma_layout_ok<E>(kLdx, kK, kMmaFragment), "X fragments: ldm or alignment");
     static_assert(wmma_layout_ok<float>(kLdy, kMmaFragment, kMmaFragment), "accumulator stores: ldm or alignment");
-    __shared__ __align__(32) E sw[kMmaTile][kLdw];
-    __shared__ __align__(32) E sx[kGemmBK][kLdx];
-    __shared__ __align__(32) float sy[kMmaTile][kLdy];
+    constexpr size_t kWeightBytes = sizeof(E) * kMmaTile * kLdw;
+    constexpr size_t kOperandBytes = kWeightBytes + sizeof(E) * kMmaBK * kLdx;
+    constexpr size_t kAccumulatorBytes = sizeof(float) * kMmaTile * kLdy;
+    static_assert(kWeightBytes % 32 == 0, "the X tile starts 32-byte aligned");
+    __shared__ __align__(32) unsigned char tiles[kOperandBytes > kAccumulatorBytes ? kOperandBytes : kAccumulatorBytes];
     __shared__ float sbias[kMmaTile]; // kMixed, kAggregated: the mixed bias of each row's channel
-    static_assert(sizeof(sw) + sizeof(sx) + sizeof(sy) + sizeof(sbias) <= 48 * 1024, "static shared memory");
+    static_assert(sizeof(tiles) + sizeof(sbias) <= 48 * 1024, "static shared memory");
+    auto const sw = reinterpret_cast<E (*)[kLdw]>(tiles);
+    auto const sx = reinterpret_cast<E (*)[kLdx]>(tiles + kWeightBytes);
+    auto const sy = reinterpret_cast<float (*)[kLdy]>(tiles); // after the last MMA
 
     int const channels = tensor_core_channels(kRows, s.experts);
     TensorCoreColumns const tile(s, kRows, channels);
-    int const cg = s.c / s.groups;
     int const mg = s.m / s.groups;
-    int const kernel_size = cg * s.kh * s.kw;
+    int const kernel_size = s.c / s.groups * s.kh * s.kw;
     int const pixels = s.ho * s.wo;
-    int const taps = s.kh * s.kw;
-    int const g = tile.g, m0 = tile.m0, q0 = tile.q0;
+    int const g = tile.g, m0 = tile.m0;
     int const warp = threadIdx.x / 32;
     int const warp_m = (warp / 2) * kMmaWarpTile;
     int const warp_p = (warp % 2) * kMmaWarpTile;
+    int const column = threadIdx.x % kMmaTile;    // this thread's X and output column
+    int const first_row = threadIdx.x / kMmaTile; // its first X row, then every kColumnThreads-th
+    int const weight_r = threadIdx.x % kMmaBK;    // its weight tile column
+    int const weight_row = threadIdx.x / kMmaBK;  // its first weight row, then every kRowThreads-th
+    Im2colColumn<T, kPointwise, kColumnThreads> x_column(s, t, tile, tile.q0 + column, first_row, kExperts);
 
     wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2][2];
     for (int i = 0; i < 2; ++i)
@@ -546,21 +640,25 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
             wmma::fill_fragment(acc[i][j], 0.f);
         }
     }
-    for (int r0 = 0; r0 < kernel_size; r0 += kGemmBK)
+    for (int r0 = 0; r0 < kernel_size; r0 += kMmaBK)
     {
-        for (int e = threadIdx.x; e < kMmaTile * kGemmBK; e += kMmaThreads)
+        int const r = r0 + weight_r;
+        // kExperts: row mm is channel m0 + j of expert k, mm = k * channels + j, stepped by kRowThreads.
+        int k = weight_row / channels;
+        int j = weight_row - k * channels;
+#pragma unroll 1
+        for (int mm = weight_row; mm < kMmaTile; mm += kRowThreads)
         {
-            int const mm = e / kGemmBK;
-            int const rr = e - mm * kGemmBK;
-            int const r = r0 + rr;
             float v = 0.f;
             if (kExperts)
             {
-                int const k = mm / channels;
-                int const m = m0 + mm - k * channels;
-                if (k < s.experts && m < mg && r < kernel_size)
+                if (k < s.experts && m0 + j < mg && r < kernel_size)
                 {
-                    v = load(t.weight, (static_cast<size_t>(k) * s.m + g * mg + m) * kernel_size + r);
+                    v = load(t.weight, (static_cast<size_t>(k) * s.m + g * mg + m0 + j) * kernel_size + r);
+                }
+                for (j += kRowThreads; j >= channels; j -= channels)
+                {
+                    ++k;
                 }
             }
             else if (m0 + mm < mg && r < kernel_size)
@@ -570,32 +668,16 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
                     ? mixed_weight(s, t, tile.first_n, gm, r, kernel_size)
                     : load(kernels, (static_cast<size_t>(tile.first_n) * s.m + gm) * kernel_size + r);
             }
-            sw[mm][rr] = Op::convert(v);
+            sw[mm][weight_r] = Op::convert(v);
         }
-        for (int e = threadIdx.x; e < kGemmBK * kMmaTile; e += kMmaThreads)
+#pragma unroll 2
+        for (int rr = first_row; rr < kMmaBK; rr += kColumnThreads)
         {
-            int const rr = e / kMmaTile;
-            int const pp = e - rr * kMmaTile;
-            int const r = r0 + rr;
-            int const q = q0 + pp;
-            float v = 0.f;
-            if (r < kernel_size && q < tile.columns)
-            {
-                int n = 0;
-                int p = 0;
-                tile.decode(s, q, n, p);
-                T const* xg = t.x + (static_cast<size_t>(n) * s.c + static_cast<size_t>(g) * cg) * s.h * s.w;
-                v = kPointwise ? load(xg, static_cast<size_t>(r) * pixels + p) : im2col(s, xg, r, p);
-                if (kExperts && t.spatial != nullptr)
-                {
-                    v *= load(t.spatial, static_cast<size_t>(n) * taps + r % taps);
-                }
-            }
-            sx[rr][pp] = Op::convert(v);
+            sx[rr][column] = Op::convert(x_column.next(s, kernel_size, pixels));
         }
         __syncthreads(); // the tiles are whole before any warp loads a fragment
 #pragma unroll
-        for (int kk = 0; kk < kGemmBK; kk += kK)
+        for (int kk = 0; kk < kMmaBK; kk += kK)
         {
             wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Op::Fragment, wmma::row_major> a[2];
             wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Op::Fragment, wmma::row_major> b[2];
@@ -606,13 +688,13 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
             }
             for (int i = 0; i < 2; ++i)
             {
-                for (int j = 0; j < 2; ++j)
+                for (int j2 = 0; j2 < 2; ++j2)
                 {
-                    wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+                    wmma::mma_sync(acc[i][j2], a[i], b[j2], acc[i][j2]);
                 }
             }
         }
-        __syncthreads(); // every warp has its fragments before the next tiles overwrite them
+        __syncthreads(); // every warp has its fragments before the next tiles (or the accumulators) overwrite them
     }
 
     for (int i = 0; i < 2; ++i)
@@ -628,33 +710,31 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
         sbias[mm] = m0 + mm < mg ? mixed_bias(s, t, tile.first_n, g * mg + m0 + mm) : 0.f;
     }
     __syncthreads(); // all four quarters (and the bias) are in shared memory
-    for (int e = threadIdx.x; e < channels * kMmaTile; e += kMmaThreads)
+    int const q = tile.q0 + column;
+    if (q >= tile.columns)
     {
-        int const mm = e / kMmaTile;
-        int const pp = e - mm * kMmaTile;
-        int const m = m0 + mm;
-        int const q = q0 + pp;
-        if (m < mg && q < tile.columns)
+        return;
+    }
+    int n = 0;
+    int p = 0;
+    tile.decode(s, q, n, p);
+    for (int mm = first_row; mm < channels && m0 + mm < mg; mm += kColumnThreads)
+    {
+        int const gm = g * mg + m0 + mm;
+        float v = 0.f;
+        if (kExperts) // this column's sample: its bias and attention (a few cached loads per output)
         {
-            int n = 0;
-            int p = 0;
-            tile.decode(s, q, n, p);
-            int const gm = g * mg + m;
-            float v = 0.f;
-            if (kExperts) // this column's sample: its bias and attention (a few cached loads per output)
+            v = mixed_bias(s, t, n, gm);
+            for (int k = 0; k < s.experts; ++k)
             {
-                v = mixed_bias(s, t, n, gm);
-                for (int k = 0; k < s.experts; ++k)
-                {
-                    v += attention_at(s, t.attention, n, k, gm) * sy[k * channels + mm][pp];
-                }
+                v += attention_at(s, t.attention, n, k, gm) * sy[k * channels + mm][column];
             }
-            else
-            {
-                v = sbias[mm] + sy[mm][pp];
-            }
-            store(t.y, (static_cast<size_t>(n) * s.m + gm) * pixels + p, v);
         }
+        else
+        {
+            v = sbias[mm] + sy[mm][column];
+        }
+        store(t.y, (static_cast<size_t>(n) * s.m + gm) * pixels + p, v);
     }
 #endif
 }

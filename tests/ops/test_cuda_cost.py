@@ -49,12 +49,12 @@ def test_the_work_of_each_path_matches_a_hand_count():
 
 
 def test_tensor_core_paths_count_the_padded_mma_work():
-    """WMMA blocks multiply 64 rows x whole 16-deep reduction tiles x 64 pixels, padding included; the experts
+    """WMMA blocks multiply 64 rows x whole 32-deep reduction tiles x 64 pixels, padding included; the experts
     path has K rows per channel (16 channels per tile for K = 4) and mixes in the epilogue."""
     kernel = 64 * 64 * 9
     mix = 2 * 8 * 4 * kernel
     experts, activations = 4 * kernel * 4, 2 * 8 * 64 * 196 * 4
-    padded = 2 * 8 * 64 * 576 * 256  # 196 pixels -> 256; 576 reduction is whole 16-tiles
+    padded = 2 * 8 * 64 * 576 * 256  # 196 pixels -> 256; 576 reduction is whole 32-tiles
     fused = path_work(LAYER, "tensor-core-fused", L2)
     assert (fused.flops, fused.dram_bytes, fused.launches) == (padded + 4 * mix, activations + experts, 1)
     aggregated = path_work(LAYER, "tensor-core-aggregated", L2)
@@ -65,9 +65,9 @@ def test_tensor_core_paths_count_the_padded_mma_work():
     by_experts = path_work(LAYER, "tensor-core-experts", L2)
     assert (by_experts.flops, by_experts.dram_bytes, by_experts.launches) == (
         4 * batch_padded + 2 * 8 * 64 * 196 * 4, activations + experts, 1)
-    # A depthwise conv: one channel per group fills 1 of 64 rows, 9 taps a whole 16-deep tile.
+    # A depthwise conv: one channel per group fills 1 of 64 rows, 9 taps a whole 32-deep tile.
     dw_mix = 2 * 8 * 4 * 64 * 9
-    assert path_work(DEPTHWISE, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 64 * 16 * 256 + 4 * dw_mix
+    assert path_work(DEPTHWISE, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 64 * 32 * 256 + 4 * dw_mix
     three = LayerShape(**{**LAYER.__dict__, "experts": 3})  # 21 channels per tile: 64 channels are 4 tiles
     assert path_work(three, "tensor-core-experts", L2).flops == 4 * batch_padded + 2 * 8 * 64 * 196 * 3
     # Experts outgrowing half of L2 are read again by every one of the 25 column tiles.

@@ -45,6 +45,7 @@ LAUNCHES = ("tiles64", "tiles32", "split-k")
 WMMA_ALGOS = ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts")  # need sm_80
 TENSOR_CORE_ALGOS = ("cublas-pointwise", *WMMA_ALGOS)
 MMA_TILE = 64  # kMmaTile: weight rows x pixels of a WMMA block
+MMA_REDUCTION_TILE = 32  # kMmaBK: reduction tile of a WMMA block
 
 
 class ConvShape(ctypes.Structure):
@@ -246,12 +247,13 @@ def mma_tiles(config: LayerConfig, channels: int = MMA_TILE) -> tuple[int, int]:
 
 def test_tensor_core_configs_reach_past_one_tile():
     """KERNEL_CONFIGS run the WMMA paths on more than one 64-tile of output channels and of pixels (both at once in
-    a grouped conv), reductions that are not whole 16-tiles (the zero-filled tail) and BATCH samples, each with
+    a grouped conv), reductions that are not whole 16-tiles or 32-tiles (the zero-filled tail) past one 32-tile and BATCH samples, each with
     its own attention; tensor-core-experts (floor(64 / K) channels per tile) also on several channel tiles with K
     that does not divide 64 (an unused last row), with DyNet attention and with ODConv's spatial attention."""
     assert any(mma_tiles(c)[0] > 1 for c in KERNEL_CONFIGS) and any(mma_tiles(c)[1] > 1 for c in KERNEL_CONFIGS)
     assert any(min(mma_tiles(c)) > 1 and c.groups > 1 for c in KERNEL_CONFIGS)
     assert any(c.reduction % GEMM_TILE for c in KERNEL_CONFIGS) and BATCH > 1
+    assert any(c.reduction > MMA_REDUCTION_TILE and c.reduction % MMA_REDUCTION_TILE for c in KERNEL_CONFIGS)
     experts_tiles = {c.name: mma_tiles(c, MMA_TILE // c.experts)[0] for c in KERNEL_CONFIGS}
     assert any(experts_tiles[c.name] > 1 and MMA_TILE % c.experts for c in KERNEL_CONFIGS)
     assert any(experts_tiles[c.name] > 1 and c.channel_attention for c in KERNEL_CONFIGS)
