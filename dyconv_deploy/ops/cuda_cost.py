@@ -87,11 +87,14 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class Work:
-    """What one call of a path costs: FLOPs, bytes across DRAM, kernel launches."""
+    """What one call of a path costs: FLOPs, bytes across DRAM, kernel launches; ``tensor_flops``: those of
+    ``flops`` that run on tensor cores (the MMAs, padding included; the rest, mixing and epilogues, on the
+    SIMT units). The fitted rates use ``flops`` alone; the split is for bounds (``benchmarks/roofline.py``)."""
 
     flops: float
     dram_bytes: float
     launches: int
+    tensor_flops: float = 0.0
 
 
 def path_applies(shape: LayerShape, path: str) -> bool:
@@ -140,17 +143,20 @@ def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
     if path == "depthwise":
         return Work(conv_flops + mix_once, activations + experts, 1)
     if path in ("gemm-fused", "tensor-core-fused"):  # every pixel tile mixes its weight tiles again
-        flops = conv_flops if path == "gemm-fused" else mma_flops(s, ROW_TILE)
-        return Work(flops + mix_once * tiles, activations + reread_per_tile, 1)
+        on_tensor_cores = path == "tensor-core-fused"
+        flops = mma_flops(s, ROW_TILE) if on_tensor_cores else conv_flops
+        return Work(flops + mix_once * tiles, activations + reread_per_tile, 1, flops if on_tensor_cores else 0.0)
     if path == "tensor-core-experts":  # every 64-column tile of the batch reads its rows' experts
         epilogue = 2.0 * s.n * s.m * s.ho * s.wo * s.experts
         reread = experts * (1 if 2 * experts <= l2_bytes else _column_tiles(s, batch_columns=True))
-        return Work(mma_flops(s, ROW_TILE // s.experts, batch_columns=True) + epilogue, activations + reread, 1)
+        mma = mma_flops(s, ROW_TILE // s.experts, batch_columns=True)
+        return Work(mma + epilogue, activations + reread, 1, mma)
     if path in ("gemm-aggregated", "cublas-pointwise", "tensor-core-aggregated"):
         kernel_bytes = s.n * s.kernel_elements * (4 if path == "gemm-aggregated" else e)
         reread = experts * (1 if 2 * experts <= l2_bytes else s.n)  # the aggregation reads them per sample
         flops = mma_flops(s, ROW_TILE) if path == "tensor-core-aggregated" else conv_flops
-        return Work(flops + mix_once, activations + reread + 2.0 * kernel_bytes, 2)
+        on_tensor_cores = path != "gemm-aggregated"
+        return Work(flops + mix_once, activations + reread + 2.0 * kernel_bytes, 2, flops if on_tensor_cores else 0.0)
     raise DyconvError(f"no cost model for kernel path {path!r}; paths: {', '.join(PATHS)}")
 
 
