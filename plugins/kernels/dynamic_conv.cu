@@ -579,14 +579,16 @@ struct Im2colColumn
 // columns, see TensorCoreColumns), 128 threads, reduction tiles of kMmaBK. Weight tile rows (see TensorCoreRows)
 // come mixed from the experts in fp32 (like gemm_kernel<kFused>), from the per-sample kernels in `kernels`
 // ([N, M, C/G*kH*kW] in T), or unmixed from the experts, and are stored as the MMA's operand type; X tiles
-// (Im2colColumn: each thread one column, two threads a column) are converted the same way. Warp w multiplies the
+// (Im2colColumn: each thread one column, two threads a column) are converted the same way; a thread gathers its
+// loads of a tile in two phases of 16, each phase's loads in flight together before any store to shared memory
+// (latency, not issue, bounds these loads; __launch_bounds__ keeps 4 blocks a multiprocessor). Warp w multiplies the
 // 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are
 // staged in shared memory (over the operand tiles, no longer read) for the epilogue: Y = the row (kExperts:
 // sum_k A[n,k(,m)] times expert k's row, n the column's sample) + the mixed bias, bounds checked, stored in T.
 // Rows past M/G (or past K * channels), reduction indices past C/G*kH*kW and columns past the last are zeros in
 // shared memory and never stored. Static shared memory: 19,712 bytes (float), 18,688 (half).
 template <typename T, bool kPointwise, TensorCoreRows kRows>
-__global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, Typed<T> t, T const* kernels)
+__global__ void __launch_bounds__(kMmaThreads, 4) tensor_core_kernel(ConvShape s, Typed<T> t, T const* kernels)
 {
 #if DYCONV_TENSOR_CORE_CODE
     namespace wmma = nvcuda::wmma;
@@ -599,6 +601,10 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
     constexpr int kLdy = kMmaTile + kMmaPad; // sy: row-major M x P (float accumulators)
     constexpr int kColumnThreads = kMmaThreads / kMmaTile; // threads per X column, kColumnThreads rows apart
     constexpr int kRowThreads = kMmaThreads / kMmaBK;      // weight rows loaded at once, one per kMmaBK threads
+    constexpr int kWeightLoads = kMmaTile / kRowThreads;   // weight tile elements per thread
+    constexpr int kXLoads = kMmaBK / kColumnThreads;        // X tile elements per thread
+    constexpr int kLoadPhases = 2; // loads in flight per thread: (kWeightLoads + kXLoads) / kLoadPhases
+    static_assert(kWeightLoads % kLoadPhases == 0 && kXLoads % kLoadPhases == 0, "whole phases");
     static_assert(kMmaBK % kK == 0 && kMmaBK % kColumnThreads == 0, "the reduction tile: whole MMA steps and rows");
     static_assert(kMmaThreads % kMmaTile == 0 && kMmaThreads % kMmaBK == 0, "whole columns and rows per pass");
     static_assert(kMmaThreads == 32 * (kMmaTile / kMmaWarpTile) * (kMmaTile / kMmaWarpTile), "one warp per quarter");
@@ -646,34 +652,53 @@ __global__ void __launch_bounds__(kMmaThreads) tensor_core_kernel(ConvShape s, T
         // kExperts: row mm is channel m0 + j of expert k, mm = k * channels + j, stepped by kRowThreads.
         int k = weight_row / channels;
         int j = weight_row - k * channels;
-#pragma unroll 1
-        for (int mm = weight_row; mm < kMmaTile; mm += kRowThreads)
+        // This thread's loads of the tile in kLoadPhases phases, each phase's loads first, into registers, so
+        // that they are in flight together; then their conversions and stores to shared memory.
+#pragma unroll
+        for (int phase = 0; phase < kLoadPhases; ++phase)
         {
-            float v = 0.f;
-            if (kExperts)
+            float weights[kWeightLoads / kLoadPhases];
+            float xs[kXLoads / kLoadPhases];
+#pragma unroll
+            for (int i = 0; i < kWeightLoads / kLoadPhases; ++i)
             {
-                if (k < s.experts && m0 + j < mg && r < kernel_size)
+                int const mm = weight_row + (phase * kWeightLoads / kLoadPhases + i) * kRowThreads;
+                weights[i] = 0.f;
+                if (kExperts)
                 {
-                    v = load(t.weight, (static_cast<size_t>(k) * s.m + g * mg + m0 + j) * kernel_size + r);
+                    if (k < s.experts && m0 + j < mg && r < kernel_size)
+                    {
+                        weights[i] = load(t.weight, (static_cast<size_t>(k) * s.m + g * mg + m0 + j) * kernel_size + r);
+                    }
+                    for (j += kRowThreads; j >= channels; j -= channels)
+                    {
+                        ++k;
+                    }
                 }
-                for (j += kRowThreads; j >= channels; j -= channels)
+                else if (m0 + mm < mg && r < kernel_size)
                 {
-                    ++k;
+                    int const gm = g * mg + m0 + mm;
+                    weights[i] = kRows == TensorCoreRows::kMixed
+                        ? mixed_weight(s, t, tile.first_n, gm, r, kernel_size)
+                        : load(kernels, (static_cast<size_t>(tile.first_n) * s.m + gm) * kernel_size + r);
                 }
             }
-            else if (m0 + mm < mg && r < kernel_size)
+#pragma unroll
+            for (int i = 0; i < kXLoads / kLoadPhases; ++i)
             {
-                int const gm = g * mg + m0 + mm;
-                v = kRows == TensorCoreRows::kMixed
-                    ? mixed_weight(s, t, tile.first_n, gm, r, kernel_size)
-                    : load(kernels, (static_cast<size_t>(tile.first_n) * s.m + gm) * kernel_size + r);
+                xs[i] = x_column.next(s, kernel_size, pixels);
             }
-            sw[mm][weight_r] = Op::convert(v);
-        }
-#pragma unroll 2
-        for (int rr = first_row; rr < kMmaBK; rr += kColumnThreads)
-        {
-            sx[rr][column] = Op::convert(x_column.next(s, kernel_size, pixels));
+#pragma unroll
+            for (int i = 0; i < kWeightLoads / kLoadPhases; ++i)
+            {
+                sw[weight_row + (phase * kWeightLoads / kLoadPhases + i) * kRowThreads][weight_r] =
+                    Op::convert(weights[i]);
+            }
+#pragma unroll
+            for (int i = 0; i < kXLoads / kLoadPhases; ++i)
+            {
+                sx[first_row + (phase * kXLoads / kLoadPhases + i) * kColumnThreads][column] = Op::convert(xs[i]);
+            }
         }
         __syncthreads(); // the tiles are whole before any warp loads a fragment
 #pragma unroll

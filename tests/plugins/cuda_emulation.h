@@ -213,7 +213,7 @@ T* dynamic_shared()
 #define __device__
 #define __shared__ static
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define threadIdx (::emu::thread_idx)
 #define blockIdx (::emu::block_idx)
