@@ -23,6 +23,12 @@ memory is an ``OOM`` row and the run goes on. Writes ``network_bench_<gpu>.md`` 
 ``--out`` (default ``benchmarks/results``), rewritten after every measurement so an interrupted run keeps what
 it measured.
 
+Where the time goes: in the ``ours`` phase, at ``--profile-batch`` (default: the largest batch), ours and the twin
+each run under ``torch.profiler`` (CUDA kernels): the table after the main one lists, per precision and sample,
+the kernels' time per forward against the measured latency (the difference is time the GPU waited for launches)
+and the most expensive kernels with their calls, ms and share of a forward (our kernels by name and path,
+cuDNN's, the attention branches' small ones).
+
 Time budget: with the defaults (``--iters 5 --repeats 3``, 2 warm-up calls) each variant runs 17 times per
 measurement; at batch 256 a forward takes up to ~100 ms on an H100, so the default run (2 samples x 3
 precisions x 3 batches x 2 phases) takes about 1-2 minutes with the loading and cuDNN's autotuning (on, as in
@@ -64,6 +70,8 @@ CHECK_BATCH = 2
 # conv's operands to 11 significant bits as fp16 does (activations stay fp32), so it takes fp16's end-to-end one.
 CHECK_TOLERANCES = {"fp32": "fp32", "tf32": "fp16", "fp16": "fp16"}
 OOM = "OOM"
+PROFILE_FORWARDS = 3  # forwards of each variant under the profiler (after one untimed)
+PROFILE_TOP = 12  # kernels listed per variant, the rest summed as "other"
 DYNAMIC_CONV_OP = torch.ops.dyconv.dynamic_conv2d.default
 
 
@@ -73,21 +81,75 @@ class Device:
 
     ``timer(fn)``: ms per call of ``fn()``, one timed group; ``enable_kernels()``: registers the kernels ``ours``
     runs (once, cannot be undone); ``path_of(x, attention, weight, stride, padding, dilation, groups)``: the kernel
-    path one op call takes once they are registered.
+    path one op call takes once they are registered; ``activities``: what the profile of ours and the twin at the
+    profile batch records (CUDA kernels on the GPU).
     """
 
     name: str
     timer: Callable[[Callable[[], object]], float]
     enable_kernels: Callable[[], object]
     path_of: Callable[..., str]
+    activities: tuple = ()  # torch.profiler activities of the kernel profile (:func:`kernel_profile`); () none
 
 
 def cuda_device(iters: int) -> Device:
     """The GPU: CUDA events around ``iters`` back-to-back calls, the extension's kernels and its cost model."""
+    from torch.profiler import ProfilerActivity
+
     from dyconv_deploy.ops import cuda as cuda_ops
 
     return Device("cuda", lambda fn: cuda_ops.median_call_ms(fn, iters, repeats=1, warmup=0),
-                  cuda_ops.enable_cuda_kernels, cuda_ops.chosen_algo)
+                  cuda_ops.enable_cuda_kernels, cuda_ops.chosen_algo, (ProfilerActivity.CUDA,))
+
+
+def short_kernel_name(name: str) -> str:
+    """A profiler event's name without the return type, anonymous namespaces and the argument list
+    (``void dyconv::(anonymous namespace)::tensor_core_kernel<__half, true, ...>(dyconv::ConvShape, ...)`` ->
+    ``dyconv::tensor_core_kernel<__half, true, ...>``), at most 120 characters."""
+    name = name.replace("(anonymous namespace)::", "").strip()
+    if name.startswith("void "):
+        name = name[len("void "):]
+    if name.endswith(")"):  # cut the argument list at its matching "(" (template arguments may hold parentheses)
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i] if i > 0 else name
+                break
+    return name if len(name) <= 120 else name[:117] + "..."
+
+
+def kernel_profile(fn: Callable[[], object], activities: tuple, forwards: int = PROFILE_FORWARDS,
+                   top: int = PROFILE_TOP) -> dict:
+    """Where the time of one call of ``fn`` goes: ``fn`` once untimed, then ``forwards`` calls under
+    ``torch.profiler`` with ``activities``; each kernel's (CUDA activity: device kernels; else CPU ops) self time
+    and calls per forward, most expensive first, the ``top`` first listed and the rest summed as ``other_ms``;
+    ``kernel_ms``: all of them per forward (on a GPU, what the device computed; the measured latency minus
+    that is the time it waited for launches)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_device = ProfilerActivity.CUDA in activities
+    fn()
+    with profile(activities=list(activities)) as prof:
+        for _ in range(forwards):
+            fn()
+        if on_device:
+            torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in prof.key_averages():
+        if on_device and event.device_type != DeviceType.CUDA:
+            continue
+        us = event.self_device_time_total if on_device else event.self_cpu_time_total
+        if us > 0:
+            calls_ms = kernels.setdefault(short_kernel_name(event.key), [0.0, 0.0])
+            calls_ms[0] += event.count / forwards
+            calls_ms[1] += us / 1e3 / forwards
+    ranked = sorted(kernels.items(), key=lambda item: -item[1][1])
+    total = sum(ms for _, (_, ms) in ranked)
+    listed = [{"name": name, "calls": calls, "ms": ms, "share": ms / total} for name, (calls, ms) in ranked[:top]]
+    return {"forwards": forwards, "kernel_ms": total, "kernels": listed,
+            "other_ms": total - sum(k["ms"] for k in listed)}
 
 
 def interleaved_ms(runners: dict[str, Callable[[], object]], timer: Callable[[Callable[[], object]], float],
@@ -184,7 +246,28 @@ def markdown(rows: list[dict], checks: dict, header: str) -> str:
         cells = [r["precision"], r["sample"], str(r["batch"]), *_ms_cells(r["reference"]), *_ms_cells(r["ours"]),
                  paths, _check_cell(checks.get((r["sample"], r["precision"])))]
         lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        if r.get("profile"):
+            lines += ["", *profile_markdown(r)]
     return "\n".join(lines) + "\n"
+
+
+def profile_markdown(row: dict) -> list[str]:
+    """A row's profile: for ours and the twin, the kernels' time per forward against the measured latency, then
+    the most expensive kernels with their calls, ms and share per forward."""
+    ours, twin = row["profile"]["ours"], row["profile"]["twin"]
+    measured = {"ours": row["ours"]["dynamic_ms"], "twin": row["ours"]["twin_ms"]}
+    lines = [f"### Where the time goes: {row['precision']} {row['sample']} batch {row['batch']}", "",
+             f"Kernels per forward (profiler, {ours['forwards']} forwards): ours {ours['kernel_ms']:.3f} ms of "
+             f"{measured['ours']:.3f} ms measured, twin {twin['kernel_ms']:.3f} ms of {measured['twin']:.3f} ms "
+             "(the rest: waiting for launches).", ""]
+    for variant, profile in (("ours", ours), ("twin", twin)):
+        lines += [f"| {variant}: kernel | calls | ms | share |", "|---|---|---|---|"]
+        lines += [f"| `{k['name']}` | {k['calls']:g} | {k['ms']:.3f} | {k['share']:.1%} |" for k in profile["kernels"]]
+        if profile["other_ms"] > 0:
+            lines.append(f"| other | | {profile['other_ms']:.3f} | {profile['other_ms'] / profile['kernel_ms']:.1%} |")
+        lines.append("")
+    return lines[:-1]
 
 
 def report_json(rows: list[dict], checks: dict, settings: dict) -> str:
@@ -221,14 +304,17 @@ def measure(model: nn.Module, twin: nn.Module, x: Tensor, device: Device, rounds
 
 
 def run(samples: list[str], precisions: list[str], batches: list[int], device: Device, rounds: int, out_stem: Path,
-        header: str, settings: dict) -> int:
-    """Both phases over every precision, sample and batch, the report rewritten after each measurement.
+        header: str, settings: dict, profile_batch: Optional[int] = None) -> int:
+    """Both phases over every precision, sample and batch, the report rewritten after each measurement; in the
+    ``ours`` phase, at ``profile_batch`` (default: the largest batch), ours and the twin are also profiled
+    (:func:`kernel_profile`, when the device has profiler activities).
 
     Returns the exit status: 1 if ours mismatched the reference anywhere, else 0.
     """
     pairs = {sample: load_twins(sample) for sample in samples}
-    rows = [{"precision": p, "sample": s, "batch": b, "reference": None, "ours": None, "paths": None}
-            for p in precisions for s in samples for b in batches]
+    profile_batch = max(batches) if profile_batch is None else profile_batch
+    rows = [{"precision": p, "sample": s, "batch": b, "reference": None, "ours": None, "paths": None,
+             "profile": None} for p in precisions for s in samples for b in batches]
     row_of = {(r["precision"], r["sample"], r["batch"]): r for r in rows}
     references: dict[tuple[str, str], Tensor] = {}  # (sample, precision) -> the reference output at CHECK_BATCH
     checks: dict[tuple[str, str], dict] = {}
@@ -256,10 +342,15 @@ def run(samples: list[str], precisions: list[str], batches: list[int], device: D
                     save()
                 for batch in batches:
                     row = row_of[(precision, sample, batch)]
-                    row[phase], paths = measure(model, twin, images(sample, batch, device.name, dtype), device,
-                                                rounds, count_paths=phase == "ours")
+                    x = images(sample, batch, device.name, dtype)
+                    row[phase], paths = measure(model, twin, x, device, rounds, count_paths=phase == "ours")
                     if paths is not None:
                         row["paths"] = paths
+                    if phase == "ours" and batch == profile_batch and device.activities and OOM not in row[phase]:
+                        with torch.inference_mode():
+                            row["profile"] = {"ours": kernel_profile(lambda: model(x), device.activities),
+                                              "twin": kernel_profile(lambda: twin(x), device.activities)}
+                    del x
                     cells = _ms_cells(row[phase])
                     print(f"{phase:<9} {precision:<4} {sample:<15} b={batch:<4} {cells[0]} ms, twin {cells[1]} ms: "
                           f"{cells[2]}x", flush=True)
@@ -276,8 +367,11 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=5, help="back-to-back forwards per timed group")
     parser.add_argument("--repeats", type=int, default=3, help="timed groups per variant and measurement (median)")
     parser.add_argument("--out", type=Path, default=kernel_bench.RESULTS, help="folder of the .md and .json results")
+    parser.add_argument("--profile-batch", type=int, help="batch whose kernels are profiled (default: the largest)")
     parser.add_argument("--list", action="store_true", help="print what would be timed and exit")
     args = parser.parse_args(argv)
+    if args.profile_batch is not None and args.profile_batch not in args.batches:
+        parser.error(f"--profile-batch {args.profile_batch} is not one of --batches {args.batches}")
 
     if args.list:
         print(f"precisions {' '.join(args.precisions)}; batches {' '.join(map(str, args.batches))}; "
@@ -305,7 +399,7 @@ def main(argv=None) -> int:
                 "repeats": args.repeats, "warmup": WARMUP, "check_batch": CHECK_BATCH}
     stem = args.out / f"network_bench_{gpu.replace(' ', '_')}"
     status = run(args.samples, args.precisions, args.batches, cuda_device(args.iters), args.repeats, stem, header,
-                 settings)
+                 settings, args.profile_batch)
     print(f"wrote {stem}.md and {stem}.json" + ("; ours mismatched the reference (see the table)" if status else ""))
     return status
 

@@ -61,7 +61,8 @@ class Flow:
     """One CPU run of :func:`network_bench.run` on ``tiny_dynamic`` with batch ``OOM_BATCH`` out of memory and
     ``ours`` computed by ``ours_kernel`` (the op's CPU kernel from the moment the kernels are "registered")."""
 
-    def __init__(self, network_bench, tmp_path: Path, monkeypatch, ours_kernel, precisions=("fp32", "fp16")):
+    def __init__(self, network_bench, tmp_path: Path, monkeypatch, ours_kernel, precisions=("fp32", "fp16"),
+                 activities=(), profile_batch=None):
         self.stem = tmp_path / "network_bench_cpu"
         self.clock = 0
         self.cells_on_disk: list[int] = []  # what the report held at each timed group
@@ -78,9 +79,9 @@ class Flow:
         device = network_bench.Device(
             "cpu", self.timer, lambda: monkeypatch.setattr(torch_op, "dynamic_conv2d_reference",
                                                            kernel_out_of_memory_at_the_oom_batch(ours_kernel)),
-            kernel_path)
+            kernel_path, activities)
         self.status = network_bench.run([SAMPLE], list(precisions), BATCHES, device, ROUNDS, self.stem, "# header",
-                                        {"gpu": "cpu"})
+                                        {"gpu": "cpu"}, profile_batch)
         self.report = json.loads(self.stem.with_suffix(".json").read_text())
         self.table = self.stem.with_suffix(".md").read_text()
 
@@ -192,3 +193,60 @@ def test_list_works_on_a_cpu_and_the_benchmark_needs_a_gpu(network_bench, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert network_bench.main(["--samples", SAMPLE]) == 2
     assert capsys.readouterr().err.startswith("network_bench: no CUDA device")
+
+
+def test_kernel_names_lose_return_type_namespaces_and_arguments(network_bench):
+    name = ("void dyconv::(anonymous namespace)::tensor_core_kernel<__half, true, "
+            "(dyconv::(anonymous namespace)::TensorCoreRows)0>(dyconv::ConvShape, dyconv::(anonymous namespace)"
+            "::Typed<__half>, __half const*)")
+    assert network_bench.short_kernel_name(name) == (
+        "dyconv::tensor_core_kernel<__half, true, (dyconv::TensorCoreRows)0>")
+    assert network_bench.short_kernel_name("aten::conv2d") == "aten::conv2d"
+    assert network_bench.short_kernel_name("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_nhwckrsc_nhwc") == (
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_nhwckrsc_nhwc")
+    assert len(network_bench.short_kernel_name("k" * 300)) == 120
+
+
+def test_a_profile_counts_each_kernel_per_forward_most_expensive_first(network_bench):
+    from torch.profiler import ProfilerActivity
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        profile = network_bench.kernel_profile(lambda: model(x), (ProfilerActivity.CPU,), forwards=3, top=2)
+    assert profile["forwards"] == 3 and len(profile["kernels"]) == 2
+    listed = [k["ms"] for k in profile["kernels"]]
+    assert listed == sorted(listed, reverse=True)
+    assert profile["kernel_ms"] == pytest.approx(sum(listed) + profile["other_ms"])
+    assert all(k["share"] == pytest.approx(k["ms"] / profile["kernel_ms"]) for k in profile["kernels"])
+    full = network_bench.kernel_profile(lambda: model(x), (ProfilerActivity.CPU,), forwards=3, top=100)
+    calls = {k["name"]: k["calls"] for k in full["kernels"]}
+    assert calls["aten::conv2d"] == 2 and calls["aten::relu"] == 1  # per forward, not per profile
+    assert full["other_ms"] == 0
+
+
+def test_ours_and_the_twin_are_profiled_at_the_profile_batch(network_bench, tmp_path, monkeypatch):
+    from torch.profiler import ProfilerActivity
+
+    flow = Flow(network_bench, tmp_path, monkeypatch, REFERENCE_KERNEL, precisions=("fp32",),
+                activities=(ProfilerActivity.CPU,), profile_batch=2)
+    profiled = [r for r in flow.report["rows"] if r["profile"]]
+    assert [r["batch"] for r in profiled] == [2]
+    ours = {k["name"]: k["calls"] for k in profiled[0]["profile"]["ours"]["kernels"]}
+    twin = {k["name"]: k["calls"] for k in profiled[0]["profile"]["twin"]["kernels"]}
+    # All 4 dynamic layers of a forward in ours' profile, none in the twin's (its static convs instead).
+    assert ours.get("dyconv::dynamic_conv2d") == 4 and "dyconv::dynamic_conv2d" not in twin
+    twin_convs = sum(isinstance(m, torch.nn.Conv2d) for m in network_bench.load_twins(SAMPLE)[1].modules())
+    assert twin.get("aten::mkldnn_convolution") == twin_convs
+    assert f"### Where the time goes: fp32 {SAMPLE} batch 2" in flow.table
+    assert "| `dyconv::dynamic_conv2d` | 4 |" in flow.table
+
+
+def test_without_profiler_activities_nothing_is_profiled(network_bench, tmp_path, monkeypatch):
+    flow = Flow(network_bench, tmp_path, monkeypatch, REFERENCE_KERNEL, precisions=("fp32",), profile_batch=2)
+    assert all(r["profile"] is None for r in flow.report["rows"]) and "Where the time goes" not in flow.table
+
+
+def test_the_profile_batch_must_be_one_of_the_batches(network_bench):
+    with pytest.raises(SystemExit):
+        network_bench.main(["--batches", "1", "32", "--profile-batch", "8"])
