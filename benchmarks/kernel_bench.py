@@ -37,6 +37,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ SAMPLES = ("dy_mobilenetv2", "dy_resnet18")
 PRECISIONS = {"tf32": (torch.float32, True, "fp32", "fp32"), "fp32": (torch.float32, False, "fp32", "fp32"),
               "fp16": (torch.float16, False, "fp16 (fp32 acc)", "fp16-kernel")}
 RESULTS = Path(__file__).resolve().parent / "results"
+BOUND_LAUNCH_S = 2e-6  # least time of one launch in the roofline columns (benchmarks/roofline.py's default)
 
 
 @dataclass(frozen=True)
@@ -121,17 +123,22 @@ def conv_kwargs(shape: LayerShape) -> dict:
     return {"stride": shape.stride, "padding": shape.padding, "dilation": shape.dilation, "groups": shape.groups}
 
 
+def cost_shape(cuda_ops, shape: LayerShape, batch: int, precision: str):
+    """The cost model's :class:`~dyconv_deploy.ops.cuda_cost.LayerShape` of ``shape`` at ``batch`` in
+    ``precision``'s tensor dtype."""
+    return cuda_ops.layer_shape(torch.empty(batch, shape.c, shape.h, shape.w, device="meta",
+                                            dtype=PRECISIONS[precision][0]),
+                                torch.empty(shape.experts, shape.m, shape.c // shape.groups, *shape.kernel,
+                                            device="meta"),
+                                shape.stride, shape.padding, shape.dilation, shape.groups)
+
+
 def timed_paths(cuda_ops, shape: LayerShape, precision: str) -> list[str]:
     """The kernel paths a row of ``precision`` times: those that apply to ``shape`` and the extension and GPU
     have, tensor-core ones only where TF32 or fp16 is the precision."""
     from dyconv_deploy.ops.cuda_cost import TENSOR_CORE_PATHS, path_applies
 
-    # Batch 1 is enough to ask which paths apply: that does not depend on the batch.
-    layer = cuda_ops.layer_shape(torch.empty(1, shape.c, shape.h, shape.w, device="meta",
-                                             dtype=PRECISIONS[precision][0]),
-                                 torch.empty(shape.experts, shape.m, shape.c // shape.groups, *shape.kernel,
-                                             device="meta"),
-                                 shape.stride, shape.padding, shape.dilation, shape.groups)
+    layer = cost_shape(cuda_ops, shape, 1, precision)  # which paths apply does not depend on the batch
     return [p for p in cuda_ops.available_algos()
             if path_applies(layer, p) and (precision != "fp32" or p not in TENSOR_CORE_PATHS)]
 
@@ -178,21 +185,48 @@ def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str,
     return result.max_abs
 
 
+def bound_entry(layer, ran: str, precision: str, gpu_name: str, ours_ms: float, cudnn_ms: float) -> Optional[dict]:
+    """Where a row stands against the roofline (:func:`~dyconv_deploy.ops.cuda_cost.path_bounds`, for an H100 or
+    H200 by name, else None): the bound of the path ours ran as a multiple of the static conv's, and the share
+    of its bound that ours and cuDNN each reached (bound time / measured time), so that ours / cuDNN =
+    ``ours_bound_ratio * cudnn_of_bound / ours_of_bound``: the algorithm's cost times the kernels' efficiency."""
+    from dyconv_deploy.ops.cuda_cost import ROOFLINE_GPUS, path_bounds
+
+    gpu = next((key for key in ROOFLINE_GPUS if key in gpu_name), None)
+    if gpu is None:
+        return None
+    bounds = path_bounds(layer, precision, ROOFLINE_GPUS[gpu], BOUND_LAUNCH_S)
+    ratio = bounds["path_ratios"].get(ran)
+    static_ms = bounds["static_us"] / 1e3
+    return {"gpu": gpu, "static_bound_ms": static_ms, "ours_bound_ratio": ratio,
+            "ours_of_bound": None if ratio is None else static_ms * ratio / ours_ms,
+            "cudnn_of_bound": static_ms / cudnn_ms}
+
+
+def _bound_cells(bound: Optional[dict]) -> str:
+    if not bound or bound["ours_bound_ratio"] is None:
+        return "- | - | " + (f"{bound['cudnn_of_bound']:.0%}" if bound else "-")
+    return f"{bound['ours_bound_ratio']:.2f} | {bound['ours_of_bound']:.0%} | {bound['cudnn_of_bound']:.0%}"
+
+
 def markdown(rows: list[dict], header: str, paths: tuple[str, ...]) -> str:
-    """The table of ``rows``: one line per precision, layer and batch, then each of ``paths`` as a multiple of
+    """The table of ``rows``: one line per precision, layer and batch, the roofline columns of
+    :func:`bound_entry` (``-`` for a GPU without datasheet peaks), then each of ``paths`` as a multiple of
     cuDNN's time (``-`` where it was not timed)."""
     lines = [header, "",
              "| precision | ours math | sample | layer (C x H x W -> M) | uses | batch | ours path | ours ms "
              "| best path | cuDNN static ms | grouped ms | ours / cuDNN | best / cuDNN | ours / grouped "
-             "| max abs err (b=1) | " + " | ".join(f"{p} / cuDNN" for p in paths) + " |",
-             "|" + "---|" * (15 + len(paths))]
+             "| max abs err (b=1) | ours bound / static bound | ours % of bound | cuDNN % of bound | "
+             + " | ".join(f"{p} / cuDNN" for p in paths) + " |",
+             "|" + "---|" * (18 + len(paths))]
     for r in rows:
         cudnn = r["cudnn_static_ms"]
         per_path = " | ".join(f"{r['paths_ms'][p] / cudnn:.2f}" if p in r["paths_ms"] else "-" for p in paths)
         lines.append(f"| {r['precision']} | {r['ours_math']} | {r['sample']} | {r['layer']} | {r['uses']} "
                      f"| {r['batch']} | {r['algo']} | {r['ours_ms']:.4f} | {r['best_algo']} | {cudnn:.4f} "
                      f"| {r['grouped_ms']:.4f} | {r['ours_ms'] / cudnn:.2f} | {r['best_ms'] / cudnn:.2f} "
-                     f"| {r['ours_ms'] / r['grouped_ms']:.2f} | {r['max_abs_err']:.2e} | {per_path} |")
+                     f"| {r['ours_ms'] / r['grouped_ms']:.2f} | {r['max_abs_err']:.2e} | {_bound_cells(r.get('bound'))} "
+                     f"| {per_path} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,9 +285,11 @@ def main(argv=None) -> int:
                     ran = row["heuristic_algo"] if row["algo"] == "auto" else row["algo"]
                     mma = ran in TENSOR_CORE_PATHS
                     math = ("TF32 MMA" if dtype == torch.float32 else "fp16 MMA (fp32 acc)") if mma else ours_math
+                    bound = bound_entry(cost_shape(cuda_ops, shape, batch, precision), ran, precision, gpu,
+                                        row["ours_ms"], row["cudnn_static_ms"])
                     rows.append({"precision": precision, "ours_math": math, "sample": sample,
                                  "layer": shape.label, "uses": len(names), "max_abs_err": max(errors.values()),
-                                 "path_errors": errors, "shape": asdict(shape), **row})
+                                 "path_errors": errors, "shape": asdict(shape), "bound": bound, **row})
                     print(f"{precision:<5} {sample:<15} {shape.label:<34} b={batch:<4} {row['algo']:<22} "
                           f"ours {row['ours_ms']:.4f} ms  best {row['best_algo']} {row['best_ms']:.4f} ms  "
                           f"cuDNN {row['cudnn_static_ms']:.4f} ms  grouped {row['grouped_ms']:.4f} ms", flush=True)

@@ -3,7 +3,7 @@
 For every distinct dynamic layer of DY-MobileNetV2 and DY-ResNet-18 (``kernel_bench.py``'s shapes) at
 batch 1, 32 and 256, the work the cost model counts for each kernel path
 (:func:`~dyconv_deploy.ops.cuda_cost.path_work`: FLOPs on tensor cores and on the SIMT units, DRAM bytes,
-launches) becomes the least time a GPU could take for it::
+launches) becomes the least time a GPU could take for it (:func:`~dyconv_deploy.ops.cuda_cost.path_bounds`)::
 
     bound = max(tensor FLOPs / tensor peak + SIMT FLOPs / SIMT peak, DRAM bytes / bandwidth)
             + launches * launch floor
@@ -27,68 +27,13 @@ sample only (no batch norm, activations or attention branch), dynamic path = eac
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import kernel_bench  # the sibling script (on sys.path as the script's folder): layer shapes, atomic writes
 from dyconv_deploy.ops import cuda as cuda_ops
-from dyconv_deploy.ops.cuda_cost import PATHS, TENSOR_CORE_PATHS, LayerShape, Work, path_applies, path_work
-
-
-@dataclass(frozen=True)
-class GpuPeaks:
-    """Datasheet peaks of one GPU (dense tensor-core rates, no sparsity)."""
-
-    fp16_tensor_flops: float
-    tf32_tensor_flops: float
-    fp32_simt_flops: float
-    dram_bytes_per_s: float
-    l2_bytes: int
-
-
-# NVIDIA's H100 SXM5 and H200 SXM datasheets: the same SMs and clocks, H200 with HBM3e.
-GPUS = {
-    "H100": GpuPeaks(989.4e12, 494.7e12, 66.9e12, 3.35e12, 50 * 2**20),
-    "H200": GpuPeaks(989.4e12, 494.7e12, 66.9e12, 4.8e12, 50 * 2**20),
-}
-ELEMENT_BYTES = {"fp16": 2, "tf32": 4, "fp32": 4}
-
-
-def bound_s(work: Work, tensor_flops_per_s: float, gpu: GpuPeaks, launch_s: float) -> float:
-    """Least seconds ``work`` takes at ``gpu``'s peaks (``tensor_flops_per_s``: its tensor-core rate)."""
-    compute = work.tensor_flops / tensor_flops_per_s + (work.flops - work.tensor_flops) / gpu.fp32_simt_flops
-    return max(compute, work.dram_bytes / gpu.dram_bytes_per_s) + work.launches * launch_s
-
-
-def static_work(shape: LayerShape, on_tensor_cores: bool) -> Work:
-    """The static conv of ``shape``: its FLOPs, X + one kernel + Y across DRAM, one launch."""
-    s, e = shape, shape.element_bytes
-    flops = 2.0 * s.n * s.kernel_elements * s.ho * s.wo
-    dram = float(e * (s.n * s.c * s.h * s.w + s.kernel_elements + s.n * s.m * s.ho * s.wo))
-    return Work(flops, dram, 1, flops if on_tensor_cores else 0.0)
-
-
-def call_shape(shape, batch: int, precision: str) -> LayerShape:
-    """The cost model's :class:`LayerShape` of one of ``kernel_bench``'s shapes at ``batch``."""
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    return cuda_ops.layer_shape(torch.empty(batch, shape.c, shape.h, shape.w, device="meta", dtype=dtype),
-                                torch.empty(shape.experts, shape.m, shape.c // shape.groups, *shape.kernel,
-                                            device="meta"),
-                                shape.stride, shape.padding, shape.dilation, shape.groups)
-
-
-def layer_bounds(layer: LayerShape, precision: str, gpu: GpuPeaks, launch_s: float) -> dict:
-    """Static bound (s) and each applicable path's bound as a multiple of it; tensor-core paths only in the
-    tf32 and fp16 rows (true fp32 has no tensor-core math)."""
-    tensor_rate = gpu.fp16_tensor_flops if precision == "fp16" else gpu.tf32_tensor_flops
-    static = bound_s(static_work(layer, precision != "fp32"), tensor_rate, gpu, launch_s)
-    ratios = {path: bound_s(path_work(layer, path, gpu.l2_bytes), tensor_rate, gpu, launch_s) / static
-              for path in PATHS
-              if path_applies(layer, path) and (precision != "fp32" or path not in TENSOR_CORE_PATHS)}
-    best = min(ratios, key=ratios.get)
-    return {"static_us": static * 1e6, "path_ratios": ratios, "best_path": best, "best_ratio": ratios[best]}
+from dyconv_deploy.ops.cuda_cost import BOUND_PRECISIONS, PATHS, ROOFLINE_GPUS, LayerShape, path_bounds
 
 
 def markdown(rows: list[dict], networks: list[dict], header: str) -> str:
@@ -112,16 +57,17 @@ def markdown(rows: list[dict], networks: list[dict], header: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", choices=GPUS, default="H100", help="whose datasheet peaks")
-    parser.add_argument("--precisions", choices=ELEMENT_BYTES, nargs="+", default=["fp16", "tf32", "fp32"])
+    parser.add_argument("--gpu", choices=ROOFLINE_GPUS, default="H100", help="whose datasheet peaks")
+    parser.add_argument("--precisions", choices=BOUND_PRECISIONS, nargs="+", default=["fp16", "tf32", "fp32"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
-    parser.add_argument("--launch-us", type=float, default=2.0, help="least time of one kernel launch")
+    parser.add_argument("--launch-us", type=float, default=kernel_bench.BOUND_LAUNCH_S * 1e6,
+                        help="least time of one kernel launch")
     parser.add_argument("--out", type=Path, default=kernel_bench.RESULTS, help="folder of the .md and .json")
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batches):
         parser.error("--batches must be positive")
 
-    gpu, launch_s = GPUS[args.gpu], args.launch_us * 1e-6
+    gpu, launch_s = ROOFLINE_GPUS[args.gpu], args.launch_us * 1e-6
     layers = {sample: kernel_bench.dynamic_layer_shapes(sample) for sample in kernel_bench.SAMPLES}
     rows, networks = [], []
     for precision in args.precisions:
@@ -130,7 +76,8 @@ def main(argv=None) -> int:
                 sums = {"static_us": 0.0, "dynamic_us": 0.0}
                 worst = 0.0
                 for shape, names in shapes.items():
-                    bounds = layer_bounds(call_shape(shape, batch, precision), precision, gpu, launch_s)
+                    bounds = path_bounds(kernel_bench.cost_shape(cuda_ops, shape, batch, precision), precision, gpu,
+                                         launch_s)
                     rows.append({"precision": precision, "sample": sample, "layer": shape.label,
                                  "uses": len(names), "batch": batch, **bounds})
                     sums["static_us"] += len(names) * bounds["static_us"]
@@ -145,7 +92,7 @@ def main(argv=None) -> int:
     stem = args.out / f"roofline_{args.gpu}"
     kernel_bench.atomic_write(stem.with_suffix(".md"), markdown(rows, networks, header))
     kernel_bench.atomic_write(stem.with_suffix(".json"),
-                              json.dumps({"gpu": args.gpu, "peaks": GPUS[args.gpu].__dict__, "rows": rows,
+                              json.dumps({"gpu": args.gpu, "peaks": ROOFLINE_GPUS[args.gpu].__dict__, "rows": rows,
                                           "networks": networks}, indent=1))
     for n in networks:
         print(f"{n['precision']:<5} {n['sample']:<15} b={n['batch']:<4} dynamic convs / static: {n['ratio']:.2f} "

@@ -35,6 +35,10 @@ Tensor-core paths round fp32 inputs to TF32, so for float32 they are candidates 
 ``torch.backends.cudnn.allow_tf32`` is set, the same switch that lets cuDNN's static conv use TF32
 (PyTorch's default): the dynamic conv then trades accuracy exactly as the static twin does.
 
+:func:`path_bounds` turns the same work, split into tensor-core and SIMT FLOPs, into the least time a path
+could take at a GPU's datasheet peaks (:data:`ROOFLINE_GPUS`), as a multiple of the static conv's
+(``benchmarks/roofline.py``, and beside the measured times in ``benchmarks/kernel_bench.py``).
+
 Overrides, for tests and for measuring one path: ``DYCONV_CUDA_ALGO=<path>`` forces that path
 wherever it applies; ``DYCONV_CUDA_COST_MODEL=0`` keeps the kernels' own batch-independent heuristic
 (``select_algo`` in ``plugins/kernels/dynamic_conv.h``).
@@ -279,3 +283,52 @@ def choose(model: Optional[CostModel], shape: LayerShape, dtype: str, available:
     if not candidates:
         return "auto"
     return min(candidates, key=lambda p: model.predict(shape, p, dtype))
+
+
+# Roofline bounds: the least time of a path, and of the static conv of the same shape, at a GPU's peaks.
+
+@dataclass(frozen=True)
+class GpuPeaks:
+    """Datasheet peaks of one GPU (dense tensor-core rates, no sparsity)."""
+
+    fp16_tensor_flops: float
+    tf32_tensor_flops: float
+    fp32_simt_flops: float
+    dram_bytes_per_s: float
+    l2_bytes: int
+
+
+# NVIDIA's H100 SXM5 and H200 SXM datasheets: the same SMs and clocks, H200 with HBM3e.
+ROOFLINE_GPUS = {
+    "H100": GpuPeaks(989.4e12, 494.7e12, 66.9e12, 3.35e12, 50 * 2**20),
+    "H200": GpuPeaks(989.4e12, 494.7e12, 66.9e12, 4.8e12, 50 * 2**20),
+}
+BOUND_PRECISIONS = ("fp16", "tf32", "fp32")  # rows of path_bounds: tf32 = fp32 tensors, TF32 allowed
+
+
+def bound_seconds(work: Work, tensor_flops_per_s: float, gpu: GpuPeaks, launch_s: float) -> float:
+    """Least seconds ``work`` takes at ``gpu``'s peaks (``tensor_flops_per_s``: its tensor-core rate)."""
+    compute = work.tensor_flops / tensor_flops_per_s + (work.flops - work.tensor_flops) / gpu.fp32_simt_flops
+    return max(compute, work.dram_bytes / gpu.dram_bytes_per_s) + work.launches * launch_s
+
+
+def static_conv_work(shape: LayerShape, on_tensor_cores: bool) -> Work:
+    """The static conv of ``shape``: its FLOPs, X + one kernel + Y across DRAM, one launch."""
+    s, e = shape, shape.element_bytes
+    flops = 2.0 * s.n * s.kernel_elements * s.ho * s.wo
+    dram = float(e * (s.n * s.c * s.h * s.w + s.kernel_elements + s.n * s.m * s.ho * s.wo))
+    return Work(flops, dram, 1, flops if on_tensor_cores else 0.0)
+
+
+def path_bounds(layer: LayerShape, precision: str, gpu: GpuPeaks, launch_s: float) -> dict:
+    """The static conv's bound (``static_us``, microseconds) and each applicable path's bound as a multiple of it
+    (``path_ratios``; the least: ``best_path``, ``best_ratio``) for ``precision`` (one of
+    :data:`BOUND_PRECISIONS`); tensor-core paths only in the tf32 and fp16 rows (true fp32 has no tensor-core
+    math), the MMAs at the fp16 or the TF32 rate."""
+    tensor_rate = gpu.fp16_tensor_flops if precision == "fp16" else gpu.tf32_tensor_flops
+    static = bound_seconds(static_conv_work(layer, precision != "fp32"), tensor_rate, gpu, launch_s)
+    ratios = {path: bound_seconds(path_work(layer, path, gpu.l2_bytes), tensor_rate, gpu, launch_s) / static
+              for path in PATHS
+              if path_applies(layer, path) and (precision != "fp32" or path not in TENSOR_CORE_PATHS)}
+    best = min(ratios, key=ratios.get)
+    return {"static_us": static * 1e6, "path_ratios": ratios, "best_path": best, "best_ratio": ratios[best]}

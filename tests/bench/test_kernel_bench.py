@@ -67,3 +67,47 @@ def test_the_table_shows_every_timed_path_against_cudnn(kernel_bench):
     assert values["gemm-fused / cuDNN"] == "4.00" and values["gemm-aggregated / cuDNN"] == "8.00"
     assert values["tensor-core-experts / cuDNN"] == "1.20"
     assert values["depthwise / cuDNN"] == values["cublas-pointwise / cuDNN"] == "-"
+
+
+def test_each_row_says_how_far_ours_and_cudnn_are_from_their_roofline(kernel_bench):
+    """The roofline columns: ours / cuDNN measured = (ours' bound / the static bound) x (cuDNN's share of its bound
+    / ours' share of its bound); named GPUs only, and no bound for a path the precision does not bound."""
+    from dyconv_deploy.ops.cuda_cost import ROOFLINE_GPUS, path_bounds
+
+    shape = layer(kernel_bench, 256, 256, 3, padding=(1,) * 4)
+    cost = kernel_bench.cost_shape(cuda, shape, 32, "fp16")
+    assert (cost.n, cost.element_bytes, cost.ho) == (32, 2, 14)
+    bound = kernel_bench.bound_entry(cost, "tensor-core-fused", "fp16", "NVIDIA H100 80GB HBM3", 0.5, 0.2)
+    expected = path_bounds(cost, "fp16", ROOFLINE_GPUS["H100"], kernel_bench.BOUND_LAUNCH_S)
+    assert bound["gpu"] == "H100" and bound["static_bound_ms"] == pytest.approx(expected["static_us"] / 1e3)
+    assert bound["ours_bound_ratio"] == expected["path_ratios"]["tensor-core-fused"]
+    assert bound["ours_bound_ratio"] * bound["cudnn_of_bound"] / bound["ours_of_bound"] == pytest.approx(0.5 / 0.2)
+    assert bound["cudnn_of_bound"] == pytest.approx(expected["static_us"] / 1e3 / 0.2)
+    pointwise = kernel_bench.cost_shape(cuda, layer(kernel_bench, 64, 96, 1), 32, "fp16")  # memory-bound
+    h100, h200 = (kernel_bench.bound_entry(pointwise, "gemm-fused", "fp16", name, 0.5, 0.2)
+                  for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"))
+    assert h200["gpu"] == "H200" and h200["static_bound_ms"] < h100["static_bound_ms"]  # more bandwidth
+    assert kernel_bench.bound_entry(cost, "tensor-core-fused", "fp16", "NVIDIA A100-SXM4-80GB", 0.5, 0.2) is None
+    fp32 = kernel_bench.bound_entry(kernel_bench.cost_shape(cuda, shape, 32, "fp32"), "tensor-core-fused", "fp32",
+                                    "NVIDIA H100", 0.5, 0.2)
+    assert fp32["ours_bound_ratio"] is None and fp32["ours_of_bound"] is None
+
+
+def test_the_table_has_the_roofline_columns(kernel_bench):
+    row = {"precision": "fp16", "ours_math": "fp16 MMA (fp32 acc)", "sample": "dy_resnet18",
+           "layer": "256x14x14 -> 256 k3x3 s1", "uses": 3, "batch": 256, "algo": "tensor-core-fused",
+           "ours_ms": 0.40, "best_algo": "tensor-core-fused", "best_ms": 0.40, "cudnn_static_ms": 0.10,
+           "grouped_ms": 0.80, "max_abs_err": 1e-3, "paths_ms": {"tensor-core-fused": 0.40},
+           "bound": {"gpu": "H100", "static_bound_ms": 0.06, "ours_bound_ratio": 2.46, "ours_of_bound": 0.369,
+                     "cudnn_of_bound": 0.6}}
+    unbounded = {**row, "bound": None}
+    table = kernel_bench.markdown([row, unbounded], "# header", PATHS)
+    header, rule, *lines = table.splitlines()[2:6]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    bounded, plain = (dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=True))
+                      for line in lines)
+    assert len(columns) == rule.count("---")
+    assert (bounded["ours bound / static bound"], bounded["ours % of bound"], bounded["cuDNN % of bound"]) == (
+        "2.46", "37%", "60%")
+    assert plain["ours bound / static bound"] == plain["ours % of bound"] == plain["cuDNN % of bound"] == "-"
+    assert bounded["tensor-core-fused / cuDNN"] == "4.00"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dyconv_deploy.ops import cuda_cost
 from dyconv_deploy.ops.cuda_cost import TENSOR_CORE_PATHS, LayerShape, Work, path_work
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -29,35 +30,35 @@ def roofline():
 
 
 def test_a_bound_is_the_slower_of_compute_and_memory_plus_the_launches(roofline):
-    gpu = roofline.GpuPeaks(fp16_tensor_flops=1e15, tf32_tensor_flops=5e14, fp32_simt_flops=1e14,
+    gpu = cuda_cost.GpuPeaks(fp16_tensor_flops=1e15, tf32_tensor_flops=5e14, fp32_simt_flops=1e14,
                             dram_bytes_per_s=1e12, l2_bytes=2**20)
     # 1e12 FLOPs of which 9e11 on tensor cores: 0.9 ms + 1 ms (the SIMT 1e11); 1e9 bytes: 1 ms; 2 launches.
     compute_bound = Work(flops=1e12, dram_bytes=1e9, launches=2, tensor_flops=9e11)
-    assert roofline.bound_s(compute_bound, 1e15, gpu, 1e-6) == pytest.approx(1.9e-3 + 2e-6)
+    assert cuda_cost.bound_seconds(compute_bound, 1e15, gpu, 1e-6) == pytest.approx(1.9e-3 + 2e-6)
     memory_bound = Work(flops=1e12, dram_bytes=3e9, launches=1, tensor_flops=9e11)
-    assert roofline.bound_s(memory_bound, 1e15, gpu, 1e-6) == pytest.approx(3e-3 + 1e-6)
+    assert cuda_cost.bound_seconds(memory_bound, 1e15, gpu, 1e-6) == pytest.approx(3e-3 + 1e-6)
     # The same FLOPs all on the SIMT units: 10 ms.
-    assert roofline.bound_s(Work(1e12, 1e9, 1), 1e15, gpu, 0.0) == pytest.approx(1e-2)
+    assert cuda_cost.bound_seconds(Work(1e12, 1e9, 1), 1e15, gpu, 0.0) == pytest.approx(1e-2)
 
 
 def test_the_static_conv_reads_x_and_one_kernel_and_writes_y(roofline):
     shape = LayerShape(n=8, c=64, h=14, w=14, m=32, groups=1, kh=3, kw=3, ho=7, wo=7, experts=4, element_bytes=2)
-    work = roofline.static_work(shape, on_tensor_cores=True)
+    work = cuda_cost.static_conv_work(shape, on_tensor_cores=True)
     assert work.flops == work.tensor_flops == 2 * 8 * 32 * 64 * 9 * 49
     assert work.dram_bytes == 2 * (8 * 64 * 196 + 32 * 64 * 9 + 8 * 32 * 49) and work.launches == 1
-    assert roofline.static_work(shape, on_tensor_cores=False).tensor_flops == 0
+    assert cuda_cost.static_conv_work(shape, on_tensor_cores=False).tensor_flops == 0
 
 
 def test_each_precision_bounds_the_paths_it_may_run(roofline):
-    gpu = roofline.GPUS["H100"]
+    gpu = cuda_cost.ROOFLINE_GPUS["H100"]
     dense = LayerShape(n=32, c=64, h=14, w=14, m=64, groups=1, kh=3, kw=3, ho=14, wo=14, experts=4)
     depthwise = LayerShape(n=32, c=64, h=14, w=14, m=64, groups=64, kh=3, kw=3, ho=14, wo=14, experts=4)
-    fp32 = roofline.layer_bounds(dense, "fp32", gpu, 2e-6)
+    fp32 = cuda_cost.path_bounds(dense, "fp32", gpu, 2e-6)
     assert set(fp32["path_ratios"]) == {"gemm-fused", "gemm-aggregated"}
-    tf32 = roofline.layer_bounds(dense, "tf32", gpu, 2e-6)
+    tf32 = cuda_cost.path_bounds(dense, "tf32", gpu, 2e-6)
     assert set(tf32["path_ratios"]) == {"gemm-fused", "gemm-aggregated", "tensor-core-fused",
                                         "tensor-core-aggregated", "tensor-core-experts"}
-    assert "depthwise" in roofline.layer_bounds(depthwise, "tf32", gpu, 2e-6)["path_ratios"]
+    assert "depthwise" in cuda_cost.path_bounds(depthwise, "tf32", gpu, 2e-6)["path_ratios"]
     assert tf32["best_ratio"] == min(tf32["path_ratios"].values())
     assert tf32["path_ratios"][tf32["best_path"]] == tf32["best_ratio"]
     # tf32 rows: the static conv on TF32 tensor cores, the experts path's MMAs too; by hand.
@@ -71,7 +72,7 @@ def test_each_precision_bounds_the_paths_it_may_run(roofline):
     assert tf32["path_ratios"]["tensor-core-experts"] == pytest.approx(by_hand / static)
     # fp16 rows use the fp16 tensor rate (a compute-bound layer: 7.4 GFLOPs, 7.6 MB).
     wide = LayerShape(n=32, c=256, h=14, w=14, m=256, groups=1, kh=3, kw=3, ho=14, wo=14, experts=4, element_bytes=2)
-    fp16 = roofline.layer_bounds(wide, "fp16", gpu, 0.0)
+    fp16 = cuda_cost.path_bounds(wide, "fp16", gpu, 0.0)
     assert fp16["static_us"] == pytest.approx(2 * 32 * 256 * 2304 * 196 / gpu.fp16_tensor_flops * 1e6)
 
 
