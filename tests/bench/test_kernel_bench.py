@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dyconv_deploy.ops import cuda
 from dyconv_deploy.ops.cuda_cost import PATHS, TENSOR_CORE_PATHS
@@ -111,3 +112,80 @@ def test_the_table_has_the_roofline_columns(kernel_bench):
         "2.46", "37%", "60%")
     assert plain["ours bound / static bound"] == plain["ours % of bound"] == plain["cuDNN % of bound"] == "-"
     assert bounded["tensor-core-fused / cuDNN"] == "4.00"
+
+
+def cpu_operands(shape, batch, dtype):
+    """``kernel_bench.operands`` on the CPU (the real one draws on the GPU)."""
+    g = torch.Generator().manual_seed(batch)
+    return {"x": torch.randn(batch, shape.c, shape.h, shape.w, generator=g).to(dtype),
+            "attention": torch.softmax(torch.randn(batch, shape.experts, generator=g), 1).to(dtype),
+            "weight": (torch.randn(shape.experts, shape.m, shape.c // shape.groups, *shape.kernel, generator=g)
+                       * 0.1).to(dtype),
+            "bias": torch.randn(shape.experts, shape.m, generator=g).to(dtype) if shape.bias else None}
+
+
+class TimedOps:
+    """A stand-in for ``dyconv_deploy.ops.cuda`` whose timer runs ``fn`` once and returns the made-up ms of what it
+    ran: a kernel path, cuDNN's static conv or the grouped reference (``kernel_bench``'s ``F`` and
+    ``dynamic_conv2d_reference`` are patched to say when they run)."""
+
+    MS = {"gemm-fused": 3.0, "gemm-aggregated": 2.0, "tensor-core-fused": 1.0, "cudnn": 0.5, "grouped": 4.0}
+
+    def __init__(self, kernel_bench, monkeypatch, chosen, output_error=0.0):
+        self.chosen, self.output_error, self.ran = chosen, output_error, None
+        reference = kernel_bench.dynamic_conv2d_reference
+        conv2d = kernel_bench.F.conv2d
+        monkeypatch.setattr(kernel_bench, "operands", cpu_operands)
+        monkeypatch.setattr(kernel_bench, "F", SimpleNamespace(conv2d=lambda *a: self.saw("cudnn", conv2d(*a))))
+        monkeypatch.setattr(kernel_bench, "dynamic_conv2d_reference",
+                            lambda **kw: self.saw("grouped", reference(**kw)))
+        self.reference = reference
+
+    def saw(self, name, result):
+        self.ran = name
+        return result
+
+    def chosen_algo(self, x, attention, weight, **conv):
+        return self.chosen
+
+    def selected_algo(self, x, attention, weight, **conv):
+        return "gemm-aggregated"  # the kernels' heuristic
+
+    def dynamic_conv2d_cuda(self, *, algo, **kwargs):
+        self.ran = algo
+        return self.reference(**kwargs) + self.output_error  # the batch-folded math, not check_shape's per-sample one
+
+    def median_call_ms(self, fn, iters, repeats, warmup):
+        self.ran = None
+        fn()
+        return self.MS[self.ran]
+
+
+def test_a_row_times_each_path_and_reports_the_chosen_and_the_fastest(kernel_bench, monkeypatch):
+    """``bench_shape``: ours is the time of the path the cost model chose (the heuristic's path for ``auto``), best
+    the fastest timed path, cuDNN the static conv and grouped the reference; the table divides by cuDNN's time."""
+    shape = layer(kernel_bench, 8, 16, 3, padding=(1,) * 4)
+    paths = ["gemm-fused", "gemm-aggregated", "tensor-core-fused"]
+    auto = kernel_bench.bench_shape(TimedOps(kernel_bench, monkeypatch, "auto"), shape, 2, torch.float32, paths, 1, 1)
+    assert auto == {"batch": 2, "algo": "auto", "heuristic_algo": "gemm-aggregated", "ours_ms": 2.0,
+                    "best_algo": "tensor-core-fused", "best_ms": 1.0, "cudnn_static_ms": 0.5, "grouped_ms": 4.0,
+                    "paths_ms": {"gemm-fused": 3.0, "gemm-aggregated": 2.0, "tensor-core-fused": 1.0}}
+    fused = kernel_bench.bench_shape(TimedOps(kernel_bench, monkeypatch, "gemm-fused"), shape, 2, torch.float32,
+                                     paths, 1, 1)
+    assert (fused["algo"], fused["ours_ms"], fused["best_ms"]) == ("gemm-fused", 3.0, 1.0)
+    row = {**fused, "precision": "tf32", "ours_math": "fp32", "sample": "s", "layer": shape.label, "uses": 1,
+           "max_abs_err": 0.0}
+    header, _, line = kernel_bench.markdown([row], "# header", PATHS).splitlines()[2:5]
+    values = dict(zip((c.strip() for c in header.strip("|").split("|")), (c.strip() for c in line.strip("|").split("|"))))
+    assert (values["ours / cuDNN"], values["best / cuDNN"], values["ours / grouped"]) == ("6.00", "2.00", "0.75")
+
+
+def test_the_check_reports_the_error_and_stops_on_a_mismatch(kernel_bench, monkeypatch):
+    """``check_shape`` returns the max abs error of the kernel against the per-sample reference and exits on one out
+    of tolerance (a benchmark of wrong kernels is worthless)."""
+    shape = layer(kernel_bench, 8, 16, 3, padding=(1,) * 4)
+    off = TimedOps(kernel_bench, monkeypatch, "auto", output_error=5e-5)  # within fp32's atol of 1e-4
+    assert kernel_bench.check_shape(off, shape, torch.float32, "fp32") == pytest.approx(5e-5, rel=0.05)
+    wrong = TimedOps(kernel_bench, monkeypatch, "auto", output_error=1e-2)
+    with pytest.raises(SystemExit, match="kernel mismatch"):
+        kernel_bench.check_shape(wrong, shape, torch.float32, "fp32", "gemm-fused")

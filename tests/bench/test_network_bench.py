@@ -250,3 +250,52 @@ def test_without_profiler_activities_nothing_is_profiled(network_bench, tmp_path
 def test_the_profile_batch_must_be_one_of_the_batches(network_bench):
     with pytest.raises(SystemExit):
         network_bench.main(["--batches", "1", "32", "--profile-batch", "8"])
+
+
+def test_an_oom_cell_keeps_the_first_line_and_the_cache_is_emptied(network_bench, monkeypatch):
+    """``measure`` on a batch out of GPU memory: the cell holds the error's first line (PyTorch's message goes on
+    for lines), no path counts, and the caching allocator is emptied so the next batch gets the memory."""
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+
+    def out_of_memory(x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 has a total ...")
+
+    device = network_bench.Device("cpu", lambda fn: fn() or 1.0, lambda: None, kernel_path)
+    entry, paths = network_bench.measure(out_of_memory, out_of_memory, torch.zeros(1), device, 1, count_paths=True)
+    assert entry == {"OOM": "CUDA out of memory. Tried to allocate 2.00 GiB."} and paths is None
+    assert emptied == [True]
+
+
+def test_tf32_rows_are_checked_at_fp16s_tolerance_and_fp32_rows_at_fp32s(network_bench):
+    """TF32 rounds every conv's operands to 11 bits: a 0.3 % end-to-end error passes a tf32 row's check, while in a
+    true-fp32 row it is a mismatch."""
+    reference = torch.linspace(-2, 2, 101)
+    ours = reference * (1 + 3e-3)
+    tf32 = network_bench.check_entry(ours, reference, "tf32", "tf32")
+    assert (tf32["tolerance"], tf32["passed"]) == ("fp16", True)
+    assert not network_bench.check_entry(ours, reference, "fp32", "fp32")["passed"]
+
+
+def test_each_precision_is_timed_under_its_tf32_flags_and_paths_are_counted_once_registered(network_bench, tmp_path,
+                                                                                           monkeypatch):
+    """One run over tf32 and fp32: every timed group runs under its precision's TF32 switches (cuDNN and matmul),
+    the paths are asked only after the kernels are registered (in ``ours``: the reference phase has no paths), and
+    a check is on disk before the first timing of its phase."""
+    stem, registered, seen = tmp_path / "network_bench_cpu", [], []
+
+    def timer(fn):
+        report = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
+        seen.append((bool(registered), torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                     len(report.get("checks", []))))
+        fn()
+        return 1.0
+
+    def path_of(*args):
+        assert registered, "a path asked for before the kernels were registered"
+        return kernel_path(*args)
+
+    device = network_bench.Device("cpu", timer, lambda: registered.append(True), path_of)
+    assert network_bench.run([SAMPLE], ["tf32", "fp32"], [1], device, 1, stem, "# header", {"gpu": "cpu"}) == 0
+    assert seen == [(False, True, True, 0)] * 2 + [(False, False, False, 0)] * 2 + [
+        (True, True, True, 1)] * 2 + [(True, False, False, 2)] * 2

@@ -282,3 +282,173 @@ def test_each_gpu_gets_its_own_choice(monkeypatch):
                             device=SimpleNamespace(index=index))
         choices.append(cuda.chosen_algo(x, attention, weight))
     assert choices[0] == first and choices[1] != first
+
+
+def test_depthwise_is_one_input_channel_per_group_whatever_the_outputs():
+    """``depthwise`` applies on C/G == 1 (also with a channel multiplier, M/G > 1), never on a dense conv that merely
+    has one output channel per group."""
+    multiplier = LayerShape(n=2, c=32, h=14, w=14, m=64, groups=32, kh=3, kw=3, ho=14, wo=14, experts=4)
+    assert path_applies(multiplier, "depthwise")
+    to_one = LayerShape(n=2, c=64, h=14, w=14, m=1, groups=1, kh=3, kw=3, ho=14, wo=14, experts=4)
+    assert not path_applies(to_one, "depthwise")
+    assert not path_applies(LAYER, "auto") and not path_applies(LAYER, "im2col")  # not kernel paths at all
+
+
+def test_a_strided_layer_reads_x_at_its_input_size_and_writes_y_at_its_output_size():
+    """DRAM bytes of a stride-2 layer by hand: X at 16x16, Y at 8x8 (the other tests have Ho == H)."""
+    strided = LayerShape(n=2, c=8, h=16, w=16, m=16, groups=1, kh=3, kw=3, ho=8, wo=8, experts=4)
+    x_bytes, y_bytes, expert_bytes = 2 * 8 * 16 * 16 * 4, 2 * 16 * 8 * 8 * 4, 4 * 16 * 8 * 9 * 4
+    assert path_work(strided, "gemm-fused", L2).dram_bytes == x_bytes + y_bytes + expert_bytes
+    assert path_work(strided, "depthwise", L2).dram_bytes == x_bytes + y_bytes + expert_bytes
+
+
+def test_fitting_refuses_timings_that_are_not_positive():
+    """A zero or negative timing (a broken timer) would divide the relative errors by zero: refused, not fitted."""
+    works = [path_work(s, "gemm-aggregated", L2) for s in probe_shapes(4)][:4]
+    for bad in (0.0, -1e-3):
+        with pytest.raises(DyconvError, match=">= 3 positive timings"):
+            fit_rates(works, [1e-3, bad, 2e-3, 3e-3])
+
+
+def test_fitting_drops_the_coefficient_that_would_be_negative_not_another():
+    """Timings that fall as FLOPs grow (no physical FLOP cost): the FLOP rate is the one dropped (0), the launch and
+    byte rates are kept and refitted, both positive."""
+    truth = rates(6e-6, 2e13, 3e12)
+    works = [path_work(s, "gemm-aggregated", L2) for s in probe_shapes(4)]
+    most = max(w.flops for w in works)
+    seconds = [(w.launches * truth.launch_s + w.dram_bytes * truth.s_per_byte) * (1 - 0.3 * w.flops / most)
+               for w in works]
+    fitted = fit_rates(works, seconds)
+    assert fitted.s_per_flop == 0
+    assert fitted.launch_s > 0 and fitted.s_per_byte > 0
+
+
+def test_half_precision_rates_are_fitted_on_half_precision_probes():
+    """float16 probes move 2-byte elements: timing them as 4-byte shapes would fit the float16 byte rate on twice
+    the bytes that crossed DRAM."""
+    timed = []
+    calibrate(lambda shape, path, dtype: timed.append((dtype, shape.element_bytes)) or 1e-3, ["gemm-fused"], "fake",
+              L2)
+    assert sorted(set(timed)) == [("float16", 2), ("float32", 4)]
+
+
+def test_a_forced_path_the_build_lacks_falls_back_to_the_model():
+    """``$DYCONV_CUDA_ALGO=cublas-pointwise`` on a build without cuBLAS: the model's choice, never a path the extension
+    cannot run."""
+    model = fake_model()
+    without_cublas = [p for p in PATHS if p != "cublas-pointwise"]
+    forced = choose(model, POINTWISE, "float16", without_cublas, True, {FORCE_ENV: "cublas-pointwise"})
+    assert forced == choose(model, POINTWISE, "float16", without_cublas, True, {}) != "cublas-pointwise"
+
+
+def test_the_model_never_picks_a_path_that_does_not_apply():
+    """However cheap the model says ``depthwise`` and ``cublas-pointwise`` are, a dense padded 3x3 conv gets neither."""
+    model = fake_model()
+    for dtype in ("float32", "float16"):
+        model.rates[dtype]["depthwise"] = model.rates[dtype]["cublas-pointwise"] = PathRates(0.0, 0.0, 0.0)
+        assert choose(model, LAYER, dtype, PATHS, True, {}) not in ("depthwise", "cublas-pointwise")
+    assert choose(model, DEPTHWISE, "float32", PATHS, True, {}) == "depthwise"
+
+
+def test_a_layers_shape_reads_each_axis_padding_stride_and_dilation():
+    """``padding`` is (top, left, bottom, right): Ho from top + bottom with the first stride and dilation, Wo from
+    left + right with the second; a padded 1x1 conv is not pointwise (cuBLAS would ignore the padding)."""
+    x, weight = torch.zeros(1, 8, 9, 11), torch.zeros(2, 8, 8, 3, 3)
+    shape = cuda.layer_shape(x, weight, (2, 1), (1, 2, 3, 0), (1, 2), 1)
+    assert (shape.ho, shape.wo) == ((9 + 1 + 3 - 2 - 1) // 2 + 1, (11 + 2 + 0 - 4 - 1) // 1 + 1) == (6, 9)
+    padded = cuda.layer_shape(x, torch.zeros(2, 8, 8, 1, 1), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert not padded.pointwise and (padded.ho, padded.wo) == (11, 13)
+
+
+def fake_gpu_choice(monkeypatch, model=fake_model):
+    monkeypatch.setattr(cuda, "cost_model", model)
+    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setitem(cuda._state, "choices", {})
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    monkeypatch.delenv(COST_MODEL_ENV, raising=False)
+
+
+def test_the_overrides_set_after_a_choice_still_take_effect(monkeypatch):
+    """The cached choice is keyed by ``$DYCONV_CUDA_ALGO`` and ``$DYCONV_CUDA_COST_MODEL``: setting either after a
+    shape was seen (a test, a measurement of one path) changes what that shape runs."""
+    fake_gpu_choice(monkeypatch)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    x, weight, attention = torch.zeros(8, 64, 14, 14), torch.zeros(4, 64, 64, 3, 3), torch.zeros(8, 4)
+    padding = (1, 1, 1, 1)
+    first = cuda.chosen_algo(x, attention, weight, padding=padding)
+    other = "gemm-aggregated" if first != "gemm-aggregated" else "gemm-fused"
+    monkeypatch.setenv(FORCE_ENV, other)
+    assert cuda.chosen_algo(x, attention, weight, padding=padding) == other
+    monkeypatch.delenv(FORCE_ENV)
+    monkeypatch.setenv(COST_MODEL_ENV, "0")
+    assert cuda.chosen_algo(x, attention, weight, padding=padding) == "auto"
+
+
+def test_with_the_cost_model_off_nothing_is_calibrated(monkeypatch):
+    """``$DYCONV_CUDA_COST_MODEL=0`` keeps the kernels' heuristic without timing the probes first."""
+    fake_gpu_choice(monkeypatch, lambda: pytest.fail("calibrated with the cost model off"))
+    monkeypatch.setenv(COST_MODEL_ENV, "0")
+    x, weight, attention = torch.zeros(1, 8, 5, 5), torch.zeros(2, 8, 8, 1, 1), torch.zeros(1, 2)
+    assert cuda.chosen_algo(x, attention, weight) == "auto"
+
+
+def test_tf32_paths_follow_cudnns_tf32_switch_not_matmuls(monkeypatch):
+    """float32 goes to a tensor-core path exactly when ``torch.backends.cudnn.allow_tf32`` lets cuDNN's static conv
+    use TF32 (the matmul switch, off by default, is another matter)."""
+    fake_gpu_choice(monkeypatch)
+    weight, attention = torch.zeros(4, 256, 256, 1, 1), torch.zeros(256, 4)
+    x = SimpleNamespace(shape=(256, 256, 28, 28), dtype=torch.float32, element_size=lambda: 4,
+                        device=SimpleNamespace(index=0))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # a property: no monkeypatch
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+        assert cuda.chosen_algo(x, attention, weight) == "cublas-pointwise"
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, True
+        assert cuda.chosen_algo(x, attention, weight) not in TENSOR_CORE_PATHS
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_recalibrating_replaces_the_model_already_loaded(monkeypatch, tmp_path):
+    """``cost_model(recalibrate=True)`` times the probes again even when this process holds a model."""
+    monkeypatch.setenv("DYCONV_DEPLOY_CACHE", str(tmp_path))
+    monkeypatch.setitem(cuda._state, "cost_models", {})
+    device = SimpleNamespace(name="Fake GPU", major=9, minor=0, multi_processor_count=132, L2_cache_size=L2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: device)
+    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
+    calibrations = []
+    monkeypatch.setattr(cuda, "calibrate", lambda *args: calibrations.append(args[2:]) or fake_model())
+    cuda.cost_model()
+    cuda.cost_model()
+    assert len(calibrations) == 1
+    cuda.cost_model(recalibrate=True)
+    assert len(calibrations) == 2
+
+
+def test_a_call_is_timed_per_call_over_its_groups_median(monkeypatch):
+    """:func:`median_call_ms`: warm-up calls untimed, each group's event time divided by its calls, the median of the
+    groups. A fake clock: each call of ``fn`` advances it by the next of ``durations`` ms."""
+    durations = iter([100.0, 100.0, 100.0, 1.0, 3.0, 2.0, 2.0, 5.0, 5.0])  # 3 warm-up calls, then 3 groups of 2
+    clock = {"ms": 0.0}
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = clock["ms"]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    def fn():
+        clock["ms"] += next(durations)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    assert cuda.median_call_ms(fn, iterations=2, repeats=3) == 2.0  # per call: 2, 2, 5

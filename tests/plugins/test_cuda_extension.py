@@ -1,5 +1,7 @@
 """The on-demand torch extension (``dyconv_deploy.ops.cuda``): sources and CPU-side errors."""
 
+import re
+
 import pytest
 import torch
 
@@ -45,6 +47,8 @@ GOOD = {"x": torch.zeros(2, 4, 5, 5), "attention": torch.ones(2, 3), "weight": t
     ("spatial", (2, 3, 1), r"spatial has shape \[2, 3, 1\], expected \[2, 3, 3\]"),
     ("spatial", (1, 3, 3), r"spatial has shape \[1, 3, 3\]"),
     ("weight", (3, 6, 3, 3, 3), r"does not fit x \[2, 4, 5, 5\]"),
+    ("weight", (3, 5, 2, 3, 3), r"and M divisible by groups"),  # M = 5 outputs cannot split into 2 groups
+    ("bias", (6,), r"bias has shape \[6\], expected \[3, 6\]"),  # one bias per expert, not one mixed bias
     ("x", (2, 4, 5), r"x must be \[N, C, H, W\]"),
 ])
 def test_operand_shapes_are_checked_before_the_kernels_read_them(operand, shape, message):
@@ -86,3 +90,28 @@ def test_without_cublas_the_extension_builds_without_its_path(monkeypatch, tmp_p
     monkeypatch.setattr(cuda.importlib.util, "find_spec", lambda name: None)
     assert cuda.cublas_root(None) is None
     assert cuda.cublas_flags(None) == {"extra_cuda_cflags": [], "extra_ldflags": []}
+
+
+def test_algos_are_numbered_as_the_kernels_number_them():
+    """``ALGOS.index(name)`` is the ``dyconv::Algo`` value handed to the extension (and how plugin tactics are named):
+    it must match the enum of ``plugins/kernels/dynamic_conv.h`` and the names of ``algo_name``."""
+    kernels = cuda.plugins_dir() / "kernels"
+    values = dict(re.findall(r"^\s*(k\w+) = (\d+),", (kernels / "dynamic_conv.h").read_text(), re.M))
+    names = dict(re.findall(r'case Algo::(k\w+): return "([\w-]+)";', (kernels / "dynamic_conv.cu").read_text()))
+    assert set(names) <= set(values) and len(names) == len(cuda.ALGOS)
+    assert {name: int(values[enum]) for enum, name in names.items()} == {a: i for i, a in enumerate(cuda.ALGOS)}
+
+
+def test_the_extension_gets_the_paths_enum_value_and_operands_in_xs_type(monkeypatch):
+    """What :func:`dynamic_conv2d_cuda` hands the extension: every operand cast to ``x.dtype`` and the path's
+    ``dyconv::Algo`` value (``auto`` 0, ``depthwise`` 1, ..., ``tensor-core-experts`` 7)."""
+    calls = []
+    extension = type("FakeExtension", (), {"dynamic_conv2d": staticmethod(lambda *args: calls.append(args))})
+    monkeypatch.setitem(cuda._state, "extension", extension)
+    operands = {**GOOD, "attention": GOOD["attention"].double(), "weight": GOOD["weight"].half()}
+    for algo, value in (("auto", 0), ("depthwise", 1), ("cublas-pointwise", 4), ("tensor-core-experts", 7)):
+        cuda.dynamic_conv2d_cuda(**operands, groups=2, algo=algo)
+        assert calls[-1][-1] == value, algo
+    x, attention, weight, bias, spatial = calls[-1][:5]
+    assert {t.dtype for t in (attention, weight, bias, spatial)} == {torch.float32}
+    assert calls[-1][5:9] == ([1, 1], [0, 0, 0, 0], [1, 1], 2)

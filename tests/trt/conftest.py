@@ -120,7 +120,8 @@ class FakeTensorRT(types.ModuleType):
             def set_timing_cache(self, cache, ignore_mismatch):
                 if cache is None:  # what pybind11 does with None for an ITimingCache argument
                     raise TypeError("set_timing_cache(): incompatible function arguments")
-                return cache is self.cache and not cache.data.startswith(b"other-gpu")
+                # A cache tuned on another GPU is refused unless ignore_mismatch (NvInfer.h: setTimingCache).
+                return cache is self.cache and (ignore_mismatch or not cache.data.startswith(b"other-gpu"))
 
             def __setattr__(self, name, value):
                 if name == "plugins_to_serialize":

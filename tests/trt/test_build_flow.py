@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dyconv_deploy.errors import DyconvError, MissingDependency
 from dyconv_deploy.ops.contract import DOMAIN, OP_TYPE
 from dyconv_deploy.tolerance import TOLERANCES, compare
+from dyconv_deploy.trt import build as build_module
 from dyconv_deploy.trt.build import build_engine
 from dyconv_deploy.trt.sidecar import file_sha256, read_sidecar
 
@@ -68,6 +69,64 @@ def test_the_sidecar_names_each_plugin_layers_tactic_and_survives_an_engine_it_c
     del trt.LayerInformationFormat  # a TensorRT without the inspector's JSON: no tactics, the engine is kept
     engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m2.engine", progress=False)
     assert read_sidecar(engine)["plugin_tactics"] is None and engine.read_bytes() == b"ENGINE"
+
+
+def test_tactic_values_just_outside_the_algo_enum_are_named_none(fake_trt, tmp_path):
+    """8 is one past ``tensor-core-experts`` (7) and -1 before ``auto`` (0): neither is a ``dyconv::Algo``, so neither
+    gets a name (nor crashes the build after the engine was written)."""
+    layers = [{"Name": "past", "LayerType": "PluginV3", "TacticValue": 8},
+              {"Name": "before", "LayerType": "PluginV3", "TacticValue": -1},
+              {"Name": "last", "LayerType": "PluginV3", "TacticValue": "0x7"}]
+    fake_trt("10.3.0", engine_layers=layers)
+    engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+    assert read_sidecar(engine)["plugin_tactics"] == [{"layer": "past", "tactic": 8, "algo": None},
+                                                      {"layer": "before", "tactic": -1, "algo": None},
+                                                      {"layer": "last", "tactic": 7, "algo": "tensor-core-experts"}]
+
+
+def test_an_engine_the_runtime_cannot_deserialize_keeps_its_sidecar_without_tactics(fake_trt, tmp_path, monkeypatch):
+    """TensorRT raises RuntimeError from a plan it cannot load for inspection: the build still succeeds, with
+    ``plugin_tactics`` null."""
+    trt = fake_trt("10.3.0")
+
+    def refuse(self, plan):
+        raise RuntimeError("deserialization failed")
+
+    monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", refuse)
+    engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+    assert read_sidecar(engine)["plugin_tactics"] is None and engine.read_bytes() == b"ENGINE"
+
+
+def test_the_builder_keeps_detailed_layer_information_and_the_sidecar_lists_the_outputs(fake_trt, tmp_path,
+                                                                                       monkeypatch):
+    """The inspector reports a layer's tactic only for a plan built with ``ProfilingVerbosity.DETAILED``; the sidecar
+    records the outputs as it does the inputs (Triton's config reads them)."""
+    trt = fake_trt("10.3.0")
+    build = trt.Builder.build_serialized_network
+    verbosity = []
+
+    def recording(self, network, config):
+        verbosity.append(getattr(config, "profiling_verbosity", None))
+        return build(self, network, config)
+
+    monkeypatch.setattr(trt.Builder, "build_serialized_network", recording)
+    engine = build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", progress=False)
+    assert verbosity == ["detailed"]
+    assert read_sidecar(engine)["outputs"] == [{"name": "y", "shape": [-1, 2, 4, 4], "dtype": "float32"}]
+
+
+def test_a_plugin_library_is_registered_once_per_process(fake_trt, tmp_path, monkeypatch):
+    """TensorRT refuses to register the same plugin creators twice: a second build with the same library (a
+    multi-engine export) does not load it again, but a build with another library does."""
+    monkeypatch.setattr(build_module, "_LOADED_PLUGINS", set())
+    trt, model = fake_trt(), _onnx(tmp_path / "m.onnx")
+    first, second = tmp_path / "libdyconv.so", tmp_path / "other" / "libdyconv.so"
+    second.parent.mkdir()
+    for plugin in (first, second):
+        plugin.write_bytes(b"\x7fELF plugin")
+    for name, plugin in (("a", first), ("b", first), ("c", second)):
+        build_engine(model, tmp_path / f"{name}.engine", plugin_library=plugin, progress=False)
+    assert [e[1] for e in trt.events if e[0] == "load_library"] == [str(first.resolve()), str(second.resolve())]
 
 
 def test_embed_plugin_builds_a_version_compatible_engine_that_carries_the_library(fake_trt, tmp_path):

@@ -46,3 +46,9 @@ def test_profile_errors(inputs, shapes, match):
 def test_batch_range_must_be_ordered():
     with pytest.raises(DyconvError, match="--min-batch <= --opt-batch"):
         profile_shapes({"x": (-1, 3)}, min_batch=4, opt_batch=2, max_batch=8)
+
+
+def test_a_batch_of_zero_is_refused():
+    """The smallest batch of the profile is at least 1 (a zero-sized batch is no engine shape to tune for)."""
+    with pytest.raises(DyconvError, match="need 1 <= --min-batch"):
+        profile_shapes({"x": (-1, 3)}, min_batch=0, opt_batch=2, max_batch=8)
