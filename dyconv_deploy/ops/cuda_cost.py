@@ -20,7 +20,8 @@ it applies to (:func:`calibrate`: once per device and extension build, cached on
 * ``tensor-core-fused`` / ``tensor-core-aggregated``: the fused / aggregated work (``-aggregated``'s
   kernels in the input type) on tensor cores (sm_80+), whose FLOPs are the MMAs' padded ones: every
   64 x 64 block multiplies whole 32-deep reduction tiles, padding included (a depthwise conv's one
-  channel per group fills one of its 64 rows).
+  channel per group fills one of its 64 rows); ``-fused`` blocks are 128 pixels wide on planes over
+  64 pixels, so each sample's weights are mixed ``ceil(Ho*Wo / 128)`` times.
 * ``tensor-core-experts``: one WMMA GEMM of the unmixed experts, ``K`` rows per output channel
   (``floor(64 / K)`` channels per 64-row tile), so ``K`` times the conv's padded FLOPs, plus
   ``K`` multiply-adds per output in the epilogue; its 64-column tiles run over the whole batch's
@@ -60,6 +61,7 @@ TENSOR_CORE_PATHS = ("cublas-pointwise", "tensor-core-fused", "tensor-core-aggre
 FORCE_ENV = "DYCONV_CUDA_ALGO"
 COST_MODEL_ENV = "DYCONV_CUDA_COST_MODEL"
 PIXEL_TILE = 64  # output pixels of one implicit-GEMM block (kMmaTile; the SIMT GEMM's 64x64 plan)
+WIDE_PIXEL_TILE = 128  # tensor-core-fused's blocks on planes over PIXEL_TILE pixels (kMmaWideColumns)
 ROW_TILE = 64  # weight rows of one WMMA block (kMmaTile)
 REDUCTION_TILE = 32  # reduction depth of one WMMA block tile (kMmaBK)
 
@@ -117,22 +119,30 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def mma_flops(shape: LayerShape, channels_per_tile: int, batch_columns: bool = False) -> float:
+def mma_flops(shape: LayerShape, channels_per_tile: int, batch_columns: bool = False,
+              column_tile: int = PIXEL_TILE) -> float:
     """FLOPs the WMMA blocks multiply, padding included: per group, ``ceil(M/G / channels_per_tile)`` blocks of
-    64 rows by whole 32-deep reduction tiles by whole 64-column tiles, the columns being each sample's pixels
-    (``ceil(Ho*Wo / 64)`` tiles per sample) or, with ``batch_columns`` (tensor-core-experts, whose weights
-    are the same for every sample), the whole batch's (``ceil(N*Ho*Wo / 64)`` tiles)."""
+    64 rows by whole 32-deep reduction tiles by whole ``column_tile``-column tiles, the columns being each
+    sample's pixels (``ceil(Ho*Wo / column_tile)`` tiles per sample) or, with ``batch_columns``
+    (tensor-core-experts, whose weights are the same for every sample), the whole batch's
+    (``ceil(N*Ho*Wo / 64)`` tiles)."""
     s = shape
     reduction = _ceil((s.c // s.groups) * s.kh * s.kw, REDUCTION_TILE) * REDUCTION_TILE
     rows = _ceil(s.m // s.groups, channels_per_tile) * ROW_TILE
-    columns = _column_tiles(s, batch_columns) * PIXEL_TILE
+    columns = _column_tiles(s, batch_columns, column_tile) * column_tile
     return 2.0 * s.groups * rows * reduction * columns
 
 
-def _column_tiles(shape: LayerShape, batch_columns: bool) -> int:
-    """64-column tiles of one group's GEMM: per sample, or over the whole batch's pixels."""
+def _column_tiles(shape: LayerShape, batch_columns: bool, column_tile: int = PIXEL_TILE) -> int:
+    """Column tiles of one group's GEMM: per sample, or over the whole batch's pixels."""
     s = shape
-    return _ceil(s.n * s.ho * s.wo, PIXEL_TILE) if batch_columns else s.n * _ceil(s.ho * s.wo, PIXEL_TILE)
+    return _ceil(s.n * s.ho * s.wo, column_tile) if batch_columns else s.n * _ceil(s.ho * s.wo, column_tile)
+
+
+def fused_column_tile(shape: LayerShape) -> int:
+    """Columns of a tensor-core-fused block: :data:`WIDE_PIXEL_TILE` on planes over :data:`PIXEL_TILE` pixels,
+    else :data:`PIXEL_TILE` (``tensor_core_columns`` in the kernels)."""
+    return WIDE_PIXEL_TILE if shape.ho * shape.wo > PIXEL_TILE else PIXEL_TILE
 
 
 def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
@@ -142,14 +152,15 @@ def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
     mix_once = 2.0 * s.n * s.experts * s.kernel_elements  # every sample's kernels mixed once
     experts = float(s.experts * s.kernel_elements * e)
     activations = float(s.n * s.c * s.h * s.w * e + s.n * s.m * s.ho * s.wo * e)
-    tiles = _ceil(s.ho * s.wo, PIXEL_TILE)  # pixel tiles per sample
-    reread_per_tile = experts * (1 if 2 * experts <= l2_bytes else s.n * tiles)
     if path == "depthwise":
         return Work(conv_flops + mix_once, activations + experts, 1)
     if path in ("gemm-fused", "tensor-core-fused"):  # every pixel tile mixes its weight tiles again
         on_tensor_cores = path == "tensor-core-fused"
-        flops = mma_flops(s, ROW_TILE) if on_tensor_cores else conv_flops
-        return Work(flops + mix_once * tiles, activations + reread_per_tile, 1, flops if on_tensor_cores else 0.0)
+        width = fused_column_tile(s) if on_tensor_cores else PIXEL_TILE
+        tiles = _ceil(s.ho * s.wo, width)  # per sample
+        reread = experts * (1 if 2 * experts <= l2_bytes else s.n * tiles)
+        flops = mma_flops(s, ROW_TILE, column_tile=width) if on_tensor_cores else conv_flops
+        return Work(flops + mix_once * tiles, activations + reread, 1, flops if on_tensor_cores else 0.0)
     if path == "tensor-core-experts":  # every 64-column tile of the batch reads its rows' experts
         epilogue = 2.0 * s.n * s.m * s.ho * s.wo * s.experts
         reread = experts * (1 if 2 * experts <= l2_bytes else _column_tiles(s, batch_columns=True))

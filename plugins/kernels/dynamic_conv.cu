@@ -393,8 +393,8 @@ __global__ void __launch_bounds__((BM / kGemmThreadM) * (BN / kGemmThreadN))
 #endif
 constexpr int kTensorCoreArch = 80; // compute capability x 10 the tensor-core kernel needs
 
-constexpr int kMmaTile = 64;    // outputs x pixels per block: 2 x 2 warps of 32 x 32 (2 x 2 fragments of 16 x 16)
-constexpr int kMmaThreads = 128;
+constexpr int kMmaTile = 64;          // weight rows of a block, and its columns unless wide: 2 x 2 warps of 32 x 32
+constexpr int kMmaWideColumns = 128;   // columns of a wide block: 2 x 4 warps of 32 x 32 (256 threads)
 
 #if DYCONV_TENSOR_CORE_CODE
 constexpr int kMmaBK = 32; // reduction tile of the tensor-core kernel: 2 (half) or 4 (TF32) MMA steps
@@ -459,9 +459,18 @@ __host__ __device__ constexpr int tensor_core_channels(TensorCoreRows rows, int 
     return rows == TensorCoreRows::kExperts ? kMmaTile / experts : kMmaTile;
 }
 
-// The columns of a tensor-core block: 64 consecutive output pixels of one sample (kMixed, kAggregated: the
-// weights are that sample's), or, for kExperts, whose weights are the same for every sample, 64 consecutive
-// columns of the (sample, pixel) sequence of the whole batch, so that small planes (7x7, 14x14) fill whole tiles.
+// Columns of one tensor-core block: kMmaWideColumns for tensor-core-fused on planes of more than kMmaTile output
+// pixels (each block mixes its weight tiles from the experts again, so twice the columns a block halves that
+// work), else kMmaTile. The block has 2 threads per column.
+__host__ __device__ constexpr int tensor_core_columns(TensorCoreRows rows, long long pixels)
+{
+    return rows == TensorCoreRows::kMixed && pixels > kMmaTile ? kMmaWideColumns : kMmaTile;
+}
+
+// The columns of a tensor-core block: `width` (tensor_core_columns) consecutive output pixels of one sample
+// (kMixed, kAggregated: the weights are that sample's), or, for kExperts, whose weights are the same for every
+// sample, 64 consecutive columns of the (sample, pixel) sequence of the whole batch, so that small planes (7x7,
+// 14x14) fill whole tiles.
 // Grid x: (column tiles) * G, group-major for kExperts, else (pixel tiles * N * G) as GemmBlock.
 #if DYCONV_TENSOR_CORE_CODE
 struct TensorCoreColumns
@@ -470,17 +479,17 @@ struct TensorCoreColumns
     int columns;     //!< columns in all: Ho*Wo (per sample) or N*Ho*Wo (kExperts)
     int first_n;     //!< sample of the per-sample tiles (kExperts: unused, each column has its own)
 
-    __device__ TensorCoreColumns(ConvShape const& s, TensorCoreRows rows, int channels)
+    __device__ TensorCoreColumns(ConvShape const& s, TensorCoreRows rows, int channels, int width)
     {
         int const pixels = s.ho * s.wo;
         bool const batch = rows == TensorCoreRows::kExperts;
         columns = batch ? s.n * pixels : pixels;
-        int const tiles = (columns + kMmaTile - 1) / kMmaTile;
+        int const tiles = (columns + width - 1) / width;
         int const owner = blockIdx.x / tiles; // kExperts: g; else n * G + g
         g = batch ? owner : owner % s.groups;
         first_n = batch ? 0 : owner / s.groups;
         m0 = blockIdx.y * channels;
-        q0 = (blockIdx.x - owner * tiles) * kMmaTile;
+        q0 = (blockIdx.x - owner * tiles) * width;
     }
 
     //! Sample and pixel of column q (< columns).
@@ -496,7 +505,7 @@ struct TensorCoreColumns
 #if DYCONV_TENSOR_CORE_CODE
 // One thread's column of a tensor-core block's X tile: im2col(X[n, g])[r, p] of the column's sample n and pixel
 // p, for the rows r = first, first + kStep, first + 2 kStep, ... the thread loads one after another over the
-// whole reduction (its column and row step are fixed: kMmaThreads / kMmaTile threads share a column). The column
+// whole reduction (its column and row step are fixed: two threads share a column). The column
 // is decoded once and the row's (c, ky, kx) advanced by additions, so the loads do no integer division. For
 // kExperts with ODConv's S, each value is scaled by S[n, ky * kW + kx] (conv(X, W S) = conv(X S, W) tap by tap).
 template <typename T, bool kPointwise, int kStep>
@@ -575,20 +584,22 @@ struct Im2colColumn
 };
 #endif
 
-// One implicit GEMM on tensor cores for the three WMMA paths, grid tensor_core_grid of 64 x 64 tiles (rows x
-// columns, see TensorCoreColumns), 128 threads, reduction tiles of kMmaBK. Weight tile rows (see TensorCoreRows)
-// come mixed from the experts in fp32 (like gemm_kernel<kFused>), from the per-sample kernels in `kernels`
-// ([N, M, C/G*kH*kW] in T), or unmixed from the experts, and are stored as the MMA's operand type; X tiles
-// (Im2colColumn: each thread one column, two threads a column) are converted the same way; a thread gathers its
-// loads of a tile in two phases of 16, each phase's loads in flight together before any store to shared memory
-// (latency, not issue, bounds these loads; __launch_bounds__ keeps 4 blocks a multiprocessor). Warp w multiplies the
-// 32 x 32 quarter (w / 2, w % 2) of the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are
-// staged in shared memory (over the operand tiles, no longer read) for the epilogue: Y = the row (kExperts:
-// sum_k A[n,k(,m)] times expert k's row, n the column's sample) + the mixed bias, bounds checked, stored in T.
-// Rows past M/G (or past K * channels), reduction indices past C/G*kH*kW and columns past the last are zeros in
-// shared memory and never stored. Static shared memory: 19,712 bytes (float), 18,688 (half).
-template <typename T, bool kPointwise, TensorCoreRows kRows>
-__global__ void __launch_bounds__(kMmaThreads, 4) tensor_core_kernel(ConvShape s, Typed<T> t, T const* kernels)
+// One implicit GEMM on tensor cores for the three WMMA paths, grid tensor_core_grid of 64 x kColumns tiles (rows
+// x columns, see TensorCoreColumns and tensor_core_columns), 2 * kColumns threads, reduction tiles of kMmaBK.
+// Weight tile rows (see TensorCoreRows) come mixed from the experts in fp32 (like gemm_kernel<kFused>), from the
+// per-sample kernels in `kernels` ([N, M, C/G*kH*kW] in T), or unmixed from the experts, and are stored as the
+// MMA's operand type; X tiles (Im2colColumn: each thread one column, two threads a column) are converted the same
+// way; a thread gathers its loads of a tile in two phases, each phase's loads in flight together before any store
+// to shared memory (latency, not issue, bounds these loads; __launch_bounds__ keeps 512 threads a
+// multiprocessor at <= 128 registers). Warp w multiplies the 32 x 32 part (w / W, w % W), W = kColumns / 32, of
+// the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are staged in shared memory (over the
+// operand tiles, no longer read) for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)] times expert k's row,
+// n the column's sample) + the mixed bias, bounds checked, stored in T. Rows past M/G (or past K * channels),
+// reduction indices past C/G*kH*kW and columns past the last are zeros in shared memory and never stored. Static
+// shared memory, 64 columns: 19,712 bytes (float), 18,688 (half); 128 columns: 35,072 (float), 35,072 (half).
+template <typename T, bool kPointwise, TensorCoreRows kRows, int kColumns>
+__global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kernel(ConvShape s, Typed<T> t,
+    T const* kernels)
 {
 #if DYCONV_TENSOR_CORE_CODE
     namespace wmma = nvcuda::wmma;
@@ -596,18 +607,21 @@ __global__ void __launch_bounds__(kMmaThreads, 4) tensor_core_kernel(ConvShape s
     using E = typename Op::Element;
     constexpr bool kExperts = kRows == TensorCoreRows::kExperts;
     constexpr int kK = Op::kK;
+    constexpr int kThreads = 2 * kColumns;
+    constexpr int kWarpColumns = kColumns / kMmaWarpTile; // warps along the columns (2 along the rows)
     constexpr int kLdw = kMmaBK + kMmaPad;   // sw: row-major M x R
-    constexpr int kLdx = kMmaTile + kMmaPad; // sx: row-major R x P
-    constexpr int kLdy = kMmaTile + kMmaPad; // sy: row-major M x P (float accumulators)
-    constexpr int kColumnThreads = kMmaThreads / kMmaTile; // threads per X column, kColumnThreads rows apart
-    constexpr int kRowThreads = kMmaThreads / kMmaBK;      // weight rows loaded at once, one per kMmaBK threads
-    constexpr int kWeightLoads = kMmaTile / kRowThreads;   // weight tile elements per thread
-    constexpr int kXLoads = kMmaBK / kColumnThreads;        // X tile elements per thread
+    constexpr int kLdx = kColumns + kMmaPad; // sx: row-major R x P
+    constexpr int kLdy = kColumns + kMmaPad; // sy: row-major M x P (float accumulators)
+    constexpr int kColumnThreads = kThreads / kColumns;   // threads per X column, kColumnThreads rows apart
+    constexpr int kRowThreads = kThreads / kMmaBK;        // weight rows loaded at once, one per kMmaBK threads
+    constexpr int kWeightLoads = kMmaTile / kRowThreads;  // weight tile elements per thread
+    constexpr int kXLoads = kMmaBK / kColumnThreads;       // X tile elements per thread
     constexpr int kLoadPhases = 2; // loads in flight per thread: (kWeightLoads + kXLoads) / kLoadPhases
+    static_assert(kColumns == kMmaTile || kColumns == kMmaWideColumns, "the two block widths");
     static_assert(kWeightLoads % kLoadPhases == 0 && kXLoads % kLoadPhases == 0, "whole phases");
     static_assert(kMmaBK % kK == 0 && kMmaBK % kColumnThreads == 0, "the reduction tile: whole MMA steps and rows");
-    static_assert(kMmaThreads % kMmaTile == 0 && kMmaThreads % kMmaBK == 0, "whole columns and rows per pass");
-    static_assert(kMmaThreads == 32 * (kMmaTile / kMmaWarpTile) * (kMmaTile / kMmaWarpTile), "one warp per quarter");
+    static_assert(kThreads % kMmaBK == 0 && kMmaTile % kRowThreads == 0, "whole weight rows per pass");
+    static_assert(kThreads == 32 * (kMmaTile / kMmaWarpTile) * kWarpColumns, "one warp per 32 x 32 part");
     static_assert(kMmaWarpTile == 2 * kMmaFragment, "2 x 2 fragments per warp");
     static_assert(wmma_layout_ok<E>(kLdw, kMmaFragment, kK), "weight fragments: ldm or alignment");
     static_assert(wmma_layout_ok<E>(kLdx, kK, kMmaFragment), "X fragments: ldm or alignment");
@@ -624,16 +638,16 @@ __global__ void __launch_bounds__(kMmaThreads, 4) tensor_core_kernel(ConvShape s
     auto const sy = reinterpret_cast<float (*)[kLdy]>(tiles); // after the last MMA
 
     int const channels = tensor_core_channels(kRows, s.experts);
-    TensorCoreColumns const tile(s, kRows, channels);
+    TensorCoreColumns const tile(s, kRows, channels, kColumns);
     int const mg = s.m / s.groups;
     int const kernel_size = s.c / s.groups * s.kh * s.kw;
     int const pixels = s.ho * s.wo;
     int const g = tile.g, m0 = tile.m0;
     int const warp = threadIdx.x / 32;
-    int const warp_m = (warp / 2) * kMmaWarpTile;
-    int const warp_p = (warp % 2) * kMmaWarpTile;
-    int const column = threadIdx.x % kMmaTile;    // this thread's X and output column
-    int const first_row = threadIdx.x / kMmaTile; // its first X row, then every kColumnThreads-th
+    int const warp_m = (warp / kWarpColumns) * kMmaWarpTile;
+    int const warp_p = (warp % kWarpColumns) * kMmaWarpTile;
+    int const column = threadIdx.x % kColumns;    // this thread's X and output column
+    int const first_row = threadIdx.x / kColumns; // its first X row, then every kColumnThreads-th
     int const weight_r = threadIdx.x % kMmaBK;    // its weight tile column
     int const weight_row = threadIdx.x / kMmaBK;  // its first weight row, then every kRowThreads-th
     Im2colColumn<T, kPointwise, kColumnThreads> x_column(s, t, tile, tile.q0 + column, first_row, kExperts);
@@ -730,11 +744,11 @@ __global__ void __launch_bounds__(kMmaThreads, 4) tensor_core_kernel(ConvShape s
                 wmma::mem_row_major);
         }
     }
-    for (int mm = threadIdx.x; mm < kMmaTile && !kExperts; mm += kMmaThreads)
+    for (int mm = threadIdx.x; mm < kMmaTile && !kExperts; mm += kThreads)
     {
         sbias[mm] = m0 + mm < mg ? mixed_bias(s, t, tile.first_n, g * mg + m0 + mm) : 0.f;
     }
-    __syncthreads(); // all four quarters (and the bias) are in shared memory
+    __syncthreads(); // every warp's part (and the bias) is in shared memory
     int const q = tile.q0 + column;
     if (q >= tile.columns)
     {
@@ -842,7 +856,7 @@ bool tensor_cores_usable()
     {
         return false;
     }
-    void const* const kernel = reinterpret_cast<void const*>(&tensor_core_kernel<float, false, TensorCoreRows::kMixed>);
+    void const* const kernel = reinterpret_cast<void const*>(&tensor_core_kernel<float, false, TensorCoreRows::kMixed, kMmaTile>);
     if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
     {
         cudaGetLastError();
@@ -991,8 +1005,8 @@ void launch_aggregate(ConvShape const& s, Typed<T> const& t, K* kernels, cudaStr
     aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
 }
 
-// The tensor-core launch of `rows` (see TensorCoreColumns): (pixel tiles * N * G, M/G tiles of
-// tensor_core_channels), or for kExperts (ceil(N*Ho*Wo / 64) * G, M/G tiles).
+// The tensor-core launch of `rows` (see TensorCoreColumns): (pixel tiles of tensor_core_columns * N * G, M/G
+// tiles of tensor_core_channels), or for kExperts (ceil(N*Ho*Wo / 64) * G, M/G tiles).
 Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows)
 {
     long long const row_tiles = ceil_div(s.m / s.groups, tensor_core_channels(rows, s.experts));
@@ -1000,21 +1014,36 @@ Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows)
     {
         return {ceil_div(static_cast<long long>(s.n) * s.ho * s.wo, kMmaTile) * s.groups, row_tiles, 1};
     }
-    return gemm_grid(s, kMmaTile, kMmaTile, 1);
+    return gemm_grid(s, kMmaTile, tensor_core_columns(rows, static_cast<long long>(s.ho) * s.wo), 1);
 }
 
-template <typename T, TensorCoreRows kRows>
-void launch_tensor_core(ConvShape const& s, Typed<T> const& t, T const* kernels, cudaStream_t stream)
+template <typename T, TensorCoreRows kRows, int kColumns>
+void launch_tensor_core_blocks(ConvShape const& s, Typed<T> const& t, T const* kernels, cudaStream_t stream)
 {
     dim3 const grid = tensor_core_grid(s, kRows).dims();
     if (is_pointwise(s))
     {
-        tensor_core_kernel<T, true, kRows><<<grid, kMmaThreads, 0, stream>>>(s, t, kernels);
+        tensor_core_kernel<T, true, kRows, kColumns><<<grid, 2 * kColumns, 0, stream>>>(s, t, kernels);
     }
     else
     {
-        tensor_core_kernel<T, false, kRows><<<grid, kMmaThreads, 0, stream>>>(s, t, kernels);
+        tensor_core_kernel<T, false, kRows, kColumns><<<grid, 2 * kColumns, 0, stream>>>(s, t, kernels);
     }
+}
+
+// The kernel of the block width tensor_core_columns gives (wide blocks only for kMixed).
+template <typename T, TensorCoreRows kRows>
+void launch_tensor_core(ConvShape const& s, Typed<T> const& t, T const* kernels, cudaStream_t stream)
+{
+    if constexpr (kRows == TensorCoreRows::kMixed)
+    {
+        if (tensor_core_columns(kRows, static_cast<long long>(s.ho) * s.wo) == kMmaWideColumns)
+        {
+            launch_tensor_core_blocks<T, kRows, kMmaWideColumns>(s, t, kernels, stream);
+            return;
+        }
+    }
+    launch_tensor_core_blocks<T, kRows, kMmaTile>(s, t, kernels, stream);
 }
 
 #if DYCONV_WITH_CUBLAS

@@ -35,7 +35,8 @@ enum class Algo : int32_t
     kCublasPointwise = 4,
     //! The fused implicit GEMM (kGemmFused) on tensor cores with WMMA, any conv, no workspace, no split-K: weight
     //! tiles mixed in fp32, then stored as TF32 (float32 inputs, X rounded too: 10-bit mantissas, not float32
-    //! accuracy) or half; 16x16 MMAs with fp32 accumulators, 64x64 tiles. Needs a GPU of compute capability 8.0 or
+    //! accuracy) or half; 16x16 MMAs with fp32 accumulators, 64x64 tiles (64x128 on planes over 64 pixels, so
+    //! that each sample's weights are mixed half as often). Needs a GPU of compute capability 8.0 or
     //! later (A100, H100) and code compiled for one (see algo_available). Never chosen by kAuto.
     kTensorCoreFused = 5,
     //! kGemmAggregated on tensor cores: per-sample kernels aggregated into the workspace in the input type, then

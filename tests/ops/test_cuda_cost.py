@@ -56,7 +56,9 @@ def test_tensor_core_paths_count_the_padded_mma_work():
     experts, activations = 4 * kernel * 4, 2 * 8 * 64 * 196 * 4
     padded = 2 * 8 * 64 * 576 * 256  # 196 pixels -> 256; 576 reduction is whole 32-tiles
     fused = path_work(LAYER, "tensor-core-fused", L2)
-    assert (fused.flops, fused.dram_bytes, fused.launches) == (padded + 4 * mix, activations + experts, 1)
+    # tensor-core-fused's blocks are 128 pixels wide on planes over 64: 196 pixels are 2 tiles (256 columns, the
+    # same padding), so each sample's kernels are mixed twice, not 4 times.
+    assert (fused.flops, fused.dram_bytes, fused.launches) == (padded + 2 * mix, activations + experts, 1)
     aggregated = path_work(LAYER, "tensor-core-aggregated", L2)
     assert (aggregated.flops, aggregated.dram_bytes, aggregated.launches) == (
         padded + mix, activations + experts + 2 * 8 * kernel * 4, 2)
@@ -67,7 +69,13 @@ def test_tensor_core_paths_count_the_padded_mma_work():
         4 * batch_padded + 2 * 8 * 64 * 196 * 4, activations + experts, 1)
     # A depthwise conv: one channel per group fills 1 of 64 rows, 9 taps a whole 32-deep tile.
     dw_mix = 2 * 8 * 4 * 64 * 9
-    assert path_work(DEPTHWISE, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 64 * 32 * 256 + 4 * dw_mix
+    assert path_work(DEPTHWISE, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 64 * 32 * 256 + 2 * dw_mix
+    # 28x28 = 784 pixels: 7 wide tiles (896 columns, 6 mixes); 7x7 = 49: one 64-column tile, one mix.
+    large = LayerShape(**{**LAYER.__dict__, "h": 28, "w": 28, "ho": 28, "wo": 28})
+    assert path_work(large, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 576 * 896 + 7 * mix
+    small = LayerShape(**{**LAYER.__dict__, "h": 7, "w": 7, "ho": 7, "wo": 7})
+    assert path_work(small, "tensor-core-fused", L2).flops == 2 * 8 * 64 * 576 * 64 + mix
+    assert path_work(large, "gemm-fused", L2).flops == 2 * 8 * kernel * 784 + 13 * mix  # SIMT: 64-pixel tiles
     three = LayerShape(**{**LAYER.__dict__, "experts": 3})  # 21 channels per tile: 64 channels are 4 tiles
     assert path_work(three, "tensor-core-experts", L2).flops == 4 * batch_padded + 2 * 8 * 64 * 196 * 3
     # Experts outgrowing half of L2 are read again by every one of the 25 column tiles.

@@ -82,3 +82,11 @@ extern "C" int emu_validate_algo(dyconv::ConvShape const* shape, int algo)
 {
     return static_cast<int>(dyconv::validate(*shape, static_cast<dyconv::Algo>(algo)));
 }
+
+// The grid and block of the last emulated launch: {grid x, y, z, block x, y, z}.
+extern "C" void emu_last_launch(unsigned* dims)
+{
+    unsigned const values[6] = {emu::grid_dim.x, emu::grid_dim.y, emu::grid_dim.z, emu::block_dim.x,
+        emu::block_dim.y, emu::block_dim.z};
+    std::copy(values, values + 6, dims);
+}

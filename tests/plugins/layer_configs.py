@@ -98,7 +98,9 @@ LAYER_CONFIGS = [
 # plane spanning two pixel blocks (256 threads), and 2 x 2 tensor-core tiles: an offset wrong in the second tile or
 # block shows only here.
 TILE_CONFIGS = [
-    LayerConfig("pointwise-m-two-tiles", c=8, m=72, experts=2, kernel=1, h=5, w=5),
+    # Pointwise on 144 pixels: 3 narrow and 2 wide (tensor-core-fused, 128-column) blocks of pixels, the last of
+    # each partly filled, times two 64-row tiles.
+    LayerConfig("pointwise-m-two-tiles", c=8, m=72, experts=2, kernel=1, h=12, w=12),
     LayerConfig("3x3-grouped-m-two-tiles-deep", c=32, m=144, experts=2, kernel=3, h=4, w=4, padding=(1, 1, 1, 1),
                 groups=2),
     LayerConfig("depthwise-3x3-289-pixels", c=2, m=2, experts=2, kernel=3, h=17, w=17, padding=(1, 1, 1, 1),

@@ -46,6 +46,7 @@ WMMA_ALGOS = ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-expert
 TENSOR_CORE_ALGOS = ("cublas-pointwise", *WMMA_ALGOS)
 MMA_TILE = 64  # kMmaTile: weight rows x pixels of a WMMA block
 MMA_REDUCTION_TILE = 32  # kMmaBK: reduction tile of a WMMA block
+MMA_WIDE_COLUMNS = 128  # kMmaWideColumns: pixels of a tensor-core-fused block on planes over 64 pixels
 
 
 class ConvShape(ctypes.Structure):
@@ -239,21 +240,30 @@ def test_unknown_path_is_an_error(emulated, algo):
     assert status == CUDA_ERROR_INVALID_VALUE
 
 
-def mma_tiles(config: LayerConfig, channels: int = MMA_TILE) -> tuple[int, int]:
-    """WMMA blocks per (sample, group): (output-channel tiles of ``channels``, pixel tiles of 64)."""
+def mma_tiles(config: LayerConfig, channels: int = MMA_TILE, columns: int = MMA_TILE) -> tuple[int, int]:
+    """WMMA blocks per (sample, group): (output-channel tiles of ``channels``, pixel tiles of ``columns``)."""
     ho, wo = config.output_hw
-    return -(-(config.m // config.groups) // channels), -(-ho * wo // MMA_TILE)
+    return -(-(config.m // config.groups) // channels), -(-ho * wo // columns)
 
 
 def test_tensor_core_configs_reach_past_one_tile():
     """KERNEL_CONFIGS run the WMMA paths on more than one 64-tile of output channels and of pixels (both at once in
-    a grouped conv), reductions that are not whole 16-tiles or 32-tiles (the zero-filled tail) past one 32-tile and BATCH samples, each with
-    its own attention; tensor-core-experts (floor(64 / K) channels per tile) also on several channel tiles with K
+    a grouped conv), reductions that are not whole 16-tiles or 32-tiles (the zero-filled tail) past one 32-tile,
+    and BATCH samples, each with its own attention; tensor-core-experts (floor(64 / K) channels per tile) also on several channel tiles with K
     that does not divide 64 (an unused last row), with DyNet attention and with ODConv's spatial attention."""
     assert any(mma_tiles(c)[0] > 1 for c in KERNEL_CONFIGS) and any(mma_tiles(c)[1] > 1 for c in KERNEL_CONFIGS)
     assert any(min(mma_tiles(c)) > 1 and c.groups > 1 for c in KERNEL_CONFIGS)
     assert any(c.reduction % GEMM_TILE for c in KERNEL_CONFIGS) and BATCH > 1
     assert any(c.reduction > MMA_REDUCTION_TILE and c.reduction % MMA_REDUCTION_TILE for c in KERNEL_CONFIGS)
+    # tensor-core-fused's 128-column blocks (planes over 64 pixels): several, the last partial, pointwise and kxk;
+    # and a plane of exactly 64 pixels, which keeps the 64-column block.
+    def wide(c):
+        return c.output_hw[0] * c.output_hw[1] > MMA_TILE
+
+    for pointwise in (True, False):
+        assert any(wide(c) and c.pointwise == pointwise and mma_tiles(c, columns=MMA_WIDE_COLUMNS)[1] > 1
+                   and c.output_hw[0] * c.output_hw[1] % MMA_WIDE_COLUMNS for c in KERNEL_CONFIGS)
+    assert any(c.output_hw[0] * c.output_hw[1] == MMA_TILE for c in KERNEL_CONFIGS)
     experts_tiles = {c.name: mma_tiles(c, MMA_TILE // c.experts)[0] for c in KERNEL_CONFIGS}
     assert any(experts_tiles[c.name] > 1 and MMA_TILE % c.experts for c in KERNEL_CONFIGS)
     assert any(experts_tiles[c.name] > 1 and c.channel_attention for c in KERNEL_CONFIGS)
@@ -349,6 +359,24 @@ def test_experts_path_needs_every_expert_of_a_channel_in_one_tile(emulated):
         assert status == expected, emulated.emu_misuse().decode()
         if expected == 0:
             assert compare(y, reference(config, inputs, np.float32), TOLERANCES["tensor-core-kernel"]).passed
+
+
+@pytest.mark.parametrize("config", KERNEL_CONFIGS, ids=lambda c: c.name)
+def test_fused_tensor_core_blocks_are_as_wide_as_the_cost_model_counts(emulated, config):
+    """tensor-core-fused launches 2 threads per column of blocks ``fused_column_tile`` wide (128 on planes over 64
+    pixels), ceil(Ho*Wo / width) of them per (sample, group): what the cost model counts its MMAs and re-mixing by."""
+    from dyconv_deploy.ops.cuda_cost import LayerShape, fused_column_tile
+
+    ho, wo = config.output_hw
+    width = fused_column_tile(LayerShape(BATCH, config.c, config.h, config.w, config.m, config.groups, config.kernel,
+                                         config.kernel, ho, wo, config.experts))
+    assert width == (MMA_WIDE_COLUMNS if ho * wo > MMA_TILE else MMA_TILE)
+    inputs = config.inputs(batch=BATCH, generator=torch.Generator().manual_seed(3))
+    status, _ = run_emulated(emulated, config, inputs, "fp16", "tensor-core-fused")
+    assert status == 0
+    dims = (ctypes.c_uint * 6)()
+    emulated.emu_last_launch(dims)
+    assert list(dims) == [-(-ho * wo // width) * BATCH * config.groups, mma_tiles(config)[0], 1, 2 * width, 1, 1]
 
 
 def splits(lib: ctypes.CDLL, shape: ConvShape, multiprocessor_count: int, partial_floats: int = 2**62) -> int:
