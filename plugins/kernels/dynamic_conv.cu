@@ -107,9 +107,10 @@ __device__ __forceinline__ float attention_at(ConvShape const& s, T const* a, in
     return load(a, s.channel_attention ? nk * s.m + gm : nk);
 }
 
-// Element r of sample n's mixed kernel for output channel gm: (sum_k A W[k, gm, r]) * S[n, r mod kH*kW].
+// sum_k A[n, k(, gm)] W[k, gm, r]: element r of sample n's mixed kernel for output channel gm, before S.
 template <typename T>
-__device__ float mixed_weight(ConvShape const& s, Typed<T> const& t, int n, int gm, int r, int kernel_size)
+__device__ __forceinline__ float mix_experts(ConvShape const& s, Typed<T> const& t, int n, int gm, int r,
+    int kernel_size)
 {
     float v = 0.f;
     for (int k = 0; k < s.experts; ++k)
@@ -117,6 +118,14 @@ __device__ float mixed_weight(ConvShape const& s, Typed<T> const& t, int n, int 
         v += attention_at(s, t.attention, n, k, gm)
             * load(t.weight, (static_cast<size_t>(k) * s.m + gm) * kernel_size + r);
     }
+    return v;
+}
+
+// Element r of sample n's mixed kernel for output channel gm: (sum_k A W[k, gm, r]) * S[n, r mod kH*kW].
+template <typename T>
+__device__ float mixed_weight(ConvShape const& s, Typed<T> const& t, int n, int gm, int r, int kernel_size)
+{
+    float v = mix_experts(s, t, n, gm, r, kernel_size);
     if (t.spatial != nullptr)
     {
         int const taps = s.kh * s.kw;
@@ -596,7 +605,7 @@ struct Im2colColumn
 // operand tiles, no longer read) for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)] times expert k's row,
 // n the column's sample) + the mixed bias, bounds checked, stored in T. Rows past M/G (or past K * channels),
 // reduction indices past C/G*kH*kW and columns past the last are zeros in shared memory and never stored. Static
-// shared memory, 64 columns: 19,712 bytes (float), 18,688 (half); 128 columns: 35,072 (float), 35,072 (half).
+// shared memory, 64 columns: 19,712 bytes (float), 18,688 (half); 128 columns: 35,072 (float and half).
 template <typename T, bool kPointwise, TensorCoreRows kRows, int kColumns>
 __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kernel(ConvShape s, Typed<T> t,
     T const* kernels)
@@ -663,6 +672,10 @@ __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kern
     for (int r0 = 0; r0 < kernel_size; r0 += kMmaBK)
     {
         int const r = r0 + weight_r;
+        // kMixed: S[n, r mod kH*kW] of this thread's weight column, once per tile (every row of it shares r).
+        float const spatial_scale = kRows == TensorCoreRows::kMixed && t.spatial != nullptr && r < kernel_size
+            ? load(t.spatial, static_cast<size_t>(tile.first_n) * s.kh * s.kw + r % (s.kh * s.kw))
+            : 1.f;
         // kExperts: row mm is channel m0 + j of expert k, mm = k * channels + j, stepped by kRowThreads.
         int k = weight_row / channels;
         int j = weight_row - k * channels;
@@ -693,7 +706,7 @@ __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kern
                 {
                     int const gm = g * mg + m0 + mm;
                     weights[i] = kRows == TensorCoreRows::kMixed
-                        ? mixed_weight(s, t, tile.first_n, gm, r, kernel_size)
+                        ? spatial_scale * mix_experts(s, t, tile.first_n, gm, r, kernel_size)
                         : load(kernels, (static_cast<size_t>(tile.first_n) * s.m + gm) * kernel_size + r);
                 }
             }
