@@ -187,12 +187,13 @@ def check_shape(cuda_ops, shape: LayerShape, dtype: torch.dtype, tolerance: str,
 
 def bound_entry(layer, ran: str, precision: str, gpu_name: str, ours_ms: float, cudnn_ms: float) -> Optional[dict]:
     """Where a row stands against the roofline (:func:`~dyconv_deploy.ops.cuda_cost.path_bounds`, for an H100 or
-    H200 by name, else None): the bound of the path ours ran as a multiple of the static conv's, and the share
-    of its bound that ours and cuDNN each reached (bound time / measured time), so that ours / cuDNN =
-    ``ours_bound_ratio * cudnn_of_bound / ours_of_bound``: the algorithm's cost times the kernels' efficiency."""
-    from dyconv_deploy.ops.cuda_cost import ROOFLINE_GPUS, path_bounds
+    H200 SXM by name (:func:`~dyconv_deploy.ops.cuda_cost.roofline_gpu`), else None): the bound of the path ours
+    ran as a multiple of the static conv's, and the share of its bound that ours and cuDNN each reached (bound
+    time / measured time), so that ours / cuDNN = ``ours_bound_ratio * cudnn_of_bound / ours_of_bound``: the
+    algorithm's cost times the kernels' efficiency."""
+    from dyconv_deploy.ops.cuda_cost import ROOFLINE_GPUS, path_bounds, roofline_gpu
 
-    gpu = next((key for key in ROOFLINE_GPUS if key in gpu_name), None)
+    gpu = roofline_gpu(gpu_name)
     if gpu is None:
         return None
     bounds = path_bounds(layer, precision, ROOFLINE_GPUS[gpu], BOUND_LAUNCH_S)
@@ -225,7 +226,8 @@ def markdown(rows: list[dict], header: str, paths: tuple[str, ...]) -> str:
         lines.append(f"| {r['precision']} | {r['ours_math']} | {r['sample']} | {r['layer']} | {r['uses']} "
                      f"| {r['batch']} | {r['algo']} | {r['ours_ms']:.4f} | {r['best_algo']} | {cudnn:.4f} "
                      f"| {r['grouped_ms']:.4f} | {r['ours_ms'] / cudnn:.2f} | {r['best_ms'] / cudnn:.2f} "
-                     f"| {r['ours_ms'] / r['grouped_ms']:.2f} | {r['max_abs_err']:.2e} | {_bound_cells(r.get('bound'))} "
+                     f"| {r['ours_ms'] / r['grouped_ms']:.2f} | {r['max_abs_err']:.2e} "
+                     f"| {_bound_cells(r.get('bound'))} "
                      f"| {per_path} |")
     return "\n".join(lines) + "\n"
 

@@ -131,6 +131,8 @@ def kernel_profile(fn: Callable[[], object], activities: tuple, forwards: int = 
 
     on_device = ProfilerActivity.CUDA in activities
     fn()
+    if on_device:
+        torch.cuda.synchronize()  # the untimed call's kernels end before the profiler starts
     with profile(activities=list(activities)) as prof:
         for _ in range(forwards):
             fn()
@@ -192,6 +194,19 @@ class PathCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def profile_entry(model: nn.Module, twin: nn.Module, x: Tensor, activities: tuple) -> dict:
+    """:func:`kernel_profile` of ``model`` and of ``twin`` on ``x`` (``{"ours": ..., "twin": ...}``), or
+    :func:`oom_entry` when the profiler's extra memory does not fit."""
+    try:
+        with torch.inference_mode():
+            return {"ours": kernel_profile(lambda: model(x), activities),
+                    "twin": kernel_profile(lambda: twin(x), activities)}
+    except torch.cuda.OutOfMemoryError as exc:
+        entry = oom_entry(exc)
+    torch.cuda.empty_cache()  # outside the handler, as in measure
+    return entry
+
+
 def path_counts(model: nn.Module, x: Tensor, path_of: Callable[..., str]) -> dict[str, int]:
     """Path name -> how many of ``model``'s dynamic layers take it in one forward of ``x``, most used first."""
     with PathCounter(path_of) as counter:
@@ -247,7 +262,7 @@ def markdown(rows: list[dict], checks: dict, header: str) -> str:
                  paths, _check_cell(checks.get((r["sample"], r["precision"])))]
         lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
-        if r.get("profile"):
+        if r.get("profile") and OOM not in r["profile"]:
             lines += ["", *profile_markdown(r)]
     return "\n".join(lines) + "\n"
 
@@ -347,9 +362,7 @@ def run(samples: list[str], precisions: list[str], batches: list[int], device: D
                     if paths is not None:
                         row["paths"] = paths
                     if phase == "ours" and batch == profile_batch and device.activities and OOM not in row[phase]:
-                        with torch.inference_mode():
-                            row["profile"] = {"ours": kernel_profile(lambda: model(x), device.activities),
-                                              "twin": kernel_profile(lambda: twin(x), device.activities)}
+                        row["profile"] = profile_entry(model, twin, x, device.activities)
                     del x
                     cells = _ms_cells(row[phase])
                     print(f"{phase:<9} {precision:<4} {sample:<15} b={batch:<4} {cells[0]} ms, twin {cells[1]} ms: "

@@ -29,11 +29,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import kernel_bench  # the sibling script (on sys.path as the script's folder): layer shapes, atomic writes
 from dyconv_deploy.ops import cuda as cuda_ops
-from dyconv_deploy.ops.cuda_cost import BOUND_PRECISIONS, PATHS, ROOFLINE_GPUS, LayerShape, path_bounds
+from dyconv_deploy.ops.cuda_cost import BOUND_PRECISIONS, PATHS, ROOFLINE_GPUS, path_bounds
 
 
 def markdown(rows: list[dict], networks: list[dict], header: str) -> str:

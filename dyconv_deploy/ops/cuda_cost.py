@@ -12,7 +12,8 @@ it applies to (:func:`calibrate`: once per device and extension build, cached on
   experts, writes Y.
 * ``gemm-fused``: experts mixed while each block loads a weight tile, so every 64-pixel tile of every
   sample mixes its tile again (``K`` multiply-adds per weight per tile) and reads the experts again
-  (from L2 while they fit in half of it, else from DRAM); no workspace.
+  (from L2 while those of the blocks running at once, one row tile's per group, fit in half of it,
+  else from DRAM); no workspace.
 * ``gemm-aggregated`` / ``cublas-pointwise``: one launch writes the per-sample kernels
   (``N * M * C/G * kH * kW``, fp32 / the input type), reading the experts once per sample (from L2
   while they fit in half of it), the GEMM reads them back; ``cublas-pointwise`` only for an unpadded
@@ -26,7 +27,8 @@ it applies to (:func:`calibrate`: once per device and extension build, cached on
   (``floor(64 / K)`` channels per 64-row tile), so ``K`` times the conv's padded FLOPs, plus
   ``K`` multiply-adds per output in the epilogue; its 64-column tiles run over the whole batch's
   pixels (``ceil(N*Ho*Wo / 64)`` per group: 7x7 planes fill whole tiles); reads X, the experts (again
-  per column tile once they outgrow half of L2), writes Y; no per-sample kernels, no workspace.
+  per column tile once one row tile's per group outgrows half of L2), writes Y; no per-sample kernels, no
+  workspace.
 
 Not counted (the fitted costs absorb them on average): the SIMT GEMM's 32x32-tile and split-K plans
 for grids too small to fill the GPU (more re-mixing, a second launch and the partial sums' traffic),
@@ -145,6 +147,15 @@ def fused_column_tile(shape: LayerShape) -> int:
     return WIDE_PIXEL_TILE if shape.ho * shape.wo > PIXEL_TILE else PIXEL_TILE
 
 
+def _resident_experts_fit(shape: LayerShape, channels_per_tile: int, l2_bytes: int) -> bool:
+    """Whether the experts that the blocks running at once read fit in half of L2. Blocks run in grid order, the
+    column tiles (x) fastest, so those are one row tile's ``channels_per_tile`` channels per group: all the
+    experts where M/G fits in one tile, else that share of them."""
+    s = shape
+    share = min(1.0, channels_per_tile / (s.m // s.groups))
+    return 2 * s.experts * s.kernel_elements * s.element_bytes * share <= l2_bytes
+
+
 def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
     """The :class:`Work` of one call of ``path`` on ``shape`` (see the module doc); ``l2_bytes``: the GPU's L2."""
     s, e = shape, shape.element_bytes
@@ -158,12 +169,13 @@ def path_work(shape: LayerShape, path: str, l2_bytes: int) -> Work:
         on_tensor_cores = path == "tensor-core-fused"
         width = fused_column_tile(s) if on_tensor_cores else PIXEL_TILE
         tiles = _ceil(s.ho * s.wo, width)  # per sample
-        reread = experts * (1 if 2 * experts <= l2_bytes else s.n * tiles)
+        reread = experts * (1 if _resident_experts_fit(s, ROW_TILE, l2_bytes) else s.n * tiles)
         flops = mma_flops(s, ROW_TILE, column_tile=width) if on_tensor_cores else conv_flops
         return Work(flops + mix_once * tiles, activations + reread, 1, flops if on_tensor_cores else 0.0)
     if path == "tensor-core-experts":  # every 64-column tile of the batch reads its rows' experts
         epilogue = 2.0 * s.n * s.m * s.ho * s.wo * s.experts
-        reread = experts * (1 if 2 * experts <= l2_bytes else _column_tiles(s, batch_columns=True))
+        reread = experts * (1 if _resident_experts_fit(s, ROW_TILE // s.experts, l2_bytes)
+                            else _column_tiles(s, batch_columns=True))
         mma = mma_flops(s, ROW_TILE // s.experts, batch_columns=True)
         return Work(mma + epilogue, activations + reread, 1, mma)
     if path in ("gemm-aggregated", "cublas-pointwise", "tensor-core-aggregated"):
@@ -309,12 +321,21 @@ class GpuPeaks:
     l2_bytes: int
 
 
-# NVIDIA's H100 SXM5 and H200 SXM datasheets: the same SMs and clocks, H200 with HBM3e.
+# NVIDIA's H100 SXM5 and H200 SXM datasheets: the same SMs and clocks, H200 with HBM3e. The PCIe and NVL cards
+# have other clocks and memory, so they have no entry (roofline_gpu).
 ROOFLINE_GPUS = {
     "H100": GpuPeaks(989.4e12, 494.7e12, 66.9e12, 3.35e12, 50 * 2**20),
     "H200": GpuPeaks(989.4e12, 494.7e12, 66.9e12, 4.8e12, 50 * 2**20),
 }
 BOUND_PRECISIONS = ("fp16", "tf32", "fp32")  # rows of path_bounds: tf32 = fp32 tensors, TF32 allowed
+
+
+def roofline_gpu(device_name: str) -> Optional[str]:
+    """The :data:`ROOFLINE_GPUS` key of a CUDA device name (``torch.cuda.get_device_name()``: "NVIDIA H100 80GB
+    HBM3", "NVIDIA H200"), None for any other GPU, the H100/H200 PCIe and NVL cards included."""
+    if "PCIe" in device_name or "NVL" in device_name:
+        return None
+    return next((key for key in ROOFLINE_GPUS if key in device_name.split()), None)
 
 
 def bound_seconds(work: Work, tensor_flops_per_s: float, gpu: GpuPeaks, launch_s: float) -> float:

@@ -485,15 +485,17 @@ __host__ __device__ constexpr int tensor_core_columns(TensorCoreRows rows, long 
 struct TensorCoreColumns
 {
     int g, m0, q0;   //!< group, the tile's first output channel in the group, first column
-    int columns;     //!< columns in all: Ho*Wo (per sample) or N*Ho*Wo (kExperts)
+    int columns;     //!< columns in all: Ho*Wo (per sample) or N*Ho*Wo (kExperts; validate keeps it, plus a
+                     //!< block's width, in int)
+    bool batch;      //!< the columns run over the whole batch (kExperts)
     int first_n;     //!< sample of the per-sample tiles (kExperts: unused, each column has its own)
 
     __device__ TensorCoreColumns(ConvShape const& s, TensorCoreRows rows, int channels, int width)
+        : batch(rows == TensorCoreRows::kExperts)
     {
         int const pixels = s.ho * s.wo;
-        bool const batch = rows == TensorCoreRows::kExperts;
         columns = batch ? s.n * pixels : pixels;
-        int const tiles = (columns + width - 1) / width;
+        int const tiles = columns / width + (columns % width != 0);
         int const owner = blockIdx.x / tiles; // kExperts: g; else n * G + g
         g = batch ? owner : owner % s.groups;
         first_n = batch ? 0 : owner / s.groups;
@@ -505,8 +507,8 @@ struct TensorCoreColumns
     __device__ void decode(ConvShape const& s, int q, int& n, int& p) const
     {
         int const pixels = s.ho * s.wo;
-        n = columns == pixels ? first_n : q / pixels;
-        p = columns == pixels ? q : q - (q / pixels) * pixels;
+        n = batch ? q / pixels : first_n;
+        p = batch ? q - (q / pixels) * pixels : q;
     }
 };
 #endif
@@ -600,12 +602,13 @@ struct Im2colColumn
 // MMA's operand type; X tiles (Im2colColumn: each thread one column, two threads a column) are converted the same
 // way; a thread gathers its loads of a tile in two phases, each phase's loads in flight together before any store
 // to shared memory (latency, not issue, bounds these loads; __launch_bounds__ keeps 512 threads a
-// multiprocessor at <= 128 registers). Warp w multiplies the 32 x 32 part (w / W, w % W), W = kColumns / 32, of
+// multiprocessor at <= 128 registers, which spills up to 44 bytes in a few instantiations with nvcc 13.0).
+// Warp w multiplies the 32 x 32 part (w / W, w % W), W = kColumns / 32, of
 // the tile as 2 x 2 fragments of 16 x 16 with fp32 accumulators, which are staged in shared memory (over the
 // operand tiles, no longer read) for the epilogue: Y = the row (kExperts: sum_k A[n,k(,m)] times expert k's row,
 // n the column's sample) + the mixed bias, bounds checked, stored in T. Rows past M/G (or past K * channels),
 // reduction indices past C/G*kH*kW and columns past the last are zeros in shared memory and never stored. Static
-// shared memory, 64 columns: 19,712 bytes (float), 18,688 (half); 128 columns: 35,072 (float and half).
+// shared memory, 64 columns: at most 19,712 bytes (float), 18,688 (half); 128 columns: 35,072.
 template <typename T, bool kPointwise, TensorCoreRows kRows, int kColumns>
 __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kernel(ConvShape s, Typed<T> t,
     T const* kernels)
@@ -676,9 +679,10 @@ __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kern
         float const spatial_scale = kRows == TensorCoreRows::kMixed && t.spatial != nullptr && r < kernel_size
             ? load(t.spatial, static_cast<size_t>(tile.first_n) * s.kh * s.kw + r % (s.kh * s.kw))
             : 1.f;
-        // kExperts: row mm is channel m0 + j of expert k, mm = k * channels + j, stepped by kRowThreads.
-        int k = weight_row / channels;
-        int j = weight_row - k * channels;
+        // kExperts: row mm is channel m0 + channel of expert `expert`, mm = expert * channels + channel, stepped
+        // by kRowThreads.
+        int expert = weight_row / channels;
+        int channel = weight_row - expert * channels;
         // This thread's loads of the tile in kLoadPhases phases, each phase's loads first, into registers, so
         // that they are in flight together; then their conversions and stores to shared memory.
 #pragma unroll
@@ -693,13 +697,14 @@ __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kern
                 weights[i] = 0.f;
                 if (kExperts)
                 {
-                    if (k < s.experts && m0 + j < mg && r < kernel_size)
+                    if (expert < s.experts && m0 + channel < mg && r < kernel_size)
                     {
-                        weights[i] = load(t.weight, (static_cast<size_t>(k) * s.m + g * mg + m0 + j) * kernel_size + r);
+                        weights[i] = load(t.weight,
+                            (static_cast<size_t>(expert) * s.m + g * mg + m0 + channel) * kernel_size + r);
                     }
-                    for (j += kRowThreads; j >= channels; j -= channels)
+                    for (channel += kRowThreads; channel >= channels; channel -= channels)
                     {
-                        ++k;
+                        ++expert;
                     }
                 }
                 else if (m0 + mm < mg && r < kernel_size)
@@ -740,9 +745,9 @@ __global__ void __launch_bounds__(2 * kColumns, 256 / kColumns) tensor_core_kern
             }
             for (int i = 0; i < 2; ++i)
             {
-                for (int j2 = 0; j2 < 2; ++j2)
+                for (int j = 0; j < 2; ++j)
                 {
-                    wmma::mma_sync(acc[i][j2], a[i], b[j2], acc[i][j2]);
+                    wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
                 }
             }
         }
@@ -869,7 +874,8 @@ bool tensor_cores_usable()
     {
         return false;
     }
-    void const* const kernel = reinterpret_cast<void const*>(&tensor_core_kernel<float, false, TensorCoreRows::kMixed, kMmaTile>);
+    void const* const kernel
+        = reinterpret_cast<void const*>(&tensor_core_kernel<float, false, TensorCoreRows::kMixed, kMmaTile>);
     if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
     {
         cudaGetLastError();
@@ -1018,22 +1024,29 @@ void launch_aggregate(ConvShape const& s, Typed<T> const& t, K* kernels, cudaStr
     aggregate_kernel<T><<<grid, kAggregateThreads, 0, stream>>>(s, t, kernels);
 }
 
-// The tensor-core launch of `rows` (see TensorCoreColumns): (pixel tiles of tensor_core_columns * N * G, M/G
-// tiles of tensor_core_channels), or for kExperts (ceil(N*Ho*Wo / 64) * G, M/G tiles).
-Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows)
+// The tensor-core launch of `rows` with blocks `width` columns wide (tensor_core_columns; see
+// TensorCoreColumns): (pixel tiles * N * G, M/G tiles of 64), or for kExperts (ceil(N*Ho*Wo / width) * G, M/G
+// tiles of tensor_core_channels).
+Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows, int width)
 {
-    long long const row_tiles = ceil_div(s.m / s.groups, tensor_core_channels(rows, s.experts));
     if (rows == TensorCoreRows::kExperts)
     {
-        return {ceil_div(static_cast<long long>(s.n) * s.ho * s.wo, kMmaTile) * s.groups, row_tiles, 1};
+        long long const row_tiles = ceil_div(s.m / s.groups, tensor_core_channels(rows, s.experts));
+        return {ceil_div(static_cast<long long>(s.n) * s.ho * s.wo, width) * s.groups, row_tiles, 1};
     }
-    return gemm_grid(s, kMmaTile, tensor_core_columns(rows, static_cast<long long>(s.ho) * s.wo), 1);
+    return gemm_grid(s, kMmaTile, width, 1);
+}
+
+// tensor_core_grid of the block width the launch uses.
+Grid tensor_core_grid(ConvShape const& s, TensorCoreRows rows)
+{
+    return tensor_core_grid(s, rows, tensor_core_columns(rows, static_cast<long long>(s.ho) * s.wo));
 }
 
 template <typename T, TensorCoreRows kRows, int kColumns>
 void launch_tensor_core_blocks(ConvShape const& s, Typed<T> const& t, T const* kernels, cudaStream_t stream)
 {
-    dim3 const grid = tensor_core_grid(s, kRows).dims();
+    dim3 const grid = tensor_core_grid(s, kRows, kColumns).dims();
     if (is_pointwise(s))
     {
         tensor_core_kernel<T, true, kRows, kColumns><<<grid, 2 * kColumns, 0, stream>>>(s, t, kernels);
@@ -1214,19 +1227,28 @@ cudaError_t validate(ConvShape const& s, Algo algo)
     }
     // The kernels index one output plane and one kernel in int; the grid is the chosen path's (for a SIMT GEMM
     // its plan with the most blocks, kSmallTile tiles; split-K slices stay far below the z limit);
-    // tensor-core-experts needs every expert of a channel in one 64-row tile and N*Ho*Wo in int.
+    // the tensor-core paths index their columns in int, a block's width past the last; tensor-core-experts needs
+    // every expert of a channel in one 64-row tile, and its columns are all N*Ho*Wo.
     bool const int_indices = static_cast<long long>(s.ho) * s.wo <= INT32_MAX
         && static_cast<long long>(s.c / s.groups) * s.kh * s.kw <= INT32_MAX;
+    long long const tensor_core_column_limit = INT32_MAX - kMmaWideColumns;
     // cuBLAS takes the (sample, group) problem count as an int.
     Algo const chosen = algo == Algo::kAuto ? select_algo(s) : algo;
     Grid grid = gemm_grid(s, kSmallTile, kSmallTile, 1);
     switch (chosen)
     {
     case Algo::kDepthwise: grid = depthwise_grid(s); break;
-    case Algo::kTensorCoreFused: grid = tensor_core_grid(s, TensorCoreRows::kMixed); break;
-    case Algo::kTensorCoreAggregated: grid = tensor_core_grid(s, TensorCoreRows::kAggregated); break;
-    case Algo::kTensorCoreExperts: // its columns run over the whole batch, indexed in int
-        if (s.experts > kMmaTile || static_cast<long long>(s.n) * s.ho * s.wo > INT32_MAX)
+    case Algo::kTensorCoreFused:
+    case Algo::kTensorCoreAggregated:
+        if (static_cast<long long>(s.ho) * s.wo > tensor_core_column_limit)
+        {
+            return cudaErrorInvalidValue;
+        }
+        grid = tensor_core_grid(
+            s, chosen == Algo::kTensorCoreFused ? TensorCoreRows::kMixed : TensorCoreRows::kAggregated);
+        break;
+    case Algo::kTensorCoreExperts: // its columns run over the whole batch
+        if (s.experts > kMmaTile || static_cast<long long>(s.n) * s.ho * s.wo > tensor_core_column_limit)
         {
             return cudaErrorInvalidValue;
         }

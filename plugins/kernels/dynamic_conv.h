@@ -36,7 +36,8 @@ enum class Algo : int32_t
     //! The fused implicit GEMM (kGemmFused) on tensor cores with WMMA, any conv, no workspace, no split-K: weight
     //! tiles mixed in fp32, then stored as TF32 (float32 inputs, X rounded too: 10-bit mantissas, not float32
     //! accuracy) or half; 16x16 MMAs with fp32 accumulators, 64x64 tiles (64x128 on planes over 64 pixels, so
-    //! that each sample's weights are mixed half as often). Needs a GPU of compute capability 8.0 or
+    //! that each sample's weights are mixed ceil(Ho*Wo / 128) times, not ceil(Ho*Wo / 64)). Needs a GPU of
+    //! compute capability 8.0 or
     //! later (A100, H100) and code compiled for one (see algo_available). Never chosen by kAuto.
     kTensorCoreFused = 5,
     //! kGemmAggregated on tensor cores: per-sample kernels aggregated into the workspace in the input type, then
@@ -121,8 +122,9 @@ bool algo_applies(ConvShape const& shape, Algo algo);
 //! limits (x < 2^31, y <= 65535): depthwise (ceil(Ho*Wo / 256) * N, ceil(M / planes)), planes per block 1 for
 //! planes of >= 256 pixels, else floor(8 / ceil(Ho*Wo / 32)) capped at floor(2048 / (kH*kW)) (at least 1);
 //! SIMT GEMM (ceil(Ho*Wo / 32) * N * G, ceil(M/G / 32)), its plan with the most blocks; WMMA paths
-//! (ceil(Ho*Wo / 64) * N * G, ceil(M/G / 64)), kTensorCoreExperts (ceil(N*Ho*Wo / 64) * G,
-//! ceil(M/G / floor(64 / K))), refused for K > 64 or N*Ho*Wo >= 2^31. `algo` must be an Algo value (is_algo).
+//! (ceil(Ho*Wo / B) * N * G, ceil(M/G / 64)), B = 128 for kTensorCoreFused on planes over 64 pixels, else 64,
+//! refused for Ho*Wo > 2^31 - 129; kTensorCoreExperts (ceil(N*Ho*Wo / 64) * G, ceil(M/G / floor(64 / K))),
+//! refused for K > 64 or N*Ho*Wo > 2^31 - 129. `algo` must be an Algo value (is_algo).
 cudaError_t validate(ConvShape const& shape, Algo algo = Algo::kAuto);
 
 //! The per-shape heuristic (independent of the batch size, so workspace sizes stay monotone in N):

@@ -88,7 +88,8 @@ def test_each_row_says_how_far_ours_and_cudnn_are_from_their_roofline(kernel_ben
     h100, h200 = (kernel_bench.bound_entry(pointwise, "gemm-fused", "fp16", name, 0.5, 0.2)
                   for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"))
     assert h200["gpu"] == "H200" and h200["static_bound_ms"] < h100["static_bound_ms"]  # more bandwidth
-    assert kernel_bench.bound_entry(cost, "tensor-core-fused", "fp16", "NVIDIA A100-SXM4-80GB", 0.5, 0.2) is None
+    for other in ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200 NVL"):
+        assert kernel_bench.bound_entry(cost, "tensor-core-fused", "fp16", other, 0.5, 0.2) is None, other
     fp32 = kernel_bench.bound_entry(kernel_bench.cost_shape(cuda, shape, 32, "fp32"), "tensor-core-fused", "fp32",
                                     "NVIDIA H100", 0.5, 0.2)
     assert fp32["ours_bound_ratio"] is None and fp32["ours_of_bound"] is None
@@ -176,7 +177,8 @@ def test_a_row_times_each_path_and_reports_the_chosen_and_the_fastest(kernel_ben
     row = {**fused, "precision": "tf32", "ours_math": "fp32", "sample": "s", "layer": shape.label, "uses": 1,
            "max_abs_err": 0.0}
     header, _, line = kernel_bench.markdown([row], "# header", PATHS).splitlines()[2:5]
-    values = dict(zip((c.strip() for c in header.strip("|").split("|")), (c.strip() for c in line.strip("|").split("|"))))
+    values = dict(zip((c.strip() for c in header.strip("|").split("|")),
+                      (c.strip() for c in line.strip("|").split("|"))))
     assert (values["ours / cuDNN"], values["best / cuDNN"], values["ours / grouped"]) == ("6.00", "2.00", "0.75")
 
 

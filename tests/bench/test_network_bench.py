@@ -299,3 +299,20 @@ def test_each_precision_is_timed_under_its_tf32_flags_and_paths_are_counted_once
     assert network_bench.run([SAMPLE], ["tf32", "fp32"], [1], device, 1, stem, "# header", {"gpu": "cpu"}) == 0
     assert seen == [(False, True, True, 0)] * 2 + [(False, False, False, 0)] * 2 + [
         (True, True, True, 1)] * 2 + [(True, False, False, 2)] * 2
+
+
+def test_a_profile_out_of_memory_is_an_oom_entry_and_the_run_goes_on(network_bench, monkeypatch):
+    from torch.profiler import ProfilerActivity
+
+    def out_of_memory(fn, activities):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB\nmore")
+
+    emptied = []
+    monkeypatch.setattr(network_bench, "kernel_profile", out_of_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    model = torch.nn.Conv2d(3, 4, 3)
+    entry = network_bench.profile_entry(model, model, torch.zeros(1, 3, 8, 8), (ProfilerActivity.CPU,))
+    assert entry == {"OOM": "CUDA out of memory. Tried to allocate 1.00 GiB"} and emptied == [True]
+    row = {"precision": "fp16", "sample": "dy_resnet18", "batch": 256, "reference": None,
+           "ours": network_bench.timing_entry(2.0, 1.0), "paths": None, "profile": entry}
+    assert "Where the time goes" not in network_bench.markdown([row], {}, "# header")

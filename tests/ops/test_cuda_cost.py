@@ -78,8 +78,10 @@ def test_tensor_core_paths_count_the_padded_mma_work():
     assert path_work(large, "gemm-fused", L2).flops == 2 * 8 * kernel * 784 + 13 * mix  # SIMT: 64-pixel tiles
     three = LayerShape(**{**LAYER.__dict__, "experts": 3})  # 21 channels per tile: 64 channels are 4 tiles
     assert path_work(three, "tensor-core-experts", L2).flops == 4 * batch_padded + 2 * 8 * 64 * 196 * 3
-    # Experts outgrowing half of L2 are read again by every one of the 25 column tiles.
-    reread = path_work(LAYER, "tensor-core-experts", 2 * experts - 1).dram_bytes
+    # Once one row tile's experts (16 of the 64 channels) outgrow half of L2, every one of the 25 column tiles
+    # reads them again.
+    assert path_work(LAYER, "tensor-core-experts", 2 * experts // 4).dram_bytes == by_experts.dram_bytes
+    reread = path_work(LAYER, "tensor-core-experts", 2 * experts // 4 - 1).dram_bytes
     assert reread - by_experts.dram_bytes == experts * (25 - 1)
 
 
@@ -460,3 +462,20 @@ def test_a_call_is_timed_per_call_over_its_groups_median(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
     assert cuda.median_call_ms(fn, iterations=2, repeats=3) == 2.0  # per call: 2, 2, 5
+
+
+def test_the_fused_paths_reread_the_experts_only_when_one_row_tiles_share_outgrows_l2():
+    """Blocks run in grid order, pixel (column) tiles fastest, so the blocks running at once read one 64-row tile's
+    experts per group: 512 channels are 8 row tiles, so the experts may be 8x half of L2 before they are re-read.
+    """
+    wide = LayerShape(n=8, c=64, h=14, w=14, m=512, groups=1, kh=3, kw=3, ho=14, wo=14, experts=4)
+    experts = 4 * 512 * 64 * 9 * 4
+    slice_bytes = experts // 8
+    for path, tiles in (("gemm-fused", 8 * 4), ("tensor-core-fused", 8 * 2)):
+        fits = path_work(wide, path, 2 * slice_bytes).dram_bytes
+        assert path_work(wide, path, 2 * slice_bytes - 1).dram_bytes - fits == experts * (tiles - 1), path
+        assert fits == path_work(wide, path, 2 * experts).dram_bytes, path
+    # tensor-core-experts: 16 channels a row tile for K = 4, 1568 batch columns = 25 column tiles.
+    share = experts * 16 // 512
+    fits = path_work(wide, "tensor-core-experts", 2 * share).dram_bytes
+    assert path_work(wide, "tensor-core-experts", 2 * share - 1).dram_bytes - fits == experts * (25 - 1)

@@ -24,7 +24,8 @@ def main(names: list[str]) -> int:
     for config in [known[name] for name in names] or KERNEL_CONFIGS:
         algos = (["gemm-fused", "gemm-aggregated"] + (["depthwise"] if config.depthwise else [])
                  + (["cublas-pointwise"] if config.pointwise and "cublas-pointwise" in available else [])
-                 + [p for p in ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts") if p in available])
+                 + [p for p in ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts")
+                    if p in available])
         for dtype in (torch.float32, torch.float16):
             inputs = {k: None if v is None else v.to("cuda", dtype)
                       for k, v in config.inputs(7, torch.Generator().manual_seed(0)).items()}

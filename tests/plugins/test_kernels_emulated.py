@@ -9,8 +9,8 @@ tolerance, which a simulated kernel accumulating in fp16 is shown to miss. The c
 the CPU reference GEMM of ``emulated_cublas/cublas_v2.h`` (TF32 rounding included), so its GEMM
 parameters (transposes, leading dimensions, strides, batch count, compute type) are checked by the
 same comparison, under the ``tensor-core-kernel`` tolerance. The WMMA paths (``tensor-core-fused``,
-``-aggregated``, ``-experts``) run on the emulated WMMA of ``cuda_emulation.h``, which checks the API's rules (alignment, ldm,
-whole warps, the same arguments on every lane) and runs warps in turns between barriers, so a
+``-aggregated``, ``-experts``) run on the emulated WMMA of ``cuda_emulation.h``, which checks the API's rules
+(alignment, ldm, whole warps, the same arguments on every lane) and runs warps in turns between barriers, so a
 missing ``__syncthreads`` reads or overwrites a tile another warp has not written or read yet.
 """
 
@@ -249,8 +249,9 @@ def mma_tiles(config: LayerConfig, channels: int = MMA_TILE, columns: int = MMA_
 def test_tensor_core_configs_reach_past_one_tile():
     """KERNEL_CONFIGS run the WMMA paths on more than one 64-tile of output channels and of pixels (both at once in
     a grouped conv), reductions that are not whole 16-tiles or 32-tiles (the zero-filled tail) past one 32-tile,
-    and BATCH samples, each with its own attention; tensor-core-experts (floor(64 / K) channels per tile) also on several channel tiles with K
-    that does not divide 64 (an unused last row), with DyNet attention and with ODConv's spatial attention."""
+    and BATCH samples, each with its own attention; tensor-core-experts (floor(64 / K) channels per tile) also on
+    several channel tiles with K that does not divide 64 (an unused last row), with DyNet attention and with
+    ODConv's spatial attention."""
     assert any(mma_tiles(c)[0] > 1 for c in KERNEL_CONFIGS) and any(mma_tiles(c)[1] > 1 for c in KERNEL_CONFIGS)
     assert any(min(mma_tiles(c)) > 1 and c.groups > 1 for c in KERNEL_CONFIGS)
     assert any(c.reduction % GEMM_TILE for c in KERNEL_CONFIGS) and BATCH > 1
@@ -338,14 +339,27 @@ def test_tensor_core_paths_run_on_sm80_with_their_workspace(emulated, algo, work
     assert compare(y, reference(config, inputs, np.float16), TOLERANCES["tensor-core-kernel"]).passed
 
 
-def test_experts_path_indexes_the_batch_columns_in_int(emulated):
-    """tensor-core-experts numbers the (sample, pixel) columns of the whole batch in int: N*Ho*Wo < 2^31."""
-    config = pointwise(2, 2048, 1024)  # 2^21 pixels a plane
-    shape = ctypes.byref(conv_shape(config, 1023))
-    assert emulated.emu_validate_algo(shape, ALGOS["tensor-core-experts"]) == 0
+def test_tensor_core_paths_index_their_columns_in_int(emulated):
+    """The WMMA paths number their columns in int, a block's width (up to 128) past the last included: Ho*Wo (per
+    sample) and, for tensor-core-experts, N*Ho*Wo (the whole batch) at most 2^31 - 129."""
+    limit = 2**31 - 1 - MMA_WIDE_COLUMNS
+    columns = pointwise(2, 1, limit)  # one row of `limit` pixels
+    for algo in ("tensor-core-fused", "tensor-core-aggregated", "tensor-core-experts"):
+        assert emulated.emu_validate_algo(ctypes.byref(conv_shape(columns, 1)), ALGOS[algo]) == 0, algo
+        wider = pointwise(2, 1, limit + 1)
+        assert emulated.emu_validate_algo(ctypes.byref(conv_shape(wider, 1)), ALGOS[algo]) \
+            == CUDA_ERROR_INVALID_VALUE, algo
+    assert emulated.emu_validate_algo(ctypes.byref(conv_shape(wider, 1)), ALGOS["gemm-fused"]) == 0
+    # The experts path's columns run over the batch: 2^21 pixels a plane, 1023 samples fit, 1024 do not.
+    config = pointwise(2, 2048, 1024)
+    assert emulated.emu_validate_algo(ctypes.byref(conv_shape(config, 1023)), ALGOS["tensor-core-experts"]) == 0
     assert emulated.emu_validate_algo(ctypes.byref(conv_shape(config, 1024)), ALGOS["tensor-core-experts"]) \
         == CUDA_ERROR_INVALID_VALUE
     assert emulated.emu_validate_algo(ctypes.byref(conv_shape(config, 1024)), ALGOS["tensor-core-fused"]) == 0
+    samples = pointwise(2, 1, 1)  # one pixel a sample: N*Ho*Wo = N
+    assert emulated.emu_validate_algo(ctypes.byref(conv_shape(samples, limit)), ALGOS["tensor-core-experts"]) == 0
+    assert emulated.emu_validate_algo(ctypes.byref(conv_shape(samples, limit + 1)), ALGOS["tensor-core-experts"]) \
+        == CUDA_ERROR_INVALID_VALUE
 
 
 def test_experts_path_needs_every_expert_of_a_channel_in_one_tile(emulated):
