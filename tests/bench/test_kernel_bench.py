@@ -6,8 +6,6 @@ true-fp32 rows, ``depthwise`` and ``cublas-pointwise`` only where they apply) an
 against cuDNN, ``-`` where a path was not timed.
 """
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,16 +13,6 @@ import torch
 
 from dyconv_deploy.ops import cuda
 from dyconv_deploy.ops.cuda_cost import PATHS, TENSOR_CORE_PATHS
-
-
-@pytest.fixture(scope="module")
-def kernel_bench():
-    """``benchmarks/kernel_bench.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "_kernel_bench", Path(__file__).parents[2] / "benchmarks" / "kernel_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def every_path_available() -> SimpleNamespace:

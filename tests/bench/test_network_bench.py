@@ -7,7 +7,6 @@ ticks by one per call, and, for "registering the kernels", a swap of the op's CP
 ``enable_cuda_kernels`` swaps its CUDA one.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,24 +15,11 @@ import torch
 
 from dyconv_deploy.ops import torch_op
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SAMPLE = "tiny_dynamic"  # 4 dynamic layers, one of them depthwise
 BATCHES = [1, 2, 8]
 OOM_BATCH = 8
 ROUNDS = 3
 REFERENCE_KERNEL = torch_op.dynamic_conv2d_reference
-
-
-@pytest.fixture(scope="module")
-def network_bench():
-    """``benchmarks/network_bench.py`` as a module, with ``benchmarks/`` on sys.path for its ``import kernel_bench``,
-    as when it runs as a script."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARKS))
-        spec = importlib.util.spec_from_file_location("_network_bench", BENCHMARKS / "network_bench.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)

@@ -5,33 +5,19 @@ the larger of the two plus the launches), the choice of paths per precision (no 
 ``depthwise`` only for depthwise layers), and the network rows against the per-layer rows weighted by uses.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from dyconv_deploy.ops import cuda_cost
 from dyconv_deploy.ops.cuda_cost import TENSOR_CORE_PATHS, LayerShape, Work, path_work
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SAMPLE = "tiny_dynamic"  # 4 dynamic layers, one of them depthwise
 
 
-@pytest.fixture(scope="module")
-def roofline():
-    """``benchmarks/roofline.py`` as a module, ``benchmarks/`` on sys.path for its ``import kernel_bench``."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARKS))
-        spec = importlib.util.spec_from_file_location("_roofline", BENCHMARKS / "roofline.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
-
-
-def test_a_bound_is_the_slower_of_compute_and_memory_plus_the_launches(roofline):
+def test_a_bound_is_the_slower_of_compute_and_memory_plus_the_launches():
     gpu = cuda_cost.GpuPeaks(fp16_tensor_flops=1e15, tf32_tensor_flops=5e14, fp32_simt_flops=1e14,
-                            dram_bytes_per_s=1e12, l2_bytes=2**20)
+                             dram_bytes_per_s=1e12, l2_bytes=2**20)
     # 1e12 FLOPs of which 9e11 on tensor cores: 0.9 ms + 1 ms (the SIMT 1e11); 1e9 bytes: 1 ms; 2 launches.
     compute_bound = Work(flops=1e12, dram_bytes=1e9, launches=2, tensor_flops=9e11)
     assert cuda_cost.bound_seconds(compute_bound, 1e15, gpu, 1e-6) == pytest.approx(1.9e-3 + 2e-6)
@@ -41,7 +27,7 @@ def test_a_bound_is_the_slower_of_compute_and_memory_plus_the_launches(roofline)
     assert cuda_cost.bound_seconds(Work(1e12, 1e9, 1), 1e15, gpu, 0.0) == pytest.approx(1e-2)
 
 
-def test_the_static_conv_reads_x_and_one_kernel_and_writes_y(roofline):
+def test_the_static_conv_reads_x_and_one_kernel_and_writes_y():
     shape = LayerShape(n=8, c=64, h=14, w=14, m=32, groups=1, kh=3, kw=3, ho=7, wo=7, experts=4, element_bytes=2)
     work = cuda_cost.static_conv_work(shape, on_tensor_cores=True)
     assert work.flops == work.tensor_flops == 2 * 8 * 32 * 64 * 9 * 49
@@ -49,7 +35,7 @@ def test_the_static_conv_reads_x_and_one_kernel_and_writes_y(roofline):
     assert cuda_cost.static_conv_work(shape, on_tensor_cores=False).tensor_flops == 0
 
 
-def test_each_precision_bounds_the_paths_it_may_run(roofline):
+def test_each_precision_bounds_the_paths_it_may_run():
     gpu = cuda_cost.ROOFLINE_GPUS["H100"]
     dense = LayerShape(n=32, c=64, h=14, w=14, m=64, groups=1, kh=3, kw=3, ho=14, wo=14, experts=4)
     depthwise = LayerShape(n=32, c=64, h=14, w=14, m=64, groups=64, kh=3, kw=3, ho=14, wo=14, experts=4)

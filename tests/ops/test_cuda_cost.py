@@ -226,15 +226,22 @@ def test_the_cuda_kernel_runs_the_chosen_path(monkeypatch):
     assert (strided.ho, strided.wo, strided.pointwise, strided.element_bytes) == (5, 5, False, 4)
 
 
-def test_the_model_is_calibrated_once_per_gpu_and_build_and_cached(monkeypatch, tmp_path):
+def fake_calibrating_gpu(monkeypatch, tmp_path) -> tuple[SimpleNamespace, list]:
+    """A fake H100-like device whose calibration returns :func:`fake_model`, the cache in ``tmp_path``: the device
+    and the list of (device name, L2 bytes) of every calibration."""
     monkeypatch.setenv("DYCONV_DEPLOY_CACHE", str(tmp_path))
     monkeypatch.setitem(cuda._state, "cost_models", {})
     device = SimpleNamespace(name="Fake GPU", major=9, minor=0, multi_processor_count=132, L2_cache_size=L2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: device)
     monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
-    calibrations = []
+    calibrations: list = []
     monkeypatch.setattr(cuda, "calibrate", lambda *args: calibrations.append(args[2:]) or fake_model())
+    return device, calibrations
+
+
+def test_the_model_is_calibrated_once_per_gpu_and_build_and_cached(monkeypatch, tmp_path):
+    device, calibrations = fake_calibrating_gpu(monkeypatch, tmp_path)
     first = cuda.cost_model()
     assert calibrations == [("Fake GPU", L2)]
     [cached] = (tmp_path / "cuda-cost").glob("*.json")
@@ -423,14 +430,7 @@ def test_tf32_paths_follow_cudnns_tf32_switch_not_matmuls(monkeypatch):
 
 def test_recalibrating_replaces_the_model_already_loaded(monkeypatch, tmp_path):
     """``cost_model(recalibrate=True)`` times the probes again even when this process holds a model."""
-    monkeypatch.setenv("DYCONV_DEPLOY_CACHE", str(tmp_path))
-    monkeypatch.setitem(cuda._state, "cost_models", {})
-    device = SimpleNamespace(name="Fake GPU", major=9, minor=0, multi_processor_count=132, L2_cache_size=L2)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: device)
-    monkeypatch.setattr(cuda, "available_algos", lambda: list(PATHS))
-    calibrations = []
-    monkeypatch.setattr(cuda, "calibrate", lambda *args: calibrations.append(args[2:]) or fake_model())
+    _, calibrations = fake_calibrating_gpu(monkeypatch, tmp_path)
     cuda.cost_model()
     cuda.cost_model()
     assert len(calibrations) == 1
