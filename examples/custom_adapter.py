@@ -1,8 +1,9 @@
 """Worked example: teach ``dyconv-deploy`` a dynamic conv it does not know.
 
 ``ExpertMixConv`` stands for your own layer: K expert kernels mixed per sample by a softmax
-gate, the batch folded into conv groups. No built-in adapter recognises it, so ``export``
-stops and names it. ``ExpertMixAdapter`` tells the converter how to rebuild it as the
+gate, one conv per sample in a Python loop over the batch. No built-in adapter recognises it,
+and the loop keeps ``torch.fx`` from tracing it (layers that fold the batch into conv groups are
+recognised from their trace without an adapter), so ``export`` stops and names it. ``ExpertMixAdapter`` tells the converter how to rebuild it as the
 canonical :class:`~dyconv_deploy.convert.RoutedConv2d`: the trained gate is reused as the
 routing branch and the experts (already ``[K, M, C/G, k, k]``) become the contract's weight.
 
@@ -29,10 +30,9 @@ class ExpertMixConv(nn.Module):
                                   nn.Softmax(dim=1))
 
     def forward(self, x):
-        n, c, h, w = x.shape
         kernels = torch.einsum("nk,kmcij->nmcij", self.gate(x), self.experts)
-        y = F.conv2d(x.reshape(1, n * c, h, w), kernels.flatten(0, 1), None, self.stride, self.padding, 1, n)
-        return y.reshape(n, -1, *y.shape[2:])
+        return torch.cat([F.conv2d(x[i:i + 1], kernels[i], None, self.stride, self.padding)
+                          for i in range(x.shape[0])])
 
 
 class GateRouting(nn.Module):

@@ -3,11 +3,16 @@
 Steps: copy the model (eval mode); walk it top-down and ask each adapter whether a module
 matches (a matched module's children are not visited); record each matched module's inputs
 during one forward of the example input; build each canonical layer, check it against the
-original on random inputs of the recorded shapes, and put it in place; finally look for
-convolutions whose weight still depends on the input (:mod:`dyconv_deploy.convert.detect`).
+original on random inputs of the recorded shapes, and put it in place; then look for
+convolutions whose weight still depends on the input (:mod:`dyconv_deploy.convert.detect`) and
+try to recognise each of those layers from its ``torch.fx`` graph
+(:mod:`dyconv_deploy.convert.traced`: the family ``traced``), checked the same way. A built-in
+adapter that matched a layer by name but cannot convert it (an own class that happens to share
+the name) leaves it to that second step; a user's adapter that fails is an error.
 """
 
 import copy
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ from torch.utils._pytree import tree_map
 from dyconv_deploy.convert.detect import ROOT, UnknownDynamicConv, find_dynamic_convs
 from dyconv_deploy.convert.registry import (ADAPTER_DOCS, Adapter, builtin_adapters, installed_adapters,
                                             load_adapter)
+from dyconv_deploy.convert.traced import FAMILY as TRACED, NotRecognised, recognise_traced
 from dyconv_deploy.errors import DyconvError
 from dyconv_deploy.io.model_spec import forward_errors_named
 from dyconv_deploy.nn import DynamicConvBase, DyReLU
@@ -50,6 +56,9 @@ class ConversionReport:
 
     def summary(self) -> str:
         """One line for the whole model, e.g. ``converted 51 osvai_odconv layers, max error 7.5e-09``."""
+        if self.unknown:
+            noun = "conv" if len(self.unknown) == 1 else "convs"
+            return f"{len(self.unknown)} dynamic {noun} not converted: {', '.join(u.path for u in self.unknown)}"
         if not self.converted:
             return "already canonical (no foreign dynamic convs)"
         counts = Counter(r.family for r in self.converted)
@@ -61,7 +70,7 @@ class ConversionReport:
         """One line naming every unconverted dynamic conv and how to add an adapter ("" when none)."""
         if not self.unknown:
             return ""
-        names = ", ".join(f"{u.path} ({u.module_type})" for u in self.unknown)
+        names = ", ".join(f"{u.path} ({u.module_type}{': ' + u.reason if u.reason else ''})" for u in self.unknown)
         if any(u.module_type == "GraphModule" for u in self.unknown):
             return (f"convolution weight depends on the input in {names}: a traced or torch.export program keeps no "
                     "layer structure for the adapters to recognise; export from the nn.Module instead "
@@ -95,15 +104,14 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     extra = [load_adapter(a) if isinstance(a, str) else a for a in adapters or ()]
-    candidates = [*extra, *installed_adapters(), *builtin_adapters()]
+    builtin = list(builtin_adapters())
     converted = copy.deepcopy(model).eval()
-    matches = list(_match(converted, candidates))
-    if not matches:  # already canonical: the detection forward is the only one (a bad input shape fails there)
-        with forward_errors_named(converted, inputs):
-            return converted, ConversionReport(unknown=find_dynamic_convs(converted, inputs))
-    with forward_errors_named(converted, inputs):  # the first forward: a bad input shape fails here
-        recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
+    matches = list(_match(converted, [*extra, *installed_adapters(), *builtin]))
     report = ConversionReport()
+    declined = {}  # path -> why the built-in adapter that matched it by name could not convert it
+    if matches:
+        with forward_errors_named(converted, inputs):  # the first forward: a bad input shape fails here
+            recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
     for path, parent, module, adapter in matches:
         path = path or ROOT
         if module not in recorded:
@@ -113,19 +121,71 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
             canonical = adapter.to_canonical(module, parent)
         except DyconvError as exc:  # an attribute the contract cannot express: say which module has it
             raise DyconvError(f"convert: {path}: {exc}") from exc
-        if isinstance(canonical, DynamicConvBase):
-            canonical.source = adapter.family  # inspect shows it beside the layer's own family (its math)
-        error = _check(path, adapter.family, module, canonical, recorded[module], tolerance)
-        if parent is None:
-            converted = canonical
-        else:
-            setattr(parent, path.rpartition(".")[2], canonical)
-        row = ConvertedModule(path, adapter.family, _num_kernels(canonical), error)
-        log.debug("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels,
-                  error)
-        report.converted.append(row)
-    report.unknown = find_dynamic_convs(converted, inputs)
+        except Exception as exc:
+            if adapter not in builtin:
+                raise
+            declined[path] = f"the {adapter.family} adapter matched its name but failed: {type(exc).__name__}: {exc}"
+            continue
+        try:
+            converted = _put(converted, path, adapter.family, module, canonical, recorded[module], tolerance, report)
+        except DyconvError as exc:
+            if adapter not in builtin:
+                raise
+            declined[path] = f"the {adapter.family} adapter matched its name but: {exc}"
+    with forward_errors_named(converted, inputs):  # without matches, the first forward
+        unknown = find_dynamic_convs(converted, inputs)
+    reasons = dict(declined)
+    if unknown:
+        converted, reasons = _convert_traced(converted, unknown, inputs, tolerance, report, reasons)
+        unknown = find_dynamic_convs(converted, inputs)
+    report.unknown = [dataclasses.replace(u, reason=reasons.get(u.path, "")) for u in unknown]
     return converted, report
+
+
+def _put(model: nn.Module, path: str, family: str, original: nn.Module, canonical: nn.Module, spec,
+         tolerance: Tolerance, report: ConversionReport) -> nn.Module:
+    """Check ``canonical`` against ``original`` (the module at ``path``), put it in its place and report it;
+    returns the model (``canonical`` itself when ``path`` is the root)."""
+    if isinstance(canonical, DynamicConvBase):
+        canonical.source = family  # inspect shows it beside the layer's own family (its math)
+    error = _check(path, family, original, canonical, spec, tolerance)
+    if path == ROOT:
+        model = canonical
+    else:
+        parent_path, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), name, canonical)
+    row = ConvertedModule(path, family, _num_kernels(canonical), error)
+    log.debug("convert: %s -> %s (K=%s, max error %.3g)", path, type(canonical).__name__, row.num_kernels, error)
+    report.converted.append(row)
+    return model
+
+
+def _convert_traced(model: nn.Module, unknown: list[UnknownDynamicConv], inputs: tuple, tolerance: Tolerance,
+                    report: ConversionReport, reasons: dict) -> tuple[nn.Module, dict]:
+    """Convert what :mod:`~dyconv_deploy.convert.traced` recognises of the ``unknown`` layers; ``reasons``
+    gains why the others were not."""
+    modules = {path or ROOT: module for path, module in model.named_modules()}
+    layers = [modules[u.path] for u in unknown if u.module_type != "GraphModule"]
+    recorded = _record_inputs(model, layers, inputs)
+    for u in unknown:
+        module = modules[u.path]
+        if module not in recorded:
+            continue
+        args, kwargs = recorded[module]
+        if kwargs or len(args) != 1 or not isinstance(args[0], _TensorSpec):
+            reasons[u.path] = _joined(reasons.get(u.path), "its forward takes more than one input tensor")
+            continue
+        spec = args[0]
+        try:
+            canonical = recognise_traced(module, torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device))
+            model = _put(model, u.path, TRACED, module, canonical, recorded[module], tolerance, report)
+        except (NotRecognised, DyconvError) as exc:
+            reasons[u.path] = _joined(reasons.get(u.path), f"not recognised from its trace: {exc}")
+    return model, reasons
+
+
+def _joined(first: Optional[str], second: str) -> str:
+    return f"{first}; {second}" if first else second
 
 
 def _match(model: nn.Module, adapters: Sequence[Adapter]):

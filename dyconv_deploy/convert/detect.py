@@ -22,11 +22,13 @@ _CONVOLUTIONS = {"convolution", "_convolution"}
 
 @dataclass(frozen=True)
 class UnknownDynamicConv:
-    """A convolution with an input-dependent weight inside module ``path`` (of class ``module_type``)."""
+    """A convolution with an input-dependent weight inside module ``path`` (of class ``module_type``);
+    ``reason``: why the converter could not convert the layer, when it tried."""
 
     path: str
     module_type: str
     calls: int
+    reason: str = ""
 
 
 class _InputDependence(TorchDispatchMode):

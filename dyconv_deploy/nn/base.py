@@ -37,7 +37,8 @@ class DynamicConvBase(nn.Module):
     """Expert kernels plus conv geometry; subclasses implement :meth:`routing`.
 
     Args:
-        padding: int, ``(ph, pw)`` or ``(top, left, bottom, right)``.
+        padding: int, ``(ph, pw)``, ``(top, left, bottom, right)``, ``'valid'`` or ``'same'`` (stride 1, as
+            ``nn.Conv2d``).
         num_kernels: K, the number of expert kernels.
     """
 
@@ -57,7 +58,9 @@ class DynamicConvBase(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = pair(kernel_size)
         self.stride = pair(stride)
-        self.padding = normalize_padding(padding)
+        if padding == "same" and self.stride != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions (as in nn.Conv2d)")
+        self.padding = normalize_padding(padding, self.kernel_size, dilation)
         self.dilation = pair(dilation)
         self.groups = groups
         self.num_kernels = num_kernels

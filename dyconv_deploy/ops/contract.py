@@ -32,8 +32,19 @@ def output_size(size: int, pad_begin: int, pad_end: int, kernel: int, stride: in
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def normalize_padding(padding) -> tuple[int, int, int, int]:
-    """``int`` | ``(ph, pw)`` | ``(top, left, bottom, right)`` -> ``(top, left, bottom, right)``."""
+def normalize_padding(padding, kernel_size=None, dilation=1) -> tuple[int, int, int, int]:
+    """``int`` | ``(ph, pw)`` | ``(top, left, bottom, right)`` | ``'valid'`` | ``'same'`` -> ``(top, left, bottom,
+    right)``; ``'same'`` (stride 1) pads ``dilation * (k - 1)`` per axis, the odd one at the bottom / right as
+    ``F.conv2d`` does, and needs ``kernel_size``."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        if kernel_size is None:
+            raise ValueError("padding='same' needs the kernel size")
+        (th, tw) = (d * (k - 1) for d, k in zip(pair(dilation), pair(kernel_size)))
+        return (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair, four ints, 'valid' or 'same'; got {padding!r}")
     if isinstance(padding, int):
         return (padding,) * 4
     padding = tuple(int(p) for p in padding)

@@ -135,3 +135,22 @@ def test_layers_reject_bad_geometry():
         DynamicConv2d(6, 4, 3, groups=4)
     with pytest.raises(ValueError, match="num_kernels"):
         DynamicConv2d(4, 4, 3, num_kernels=0)
+    with pytest.raises(ValueError, match="'same' is not supported for strided"):
+        DynamicConv2d(4, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="'valid' or 'same'"):
+        DynamicConv2d(4, 4, 3, padding="full")
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (4, 2), ((2, 5), 1)])
+def test_same_and_valid_padding_match_conv2d(kernel_size, dilation):
+    """``padding='same'`` pads as ``F.conv2d`` does, the odd pixel at the bottom/right (even kernels)."""
+    torch.manual_seed(0)
+    x = random_images((3, 4, 9, 10))
+    for padding in ("same", "valid"):
+        layer = DynamicConv2d(4, 6, kernel_size, padding=padding, dilation=dilation).eval()
+        with torch.no_grad():
+            a = layer.routing(x).attention
+            expected = torch.cat([torch.nn.functional.conv2d(
+                x[i:i + 1], torch.einsum("k,kmcij->mcij", a[i], layer.weight), a[i] @ layer.bias,
+                padding=padding, dilation=dilation) for i in range(3)])
+            assert compare(layer(x), expected, TOLERANCES["fp32"]).passed, padding
