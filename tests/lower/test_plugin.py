@@ -33,3 +33,16 @@ def test_plugin_tags_the_node_and_leaves_the_parser_no_empty_input(node):
     assert batch_dim(lowered) == "batch"
     feeds = random_feeds(model, 2)
     np.testing.assert_array_equal(run_reference(lowered, feeds)[0], run_reference(model, feeds)[0])
+
+
+def test_plugin_attributes_name_the_plugin_the_tensorrt_library_registers():
+    """TensorRT's ONNX parser looks the plugin up by name, version and namespace: the C++ creator's must match."""
+    import re
+    from pathlib import Path
+
+    from dyconv_deploy.ops.contract import PLUGIN_NAME
+
+    source = (Path(__file__).resolve().parents[2] / "plugins" / "tensorrt" / "dynamicConvPlugin.cpp").read_text()
+    constants = dict(re.findall(r'constexpr char const\* (kPlugin\w+) = "([^"]*)";', source))
+    assert constants == {"kPluginName": PLUGIN_NAME, "kPluginVersion": PLUGIN_VERSION,
+                         "kPluginNamespace": PLUGIN_NAMESPACE}

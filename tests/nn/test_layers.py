@@ -154,3 +154,35 @@ def test_same_and_valid_padding_match_conv2d(kernel_size, dilation):
                 x[i:i + 1], torch.einsum("k,kmcij->mcij", a[i], layer.weight), a[i] @ layer.bias,
                 padding=padding, dilation=dilation) for i in range(3)])
             assert compare(layer(x), expected, TOLERANCES["fp32"]).passed, padding
+    with pytest.raises(ValueError, match="divisible by groups"):
+        DynamicConv2d(4, 6, 3, groups=4)  # out_channels not divisible
+    with pytest.raises(ValueError, match="expected an int or a pair"):
+        DynamicConv2d(4, 4, (1, 2, 3))
+    with pytest.raises(ValueError, match="padding must be"):
+        DynamicConv2d(4, 4, 3, padding=(1, 2, 3))
+
+
+@pytest.mark.parametrize("padding", [(0, 1), (1, 0, 2, 1)])
+def test_asymmetric_geometry_matches_conv2d(padding):
+    """A 2x3 kernel, stride (2, 1), dilation (1, 2) and pads (ph, pw) or (top, left, bottom, right): every axis
+    its own value, so an axis swapped anywhere (kernel, stride, pads, output size) shows."""
+    torch.manual_seed(0)
+    x = random_images((3, 4, 9, 11))
+    layer = DynamicConv2d(4, 6, (2, 3), stride=(2, 1), padding=padding, dilation=(1, 2)).eval()
+    top, left, bottom, right = padding * 2 if len(padding) == 2 else padding
+    with torch.no_grad():
+        a = layer.routing(x).attention
+        expected = torch.cat([torch.nn.functional.conv2d(
+            torch.nn.functional.pad(x[i:i + 1], (left, right, top, bottom)),
+            torch.einsum("k,kmcij->mcij", a[i], layer.weight), a[i] @ layer.bias, stride=(2, 1), dilation=(1, 2))
+            for i in range(3)])
+        assert compare(layer(x), expected, TOLERANCES["fp32"]).passed
+
+
+def test_experts_are_initialised_as_conv2d():
+    """Kaiming-uniform kernels and biases within 1/sqrt(fan_in), fan_in = C/G * kH * kW, as nn.Conv2d."""
+    torch.manual_seed(0)
+    layer = DynamicConv2d(16, 32, 3, groups=2, num_kernels=4)
+    bound = 1 / (8 * 9) ** 0.5
+    assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0.8 * bound
+    assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.8 * bound

@@ -51,3 +51,16 @@ def test_export_with_dynamic_batch_keeps_one_node_per_layer():
         with torch.no_grad():
             result = compare(program.module()(x), model(x), TOLERANCES["layer"])
         assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("padding", [(1, 0, 2, 1), (0, 2, 0, 1)])
+def test_fake_kernel_shape_matches_the_real_op_on_asymmetric_geometry(padding):
+    """torch.export and the dynamo exporter take the output shape from the fake kernel: every axis its own
+    kernel size, stride, pads and dilation, checked with torch.library.opcheck."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 11, generator=generator)
+    attention = torch.softmax(torch.randn(2, 3, generator=generator), 1)
+    weight = torch.randn(3, 6, 4, 2, 3, generator=generator)
+    bias = torch.randn(3, 6, generator=generator)
+    args = (x, attention, weight, bias, None, [2, 1], list(padding), [1, 2], 1)
+    torch.library.opcheck(torch.ops.dyconv.dynamic_conv2d.default, args, test_utils=("test_faketensor",))
