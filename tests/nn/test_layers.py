@@ -186,3 +186,11 @@ def test_experts_are_initialised_as_conv2d():
     bound = 1 / (8 * 9) ** 0.5
     assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0.8 * bound
     assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.8 * bound
+
+
+def test_annealed_temperature_falls_linearly_from_30_to_1_over_10_epochs():
+    from dyconv_deploy.nn.temperature import annealed_temperature
+
+    assert [annealed_temperature(e) for e in (-1, 0, 2.5, 5, 9, 10, 20)] == pytest.approx(
+        [30.0, 30.0, 22.75, 15.5, 3.9, 1.0, 1.0])
+    assert annealed_temperature(-1, epochs=0) == annealed_temperature(3, epochs=0) == 1.0  # no annealing
