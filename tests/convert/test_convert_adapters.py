@@ -14,6 +14,7 @@ from dyconv_deploy.convert import Adapter, RoutedConv2d, convert_model, load_ada
 from dyconv_deploy.convert import registry as registry_module
 from dyconv_deploy.convert.registry import Registry, builtin_adapters
 from dyconv_deploy.errors import DyconvError
+from dyconv_deploy.nn import Routing
 from dyconv_deploy.tolerance import TOLERANCES, compare
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_adapter.py"
@@ -155,3 +156,54 @@ def test_program_of_a_foreign_dynamic_conv_asks_for_the_module(tmp_path, capsys)
     assert main(["export", str(tmp_path / "layer.pt2"), "-o", str(tmp_path / "x.onnx"), "--input-shape",
                  "1x3x8x8"]) == 2
     assert "keeps no layer structure" in capsys.readouterr().err
+
+
+class RolledAttentionAdapter(WrongAdapter):
+    """Claims kaijieshi7's layer and gives sample n sample n-1's attention: right on identical samples only."""
+
+    family = "rolled"
+
+    def to_canonical(self, module, parent):
+        from dyconv_deploy.convert.folded_attention import AttentionRouting
+
+        class Rolled(AttentionRouting):
+            def forward(self, x):
+                return Routing(self.attention(x).roll(1, 0))
+
+        return RoutedConv2d(Rolled(module.attention), module.weight, module.bias, padding=module.padding)
+
+
+def test_the_conversion_check_feeds_samples_that_differ():
+    model = nn.Sequential(nn.Identity(), kaijieshi7.Dynamic_conv2d(4, 4, 3, padding=1, temperature=1)).eval()
+    with pytest.raises(DyconvError, match="family rolled"):
+        convert_model(model, torch.randn(3, 4, 6, 6), adapters=[RolledAttentionAdapter()])
+
+
+def test_the_summary_names_the_worst_layer_error():
+    from dyconv_deploy.convert import ConversionReport, ConvertedModule
+
+    report = ConversionReport([ConvertedModule("a", "f", 4, 1e-9), ConvertedModule("b", "f", 4, 3e-6)])
+    assert report.summary() == "converted 2 f layers, max error 3e-06"
+
+
+def test_an_adapter_file_class_without_to_canonical_is_refused(tmp_path):
+    source = tmp_path / "half.py"
+    source.write_text("class Half:\n    family = 'half'\n    def matches(self, module, parent):\n        return False\n")
+    with pytest.raises(DyconvError, match=r"Half is not an adapter \(no 'to_canonical'\)"):
+        load_adapter(f"{source}:Half")
+
+
+def test_the_blog_post_temperature_is_kept():
+    """tau != 1 (the cases deploy it at 1): the batched routing divides by the layer's own tau."""
+    from standins import seed_dynamic_conv
+
+    torch.manual_seed(0)
+    layer = seed_dynamic_conv.DynamicConv2D(8, 8, 3, padding=1, num_experts=4).eval()
+    torch.nn.init.normal_(layer.weight, std=0.3)
+    layer._attention_fn.tau = 0.25
+    x = torch.randn(3, 8, 6, 6)
+    converted, report = convert_model(layer, x)
+    assert [r.family for r in report.converted] == ["per_sample_dynamic_conv"]
+    with torch.no_grad():
+        assert compare(converted(x), layer(x), TOLERANCES["fp32"]).passed
+        assert converted.routing(x).attention.max() > 0.5  # sharp: the temperature matters here
