@@ -246,3 +246,19 @@ def test_outputs_of_a_multi_output_model_are_numbered():
     comparisons = verify_onnx(model, proto, (1, 4, 7, 7), [2])
     assert [c.name for c in comparisons] == ["output_0@batch2", "output_1@batch2"]
     assert all(c.passed for c in comparisons) and np.isfinite([c.max_abs for c in comparisons]).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 8), (0, 3, 8, 8), (3, 8, 8)])
+def test_an_image_shape_with_an_empty_axis_or_another_rank_is_refused(shape):
+    from dyconv_deploy.export.onnx_export import check_image_shape
+
+    with pytest.raises(DyconvError, match="the input shape must be N x C x H x W"):
+        check_image_shape(shape)
+
+
+def test_a_static_batch_of_one_exports_batch_one():
+    """Only a dynamic batch is captured with 2 samples; a static batch keeps the example's."""
+    torch.manual_seed(0)
+    model = make_layer(FAMILIES[0], CONFIGS[0]).eval()
+    proto = export_onnx(model, torch.randn(1, *input_shape(CONFIGS[0])[1:]), dynamic_batch=False)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
