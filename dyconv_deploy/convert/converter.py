@@ -12,10 +12,9 @@ the name) leaves it to that second step; a user's adapter that fails is an error
 """
 
 import copy
-import dataclasses
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
@@ -108,7 +107,7 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
     converted = copy.deepcopy(model).eval()
     matches = list(_match(converted, [*extra, *installed_adapters(), *builtin]))
     report = ConversionReport()
-    declined = {}  # path -> why the built-in adapter that matched it by name could not convert it
+    reasons = {}  # path -> why a layer was not converted (a built-in adapter matched its name but failed, ...)
     if matches:
         with forward_errors_named(converted, inputs):  # the first forward: a bad input shape fails here
             recorded = _record_inputs(converted, [m[2] for m in matches], inputs)
@@ -124,21 +123,21 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
         except Exception as exc:
             if adapter not in builtin:
                 raise
-            declined[path] = f"the {adapter.family} adapter matched its name but failed: {type(exc).__name__}: {exc}"
+            reasons[path] = f"the {adapter.family} adapter matched its name but failed: {type(exc).__name__}: {exc}"
             continue
         try:
             converted = _put(converted, path, adapter.family, module, canonical, recorded[module], tolerance, report)
         except DyconvError as exc:
             if adapter not in builtin:
                 raise
-            declined[path] = f"the {adapter.family} adapter matched its name but: {exc}"
+            reasons[path] = f"the {adapter.family} adapter matched its name but: {exc}"
     with forward_errors_named(converted, inputs):  # without matches, the first forward
         unknown = find_dynamic_convs(converted, inputs)
-    reasons = dict(declined)
     if unknown:
-        converted, reasons = _convert_traced(converted, unknown, inputs, tolerance, report, reasons)
-        unknown = find_dynamic_convs(converted, inputs)
-    report.unknown = [dataclasses.replace(u, reason=reasons.get(u.path, "")) for u in unknown]
+        converted = _convert_traced(converted, unknown, inputs, tolerance, report, reasons)
+        done = {r.path for r in report.converted}
+        unknown = [u for u in unknown if u.path not in done]  # a canonical layer runs the contract op, no conv
+    report.unknown = [replace(u, reason=reasons.get(u.path, "")) for u in unknown]
     return converted, report
 
 
@@ -161,9 +160,9 @@ def _put(model: nn.Module, path: str, family: str, original: nn.Module, canonica
 
 
 def _convert_traced(model: nn.Module, unknown: list[UnknownDynamicConv], inputs: tuple, tolerance: Tolerance,
-                    report: ConversionReport, reasons: dict) -> tuple[nn.Module, dict]:
-    """Convert what :mod:`~dyconv_deploy.convert.traced` recognises of the ``unknown`` layers; ``reasons``
-    gains why the others were not."""
+                    report: ConversionReport, reasons: dict) -> nn.Module:
+    """Convert what :mod:`~dyconv_deploy.convert.traced` recognises of the ``unknown`` layers and return the
+    model; ``reasons`` (path -> why) gains why the others were not."""
     modules = {path or ROOT: module for path, module in model.named_modules()}
     layers = [modules[u.path] for u in unknown if u.module_type != "GraphModule"]
     recorded = _record_inputs(model, layers, inputs)
@@ -181,7 +180,7 @@ def _convert_traced(model: nn.Module, unknown: list[UnknownDynamicConv], inputs:
             model = _put(model, u.path, TRACED, module, canonical, recorded[module], tolerance, report)
         except (NotRecognised, DyconvError) as exc:
             reasons[u.path] = _joined(reasons.get(u.path), f"not recognised from its trace: {exc}")
-    return model, reasons
+    return model
 
 
 def _joined(first: Optional[str], second: str) -> str:

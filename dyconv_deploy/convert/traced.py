@@ -25,6 +25,7 @@ random input. A softmax attention (rows summing to 1) gives family ``dynamic_con
 DyNet's per-channel ones), are not recognised: they need an adapter.
 """
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Optional
@@ -202,15 +203,8 @@ def _pair(value) -> tuple:
 
 def _mixings(conv: _FoldedConv, values: dict, from_input: set):
     """``(attention node, experts node)`` pairs on the weight's path, nearest the conv first."""
-    per_sample = _numel(conv.kernel_shape)
-    path, stack = [], [conv.weight]
-    while stack:
-        node = stack.pop()
-        if node in path or node not in from_input:
-            continue
-        path.append(node)
-        stack.extend(node.all_input_nodes)
-    for node in path:
+    per_sample = math.prod(conv.kernel_shape)
+    for node in _upstream(conv.weight, within=from_input):
         inputs = [i for i in node.all_input_nodes if isinstance(values.get(i), Tensor)]
         constants = [i for i in inputs if i not in from_input and values[i].numel() % per_sample == 0]
         attentions = [i for i in inputs if i in from_input and values[i].numel() % PROBE_BATCH == 0]
@@ -221,21 +215,22 @@ def _mixings(conv: _FoldedConv, values: dict, from_input: set):
                     yield attention, experts
 
 
-def _numel(shape) -> int:
-    total = 1
-    for size in shape:
-        total *= int(size)
-    return total
+def _upstream(node: fx.Node, within: Optional[set] = None) -> list:
+    """``node`` and the nodes it is computed from, nearest first (depth first), only through ``within``."""
+    order, seen, stack = [], set(), [node]
+    while stack:
+        current = stack.pop()
+        if current in seen or (within is not None and current not in within):
+            continue
+        seen.add(current)
+        order.append(current)
+        stack.extend(current.all_input_nodes)
+    return order
 
 
 def _subgraph(graph_module: fx.GraphModule, output: fx.Node) -> fx.GraphModule:
     """A GraphModule computing ``output`` from the input, with only the nodes it needs."""
-    needed, stack = set(), [output]
-    while stack:
-        node = stack.pop()
-        if node not in needed:
-            needed.add(node)
-            stack.extend(node.all_input_nodes)
+    needed = set(_upstream(output))
     graph, copies = fx.Graph(), {}
     for node in graph_module.graph.nodes:
         if node in needed:
@@ -263,18 +258,12 @@ def _bias_readings(conv: _FoldedConv, values: dict, from_input: set, num_kernels
     per_sample = values[conv.bias].reshape(PROBE_BATCH, out_channels)
     if torch.equal(per_sample, per_sample[:1].expand_as(per_sample)):
         yield None, per_sample[0]
-    seen, stack = set(), [conv.bias]
-    while stack:  # parameters mixed into the bias: [K, M] in some layout
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
+    for node in _upstream(conv.bias):  # parameters mixed into the bias: [K, M] in some layout
         value = values.get(node)
         if node not in from_input and isinstance(value, Tensor) and value.numel() == num_kernels * out_channels:
             for axis, size in enumerate(value.shape):
                 if size == num_kernels:
                     yield value.movedim(axis, 0).reshape(num_kernels, out_channels), None
-        stack.extend(node.all_input_nodes)
 
 
 def _is_softmax(attention: Tensor, num_kernels: int) -> bool:
