@@ -1,9 +1,11 @@
 """Worked example: teach ``dyconv-deploy`` a dynamic conv it does not know.
 
 ``ExpertMixConv`` stands for your own layer: K expert kernels mixed per sample by a softmax
-gate, one conv per sample in a Python loop over the batch. No built-in adapter recognises it,
-and the loop keeps ``torch.fx`` from tracing it (layers that fold the batch into conv groups are
-recognised from their trace without an adapter), so ``export`` stops and names it. ``ExpertMixAdapter`` tells the converter how to rebuild it as the
+gate, one sample at a time in a Python loop over the batch's samples, gate included. No built-in
+adapter recognises it, and the loop keeps ``torch.fx`` from tracing it (layers that fold the batch
+into conv groups, or loop over it with a gate computed for the whole batch, are recognised from
+their trace without an adapter), so ``export`` stops and names it. ``ExpertMixAdapter`` tells the
+converter how to rebuild it as the
 canonical :class:`~dyconv_deploy.convert.RoutedConv2d`: the trained gate is reused as the
 routing branch and the experts (already ``[K, M, C/G, k, k]``) become the contract's weight.
 
@@ -30,9 +32,11 @@ class ExpertMixConv(nn.Module):
                                   nn.Softmax(dim=1))
 
     def forward(self, x):
-        kernels = torch.einsum("nk,kmcij->nmcij", self.gate(x), self.experts)
-        return torch.cat([F.conv2d(x[i:i + 1], kernels[i], None, self.stride, self.padding)
-                          for i in range(x.shape[0])])
+        outputs = []
+        for sample in x:  # [C, H, W]
+            kernel = torch.einsum("k,kmcij->mcij", self.gate(sample[None])[0], self.experts)
+            outputs.append(F.conv2d(sample[None], kernel, None, self.stride, self.padding))
+        return torch.cat(outputs)
 
 
 class GateRouting(nn.Module):

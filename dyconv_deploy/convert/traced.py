@@ -1,34 +1,39 @@
-"""Recognise a dynamic conv that no adapter knows, from its ``torch.fx`` graph and one probe forward.
+"""Recognise a dynamic conv that no adapter knows, from its ``torch.fx`` graph and probe forwards.
 
-Independently written DynamicConv / CondConv layers differ in names and layouts but share one
-structure: an attention ``a [N, K]`` computed from the input, expert kernels (parameters, in any
-layout with an axis of K) mixed by it into per-sample kernels, and one convolution with the batch
-folded into its groups (``x.view(1, N*C, H, W)``, ``groups = G*N``). :func:`recognise_traced`
-looks for that structure in ``torch.fx.symbolic_trace(module)``:
+Independently written DynamicConv / CondConv / ODConv / DyNet layers differ in names and layouts but
+share one structure: attentions computed from the input, expert kernels (parameters, in any layout
+with an axis of K) mixed by one of them into per-sample kernels, and a convolution per sample —
+either one ``conv2d`` with the batch folded into its groups (``x.view(1, N*C, H, W)``,
+``groups = G*N``) or one per sample in a Python loop. :func:`recognise_traced` looks for that
+structure in the layer's ``torch.fx`` trace (a loop over the batch is unrolled by tracing the
+batch size as the number :data:`PROBE_BATCH`) and its values on a probe batch:
 
-1. the one ``conv2d`` whose weight depends on the input; its stride, padding, dilation and groups
-   come from the probe forward (batch ``N`` = :data:`PROBE_BATCH`), the per-sample kernel shape
-   ``[M, C/G, kH, kW]`` from its weight ``[N*M, C/G, kH, kW]``;
-2. the *mixing*: an operation on the weight's path with one input computed from parameters alone
-   (the experts, ``K * M * C/G * kH * kW`` elements) and one computed from the input with
-   ``N * K`` elements (the attention) — ``a @ W.view(K, -1)``, ``einsum('nk,k...->n...')``,
-   ``(a[..., None] * W).sum(1)``, ...;
-3. the conv's bias: none, a static ``[M]`` repeated over the batch, or a ``[K, M]`` expert bias
-   mixed by the attention.
+1. the dynamic conv: the ``conv2d`` call(s) whose weight depends on the input; stride, padding,
+   dilation and groups come from the probe forward, the per-sample kernels
+   ``[N, M, C/G, kH, kW]`` from their weights;
+2. the *weight reading*: experts (a parameter-only tensor of ``K * M * C/G * kH * kW`` elements,
+   or K parameters of one kernel each, stacked) and input-dependent tensors of the batch computed
+   before them — the attention ``[N, K]`` or a per-output-channel ``[N, K, M]`` / ``[N, M, K]``,
+   optionally ODConv's spatial ``[N, kH, kW]``, input-channel ``[N, C]`` and filter ``[N, M]``
+   factors — such that their product reproduces every sample's kernel exactly;
+3. the scales outside the weight: an ``[N, C]`` tensor multiplied into the conv's input (ODConv's
+   channel attention) and an ``[N, M]`` one into its output (the filter attention);
+4. the conv's bias: none, a static ``[M]`` shared by the batch, or a ``[K, M]`` expert bias.
 
-The attention's own subgraph becomes the router of a :class:`RoutedConv2d` (a ``GraphModule``
-over the original submodules, so the trained routing is kept as it is). Every reading of the
-layouts (which axis of the experts is K, which bias) is tried on the probe and kept only when the
-canonical layer reproduces the original's output; the converter then checks it again on its own
-random input. A softmax attention (rows summing to 1) gives family ``dynamic_conv``, else
-``condconv``. Layers that loop over the batch in Python, or that have more attentions (ODConv,
-DyNet's per-channel ones), are not recognised: they need an adapter.
+The attentions' own subgraph becomes the router of a :class:`RoutedConv2d` (a ``GraphModule`` over
+the original submodules, so the trained routing is kept as it is). A reading is kept only when the
+canonical layer reproduces the original's output on the probe and on a second batch of another
+size (so no batch size is baked into the router); the converter then checks it again on its own
+random input. The family follows the math found: ``odconv`` with any of the three extra factors,
+``dynet`` with a per-channel attention, ``dynamic_conv`` with a softmax one (rows summing to 1),
+else ``condconv``. Attentions computed inside a loop over the batch are not recognised.
 """
 
+import itertools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,30 +44,60 @@ from dyconv_deploy.nn import Routing
 
 FAMILY = "traced"
 PROBE_BATCH = 3  # the probe's batch: > 1, so that the batch folded into conv groups can be told apart
+CHECK_BATCH = 5  # a second batch the canonical layer must reproduce: no probe batch baked into its router
 _CONV_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+_MULTIPLY = (operator.mul, torch.mul)
 
 
 class NotRecognised(Exception):
     """The layer does not have the structure :func:`recognise_traced` looks for (the message says what)."""
 
 
-class TracedRouting(nn.Module):
-    """The original layer's attention subgraph: ``x [N, C, H, W] -> Routing(attention [N, K])``."""
+@dataclass(frozen=True)
+class _Field:
+    """An input-dependent tensor of the trace read as one field of :class:`Routing`.
 
-    def __init__(self, attention: fx.GraphModule, num_kernels: int):
+    ``shape`` is its per-sample shape in the order the original computes it; ``channel_major``
+    marks an ``[N, M, K]`` attention, moved to the contract's ``[N, K, M]``.
+    """
+
+    role: str  # 'attention', 'spatial', 'channel' or 'filter'
+    node: fx.Node
+    shape: tuple
+    channel_major: bool = False
+
+    def read(self, value: Tensor) -> Tensor:
+        """The node's value ``[N, ...]`` in the contract's layout for ``role``."""
+        field = value.reshape(value.shape[0], *self.shape)
+        return field.transpose(1, 2) if self.channel_major else field
+
+
+class TracedRouting(nn.Module):
+    """The original layer's attention subgraph, ``x [N, C, H, W] -> Routing``: one output per field."""
+
+    def __init__(self, attentions: fx.GraphModule, fields: tuple[_Field, ...]):
         super().__init__()
-        self.attention = attention
-        self.num_kernels = num_kernels
+        self.attentions = attentions
+        self.fields = fields
 
     def forward(self, x: Tensor) -> Routing:
-        return Routing(self.attention(x).reshape(x.shape[0], self.num_kernels))
+        values = self.attentions(x)
+        return Routing(**{field.role: field.read(value) for field, value in zip(self.fields, values)})
 
 
 class _ShapeTracer(fx.Tracer):
     """``torch.fx``'s tracer (parameter shapes as numbers, so ``*self.weight.shape[-2:]`` traces) that also
     unpacks slices of a traced tensor's shape, ``*y.shape[-2:]`` or ``*x.size()[2:]``, taking the tensor as
-    4-D where the slice does not say its length (a wrong guess fails the probe, not the conversion)."""
+    4-D where the slice does not say its length (a wrong guess fails the probe, not the conversion).
+
+    With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
+    number, so a Python loop over the batch is unrolled into one branch per sample.
+    """
+
+    def __init__(self, batch: Optional[int] = None):
+        super().__init__(param_shapes_constant=True)
+        self.batch = batch
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ShapeProxy(node, self)
@@ -73,19 +108,32 @@ class _ShapeTracer(fx.Tracer):
             return super().iter(obj)
         return iter([obj[i] for i in range(length)])
 
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        # the full signature: fx passes parameter proxies (constant shapes) only to a create_proxy that names it
+        if self.batch is not None and _reads_batch_size(kind, target, args, kwargs):
+            return self.batch
+        return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+
 
 class _ShapeProxy(fx.Proxy):
-    """A proxy whose ``len`` is known when it is a traced shape (star-unpacking asks for it first)."""
+    """A proxy whose ``len`` is known when it is a traced shape (star-unpacking asks for it first), or is
+    the traced batch for a tensor."""
 
     def __len__(self):
         length = _shape_length(self.node)
+        if length is None and self.tracer.batch is not None:
+            return self.tracer.batch
         return super().__len__() if length is None else length
+
+
+def _is_shape(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
+        node.op == "call_method" and node.target == "size" and len(node.args) == 1)
 
 
 def _shape_length(node: fx.Node, rank: int = 4) -> Optional[int]:
     """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds, None if it is not one."""
-    if (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
-            node.op == "call_method" and node.target == "size" and len(node.args) == 1):
+    if _is_shape(node):
         return rank
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], slice):
         inner = node.args[0]
@@ -94,17 +142,42 @@ def _shape_length(node: fx.Node, rank: int = 4) -> Optional[int]:
     return None
 
 
-@dataclass(frozen=True)
-class _FoldedConv:
-    """The dynamic conv of the probe: per-sample geometry and the nodes of its weight and bias."""
+def _reads_batch_size(kind: str, target, args: tuple, kwargs: dict) -> bool:
+    """Whether the call is ``tensor.shape[0]`` / ``tensor.size(0)``."""
+    if kind == "call_function" and target is operator.getitem and isinstance(args[0], fx.Proxy):
+        return isinstance(args[1], int) and args[1] == 0 and _is_shape(args[0].node)
+    if kind == "call_method" and target == "size":
+        return (args[1:] or (kwargs.get("dim"),)) == (0,)
+    return False
 
-    weight: fx.Node
-    bias: Optional[fx.Node]
+
+@dataclass(frozen=True)
+class _DynamicConv:
+    """The layer's dynamic conv on the probe: one call with the batch folded into its groups, or one per sample."""
+
+    calls: tuple[fx.Node, ...]
+    weights: tuple[fx.Node, ...]
+    biases: tuple[Optional[fx.Node], ...]
+    inputs: tuple[fx.Node, ...]
     kernel_shape: tuple  # [M, C/G, kH, kW] of one sample
     stride: tuple
     padding: object  # as the call gave it: int, pair, 'same' or 'valid'
     dilation: tuple
     groups: int  # G of one sample
+
+    @property
+    def out_channels(self) -> int:
+        return self.kernel_shape[0]
+
+    def sample_kernels(self, values: dict) -> Tensor:
+        """Every probe sample's kernel ``[N, M, C/G, kH, kW]``."""
+        return torch.stack([values[w] for w in self.weights]).reshape(PROBE_BATCH, *self.kernel_shape)
+
+    def sample_biases(self, values: dict) -> Optional[Tensor]:
+        """Every probe sample's bias ``[N, M]``, or None without one."""
+        if any(b is None for b in self.biases):
+            return None
+        return torch.stack([values[b] for b in self.biases]).reshape(PROBE_BATCH, self.out_channels)
 
 
 def recognise_traced(module: nn.Module, x: Tensor) -> RoutedConv2d:
@@ -113,29 +186,40 @@ def recognise_traced(module: nn.Module, x: Tensor) -> RoutedConv2d:
     Raises:
         NotRecognised: naming what is missing (the converter reports the layer as unknown with it).
     """
-    try:
-        graph_module = fx.GraphModule(module, _ShapeTracer(param_shapes_constant=True).trace(module))
-    except Exception as exc:  # Python control flow on the input (a loop over the batch, ...)
-        raise NotRecognised(f"torch.fx cannot trace its forward, Python control flow on the input such as a loop "
-                            f"over the batch? ({type(exc).__name__}: {_first_line(exc)})") from exc
+    graph_module = _trace(module)
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise NotRecognised(f"its forward takes {len(placeholders)} arguments, not one input")
-    probe = torch.randn(PROBE_BATCH, *x.shape[1:], generator=torch.Generator().manual_seed(0)).to(x)
+    probe, check = (torch.randn(batch, *x.shape[1:], generator=torch.Generator().manual_seed(seed)).to(x)
+                    for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
     values = _probe(graph_module, probe)
-    from_input = _input_dependent(graph_module, placeholders[0])
-    conv = _folded_conv(graph_module, values, from_input)
+    from_input = _downstream(graph_module, placeholders)
+    conv = _dynamic_conv(graph_module, values, from_input)
     with torch.no_grad():
-        expected = module(probe)
-    for attention, experts in _mixings(conv, values, from_input):
-        num_kernels = values[attention].numel() // PROBE_BATCH
-        router = TracedRouting(_subgraph(graph_module, attention), num_kernels)
-        for weight in _expert_layouts(values[experts], num_kernels, conv.kernel_shape):
-            for bias, output_bias in _bias_readings(conv, values, from_input, num_kernels):
-                layer = _routed(router, weight, bias, output_bias, conv, _is_softmax(values[attention], num_kernels))
-                if _reproduces(layer, probe, expected):
+        expected = [(images, module(images)) for images in (probe, check)]
+    for weight, fields in _weight_readings(graph_module, conv, values, from_input):
+        for scales in _input_output_scales(graph_module, conv, values, from_input, {f.role for f in fields}):
+            fields_found = (*fields, *scales)
+            router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found]), fields_found)
+            for bias, output_bias in _bias_readings(conv, values, from_input, len(weight)):
+                layer = _routed(router, weight, bias, output_bias, conv, values)
+                if all(_reproduces(layer, images, output) for images, output in expected):
                     return layer
-    raise NotRecognised("no reading of its experts (an axis of K), attention [N, K] and bias reproduces its output")
+    raise NotRecognised("no reading of its experts (an axis of K), attentions and bias reproduces its output")
+
+
+def _trace(module: nn.Module) -> fx.GraphModule:
+    """The layer's graph: traced for any batch, else with the batch size as a number (a loop over it unrolled)."""
+    try:
+        return fx.GraphModule(module, _ShapeTracer().trace(module))
+    except Exception as exc:  # Python control flow on the input: a loop over the batch, ...
+        failure = exc
+    try:
+        return fx.GraphModule(module, _ShapeTracer(batch=PROBE_BATCH).trace(module))
+    except Exception:
+        raise NotRecognised(f"torch.fx cannot trace its forward, even with the batch size as a number: Python "
+                            f"control flow on the input's values, or a loop over its samples? "
+                            f"({type(failure).__name__}: {_first_line(failure)})") from failure
 
 
 def _first_line(exc: Exception) -> str:
@@ -161,63 +245,18 @@ def _probe(graph_module: fx.GraphModule, x: Tensor) -> dict:
     return values
 
 
-def _input_dependent(graph_module: fx.GraphModule, placeholder: fx.Node) -> set:
-    """The nodes computed from the input (its values or its shape)."""
-    dependent = {placeholder}
+def _downstream(graph_module: fx.GraphModule, sources) -> set:
+    """``sources`` and the nodes computed from them."""
+    dependent = set(sources)
     for node in graph_module.graph.nodes:
         if any(i in dependent for i in node.all_input_nodes):
             dependent.add(node)
     return dependent
 
 
-def _conv_call(node: fx.Node, values: dict) -> dict:
-    """``F.conv2d``'s arguments by name, nodes replaced by their probe values (the nodes under ``*_node``)."""
-    named = dict(zip(_CONV_ARGUMENTS, node.args))
-    named.update(node.kwargs)
-    call = {**_CONV_DEFAULTS, **named}
-    resolved = {name: fx.node.map_arg(value, lambda n: values[n]) for name, value in call.items()}
-    resolved.update({f"{name}_node": call[name] for name in ("weight", "bias")})
-    return resolved
-
-
-def _folded_conv(graph_module: fx.GraphModule, values: dict, from_input: set) -> _FoldedConv:
-    """The one conv whose weight depends on the input, with the batch folded into its groups."""
-    convs = [n for n in graph_module.graph.nodes
-             if n.op == "call_function" and n.target is F.conv2d and _conv_call(n, values)["weight_node"] in from_input]
-    if len(convs) != 1:
-        raise NotRecognised(f"its trace has {len(convs)} conv2d calls on an input-dependent weight, not one")
-    call = _conv_call(convs[0], values)
-    x, weight, groups = call["input"], call["weight"], int(call["groups"])
-    folded = (x.shape[0] == 1 and x.shape[1] % PROBE_BATCH == 0 and groups % PROBE_BATCH == 0
-              and weight.shape[0] % PROBE_BATCH == 0)
-    if not folded:
-        raise NotRecognised(f"its conv does not fold the batch into groups (input {tuple(x.shape)}, groups {groups} "
-                            f"at batch {PROBE_BATCH})")
-    return _FoldedConv(call["weight_node"], call["bias_node"], (weight.shape[0] // PROBE_BATCH, *weight.shape[1:]),
-                       _pair(call["stride"]), call["padding"], _pair(call["dilation"]), groups // PROBE_BATCH)
-
-
-def _pair(value) -> tuple:
-    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
-
-
-def _mixings(conv: _FoldedConv, values: dict, from_input: set):
-    """``(attention node, experts node)`` pairs on the weight's path, nearest the conv first."""
-    per_sample = math.prod(conv.kernel_shape)
-    for node in _upstream(conv.weight, within=from_input):
-        inputs = [i for i in node.all_input_nodes if isinstance(values.get(i), Tensor)]
-        constants = [i for i in inputs if i not in from_input and values[i].numel() % per_sample == 0]
-        attentions = [i for i in inputs if i in from_input and values[i].numel() % PROBE_BATCH == 0]
-        for experts in constants:
-            num_kernels = values[experts].numel() // per_sample
-            for attention in attentions:
-                if values[attention].numel() == PROBE_BATCH * num_kernels:
-                    yield attention, experts
-
-
-def _upstream(node: fx.Node, within: Optional[set] = None) -> list:
-    """``node`` and the nodes it is computed from, nearest first (depth first), only through ``within``."""
-    order, seen, stack = [], set(), [node]
+def _upstream(nodes, within: Optional[set] = None) -> list:
+    """``nodes`` and the nodes they are computed from, nearest first (depth first), only through ``within``."""
+    order, seen, stack = [], set(), list(reversed(nodes))
     while stack:
         current = stack.pop()
         if current in seen or (within is not None and current not in within):
@@ -228,63 +267,226 @@ def _upstream(node: fx.Node, within: Optional[set] = None) -> list:
     return order
 
 
-def _subgraph(graph_module: fx.GraphModule, output: fx.Node) -> fx.GraphModule:
-    """A GraphModule computing ``output`` from the input, with only the nodes it needs."""
-    needed = set(_upstream(output))
+def _conv_call(node: fx.Node, values: dict) -> dict:
+    """``F.conv2d``'s arguments by name, nodes replaced by their probe values (the nodes under ``*_node``)."""
+    named = dict(zip(_CONV_ARGUMENTS, node.args))
+    named.update(node.kwargs)
+    call = {**_CONV_DEFAULTS, **named}
+    resolved = {name: fx.node.map_arg(value, lambda n: values[n]) for name, value in call.items()}
+    resolved.update({f"{name}_node": call[name] for name in ("input", "weight", "bias")})
+    return resolved
+
+
+def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set) -> _DynamicConv:
+    """The conv(s) whose weight depends on the input: one with the batch folded into its groups, or one per sample."""
+    nodes = [n for n in graph_module.graph.nodes
+             if n.op == "call_function" and n.target is F.conv2d and _conv_call(n, values)["weight_node"] in from_input]
+    calls = [_conv_call(n, values) for n in nodes]
+    if len(calls) == 1:
+        x, weight, groups = calls[0]["input"], calls[0]["weight"], int(calls[0]["groups"])
+        if not (x.shape[0] == 1 and x.shape[1] % PROBE_BATCH == 0 and groups % PROBE_BATCH == 0
+                and weight.shape[0] % PROBE_BATCH == 0):
+            raise NotRecognised(f"its conv does not fold the batch into groups (input {tuple(x.shape)}, groups "
+                                f"{groups} at batch {PROBE_BATCH}) nor runs once per sample")
+        kernel_shape, groups = (weight.shape[0] // PROBE_BATCH, *weight.shape[1:]), groups // PROBE_BATCH
+    elif len(calls) == PROBE_BATCH:
+        geometry = {(c["weight"].shape, str(c["stride"]), str(c["padding"]), str(c["dilation"]), int(c["groups"]),
+                     c["input"].shape[0]) for c in calls}
+        if len(geometry) != 1 or calls[0]["input"].shape[0] != 1:
+            raise NotRecognised("its convs in a loop over the batch differ in geometry or take more than one sample")
+        kernel_shape, groups = tuple(calls[0]["weight"].shape), int(calls[0]["groups"])
+    else:
+        raise NotRecognised(f"its trace has {len(calls)} conv2d calls on an input-dependent weight at batch "
+                            f"{PROBE_BATCH}, neither one nor one per sample")
+    first = calls[0]
+    return _DynamicConv(tuple(nodes), tuple(c["weight_node"] for c in calls), tuple(c["bias_node"] for c in calls),
+                        tuple(c["input_node"] for c in calls), tuple(kernel_shape), _pair(first["stride"]),
+                        first["padding"], _pair(first["dilation"]), groups)
+
+
+def _pair(value) -> tuple:
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _batched(value) -> bool:
+    """A tensor with the probe batch as its first axis."""
+    return isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == PROBE_BATCH
+
+
+def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict,
+                     from_input: set) -> Iterator[tuple[Tensor, tuple[_Field, ...]]]:
+    """``(experts [K, M, C/G, kH, kW], fields)`` whose product reproduces every probe sample's kernel."""
+    kernels = conv.sample_kernels(values)
+    upstream = _upstream(conv.weights)
+    for expert_nodes, experts in _expert_candidates(upstream, values, from_input, math.prod(conv.kernel_shape)):
+        num_kernels = experts.numel() // math.prod(conv.kernel_shape)
+        after_experts = _downstream(graph_module, expert_nodes)
+        batched = [n for n in upstream if n in from_input and n not in after_experts and _batched(values[n])]
+        for weight in _expert_layouts(experts, num_kernels, conv.kernel_shape):
+            for attention in _attention_fields(batched, values, num_kernels, conv.out_channels):
+                mixed = _mix(attention.read(values[attention.node]), weight)
+                others = [n for n in batched if n is not attention.node]
+                for factors in _weight_factors(others, values, conv):
+                    if _close(_scaled(mixed, factors, values), kernels):
+                        yield weight, (attention, *factors)
+
+
+def _expert_candidates(upstream: list, values: dict, from_input: set, per_sample: int):
+    """``(nodes, experts)``: parameter-only tensors of ``K * per_sample`` elements on the kernels' path,
+    nearest first, then the parameters of one kernel each, stacked in the order the trace uses them."""
+    constants = [n for n in upstream if n not in from_input and isinstance(values.get(n), Tensor)]
+    seen = set()
+    for node in constants:
+        value = values[node]
+        key = (value.data_ptr(), value.numel())
+        if value.numel() % per_sample == 0 and key not in seen:
+            seen.add(key)
+            yield [node], value
+    order = {n: i for i, n in enumerate(upstream[0].graph.nodes)} if upstream else {}
+    singles = sorted((n for n in constants if n.op == "get_attr" and values[n].numel() == per_sample),
+                     key=order.__getitem__)
+    if len(singles) > 1:
+        yield singles, torch.stack([values[n].reshape(-1) for n in singles])
+
+
+def _expert_layouts(experts: Tensor, num_kernels: int, kernel_shape: tuple):
+    """The experts as ``[K, M, C/G, kH, kW]``: K the leading axis of the flattened tensor, then each axis of
+    size K taken as the experts' axis."""
+    yield experts.reshape(num_kernels, *kernel_shape)
+    for axis, size in enumerate(experts.shape):
+        if size == num_kernels and axis > 0:
+            yield experts.movedim(axis, 0).reshape(num_kernels, *kernel_shape)
+
+
+def _attention_fields(batched: list, values: dict, num_kernels: int, out_channels: int) -> Iterator[_Field]:
+    """Readings of batched tensors as the attention: ``[N, K]``, or per output channel ``[N, K, M]`` / ``[N, M, K]``."""
+    for node in batched:
+        per_sample = values[node].numel() // PROBE_BATCH
+        if per_sample == num_kernels:
+            yield _Field("attention", node, (num_kernels,))
+        elif per_sample == num_kernels * out_channels and out_channels > 1:
+            yield _Field("attention", node, (num_kernels, out_channels))
+            yield _Field("attention", node, (out_channels, num_kernels), channel_major=True)
+
+
+def _mix(attention: Tensor, weight: Tensor) -> Tensor:
+    """Per-sample kernels ``[N, M, C/G, kH, kW]`` from the attention ``[N, K]`` / ``[N, K, M]``."""
+    if attention.dim() == 2:
+        return torch.einsum("nk,kmcij->nmcij", attention, weight)
+    return torch.einsum("nkm,kmcij->nmcij", attention, weight)
+
+
+def _weight_factors(batched: list, values: dict, conv: _DynamicConv) -> Iterator[tuple[_Field, ...]]:
+    """Choices of ODConv factors multiplied into the kernels, none first: spatial ``[N, kH, kW]``, input
+    channel ``[N, C]`` (one group only: a per-sample kernel's channels are then the input's) and filter ``[N, M]``
+    (a 1x1 kernel's spatial factor is a number per sample)."""
+    m, c_per_group, kh, kw = conv.kernel_shape
+    shapes = {"spatial": (kh, kw), "filter": (m,)}
+    if conv.groups == 1:
+        shapes["channel"] = (c_per_group,)
+    options = []
+    for role, shape in shapes.items():
+        found = [_Field(role, n, shape) for n in batched if values[n].numel() == PROBE_BATCH * math.prod(shape)]
+        options.append([None, *found])
+    for choice in itertools.product(*options):
+        yield tuple(f for f in choice if f is not None)
+
+
+def _scaled(kernels: Tensor, factors: tuple[_Field, ...], values: dict) -> Tensor:
+    """``kernels [N, M, C/G, kH, kW]`` times each factor, broadcast along its axes."""
+    axes = {"spatial": (slice(None), None, None), "channel": (slice(None), None, slice(None), None, None),
+            "filter": (slice(None), slice(None), None, None, None)}
+    for factor in factors:
+        kernels = kernels * factor.read(values[factor.node])[axes[factor.role]]
+    return kernels
+
+
+def _close(actual: Tensor, expected: Tensor) -> bool:
+    scale = float(expected.abs().max()) or 1.0
+    return actual.shape == expected.shape and bool(torch.allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale))
+
+
+def _input_output_scales(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set,
+                         used: set) -> Iterator[tuple[_Field, ...]]:
+    """Choices of scales outside the kernels, none first: an ``[N, C]`` tensor multiplying the conv's input
+    (ODConv's channel attention) and an ``[N, M]`` one multiplying its output (the filter attention)."""
+    after_conv = _downstream(graph_module, conv.calls)
+    image = next(n for n in graph_module.graph.nodes if n.op == "placeholder")
+    sides = {"channel": (_upstream(conv.inputs, within=from_input), values[image].shape[1]),
+             "filter": ([n for n in graph_module.graph.nodes if n in after_conv], conv.out_channels)}
+    options = []
+    for role, (path, size) in sides.items():
+        found = [] if role in used else [_Field(role, n, (size,)) for n in _multipliers(path, values, size, after_conv)]
+        options.append([None, *found])
+    for choice in itertools.product(*options):
+        yield tuple(f for f in choice if f is not None)
+
+
+def _multipliers(path: list, values: dict, size: int, excluded: set) -> list:
+    """Batched operands of ``size`` elements per sample, not in ``excluded``, that multiply a tensor on ``path``."""
+    found = []
+    for node in path:
+        if not ((node.op == "call_function" and node.target in _MULTIPLY) or
+                (node.op == "call_method" and node.target == "mul")):
+            continue
+        for operand in node.all_input_nodes:
+            value = values.get(operand)
+            if (operand not in excluded and _batched(value) and value.numel() == PROBE_BATCH * size
+                    and operand not in found):
+                found.append(operand)
+    return found
+
+
+def _subgraph(graph_module: fx.GraphModule, outputs: list) -> fx.GraphModule:
+    """A GraphModule computing the tuple of ``outputs`` from the input, with only the nodes they need."""
+    needed = set(_upstream(outputs))
     graph, copies = fx.Graph(), {}
     for node in graph_module.graph.nodes:
         if node in needed:
             copies[node] = graph.node_copy(node, lambda n: copies[n])
-    graph.output(copies[output])
+    graph.output(tuple(copies[n] for n in outputs))
     return fx.GraphModule(graph_module, graph)
 
 
-def _expert_layouts(experts: Tensor, num_kernels: int, kernel_shape: tuple):
-    """The experts as ``[K, M, C/G, kH, kW]``, once for each axis of size K taken as the experts' axis."""
-    if experts.dim() == 1:
-        yield experts.reshape(num_kernels, *kernel_shape)
-        return
-    for axis, size in enumerate(experts.shape):
-        if size == num_kernels:
-            yield experts.movedim(axis, 0).reshape(num_kernels, *kernel_shape)
-
-
-def _bias_readings(conv: _FoldedConv, values: dict, from_input: set, num_kernels: int):
+def _bias_readings(conv: _DynamicConv, values: dict, from_input: set, num_kernels: int):
     """``(expert bias [K, M] or None, static output bias [M] or None)`` candidates for the conv's bias."""
-    if conv.bias is None:
+    biases = conv.sample_biases(values)
+    if biases is None:
+        if any(b is not None for b in conv.biases):
+            return
         yield None, None
         return
-    out_channels = conv.kernel_shape[0]
-    per_sample = values[conv.bias].reshape(PROBE_BATCH, out_channels)
-    if torch.equal(per_sample, per_sample[:1].expand_as(per_sample)):
-        yield None, per_sample[0]
-    for node in _upstream(conv.bias):  # parameters mixed into the bias: [K, M] in some layout
+    if torch.equal(biases, biases[:1].expand_as(biases)):
+        yield None, biases[0]
+    for node in _upstream([b for b in conv.biases]):  # parameters mixed into the bias: [K, M] in some layout
         value = values.get(node)
-        if node not in from_input and isinstance(value, Tensor) and value.numel() == num_kernels * out_channels:
+        if node not in from_input and isinstance(value, Tensor) and value.numel() == num_kernels * conv.out_channels:
             for axis, size in enumerate(value.shape):
                 if size == num_kernels:
-                    yield value.movedim(axis, 0).reshape(num_kernels, out_channels), None
+                    yield value.movedim(axis, 0).reshape(num_kernels, conv.out_channels), None
 
 
-def _is_softmax(attention: Tensor, num_kernels: int) -> bool:
-    rows = attention.reshape(PROBE_BATCH, num_kernels).sum(dim=1)
-    return bool(torch.allclose(rows, torch.ones_like(rows), atol=1e-4))
+def _family(fields: tuple[_Field, ...], values: dict) -> str:
+    """The kind of dynamic conv by the math found (the names of the native layers)."""
+    attention = fields[0]
+    if len(fields) > 1:
+        return "odconv"
+    if len(attention.shape) == 2:
+        return "dynet"
+    rows = values[attention.node].reshape(PROBE_BATCH, -1).sum(dim=1)
+    return "dynamic_conv" if torch.allclose(rows, torch.ones_like(rows), atol=1e-4) else "condconv"
 
 
 def _routed(router: TracedRouting, weight: Tensor, bias: Optional[Tensor], output_bias: Optional[Tensor],
-            conv: _FoldedConv, softmax: bool) -> RoutedConv2d:
+            conv: _DynamicConv, values: dict) -> RoutedConv2d:
     return RoutedConv2d(router, weight, bias, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                        groups=conv.groups, output_bias=output_bias,
-                        family="dynamic_conv" if softmax else "condconv")
+                        groups=conv.groups, output_bias=output_bias, family=_family(router.fields, values))
 
 
-def _reproduces(layer: RoutedConv2d, probe: Tensor, expected) -> bool:
+def _reproduces(layer: RoutedConv2d, images: Tensor, expected) -> bool:
     with torch.no_grad():
         try:
-            actual = layer(probe)
-        except Exception:  # a layout whose shapes do not fit: not this reading
+            actual = layer(images)
+        except Exception:  # a reading whose shapes do not fit: not this one
             return False
-    if not isinstance(expected, Tensor) or actual.shape != expected.shape:
-        return False
-    scale = float(expected.abs().max()) or 1.0
-    return bool(torch.allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale))
+    return isinstance(expected, Tensor) and _close(actual, expected)

@@ -3,12 +3,15 @@
 Each layer folds the batch into conv groups but stores and mixes its experts its own way. The converted model
 must match the original, export with a dynamic batch and verify on ONNX Runtime at batch 3; the checks can fail
 (the original depends on its input, the attention varies over the batch, and rolling it along the batch fails).
-Layers the trace cannot read (a loop over the batch) stay unknown with the reason.
+Loops over the batch, ODConv's four attentions and DyNet's per-channel ones are read too; layers the trace
+cannot read (attention computed inside the loop, control flow on values) stay unknown with the reason.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import FAMILIES, LAYER_CASES, calibrated, images
+from cases import SHAPE as CASE_SHAPE
 from guards import assert_attention_varies, assert_depends_on_input, assert_fails, rolled_attention
 from torch import nn
 
@@ -100,18 +103,98 @@ class DynamicConv(nn.Module):
         return y.view(n, self.cout, h, w)
 
 
+class OmniAttentions(nn.Module):
+    """ODConv written from the paper: four attentions from one pooled branch with BatchNorm, the channel one
+    multiplying the input, the spatial one the mixed kernels, the filter one the output."""
+
+    def __init__(self, cin, cout, k, stride=1, experts=4):
+        super().__init__()
+        self.cout, self.k, self.stride = cout, k, stride
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, 16, 1, bias=False), nn.BatchNorm2d(16),
+                                     nn.ReLU())
+        self.to_channel, self.to_filter = nn.Conv2d(16, cin, 1), nn.Conv2d(16, cout, 1)
+        self.to_spatial, self.to_kernel = nn.Conv2d(16, k * k, 1), nn.Conv2d(16, experts, 1)
+        self.kernels = nn.Parameter(torch.randn(experts, cout, cin, k, k) * 0.3)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        z = self.squeeze(x)
+        channel, filters = torch.sigmoid(self.to_channel(z)), torch.sigmoid(self.to_filter(z))
+        spatial = torch.sigmoid(self.to_spatial(z)).view(n, 1, 1, self.k, self.k)
+        kernel = F.softmax(self.to_kernel(z).flatten(1), dim=1)
+        weight = torch.einsum("nk,kocij->nocij", kernel, self.kernels) * spatial
+        y = F.conv2d((x * channel).reshape(1, n * c, h, w), weight.reshape(n * self.cout, c, self.k, self.k), None,
+                     self.stride, self.k // 2, 1, n)
+        return y.view(n, self.cout, *y.shape[-2:]) * filters
+
+
+class PerChannelFolded(nn.Module):
+    """DyNet-style coefficients per output channel, computed ``[N, M, K]`` (channel-major), with a mixed bias."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.cout, self.experts = cout, experts
+        self.coefficients = nn.Linear(cin, cout * experts)
+        self.bases = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+        self.base_bias = nn.Parameter(torch.randn(experts, cout) * 0.5)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        eta = torch.sigmoid(self.coefficients(x.mean((2, 3)))).view(n, self.cout, self.experts)
+        weight = (eta.permute(0, 2, 1)[..., None, None, None] * self.bases).sum(1)
+        bias = (eta * self.base_bias.t()).sum(-1)
+        y = F.conv2d(x.reshape(1, n * c, h, w), weight.reshape(n * self.cout, c, 3, 3), bias.reshape(-1), 1, 1, 1, n)
+        return y.view(n, self.cout, h, w)
+
+
 class PerSampleLoop(nn.Module):
-    """One conv per sample in a Python loop: torch.fx cannot trace it."""
+    """One conv per sample in a Python loop over a batched softmax attention, einsum mixing, a static bias."""
 
     def __init__(self, cin, cout, experts=4):
         super().__init__()
         self.fc = nn.Linear(cin, experts)
         self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.5)
 
     def forward(self, x):
         a = torch.softmax(self.fc(x.mean((2, 3))), 1)
-        return torch.cat([F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a[i], self.weight), padding=1)
+        return torch.cat([F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a[i], self.weight), self.bias, padding=1)
                           for i in range(x.shape[0])])
+
+
+class ParameterListLoop(nn.Module):
+    """CondConv written with a loop over the batch and one over a ``ParameterList`` of experts (each weighted by
+    a scalar of the attention), a 3x5 dilated kernel and two groups."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.kernels = nn.ParameterList([nn.Parameter(torch.randn(cout, cin // 2, 3, 5) * 0.3)
+                                         for _ in range(experts)])
+        self.route = nn.Linear(cin, experts)
+
+    def forward(self, x):
+        r = torch.sigmoid(self.route(x.mean(dim=(2, 3))))
+        outputs = []
+        for i in range(x.size(0)):
+            weight = sum(r[i, k] * self.kernels[k] for k in range(len(self.kernels)))
+            outputs.append(F.conv2d(x[i:i + 1], weight, None, 1, (2, 4), 2, 2))
+        return torch.cat(outputs, 0)
+
+
+class PerChannelLoop(nn.Module):
+    """DyNet-style ``[N, K, M]`` coefficients, kernels mixed for the batch, then one conv per sample, stride 2."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.experts, self.cout = experts, cout
+        self.bases = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+        self.coefficients = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, experts * cout),
+                                          nn.Sigmoid())
+
+    def forward(self, x):
+        eta = self.coefficients(x).view(-1, self.experts, self.cout)
+        weight = (eta[..., None, None, None] * self.bases[None]).sum(1)
+        return torch.cat([F.conv2d(x[i:i + 1], weight[i], None, 2, 1) for i in range(len(x))])
 
 
 LAYERS = {
@@ -119,6 +202,12 @@ LAYERS = {
     "channel-major-einsum-dilated": (lambda: ChannelMajorExperts(8, 6), "dynamic_conv"),
     "stacked-sigmoid-same": (lambda: StackedSigmoidExperts(8, 8), "condconv"),
     "name-collision": (lambda: DynamicConv(8, 8), "dynamic_conv"),
+    "odconv-four-attentions-stride2": (lambda: OmniAttentions(8, 8, 3, stride=2), "odconv"),
+    "odconv-pointwise": (lambda: OmniAttentions(8, 6, 1), "odconv"),
+    "per-channel-channel-major-bias": (lambda: PerChannelFolded(8, 6), "dynet"),
+    "loop-einsum-static-bias": (lambda: PerSampleLoop(8, 8), "dynamic_conv"),
+    "loop-parameter-list-dilated-groups": (lambda: ParameterListLoop(8, 6), "condconv"),
+    "loop-per-channel-stride2": (lambda: PerChannelLoop(8, 8), "dynet"),
 }
 
 
@@ -174,15 +263,62 @@ def test_export_verifies_on_onnx_runtime_at_batch_3(converted):
             assert_fails(verify_onnx(model, lowered, SHAPE, [3]), "giving sample n sample n-1's attention")
 
 
-def test_a_loop_over_the_batch_stays_unknown_with_the_reason():
-    model = _net(PerSampleLoop(8, 8))
+class AttentionInTheLoop(nn.Module):
+    """A loop over the batch that computes each sample's attention inside it: no batched attention to route with."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.fc = nn.Linear(cin, experts)
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        outputs = []
+        for i in range(x.shape[0]):
+            a = torch.softmax(self.fc(x[i].mean((1, 2))), 0)
+            outputs.append(F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a, self.weight), padding=1))
+        return torch.cat(outputs)
+
+
+class BranchOnValues(PerSampleLoop):
+    """Python control flow on the input's values: no trace."""
+
+    def forward(self, x):
+        return super().forward(x) if bool(x.mean() > -100) else x
+
+
+@pytest.mark.parametrize("layer, reason", [
+    (AttentionInTheLoop, "no reading of its experts"),
+    (BranchOnValues, "torch.fx cannot trace its forward"),
+])
+def test_a_layer_the_trace_cannot_read_stays_unknown_with_the_reason(layer, reason):
+    model = _net(layer(8, 8))
     _, report = convert_model(model, random_images(SHAPE))
     assert report.converted == []
-    assert [(u.path, u.module_type) for u in report.unknown] == [("2", "PerSampleLoop")]
-    assert "torch.fx cannot trace its forward" in report.unknown[0].reason
+    assert [(u.path, u.module_type) for u in report.unknown] == [("2", layer.__name__)]
+    assert reason in report.unknown[0].reason
     assert report.summary() == "1 dynamic conv not converted: 2"
-    with pytest.raises(Exception, match=r"2 \(PerSampleLoop: not recognised from its trace: torch.fx cannot trace"):
+    with pytest.raises(Exception, match=rf"2 \({layer.__name__}: not recognised from its trace: {reason}"):
         report.raise_for_unknown()
+
+
+def test_a_router_that_keeps_the_probe_batch_is_refused():
+    class BatchScaled(PerChannelLoop):  # the attention uses the loop's batch, traced as the number 3
+        def forward(self, x):
+            n = x.shape[0]
+            eta = self.coefficients(x).view(-1, self.experts, self.cout) * (2 / n)
+            weight = (eta[..., None, None, None] * self.bases[None]).sum(1)
+            return torch.cat([F.conv2d(x[i:i + 1], weight[i], None, 2, 1) for i in range(n)])
+
+    with pytest.raises(NotRecognised, match="no reading"):  # reproduces the probe, not the second batch
+        recognise_traced(BatchScaled(8, 8).eval(), torch.zeros(SHAPE))
+
+
+def test_every_odconv_attention_is_found():
+    layer = recognise_traced(_net(OmniAttentions(8, 8, 3)).eval()[2], torch.zeros(SHAPE))
+    routing = layer.routing(random_images(SHAPE))
+    assert [f.role for f in layer.router.fields] == ["attention", "spatial", "channel", "filter"]
+    assert (routing.attention.shape, routing.spatial.shape, routing.channel.shape, routing.filter.shape) == (
+        (3, 4), (3, 3, 3), (3, 8), (3, 8))
 
 
 def test_a_layer_without_a_folded_conv_is_not_recognised():
@@ -208,3 +344,25 @@ def test_an_expert_layout_that_does_not_reproduce_the_layer_is_refused():
     module.load_state_dict(layer.state_dict())
     with pytest.raises(NotRecognised, match="no reading"):
         recognise_traced(module.eval(), torch.zeros(SHAPE))
+
+
+# The public implementations that fold the batch into groups, by their trace alone (their adapters not used),
+# with the family their math gives; OSVAI's single-kernel path has no kernel attention tensor (left to its adapter).
+PUBLIC_BY_TRACE = {"kaijieshi7_dynamic_conv": "dynamic_conv", "external_attention": "dynamic_conv",
+                   "external_attention(CondConv)": "condconv", "osvai_odconv": "odconv"}
+
+
+@pytest.mark.parametrize("case", [c for c in LAYER_CASES if c.k > 1], ids=str)
+@pytest.mark.parametrize("label", list(PUBLIC_BY_TRACE))
+def test_public_batch_folding_layers_are_recognised_by_their_trace_alone(label, case):
+    torch.manual_seed(0)
+    original = calibrated(FAMILIES[label](case))
+    layer = recognise_traced(original, torch.zeros(CASE_SHAPE))
+    assert layer.family == PUBLIC_BY_TRACE[label]
+    x = images()
+    assert_depends_on_input(original, x)
+    with torch.no_grad():
+        expected = original(x)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        with rolled_attention(layer):
+            assert not torch.allclose(layer(x), expected, rtol=1e-3, atol=1e-3), "rolled attention went unnoticed"
