@@ -38,3 +38,20 @@ def test_lowering_keeps_the_provenance(exported, strategy):
     if strategy == "static":
         expected["numerically_equivalent"] = "false"
     assert read_metadata(lowered) == expected
+
+
+def _holder(**buffers) -> torch.nn.Module:
+    module = torch.nn.Module()
+    for name, value in buffers.items():
+        module.register_buffer(name, value)
+    return module
+
+
+def test_the_source_hash_covers_each_tensors_shape_and_dtype():
+    """The same bytes under the same name are other weights when the shape or the dtype differs."""
+    values = torch.arange(6, dtype=torch.float32)
+    digest = state_dict_sha256(_holder(w=values.reshape(2, 3)))
+    assert state_dict_sha256(_holder(w=values.reshape(2, 3).clone())) == digest
+    assert state_dict_sha256(_holder(w=values.reshape(3, 2))) != digest
+    assert state_dict_sha256(_holder(w=values.reshape(2, 3).view(torch.int32))) != digest
+    assert state_dict_sha256(_holder(w=values.reshape(2, 3) + 1)) != digest

@@ -262,3 +262,64 @@ def test_a_static_batch_of_one_exports_batch_one():
     model = make_layer(FAMILIES[0], CONFIGS[0]).eval()
     proto = export_onnx(model, torch.randn(1, *input_shape(CONFIGS[0])[1:]), dynamic_batch=False)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_a_graph_of_another_opset_than_asked_is_refused(monkeypatch):
+    """The exporter's graph is checked for the opset asked for (an exporter may upgrade it on its own)."""
+    load = onnx.load_model_from_string
+
+    def upgraded(data):
+        proto = load(data)
+        next(o for o in proto.opset_import if o.domain in ("", "ai.onnx")).version += 1
+        return proto
+
+    monkeypatch.setattr(onnx, "load_model_from_string", upgraded)
+    with pytest.raises(ExportError, match=r"\(check\) failed: the exporter produced opset 20, not the requested 19"):
+        export_onnx(make_layer("condconv", CONFIGS[1]), torch.randn(2, 4, 7, 7), exporter="torchscript", opset=19)
+
+
+def _view_graph(pieces) -> onnx.ModelProto:
+    """``X [batch, 4, 6] -> Relu -> Reshape(Concat(pieces))`` as the TorchScript exporter writes views: a piece is
+    ``"n"`` (``Unsqueeze(Gather(Shape, 0))``), ``"n,4"`` (``Shape(start=0, end=2)``: two run-time sizes) or an int."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def ints(name, value):
+        return numpy_helper.from_array(np.array(value, np.int64), name)
+
+    nodes = [helper.make_node("Relu", ["X"], ["R"]), helper.make_node("Shape", ["R"], ["shape"])]
+    initializers, names = [ints("zero", 0), ints("axis0", [0])], []
+    for index, piece in enumerate(pieces):
+        if piece == "n":
+            nodes += [helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+                      helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"])]
+            names.append("n1")
+        elif piece == "n,4":
+            nodes.append(helper.make_node("Shape", ["R"], ["n4"], start=0, end=2))
+            names.append("n4")
+        else:
+            initializers.append(ints(f"piece{index}", [piece]))
+            names.append(f"piece{index}")
+    nodes += [helper.make_node("Concat", names, ["target"], axis=0),
+              helper.make_node("Reshape", ["R", "target"], ["Y"])]
+    graph = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4, 6])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("pieces, constant", [
+    (["n", 2, -1], True),  # x.view(n, 2, -1): -1 is 12, n becomes the -1
+    (["n", 0, 3, 2], False),  # 0 copies dim 1 (allowzero=0): a constant shape with allowzero=1 would not
+    (["n,4", 3, 2], False),  # the run-time piece holds two sizes: one -1 cannot stand for both
+], ids=["batch-and-fixed", "zero-copies-a-dim", "two-run-time-sizes"])
+def test_torchscript_views_become_constant_only_where_exact(pieces, constant):
+    from dyconv_deploy.export.static_shapes import optimize
+    from dyconv_deploy.runtime import load_runtime
+
+    model = _view_graph(pieces)
+    optimized = optimize(model)
+    assert ("Concat" not in [n.op_type for n in optimized.graph.node]) == constant
+    for batch in BATCHES:
+        x = np.random.default_rng(batch).standard_normal((batch, 4, 6)).astype(np.float32)
+        expected = load_runtime(model, "ort-cpu").run({"X": x})["Y"]
+        actual = load_runtime(optimized, "ort-cpu").run({"X": x})["Y"]
+        assert actual.shape == expected.shape and np.array_equal(actual, expected), batch
