@@ -31,10 +31,12 @@ def node_graph(x=("N", 4, 8, 8), a=("N", 4), w=W, b=(4, 8), s=None, group=2) -> 
     ({"a": ("N", 4, 2, 2)}, r"A has rank 4 .*expected 2 or 3"),
     ({"b": (4, 7)}, r"B is \[4, 7\] but W .* needs \[4, 8\]"),
     ({"s": ("N", 3, 5)}, r"S is \[N, 3, 5\] but W .* needs \[N, 3, 3\]"),
+    ({"w": (4, 8, 2, 3, 5), "s": ("N", 5, 3)}, r"S is \[N, 5, 3\] but W \[4, 8, 2, 3, 5\] needs \[N, 3, 5\]"),
     ({"x": ("N", 6, 8, 8)}, r"X is \[N, 6, 8, 8\] but W .* with group 2 needs C = 4"),
     ({"group": 3, "x": ("N", 6, 8, 8)}, r"W .* has M = 8 output channels, not divisible by group 3"),
     ({"w": (4, 8, 2, 3)}, r"W has rank 4 .*expected 5"),
-], ids=["attention-K", "attention-M", "attention-rank", "bias", "spatial", "channels", "groups", "weight-rank"])
+], ids=["attention-K", "attention-M", "attention-rank", "bias", "spatial", "spatial-transposed", "channels", "groups",
+        "weight-rank"])
 def test_a_broken_node_is_named_with_its_problem(shapes, problem):
     with pytest.raises(DyconvError, match=rf"node conv breaks the dyconv::DynamicConv2d contract: {problem}"):
         check_contract_shapes(node_graph(**shapes))
@@ -42,4 +44,5 @@ def test_a_broken_node_is_named_with_its_problem(shapes, problem):
 
 def test_a_node_that_keeps_the_contract_passes():
     check_contract_shapes(node_graph(s=("N", 3, 3)))
+    check_contract_shapes(node_graph(w=(4, 8, 2, 3, 5), s=("N", 3, 5)))  # S is [N, kH, kW]: W's kernel, in order
     check_contract_shapes(node_graph(a=("N", 4, 8), b=None))
