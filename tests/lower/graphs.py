@@ -148,6 +148,19 @@ def _constant(values, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
+def as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a float32 graph in float16: initializers, graph inputs and outputs (no value_info kept)."""
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for tensor in half.graph.initializer:
+        if tensor.data_type == TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for value in [*half.graph.input, *half.graph.output]:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del half.graph.value_info[:]
+    return half
+
+
 def random_feeds(model: onnx.ModelProto, batch: int, seed: int = 1) -> dict:
     """Random float32 values for every graph input, with ``batch`` for the symbolic dims."""
     rng = np.random.default_rng(seed)

@@ -33,3 +33,18 @@ def test_static_batch_must_agree_with_a_fixed_batch():
     fixed = with_static_batch(contract_model(NODES[0]), 2, "grouped")
     with pytest.raises(DyconvError, match="fixed batch 2, not 4"):
         lower_grouped(fixed, static_batch=4)
+
+
+def test_static_batch_fixes_the_outputs_that_share_the_batch_symbol():
+    from onnx import TensorProto, helper
+
+    model = contract_model(NODES[2])
+    model.graph.output.append(helper.make_tensor_value_info("A", TensorProto.FLOAT, ["other", NODES[2].experts]))
+    fixed = with_static_batch(model, 3, "grouped")
+
+    def batches(values):
+        return [v.type.tensor_type.shape.dim[0].dim_value or v.type.tensor_type.shape.dim[0].dim_param for v in values]
+
+    assert batches(fixed.graph.input) == [3, 3]
+    assert batches(fixed.graph.output) == [3, "other"]  # another symbol is not the batch
+    assert batches(model.graph.output) == ["batch", "other"]  # a copy: the model is not modified

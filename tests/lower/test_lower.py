@@ -5,10 +5,13 @@ layer's attention varies across the batch and each strategy's output fails again
 attention rolled along the batch (:mod:`guards`).
 """
 
+import numpy as np
 import pytest
 import torch
-from graphs import assert_matches, op_types, run_onnxruntime, run_reference
+from graphs import NODES, as_float16, assert_matches, contract_model, op_types, random_feeds, run_onnxruntime, \
+    run_reference
 from guards import assert_attention_varies, assert_depends_on_input, assert_fails, rolled_attention
+from onnx import TensorProto
 from torch import nn
 
 from dyconv_deploy.errors import DyconvError
@@ -74,3 +77,21 @@ def test_static_removes_every_dynamic_part(exported):
 def test_unknown_strategy_lists_the_known_ones(exported):
     with pytest.raises(DyconvError, match="unknown lowering strategy 'fast'; choose one of: " + ", ".join(STRATEGIES)):
         lower(exported[0], "fast")
+
+
+@pytest.mark.parametrize("node", [NODES[3], NODES[5], NODES[9]], ids=str)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_float16_graph_lowers_to_float16_ops(node, strategy):
+    """Every constant a pass adds (kernels, biases, folded BatchNorm, unfold taps, zero bias) is in W's dtype,
+    and the exact strategies still match the contract's reference (fp16 tolerance, at a batch of 3)."""
+    model = as_float16(contract_model(node, affine="bn"))
+    lowered = lower(model, strategy, static_batch=BATCH if strategy == "grouped" else None)
+    floats = {t.name: t.data_type for t in lowered.graph.initializer
+              if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)}
+    assert floats and set(floats.values()) == {TensorProto.FLOAT16}, floats
+    feeds = {name: value.astype(np.float16) for name, value in random_feeds(model, BATCH).items()}
+    outputs = (run_reference if strategy == "plugin" else run_onnxruntime)(lowered, feeds)
+    assert outputs[0].dtype == np.float16 and outputs[0].shape[0] == BATCH
+    if strategy != "static":
+        result = compare(outputs[0], run_reference(model, feeds)[0], TOLERANCES["fp16"])
+        assert result.passed, str(result)

@@ -123,3 +123,14 @@ def test_layer_graph_of_every_contract_geometry(node):
 
 def _contract_nodes(model) -> list:
     return [node for node in model.graph.node if node.op_type == OP_TYPE and node.domain == DOMAIN]
+
+
+def test_layers_that_differ_only_in_the_bias_get_their_own_layer_graph():
+    """A bias-free layer timed with another layer's bias would time the wrong graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(DynamicConv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          DynamicConv2d(8, 8, 3, padding=1, bias=False)).eval()
+    graphs = layer_graphs(export_onnx(model, random_images(SHAPE)))
+    assert [(len(g.layers), g.geometry["bias"]) for g in graphs] == [(1, True), (1, False)]
+    assert [len(g.model.graph.node[0].input) > 3 and g.model.graph.node[0].input[3] != "" for g in graphs] \
+        == [True, False]
