@@ -11,7 +11,8 @@ from dyconv_deploy.runtime import load_runtime
 from dyconv_deploy.runtime.ort_custom_op import to_onnxruntime
 from dyconv_deploy.tolerance import TOLERANCES, compare
 
-# name, kernel, stride, padding (t, l, b, r), dilation, groups, C, M, bias, rank-3 attention (DyNet), spatial (ODConv)
+# name, kernel, stride (one int, or (sH, sW)), padding (t, l, b, r), dilation, groups, C, M, bias,
+# rank-3 attention (DyNet), spatial (ODConv)
 CASES = [
     ("pointwise", 1, 1, (0, 0, 0, 0), 1, 1, 8, 6, True, False, False),
     ("pointwise-stride2-groups2-nobias", 1, 2, (0, 0, 0, 0), 1, 2, 8, 6, False, False, False),
@@ -21,8 +22,13 @@ CASES = [
     ("3x3-stride2-asymmetric", 3, 2, (0, 1, 2, 1), 1, 1, 4, 6, True, False, False),
     ("5x5-dilation2-groups2-dynet", 5, 1, (4, 4, 4, 4), 2, 2, 4, 6, True, True, False),
     ("3x3-depthwise-spatial", 3, 1, (1, 1, 1, 1), 1, 6, 6, 6, False, False, True),
+    ("pointwise-stride1x2", 1, (1, 2), (0, 0, 0, 0), 1, 1, 8, 6, True, False, False),
 ]
 K, SIZE = 3, 7
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, tuple) else (value, value)
 
 
 def _case_model(kernel, stride, padding, dilation, groups, c, m, bias, rank3, spatial, rng):
@@ -33,7 +39,7 @@ def _case_model(kernel, stride, padding, dilation, groups, c, m, bias, rank3, sp
     if spatial:
         inputs.append(helper.make_tensor_value_info("S", TensorProto.FLOAT, ["N", kernel, kernel]))
     node = helper.make_node(OP_TYPE, ["X", "A", "W", "B" if bias else "", "S" if spatial else ""], ["Y"],
-                            domain=DOMAIN, strides=[stride] * 2, pads=list(padding), dilations=[dilation] * 2,
+                            domain=DOMAIN, strides=list(_pair(stride)), pads=list(padding), dilations=[dilation] * 2,
                             group=groups)
     graph = helper.make_graph([node], "contract", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
                                                                                          None)],
@@ -57,7 +63,7 @@ def test_expansion_matches_the_reference_op(case, batch):
     expected = dynamic_conv2d_reference(
         torch.from_numpy(feeds["X"]), torch.from_numpy(feeds["A"]), torch.from_numpy(weight),
         None if biases is None else torch.from_numpy(biases),
-        torch.from_numpy(feeds["S"]) if spatial else None, stride=(stride,) * 2, padding=padding,
+        torch.from_numpy(feeds["S"]) if spatial else None, stride=_pair(stride), padding=padding,
         dilation=(dilation,) * 2, groups=groups)
     result = compare(load_runtime(model, "ort-cpu").run(feeds)["Y"], expected, TOLERANCES["fp32"])
     assert result.passed, f"{name}@{batch}: {result}"

@@ -79,6 +79,41 @@ def test_specs_describe_dynamic_dimensions(tmp_path):
     assert str(spec) == "input[batchx3x6x6]:float32"
 
 
+def _two_outputs() -> onnx.ModelProto:
+    """``pooled = mean over H, W`` ``[N, C]`` and ``scaled = 2 x`` ``[N, C, H, W]``, in that order."""
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[2, 3], keepdims=0),
+                               helper.make_node("Mul", ["x", "two"], ["scaled"])], "two", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, SIZE, SIZE])], [
+        helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["N", C]),
+        helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["N", C, SIZE, SIZE])],
+        [numpy_helper.from_array(np.array(2, np.float32), "two")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("backend", ["reference", "ort-cpu"])
+def test_each_output_comes_back_under_its_own_name(backend):
+    x = np.random.default_rng(0).standard_normal((3, C, SIZE, SIZE)).astype(np.float32)
+    with load_runtime(_two_outputs(), backend) as runtime:
+        outputs = runtime.run({"x": x})
+        assert [spec.name for spec in runtime.output_specs] == ["pooled", "scaled"]
+    assert list(outputs) == ["pooled", "scaled"]
+    np.testing.assert_allclose(outputs["pooled"], x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["scaled"], 2 * x, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("threads, spinning", [(1, False), (2, True)])
+def test_onnxruntime_sessions_take_the_threads_and_spinning_asked_for(threads, spinning):
+    """``bench`` interleaves sessions with one thread each and spinning off; the session must have them."""
+    runtime = load_runtime(_export(_conv_net()), "ort-cpu", threads=threads, spinning=spinning).load()
+    options = runtime._session.get_session_options()
+    assert options.intra_op_num_threads == threads
+    if spinning:  # ONNX Runtime's default (spinning on): no entry at all
+        with pytest.raises(Exception, match="does not have configuration with key"):
+            options.get_session_config_entry("session.intra_op.allow_spinning")
+    else:
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(DyconvError, match="valid backends: " + ", ".join(BACKENDS)):
         load_runtime("model.onnx", "tensorflow")
