@@ -207,3 +207,24 @@ def test_the_blog_post_temperature_is_kept():
     with torch.no_grad():
         assert compare(converted(x), layer(x), TOLERANCES["fp32"]).passed
         assert converted.routing(x).attention.max() > 0.5  # sharp: the temperature matters here
+
+
+class ByNameAdapter(Adapter):
+    """Claims every module named like a canonical layer (a foreign DyReLU or DynamicConv2d would share the name)."""
+
+    family = "by_name"
+
+    def matches(self, module, parent):
+        return type(module).__name__ in ("DynamicConv2d", "DyReLU")
+
+    def to_canonical(self, module, parent):
+        raise AssertionError(f"a canonical {type(module).__name__} was offered to an adapter")
+
+
+def test_canonical_layers_are_never_offered_to_an_adapter():
+    from dyconv_deploy.nn import DynamicConv2d, DyReLU
+
+    model = nn.Sequential(DynamicConv2d(4, 4, 3, padding=1), DyReLU(4), nn.Sequential(DyReLU(4, mode="A")))
+    converted, report = convert_model(model, torch.randn(2, 4, 6, 6), adapters=[ByNameAdapter()])
+    assert report.converted == [] and report.unknown == []
+    assert [type(m) for m in converted.modules()] == [type(m) for m in model.modules()]
