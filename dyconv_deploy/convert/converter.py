@@ -145,8 +145,8 @@ def _put(model: nn.Module, path: str, family: str, original: nn.Module, canonica
          tolerance: Tolerance, report: ConversionReport) -> nn.Module:
     """Check ``canonical`` against ``original`` (the module at ``path``), put it in its place and report it;
     returns the model (``canonical`` itself when ``path`` is the root)."""
-    if isinstance(canonical, DynamicConvBase):
-        canonical.source = family  # inspect shows it beside the layer's own family (its math)
+    for layer in _dynamic_layers(canonical):  # the layer, or the one in a traced block
+        layer.source = family  # inspect shows it beside the layer's own family (its math)
     error = _check(path, family, original, canonical, spec, tolerance)
     if path == ROOT:
         model = canonical
@@ -250,8 +250,11 @@ def _check(path: str, family: str, original: nn.Module, canonical: nn.Module, sp
     return comparison.max_abs
 
 
+def _dynamic_layers(module: nn.Module) -> list[DynamicConvBase]:
+    return [m for m in module.modules() if isinstance(m, DynamicConvBase)]
+
+
 def _num_kernels(module: nn.Module) -> Optional[int]:
-    """K: experts of a dynamic conv, linear pieces of a DyReLU."""
-    if isinstance(module, DynamicConvBase):
-        return module.num_kernels
-    return getattr(module, "k", None)
+    """K: experts of a dynamic conv (the one in a traced block), linear pieces of a DyReLU."""
+    layers = _dynamic_layers(module)
+    return layers[0].num_kernels if layers else getattr(module, "k", None)

