@@ -43,7 +43,7 @@ from dyconv_deploy.ops import DOMAIN, OP_TYPE, OP_VERSION
 from dyconv_deploy.ops.reference import per_sample_dynamic_conv2d
 from dyconv_deploy.runtime import load_runtime
 from dyconv_deploy.runtime.openvino_extension import LIBRARY_ENV, extension_library
-from dyconv_deploy.runtime.openvino_runtime import OpenVinoRuntime
+from dyconv_deploy.runtime.openvino_runtime import MIX_OP, OpenVinoRuntime
 from dyconv_deploy.samples import create_sample, default_input_shape, list_samples
 from dyconv_deploy.tolerance import TOLERANCES, compare
 from dyconv_deploy.verify import verify_onnx
@@ -370,6 +370,55 @@ def test_attention_with_the_wrong_number_of_experts_is_a_clear_error(extension):
 def test_a_group_that_does_not_divide_the_output_channels_is_a_clear_error(extension):
     with pytest.raises(DyconvError, match="group 4 does not divide the 6 output channels"):
         OpenVinoRuntime(_bad_graph(c=8, group=4), extension=extension).load()
+
+
+def test_a_result_outlives_the_next_run_and_threads_reach_the_compiled_model(extension):
+    """Outputs are the caller's arrays: the next run at the same shapes (the same infer request) leaves an
+    earlier result as it was; ``threads`` is the compiled model's thread count."""
+    config = CONFIGS[2]  # 3x3
+    weight, bias, feeds = layer_case(config)
+    batch = BATCHES[-1]
+    other = {name: np.ascontiguousarray(value[::-1]) for name, value in feeds[batch].items()}  # samples reversed
+    with OpenVinoRuntime(contract_graph(config, weight, bias), extension=extension, threads=1) as runtime:
+        first = runtime.run(feeds[batch])["Y"]
+        kept = first.copy()
+        second = runtime.run(other)["Y"]
+        (request,) = runtime._compiled.values()
+        assert request.get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
+    assert not np.allclose(second, kept)  # the second run computed something else
+    np.testing.assert_array_equal(first, kept)
+    result = compare(first, reference(config, feeds[batch], weight, bias), TOLERANCES["fp32"])
+    assert result.passed, str(result)
+
+
+def test_the_profile_reads_the_last_run_and_only_nodes_that_ran(extension):
+    config = CONFIGS[2]
+    weight, bias, feeds = layer_case(config)
+    with OpenVinoRuntime(contract_graph(config, weight, bias), extension=extension, profile=True) as runtime:
+        runtime.run(feeds[BATCHES[-1]])
+        profile = runtime.profile(feeds[BATCHES[-1]])
+    types = [node_type for _, node_type, _ in profile]
+    assert any(MIX_OP in name for name, _, _ in profile)  # the extension's kernel mixing, an op of its own
+    assert not {"Parameter", "Result"} & set(types)  # graph inputs and outputs never run
+    assert all(ms >= 0 for _, _, ms in profile) and sum(ms for _, _, ms in profile) > 0
+
+
+def test_bf16_experts_round_ties_to_even_and_keep_a_nan(extension):
+    """Experts exactly half-way between two bf16 values go to the even one (as torch rounds), and a NaN whose
+    payload lies in the dropped low bits stays a NaN (not an infinity). X is all ones times the sample number:
+    output channel 0 is the sum of the stored row, channel 1 holds the NaN."""
+    config = LayerConfig("pointwise-ties", c=4, m=2, experts=1, kernel=1, h=2, w=2, bias=False)
+    ties = [1 + 2**-8, 1 + 3 * 2**-8, 2 + 2**-7, 1.0]  # -> 1, 1 + 2**-6 (even), 2, 1; ties up: 5.0390625
+    nan = np.array([0x7F800001], np.uint32).view(np.float32)[0]  # the top 16 bits alone are +inf
+    weight = np.array([ties, [nan, 1.0, 1.0, 1.0]], np.float32).reshape(1, 2, 4, 1, 1)
+    with OpenVinoRuntime(contract_graph(config, weight, None), extension=extension, expert_dtype="bf16") as runtime:
+        scale = np.arange(1, 4, dtype=np.float32)[:, None, None, None]  # a batch of 3 samples that differ
+        feeds = {"X": np.ones((3, 4, 2, 2), np.float32) * scale, "A": np.ones((3, 1), np.float32)}
+        actual = runtime.run(feeds)["Y"]
+    expected = reference(config, feeds, rounded(weight, "bf16"), None)
+    np.testing.assert_array_equal(actual[:, 0], np.broadcast_to(5.015625 * scale[:, 0], (3, 2, 2)))
+    np.testing.assert_array_equal(actual[:, 0], expected[:, 0])
+    assert np.isnan(actual[:, 1]).all() and np.isnan(expected[:, 1]).all()
 
 
 @pytest.mark.parametrize("option, value", [("precision", "fp64"), ("precision", "f16"), ("expert_dtype", "int8")])
