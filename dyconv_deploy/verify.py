@@ -91,13 +91,13 @@ def verify_onnx(model: nn.Module, source: onnx.ModelProto | str | os.PathLike | 
             expected = _flatten(model(x))
         actual = runtime.run({name: x.numpy()})
         if len(actual) != len(expected):
-            raise DyconvError(f"the {runtime.backend} model has {len(actual)} outputs but the PyTorch model returns "
-                              f"{len(expected)}: is MODEL the network the file was made from?")
+            raise DyconvError(f"the ONNX file (on {runtime.backend}) has {len(actual)} outputs but the PyTorch model "
+                              f"returns {len(expected)}: is MODEL the network the file was made from?")
         for (output, value), reference in zip(actual.items(), expected):
             if tuple(np.shape(value)) != tuple(reference.shape):
                 raise DyconvError(f"output {output!r} at batch {batch} has shape {list(np.shape(value))} in the "
-                                  f"{runtime.backend} model but {list(reference.shape)} in PyTorch: is MODEL the "
-                                  "network the file was made from?")
+                                  f"ONNX file (on {runtime.backend}) but {list(reference.shape)} in the PyTorch "
+                                  "model: is MODEL the network the file was made from?")
             comparisons.append(compare(np.asarray(value), reference, tolerance, f"{output}@batch{batch}"))
         check_numerics(graph, {name: x.numpy()}, actual, expected, batch)
     return comparisons

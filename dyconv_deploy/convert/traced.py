@@ -31,6 +31,8 @@ random input. The family follows the math found: ``odconv`` with any of the thre
 else ``condconv``. Attentions computed inside a loop over the batch are not recognised.
 """
 
+import contextlib
+import io
 import itertools
 import math
 import operator
@@ -45,6 +47,7 @@ from dyconv_deploy.convert.routed import RoutedConv2d
 from dyconv_deploy.nn import Routing
 
 FAMILY = "traced"
+GUESSED_RANKS = (4, 5, 3, 6)  # ranks tried for a tensor whose shape is star-unpacked without saying its length
 PROBE_BATCH = 3  # the probe's batch: > 1, so that the batch folded into conv groups can be told apart
 CHECK_BATCH = 5  # a second batch the canonical layer must reproduce: no probe batch baked into its router
 _CONV_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -90,22 +93,31 @@ class TracedRouting(nn.Module):
 
 class _ShapeTracer(fx.Tracer):
     """``torch.fx``'s tracer (parameter shapes as numbers, so ``*self.weight.shape[-2:]`` traces) that also
-    unpacks slices of a traced tensor's shape, ``*y.shape[-2:]`` or ``*x.size()[2:]``, taking the tensor as
-    4-D where the slice does not say its length (a wrong guess fails the probe, not the conversion).
+    unpacks slices of a traced tensor's shape, ``*y.shape[-2:]`` or ``*x.size()[2:]``: the input is 4-D, any
+    other tensor is taken as ``rank``-D where the slice does not say its length (``guessed`` says whether it
+    was; a wrong guess fails the probe or the readings, and :func:`recognise_traced` tries the next rank).
 
     With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
     number, so a Python loop over the batch is unrolled into one branch per sample.
     """
 
-    def __init__(self, batch: Optional[int] = None):
+    def __init__(self, batch: Optional[int] = None, rank: int = 4):
         super().__init__(param_shapes_constant=True)
         self.batch = batch
+        self.rank = rank
+        self.guessed = False
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ShapeProxy(node, self)
 
+    def shape_length(self, node: fx.Node) -> Optional[int]:
+        """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds, None if it is not one."""
+        length = _shape_length(node, self.rank)
+        self.guessed |= length is not None and _shaped_tensor(node).op != "placeholder"
+        return length
+
     def iter(self, obj: fx.Proxy):
-        length = _shape_length(obj.node)
+        length = self.shape_length(obj.node)
         if length is None:
             return super().iter(obj)
         return iter([obj[i] for i in range(length)])
@@ -122,7 +134,7 @@ class _ShapeProxy(fx.Proxy):
     the traced batch for a tensor."""
 
     def __len__(self):
-        length = _shape_length(self.node)
+        length = self.tracer.shape_length(self.node)
         if length is None and self.tracer.batch is not None:
             return self.tracer.batch
         return super().__len__() if length is None else length
@@ -133,10 +145,18 @@ def _is_shape(node: fx.Node) -> bool:
         node.op == "call_method" and node.target == "size" and len(node.args) == 1)
 
 
-def _shape_length(node: fx.Node, rank: int = 4) -> Optional[int]:
-    """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds, None if it is not one."""
+def _shaped_tensor(node: fx.Node) -> fx.Node:
+    """The tensor whose shape a shape node (or a slice of one) reads."""
+    while not _is_shape(node):
+        node = node.args[0]
+    return node.args[0]
+
+
+def _shape_length(node: fx.Node, rank: int) -> Optional[int]:
+    """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds (the input's 4, another tensor's
+    ``rank``), None if it is not one."""
     if _is_shape(node):
-        return rank
+        return 4 if node.args[0].op == "placeholder" else rank
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], slice):
         inner = node.args[0]
         length = _shape_length(inner, rank) if isinstance(inner, fx.Node) else None
@@ -190,7 +210,19 @@ def recognise_traced(module: nn.Module, x: Tensor) -> nn.Module:
     Raises:
         NotRecognised: naming what is missing (the converter reports the layer as unknown with it).
     """
-    graph_module = _trace(module)
+    first_failure = None
+    for rank in GUESSED_RANKS:
+        tracers = [_ShapeTracer(batch, rank) for batch in (None, PROBE_BATCH)]
+        try:
+            return _recognise(module, _trace(module, tracers), x)
+        except NotRecognised as exc:
+            first_failure = first_failure or exc
+            if not any(t.guessed for t in tracers):  # another rank would trace the same graph
+                break
+    raise first_failure
+
+
+def _recognise(module: nn.Module, graph_module: fx.GraphModule, x: Tensor) -> nn.Module:
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise NotRecognised(f"its forward takes {len(placeholders)} arguments, not one input")
@@ -225,18 +257,19 @@ def _readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, fr
                 yield _routed(router, weight, bias, output_bias, conv, values)
 
 
-def _trace(module: nn.Module) -> fx.GraphModule:
-    """The layer's graph: traced for any batch, else with the batch size as a number (a loop over it unrolled)."""
-    try:
-        return fx.GraphModule(module, _ShapeTracer().trace(module))
-    except Exception as exc:  # Python control flow on the input: a loop over the batch, ...
-        failure = exc
-    try:
-        return fx.GraphModule(module, _ShapeTracer(batch=PROBE_BATCH).trace(module))
-    except Exception:
-        raise NotRecognised(f"torch.fx cannot trace its forward, even with the batch size as a number: Python "
-                            f"control flow on the input's values, or a loop over its samples? "
-                            f"({type(failure).__name__}: {_first_line(failure)})") from failure
+def _trace(module: nn.Module, tracers: list[_ShapeTracer]) -> fx.GraphModule:
+    """The layer's graph by the first of ``tracers`` that traces it: for any batch, else with the batch size as
+    a number (a loop over it unrolled)."""
+    failures = []
+    for tracer in tracers:
+        try:
+            return fx.GraphModule(module, tracer.trace(module))
+        except Exception as exc:  # Python control flow on the input: a loop over the batch, ...
+            failures.append(exc)
+    failure = failures[0]
+    raise NotRecognised(f"torch.fx cannot trace its forward, even with the batch size as a number: Python control "
+                        f"flow on the input's values, or a loop over its samples? "
+                        f"({type(failure).__name__}: {_first_line(failure)})") from failure
 
 
 def _first_line(exc: Exception) -> str:
@@ -308,9 +341,11 @@ def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set) -
         kernel_shape, groups = (weight.shape[0] // PROBE_BATCH, *weight.shape[1:]), groups // PROBE_BATCH
     elif len(calls) == PROBE_BATCH:
         geometry = {(c["weight"].shape, str(c["stride"]), str(c["padding"]), str(c["dilation"]), int(c["groups"]),
-                     c["input"].shape[0]) for c in calls}
-        if len(geometry) != 1 or calls[0]["input"].shape[0] != 1:
-            raise NotRecognised("its convs in a loop over the batch differ in geometry or take more than one sample")
+                     c["input"].shape) for c in calls}
+        one_sample = calls[0]["input"].dim() == 3 or calls[0]["input"].shape[0] == 1  # [C, H, W] or [1, C, H, W]
+        if len(geometry) != 1 or not one_sample:
+            raise NotRecognised(f"its {len(calls)} convs in a loop over the batch differ in geometry or do not take "
+                                f"one sample each (inputs {sorted({tuple(c['input'].shape) for c in calls})})")
         kernel_shape, groups = tuple(calls[0]["weight"].shape), int(calls[0]["groups"])
     else:
         raise NotRecognised(f"its trace has {len(calls)} conv2d calls on an input-dependent weight at batch "
@@ -344,7 +379,7 @@ def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: d
                 mixed = _mix(attention.read(values[attention.node]), weight)
                 others = [n for n in batched if n is not attention.node]
                 for factors in _weight_factors(others, values, conv):
-                    if _close(_scaled(mixed, factors, values), kernels):
+                    if _close(_scaled(mixed, factors, values, conv.groups), kernels):
                         yield weight, (attention, *factors)
 
 
@@ -359,11 +394,17 @@ def _expert_candidates(upstream: list, values: dict, from_input: set, per_sample
         if value.numel() % per_sample == 0 and key not in seen:
             seen.add(key)
             yield [node], value
-    order = {n: i for i, n in enumerate(upstream[0].graph.nodes)} if upstream else {}
-    singles = sorted((n for n in constants if n.op == "get_attr" and values[n].numel() == per_sample),
-                     key=order.__getitem__)
+    singles = _in_graph_order([n for n in constants if n.op == "get_attr" and values[n].numel() == per_sample])
     if len(singles) > 1:
         yield singles, torch.stack([values[n].reshape(-1) for n in singles])
+
+
+def _in_graph_order(nodes: list) -> list:
+    """``nodes`` (of one graph) in the order the trace made them: parameters in the order the forward uses them."""
+    if not nodes:
+        return []
+    order = {n: i for i, n in enumerate(nodes[0].graph.nodes)}
+    return sorted(nodes, key=order.__getitem__)
 
 
 def _expert_layouts(experts: Tensor, num_kernels: int, kernel_shape: tuple):
@@ -395,12 +436,10 @@ def _mix(attention: Tensor, weight: Tensor) -> Tensor:
 
 def _weight_factors(batched: list, values: dict, conv: _DynamicConv) -> Iterator[tuple[_Field, ...]]:
     """Choices of ODConv factors multiplied into the kernels, none first: spatial ``[N, kH, kW]``, input
-    channel ``[N, C]`` (one group only: a per-sample kernel's channels are then the input's) and filter ``[N, M]``
+    channel ``[N, C]`` (group g's kernels scaled by its C/G channels, as the input's would be) and filter ``[N, M]``
     (a 1x1 kernel's spatial factor is a number per sample)."""
     m, c_per_group, kh, kw = conv.kernel_shape
-    shapes = {"spatial": (kh, kw), "filter": (m,)}
-    if conv.groups == 1:
-        shapes["channel"] = (c_per_group,)
+    shapes = {"spatial": (kh, kw), "filter": (m,), "channel": (c_per_group * conv.groups,)}
     options = []
     for role, shape in shapes.items():
         found = [_Field(role, n, shape) for n in batched if values[n].numel() == PROBE_BATCH * math.prod(shape)]
@@ -409,12 +448,19 @@ def _weight_factors(batched: list, values: dict, conv: _DynamicConv) -> Iterator
         yield tuple(f for f in choice if f is not None)
 
 
-def _scaled(kernels: Tensor, factors: tuple[_Field, ...], values: dict) -> Tensor:
-    """``kernels [N, M, C/G, kH, kW]`` times each factor, broadcast along its axes."""
-    axes = {"spatial": (slice(None), None, None), "channel": (slice(None), None, slice(None), None, None),
-            "filter": (slice(None), slice(None), None, None, None)}
+def _scaled(kernels: Tensor, factors: tuple[_Field, ...], values: dict, groups: int) -> Tensor:
+    """``kernels [N, M, C/G, kH, kW]`` times each factor, broadcast along its axes (the channel factor ``[N, C]``
+    by group: group g's M/G kernels times its C/G channels)."""
+    n, m, c_per_group, kh, kw = kernels.shape
     for factor in factors:
-        kernels = kernels * factor.read(values[factor.node])[axes[factor.role]]
+        field = factor.read(values[factor.node])
+        if factor.role == "spatial":
+            kernels = kernels * field[:, None, None]
+        elif factor.role == "filter":
+            kernels = kernels * field[:, :, None, None, None]
+        else:
+            grouped = kernels.reshape(n, groups, m // groups, c_per_group, kh, kw)
+            kernels = (grouped * field.reshape(n, groups, 1, c_per_group, 1, 1)).reshape(kernels.shape)
     return kernels
 
 
@@ -475,12 +521,16 @@ def _bias_readings(conv: _DynamicConv, values: dict, from_input: set, num_kernel
         return
     if torch.equal(biases, biases[:1].expand_as(biases)):
         yield None, biases[0]
-    for node in _upstream([b for b in conv.biases]):  # parameters mixed into the bias: [K, M] in some layout
-        value = values.get(node)
-        if node not in from_input and isinstance(value, Tensor) and value.numel() == num_kernels * conv.out_channels:
+    constants = [n for n in _upstream(list(conv.biases)) if n not in from_input and isinstance(values.get(n), Tensor)]
+    for node in constants:  # parameters mixed into the bias: [K, M] in some layout
+        value = values[node]
+        if value.numel() == num_kernels * conv.out_channels:
             for axis, size in enumerate(value.shape):
                 if size == num_kernels:
                     yield value.movedim(axis, 0).reshape(num_kernels, conv.out_channels), None
+    singles = _in_graph_order([n for n in constants if n.op == "get_attr" and values[n].numel() == conv.out_channels])
+    if len(singles) == num_kernels > 1:  # K parameters of one bias each
+        yield torch.stack([values[n].reshape(-1) for n in singles]), None
 
 
 def _family(fields: tuple[_Field, ...], values: dict) -> str:
@@ -503,11 +553,9 @@ def _routed(router: TracedRouting, weight: Tensor, bias: Optional[Tensor], outpu
 def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, layer: RoutedConv2d,
             probe: Tensor) -> Iterator[fx.GraphModule]:
     """The block with ``layer`` in place of each node after the conv whose probe value it gives."""
-    with torch.no_grad():
-        try:
-            output = layer(probe)
-        except Exception:
-            return
+    output = _output(layer, probe)
+    if output is None:
+        return
     after_conv = _downstream(graph_module, conv.calls)
     for node in graph_module.graph.nodes:
         if node in after_conv and node.op != "output" and isinstance(values.get(node), Tensor) and _close(
@@ -532,10 +580,15 @@ def _block(graph_module: fx.GraphModule, replaced: fx.Node, layer: RoutedConv2d)
     return fx.GraphModule(graph_module, graph, class_name="TracedBlock")  # only what is left is copied
 
 
-def _reproduces(layer: nn.Module, images: Tensor, expected) -> bool:
-    with torch.no_grad():
+def _output(layer: nn.Module, images: Tensor) -> Optional[Tensor]:
+    """``layer(images)``, or None where a reading's shapes do not fit (not this reading)."""
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # fx prints a failing call's traceback
         try:
-            actual = layer(images)
-        except Exception:  # a reading whose shapes do not fit: not this one
-            return False
-    return isinstance(expected, Tensor) and _close(actual, expected)
+            return layer(images)
+        except Exception:
+            return None
+
+
+def _reproduces(layer: nn.Module, images: Tensor, expected) -> bool:
+    actual = _output(layer, images)
+    return actual is not None and isinstance(expected, Tensor) and _close(actual, expected)

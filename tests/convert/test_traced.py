@@ -198,6 +198,49 @@ class PerChannelLoop(nn.Module):
         return torch.cat([F.conv2d(x[i:i + 1], weight[i], None, 2, 1) for i in range(len(x))])
 
 
+class StackedListUnbatchedLoop(nn.Module):
+    """Experts and biases in ``ParameterList``s: kernels ``torch.stack``-ed, mixed by matmul and reshaped with
+    ``view(n, *W.shape[1:])`` (a 5-D shape the trace must guess), biases mixed by a Python sum; one conv per
+    unbatched sample ``x[i] [C, H, W]``, stacked."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.experts = nn.ParameterList([nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.3) for _ in range(experts)])
+        self.biases = nn.ParameterList([nn.Parameter(torch.randn(cout) * 0.5) for _ in range(experts)])
+        self.gate = nn.Linear(cin, experts)
+
+    def forward(self, x):
+        n = x.size(0)
+        a = torch.softmax(self.gate(x.mean((2, 3))), -1)
+        stacked = torch.stack(list(self.experts))
+        kernels = (a @ stacked.view(len(self.experts), -1)).view(n, *stacked.shape[1:])
+        biases = sum(a[:, k, None] * self.biases[k] for k in range(len(self.biases)))
+        return torch.stack([F.conv2d(x[i], kernels[i], biases[i], 1, 1) for i in range(n)])
+
+
+class GroupedOmniInKernel(nn.Module):
+    """ODConv with two groups and all four attentions multiplied into the kernel (the channel one by group)."""
+
+    def __init__(self, cin, cout, experts=4, groups=2):
+        super().__init__()
+        self.cout, self.groups = cout, groups
+        self.hidden = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 16), nn.ReLU())
+        self.heads = nn.ModuleList([nn.Linear(16, n) for n in (experts, 9, cin, cout)])
+        self.kernels = nn.Parameter(torch.randn(experts, cout, cin // groups, 3, 3) * 0.3)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        z = self.hidden(x)
+        kernel, spatial, channel, filters = (head(z) for head in self.heads)
+        weight = torch.einsum("nk,kmcij->nmcij", torch.softmax(kernel, 1), self.kernels)
+        weight = weight * torch.sigmoid(spatial).view(n, 1, 1, 3, 3) * torch.sigmoid(filters).view(n, -1, 1, 1, 1)
+        grouped = weight.view(n, self.groups, self.cout // self.groups, c // self.groups, 3, 3)
+        weight = grouped * torch.sigmoid(channel).view(n, self.groups, 1, c // self.groups, 1, 1)
+        y = F.conv2d(x.reshape(1, n * c, h, w), weight.reshape(-1, c // self.groups, 3, 3), None, 1, "same", 1,
+                     n * self.groups)
+        return y.view(n, self.cout, h, w)
+
+
 class DynamicConvBNReLU(nn.Module):
     """A block that goes on after its dynamic conv: BatchNorm, ReLU, and a residual sum with its input."""
 
@@ -235,6 +278,8 @@ LAYERS = {
     "loop-parameter-list-dilated-groups": (lambda: ParameterListLoop(8, 6), "condconv"),
     "loop-per-channel-stride2": (lambda: PerChannelLoop(8, 8), "dynet"),
     "block-bn-relu-residual": (lambda: DynamicConvBNReLU(8), "dynamic_conv"),
+    "loop-unbatched-stacked-lists-python-sum-bias": (lambda: StackedListUnbatchedLoop(8, 8), "dynamic_conv"),
+    "odconv-grouped-all-in-kernel": (lambda: GroupedOmniInKernel(8, 6), "odconv"),
     "odconv-block-hardswish": (lambda: OmniBlock(8, 8, 3), "odconv"),
 }
 
