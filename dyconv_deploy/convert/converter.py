@@ -171,12 +171,13 @@ def _convert_traced(model: nn.Module, unknown: list[UnknownDynamicConv], inputs:
         if module not in recorded:
             continue
         args, kwargs = recorded[module]
-        if kwargs or len(args) != 1 or not isinstance(args[0], _TensorSpec):
-            reasons[u.path] = _joined(reasons.get(u.path), "its forward takes more than one input tensor")
+        if kwargs or not args or not all(isinstance(a, _TensorSpec) and a.shape[:1] == args[0].shape[:1]
+                                         for a in args):
+            reasons[u.path] = _joined(reasons.get(u.path), "its forward takes other arguments than tensors of the "
+                                                           "batch (x and, say, its parent's routing weights)")
             continue
-        spec = args[0]
         try:
-            canonical = recognise_traced(module, torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device))
+            canonical = recognise_traced(module, *(torch.zeros(a.shape, dtype=a.dtype, device=a.device) for a in args))
             model = _put(model, u.path, TRACED, module, canonical, recorded[module], tolerance, report)
         except (NotRecognised, DyconvError) as exc:
             reasons[u.path] = _joined(reasons.get(u.path), f"not recognised from its trace: {exc}")

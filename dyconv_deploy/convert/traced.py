@@ -79,16 +79,22 @@ class _Field:
 
 
 class TracedRouting(nn.Module):
-    """The original layer's attention subgraph, ``x [N, C, H, W] -> Routing``: one output per field."""
+    """The original layer's attention subgraph, ``x [N, C, H, W]`` (and the layer's other inputs, such as
+    routing weights its parent computes, ``[N, ...]`` of ``routing_shapes``) ``-> Routing``: one output per field."""
 
-    def __init__(self, attentions: fx.GraphModule, fields: tuple[_Field, ...]):
+    def __init__(self, attentions: fx.GraphModule, fields: tuple[_Field, ...], routing_shapes: tuple = ()):
         super().__init__()
         self.attentions = attentions
         self.fields = fields
+        self.routing_shapes = routing_shapes
 
-    def forward(self, x: Tensor) -> Routing:
-        values = self.attentions(x)
+    def forward(self, x: Tensor, *routing_inputs: Tensor) -> Routing:
+        values = self.attentions(x, *routing_inputs)
         return Routing(**{field.role: field.read(value) for field, value in zip(self.fields, values)})
+
+    def probe_arguments(self, x: Tensor) -> tuple:
+        """Stand-ins for the other inputs, for layout probes that call the routing with ``x`` alone."""
+        return tuple(torch.rand(x.shape[0], *shape, dtype=x.dtype, device=x.device) for shape in self.routing_shapes)
 
 
 class _ShapeTracer(fx.Tracer):
@@ -113,7 +119,9 @@ class _ShapeTracer(fx.Tracer):
     def shape_length(self, node: fx.Node) -> Optional[int]:
         """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds, None if it is not one."""
         length = _shape_length(node, self.rank)
-        self.guessed |= length is not None and _shaped_tensor(node).op != "placeholder"
+        if length is not None:
+            tensor = _shaped_tensor(node)
+            self.guessed |= not (tensor.op == "placeholder" and tensor.prev.op == "root")
         return length
 
     def iter(self, obj: fx.Proxy):
@@ -156,7 +164,8 @@ def _shape_length(node: fx.Node, rank: int) -> Optional[int]:
     """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds (the input's 4, another tensor's
     ``rank``), None if it is not one."""
     if _is_shape(node):
-        return 4 if node.args[0].op == "placeholder" else rank
+        tensor = node.args[0]
+        return 4 if tensor.op == "placeholder" and tensor.prev.op == "root" else rank  # the first input: x
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], slice):
         inner = node.args[0]
         length = _shape_length(inner, rank) if isinstance(inner, fx.Node) else None
@@ -202,8 +211,9 @@ class _DynamicConv:
         return torch.stack([values[b] for b in self.biases]).reshape(PROBE_BATCH, self.out_channels)
 
 
-def recognise_traced(module: nn.Module, x: Tensor) -> nn.Module:
-    """A canonical layer computing ``module`` (one input ``x [N, C, H, W]``, a probe like it is used): a
+def recognise_traced(module: nn.Module, x: Tensor, *routing_inputs: Tensor) -> nn.Module:
+    """A canonical layer computing ``module`` (input ``x [N, C, H, W]``, a probe like it is used, and any other
+    inputs ``[N, ...]`` it takes, such as routing weights from its parent; values do not matter): a
     :class:`RoutedConv2d`, or, for a block that goes on after its conv (a BatchNorm, an activation, ...), a
     ``GraphModule`` of the block's own graph with the dynamic conv computed by one.
 
@@ -214,7 +224,7 @@ def recognise_traced(module: nn.Module, x: Tensor) -> nn.Module:
     for rank in GUESSED_RANKS:
         tracers = [_ShapeTracer(batch, rank) for batch in (None, PROBE_BATCH)]
         try:
-            return _recognise(module, _trace(module, tracers), x)
+            return _recognise(module, _trace(module, tracers), x, routing_inputs)
         except NotRecognised as exc:
             first_failure = first_failure or exc
             if not any(t.guessed for t in tracers):  # another rank would trace the same graph
@@ -222,37 +232,40 @@ def recognise_traced(module: nn.Module, x: Tensor) -> nn.Module:
     raise first_failure
 
 
-def _recognise(module: nn.Module, graph_module: fx.GraphModule, x: Tensor) -> nn.Module:
+def _recognise(module: nn.Module, graph_module: fx.GraphModule, x: Tensor, routing_inputs: tuple) -> nn.Module:
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise NotRecognised(f"its forward takes {len(placeholders)} arguments, not one input")
-    probe, check = (torch.randn(batch, *x.shape[1:], generator=torch.Generator().manual_seed(seed)).to(x)
-                    for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
+    if len(placeholders) != 1 + len(routing_inputs):
+        raise NotRecognised(f"its forward takes {len(placeholders)} arguments, not the {1 + len(routing_inputs)} "
+                            f"it was called with")
+    probe, check = (tuple(torch.randn(batch, *t.shape[1:], generator=torch.Generator().manual_seed(seed)).to(t)
+                          for t in (x, *routing_inputs)) for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
     values = _probe(graph_module, probe)
     from_input = _downstream(graph_module, placeholders)
     conv = _dynamic_conv(graph_module, values, from_input)
     with torch.no_grad():
-        expected = [(images, module(images)) for images in (probe, check)]
-    for layer in _readings(graph_module, conv, values, from_input):
-        if all(_reproduces(layer, images, output) for images, output in expected):
+        expected = [(inputs, module(*inputs)) for inputs in (probe, check)]
+    routing_shapes = tuple(tuple(t.shape[1:]) for t in routing_inputs)
+    for layer in _readings(graph_module, conv, values, from_input, routing_shapes):
+        if all(_reproduces(layer, inputs, output) for inputs, output in expected):
             return layer
     # A block going on after the conv: the scales that multiply its output are taken into the layer first
     # (they multiply the conv's result as much as the rest of the block's ops).
-    for layer in _readings(graph_module, conv, values, from_input, most_scales_first=True):
+    for layer in _readings(graph_module, conv, values, from_input, routing_shapes, most_scales_first=True):
         for block in _blocks(graph_module, conv, values, layer, probe):
-            if all(_reproduces(block, images, output) for images, output in expected):
+            if all(_reproduces(block, inputs, output) for inputs, output in expected):
                 return block
     raise NotRecognised("no reading of its experts (an axis of K), attentions and bias reproduces its output")
 
 
 def _readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set,
-              most_scales_first: bool = False) -> Iterator[RoutedConv2d]:
+              routing_shapes: tuple, most_scales_first: bool = False) -> Iterator[RoutedConv2d]:
     """Canonical layers for every reading of the kernels, the scales outside them and the bias."""
     for weight, fields in _weight_readings(graph_module, conv, values, from_input):
         scale_choices = list(_input_output_scales(graph_module, conv, values, from_input, {f.role for f in fields}))
         for scales in sorted(scale_choices, key=len, reverse=True) if most_scales_first else scale_choices:
             fields_found = (*fields, *scales)
-            router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found]), fields_found)
+            router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found]), fields_found,
+                                   routing_shapes)
             for bias, output_bias in _bias_readings(conv, values, from_input, len(weight)):
                 yield _routed(router, weight, bias, output_bias, conv, values)
 
@@ -277,8 +290,8 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
 
 
-def _probe(graph_module: fx.GraphModule, x: Tensor) -> dict:
-    """Every node's value in one forward of ``x``."""
+def _probe(graph_module: fx.GraphModule, inputs: tuple) -> dict:
+    """Every node's value in one forward of ``inputs``."""
     values = {}
 
     class Recorder(fx.Interpreter):
@@ -288,7 +301,7 @@ def _probe(graph_module: fx.GraphModule, x: Tensor) -> dict:
 
     with torch.no_grad():
         try:
-            Recorder(graph_module).run(x)
+            Recorder(graph_module).run(*inputs)
         except Exception as exc:
             raise NotRecognised(f"its traced forward fails on a batch of {PROBE_BATCH} "
                                 f"({type(exc).__name__}: {_first_line(exc)})") from exc
@@ -501,8 +514,9 @@ def _multipliers(path: list, values: dict, size: int, excluded: set) -> list:
 
 
 def _subgraph(graph_module: fx.GraphModule, outputs: list) -> fx.GraphModule:
-    """A GraphModule computing the tuple of ``outputs`` from the input, with only the nodes they need."""
-    needed = set(_upstream(outputs))
+    """A GraphModule computing the tuple of ``outputs`` from the inputs (all of them, in order), with only the
+    nodes they need."""
+    needed = set(_upstream(outputs)) | {n for n in graph_module.graph.nodes if n.op == "placeholder"}
     graph, copies = fx.Graph(), {}
     for node in graph_module.graph.nodes:
         if node in needed:
@@ -551,7 +565,7 @@ def _routed(router: TracedRouting, weight: Tensor, bias: Optional[Tensor], outpu
 
 
 def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, layer: RoutedConv2d,
-            probe: Tensor) -> Iterator[fx.GraphModule]:
+            probe: tuple) -> Iterator[fx.GraphModule]:
     """The block with ``layer`` in place of each node after the conv whose probe value it gives."""
     output = _output(layer, probe)
     if output is None:
@@ -570,25 +584,25 @@ def _block(graph_module: fx.GraphModule, replaced: fx.Node, layer: RoutedConv2d)
         name = "_" + name  # a name of the block's own is kept
     graph_module.add_module(name, layer)
     graph, copies = fx.Graph(), {}
+    inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     for node in graph_module.graph.nodes:
         if node is replaced:
-            image = next(n for n in graph_module.graph.nodes if n.op == "placeholder")
-            copies[node] = graph.call_module(name, (copies[image],))
+            copies[node] = graph.call_module(name, tuple(copies[n] for n in inputs))
         else:
             copies[node] = graph.node_copy(node, lambda n: copies[n])
     fx.GraphModule(graph_module, graph).graph.eliminate_dead_code()  # (the purity check wants an owner)
     return fx.GraphModule(graph_module, graph, class_name="TracedBlock")  # only what is left is copied
 
 
-def _output(layer: nn.Module, images: Tensor) -> Optional[Tensor]:
-    """``layer(images)``, or None where a reading's shapes do not fit (not this reading)."""
+def _output(layer: nn.Module, inputs: tuple) -> Optional[Tensor]:
+    """``layer(*inputs)``, or None where a reading's shapes do not fit (not this reading)."""
     with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # fx prints a failing call's traceback
         try:
-            return layer(images)
+            return layer(*inputs)
         except Exception:
             return None
 
 
-def _reproduces(layer: nn.Module, images: Tensor, expected) -> bool:
-    actual = _output(layer, images)
+def _reproduces(layer: nn.Module, inputs: tuple, expected) -> bool:
+    actual = _output(layer, inputs)
     return actual is not None and isinstance(expected, Tensor) and _close(actual, expected)

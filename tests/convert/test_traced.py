@@ -420,3 +420,49 @@ def test_public_batch_folding_layers_are_recognised_by_their_trace_alone(label, 
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         with rolled_attention(layer):
             assert not torch.allclose(layer(x), expected, rtol=1e-3, atol=1e-3), "rolled attention went unnoticed"
+
+
+class SharedRoutingBlock(nn.Module):
+    """EfficientNet-CondConv style, classes of its own: the block computes sigmoid routing weights once and
+    passes them to two CondConvs (flattened experts, batch folded), which take ``(x, routing)``."""
+
+    class ExpertConv(nn.Module):
+        def __init__(self, cin, cout, k, experts):
+            super().__init__()
+            self.cout, self.k = cout, k
+            self.weight = nn.Parameter(torch.randn(experts, cout * cin * k * k) * 0.3)
+            self.bias = nn.Parameter(torch.randn(experts, cout) * 0.5)
+
+        def forward(self, x, routing):
+            n, c, h, w = x.shape
+            kernels = (routing @ self.weight).view(n * self.cout, c, self.k, self.k)
+            y = F.conv2d(x.reshape(1, n * c, h, w), kernels, (routing @ self.bias).view(-1), 1, self.k // 2, 1, n)
+            return y.view(n, self.cout, *y.shape[-2:])
+
+    def __init__(self, channels=8, experts=4):
+        super().__init__()
+        self.route = nn.Linear(channels, experts)
+        self.expand = self.ExpertConv(channels, 12, 1, experts)
+        self.mix = self.ExpertConv(12, channels, 3, experts)
+
+    def forward(self, x):
+        routing = torch.sigmoid(self.route(x.mean((2, 3))))
+        return self.mix(F.relu(self.expand(x, routing)), routing)
+
+
+def test_layers_routed_by_their_parent_are_recognised_with_the_routing_as_an_input():
+    model = _net(SharedRoutingBlock())
+    converted, report = convert_model(model, random_images(SHAPE))
+    assert report.unknown == []
+    assert [(r.path, r.family, r.num_kernels) for r in report.converted] == [("2.expand", "traced", 4),
+                                                                             ("2.mix", "traced", 4)]
+    assert {converted[2].expand.family, converted[2].mix.family} == {"condconv"}
+    x = random_images(SHAPE)
+    assert_attention_varies(converted, x)
+    proto = export_onnx(converted, random_images((1, *SHAPE[1:])))
+    assert len(contract_nodes(proto)) == 2
+    lowered = lower(proto, "plugin")
+    for comparison in verify_onnx(model, lowered, SHAPE, [3], TOLERANCES["fp32"]):
+        assert comparison.passed, str(comparison)
+    with rolled_attention(converted):
+        assert_fails(verify_onnx(converted, lowered, SHAPE, [3]), "giving sample n sample n-1's attention")
