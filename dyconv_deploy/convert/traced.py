@@ -89,7 +89,9 @@ class TracedRouting(nn.Module):
         self.routing_shapes = routing_shapes
 
     def forward(self, x: Tensor, *routing_inputs: Tensor) -> Routing:
-        values = self.attentions(x, *routing_inputs)
+        # forward itself: a GraphModule's __call__ formats a failing call's message by importing torch._dynamo
+        # (1.4 s), and readings that do not fit the check batch fail here by design
+        values = self.attentions.forward(x, *routing_inputs)
         return Routing(**{field.role: field.read(value) for field, value in zip(self.fields, values)})
 
     def probe_arguments(self, x: Tensor) -> tuple:
@@ -598,7 +600,7 @@ def _output(layer: nn.Module, inputs: tuple) -> Optional[Tensor]:
     """``layer(*inputs)``, or None where a reading's shapes do not fit (not this reading)."""
     with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # fx prints a failing call's traceback
         try:
-            return layer(*inputs)
+            return layer.forward(*inputs)  # not __call__: see TracedRouting.forward
         except Exception:
             return None
 
