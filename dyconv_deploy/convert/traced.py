@@ -5,8 +5,9 @@ share one structure: attentions computed from the input, expert kernels (paramet
 with an axis of K) mixed by one of them into per-sample kernels, and a convolution per sample —
 either one ``conv2d`` with the batch folded into its groups (``x.view(1, N*C, H, W)``,
 ``groups = G*N``) or one per sample in a Python loop. :func:`recognise_traced` looks for that
-structure in the layer's ``torch.fx`` trace (a loop over the batch is unrolled by tracing the
-batch size as the number :data:`PROBE_BATCH`) and its values on a probe batch:
+structure in the layer's ``torch.fx`` trace (:class:`~dyconv_deploy.convert.shape_tracer.ShapeTracer`:
+a loop over the batch is unrolled by tracing the batch size as the number :data:`PROBE_BATCH`) and its
+values on a probe batch:
 
 1. the dynamic conv: the ``conv2d`` call(s) whose weight depends on the input; stride, padding,
    dilation and groups come from the probe forward, the per-sample kernels
@@ -20,6 +21,8 @@ batch size as the number :data:`PROBE_BATCH`) and its values on a probe batch:
    channel attention) and an ``[N, M]`` one into its output (the filter attention);
 4. the conv's bias: none, a static ``[M]`` shared by the batch, or a ``[K, M]`` expert bias.
 
+Other tensor inputs of the layer (routing weights its parent computes once for several convs) are
+inputs of the router.
 A block that goes on after its conv (BatchNorm, activation, a residual sum) becomes its own graph
 with the node the conv's result reaches replaced by the canonical layer.
 The attentions' own subgraph becomes the router of a :class:`RoutedConv2d` (a ``GraphModule`` over
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dyconv_deploy.convert.routed import RoutedConv2d
+from dyconv_deploy.convert.shape_tracer import ShapeTracer
 from dyconv_deploy.nn import Routing
 
 FAMILY = "traced"
@@ -99,91 +103,6 @@ class TracedRouting(nn.Module):
         return tuple(torch.rand(x.shape[0], *shape, dtype=x.dtype, device=x.device) for shape in self.routing_shapes)
 
 
-class _ShapeTracer(fx.Tracer):
-    """``torch.fx``'s tracer (parameter shapes as numbers, so ``*self.weight.shape[-2:]`` traces) that also
-    unpacks slices of a traced tensor's shape, ``*y.shape[-2:]`` or ``*x.size()[2:]``: the input is 4-D, any
-    other tensor is taken as ``rank``-D where the slice does not say its length (``guessed`` says whether it
-    was; a wrong guess fails the probe or the readings, and :func:`recognise_traced` tries the next rank).
-
-    With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
-    number, so a Python loop over the batch is unrolled into one branch per sample.
-    """
-
-    def __init__(self, batch: Optional[int] = None, rank: int = 4):
-        super().__init__(param_shapes_constant=True)
-        self.batch = batch
-        self.rank = rank
-        self.guessed = False
-
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _ShapeProxy(node, self)
-
-    def shape_length(self, node: fx.Node) -> Optional[int]:
-        """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds, None if it is not one."""
-        length = _shape_length(node, self.rank)
-        if length is not None:
-            tensor = _shaped_tensor(node)
-            self.guessed |= not (tensor.op == "placeholder" and tensor.prev.op == "root")
-        return length
-
-    def iter(self, obj: fx.Proxy):
-        length = self.shape_length(obj.node)
-        if length is None:
-            return super().iter(obj)
-        return iter([obj[i] for i in range(length)])
-
-    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
-        # the full signature: fx passes parameter proxies (constant shapes) only to a create_proxy that names it
-        if self.batch is not None and _reads_batch_size(kind, target, args, kwargs):
-            return self.batch
-        return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-
-
-class _ShapeProxy(fx.Proxy):
-    """A proxy whose ``len`` is known when it is a traced shape (star-unpacking asks for it first), or is
-    the traced batch for a tensor."""
-
-    def __len__(self):
-        length = self.tracer.shape_length(self.node)
-        if length is None and self.tracer.batch is not None:
-            return self.tracer.batch
-        return super().__len__() if length is None else length
-
-
-def _is_shape(node: fx.Node) -> bool:
-    return (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
-        node.op == "call_method" and node.target == "size" and len(node.args) == 1)
-
-
-def _shaped_tensor(node: fx.Node) -> fx.Node:
-    """The tensor whose shape a shape node (or a slice of one) reads."""
-    while not _is_shape(node):
-        node = node.args[0]
-    return node.args[0]
-
-
-def _shape_length(node: fx.Node, rank: int) -> Optional[int]:
-    """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds (the input's 4, another tensor's
-    ``rank``), None if it is not one."""
-    if _is_shape(node):
-        tensor = node.args[0]
-        return 4 if tensor.op == "placeholder" and tensor.prev.op == "root" else rank  # the first input: x
-    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], slice):
-        inner = node.args[0]
-        length = _shape_length(inner, rank) if isinstance(inner, fx.Node) else None
-        return None if length is None else len(range(length)[node.args[1]])
-    return None
-
-
-def _reads_batch_size(kind: str, target, args: tuple, kwargs: dict) -> bool:
-    """Whether the call is ``tensor.shape[0]`` / ``tensor.size(0)``."""
-    if kind == "call_function" and target is operator.getitem and isinstance(args[0], fx.Proxy):
-        return isinstance(args[1], int) and args[1] == 0 and _is_shape(args[0].node)
-    if kind == "call_method" and target == "size":
-        return (args[1:] or (kwargs.get("dim"),)) == (0,)
-    return False
-
-
 @dataclass(frozen=True)
 class _DynamicConv:
     """The layer's dynamic conv on the probe: one call with the batch folded into its groups, or one per sample."""
@@ -224,7 +143,7 @@ def recognise_traced(module: nn.Module, x: Tensor, *routing_inputs: Tensor) -> n
     """
     first_failure = None
     for rank in GUESSED_RANKS:
-        tracers = [_ShapeTracer(batch, rank) for batch in (None, PROBE_BATCH)]
+        tracers = [ShapeTracer(batch, rank) for batch in (None, PROBE_BATCH)]
         try:
             return _recognise(module, _trace(module, tracers), x, routing_inputs)
         except NotRecognised as exc:
@@ -272,7 +191,7 @@ def _readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, fr
                 yield _routed(router, weight, bias, output_bias, conv, values)
 
 
-def _trace(module: nn.Module, tracers: list[_ShapeTracer]) -> fx.GraphModule:
+def _trace(module: nn.Module, tracers: list[ShapeTracer]) -> fx.GraphModule:
     """The layer's graph by the first of ``tracers`` that traces it: for any batch, else with the batch size as
     a number (a loop over it unrolled)."""
     failures = []

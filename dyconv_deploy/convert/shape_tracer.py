@@ -1,0 +1,98 @@
+"""A ``torch.fx`` tracer for dynamic-conv layers: shapes unpacked, and the batch size as a number if need be.
+
+Plain ``torch.fx`` refuses ``*y.shape[-2:]`` (a proxy has no length) and any Python loop over the batch
+(``range(x.shape[0])``). :class:`ShapeTracer` traces both, for :mod:`dyconv_deploy.convert.traced`.
+"""
+
+import operator
+from typing import Optional
+
+from torch import fx
+
+
+class ShapeTracer(fx.Tracer):
+    """``torch.fx``'s tracer (parameter shapes as numbers, so ``*self.weight.shape[-2:]`` traces) that also
+    unpacks slices of a traced tensor's shape, ``*y.shape[-2:]`` or ``*x.size()[2:]``: the input is 4-D, any
+    other tensor is taken as ``rank``-D where the slice does not say its length (``guessed`` says whether it
+    was; a wrong guess fails the probe or the readings, and the caller tries the next rank).
+
+    With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
+    number, so a Python loop over the batch is unrolled into one branch per sample.
+    """
+
+    def __init__(self, batch: Optional[int] = None, rank: int = 4):
+        super().__init__(param_shapes_constant=True)
+        self.batch = batch
+        self.rank = rank
+        self.guessed = False
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ShapeProxy(node, self)
+
+    def shape_length(self, node: fx.Node) -> Optional[int]:
+        """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds, None if it is not one."""
+        length = _shape_length(node, self.rank)
+        if length is not None:
+            self.guessed |= not _is_first_input(_shaped_tensor(node))
+        return length
+
+    def iter(self, obj: fx.Proxy):
+        length = self.shape_length(obj.node)
+        if length is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(length)])
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        # the full signature: fx passes parameter proxies (constant shapes) only to a create_proxy that names it
+        if self.batch is not None and _reads_batch_size(kind, target, args, kwargs):
+            return self.batch
+        return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+
+
+class _ShapeProxy(fx.Proxy):
+    """A proxy whose ``len`` is known when it is a traced shape (star-unpacking asks for it first), or is
+    the traced batch for a tensor."""
+
+    def __len__(self):
+        length = self.tracer.shape_length(self.node)
+        if length is None and self.tracer.batch is not None:
+            return self.tracer.batch
+        return super().__len__() if length is None else length
+
+
+def _is_first_input(node: fx.Node) -> bool:
+    """The graph's first placeholder: the layer's ``x [N, C, H, W]``."""
+    return node.op == "placeholder" and node.prev.op == "root"
+
+
+def _is_shape(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target is getattr and node.args[1] == "shape") or (
+        node.op == "call_method" and node.target == "size" and len(node.args) == 1)
+
+
+def _shaped_tensor(node: fx.Node) -> fx.Node:
+    """The tensor whose shape a shape node (or a slice of one) reads."""
+    while not _is_shape(node):
+        node = node.args[0]
+    return node.args[0]
+
+
+def _shape_length(node: fx.Node, rank: int) -> Optional[int]:
+    """How many sizes a ``shape`` / ``size()`` node (or a slice of one) holds (the input's 4, another tensor's
+    ``rank``), None if it is not one."""
+    if _is_shape(node):
+        return 4 if _is_first_input(node.args[0]) else rank
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], slice):
+        inner = node.args[0]
+        length = _shape_length(inner, rank) if isinstance(inner, fx.Node) else None
+        return None if length is None else len(range(length)[node.args[1]])
+    return None
+
+
+def _reads_batch_size(kind: str, target, args: tuple, kwargs: dict) -> bool:
+    """Whether the call is ``tensor.shape[0]`` / ``tensor.size(0)``."""
+    if kind == "call_function" and target is operator.getitem and isinstance(args[0], fx.Proxy):
+        return isinstance(args[1], int) and args[1] == 0 and _is_shape(args[0].node)
+    if kind == "call_method" and target == "size":
+        return (args[1:] or (kwargs.get("dim"),)) == (0,)
+    return False
