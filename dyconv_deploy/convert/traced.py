@@ -68,11 +68,12 @@ class _Field:
     """An input-dependent tensor of the trace read as one field of :class:`Routing`.
 
     ``shape`` is its per-sample shape in the order the original computes it; ``channel_major``
-    marks an ``[N, M, K]`` attention, moved to the contract's ``[N, K, M]``.
+    marks an ``[N, M, K]`` attention, moved to the contract's ``[N, K, M]``. Without a node, the field is
+    the attention of a single expert that the layer does not compute (OSVAI's ``kernel_num=1``): ones.
     """
 
     role: str  # 'attention', 'spatial', 'channel' or 'filter'
-    node: fx.Node
+    node: Optional[fx.Node]
     shape: tuple
     channel_major: bool = False
 
@@ -80,6 +81,10 @@ class _Field:
         """The node's value ``[N, ...]`` in the contract's layout for ``role``."""
         field = value.reshape(value.shape[0], *self.shape)
         return field.transpose(1, 2) if self.channel_major else field
+
+    def probe_value(self, values: dict) -> Tensor:
+        """The field on the probe batch, in the contract's layout."""
+        return self.read(values[self.node]) if self.node is not None else torch.ones(PROBE_BATCH, 1)
 
 
 class TracedRouting(nn.Module):
@@ -95,8 +100,10 @@ class TracedRouting(nn.Module):
     def forward(self, x: Tensor, *routing_inputs: Tensor) -> Routing:
         # forward itself: a GraphModule's __call__ formats a failing call's message by importing torch._dynamo
         # (1.4 s), and readings that do not fit the check batch fail here by design
-        values = self.attentions.forward(x, *routing_inputs)
-        return Routing(**{field.role: field.read(value) for field, value in zip(self.fields, values)})
+        values = iter(self.attentions.forward(x, *routing_inputs))
+        ones = torch.ones_like(x[:, :1, 0, 0])  # [N, 1], the batch traced as the input's (dynamic in exports)
+        return Routing(**{field.role: field.read(next(values)) if field.node is not None else ones
+                          for field in self.fields})
 
     def probe_arguments(self, x: Tensor) -> tuple:
         """Stand-ins for the other inputs, for layout probes that call the routing with ``x`` alone."""
@@ -185,8 +192,8 @@ def _readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, fr
         scale_choices = list(_input_output_scales(graph_module, conv, values, from_input, {f.role for f in fields}))
         for scales in sorted(scale_choices, key=len, reverse=True) if most_scales_first else scale_choices:
             fields_found = (*fields, *scales)
-            router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found]), fields_found,
-                                   routing_shapes)
+            router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found if f.node is not None]),
+                                   fields_found, routing_shapes)
             for bias, output_bias in _bias_readings(conv, values, from_input, len(weight)):
                 yield _routed(router, weight, bias, output_bias, conv, values)
 
@@ -310,7 +317,7 @@ def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: d
         batched = [n for n in upstream if n in from_input and n not in after_experts and _batched(values[n])]
         for weight in _expert_layouts(experts, num_kernels, conv.kernel_shape):
             for attention in _attention_fields(batched, values, num_kernels, conv.out_channels):
-                mixed = _mix(attention.read(values[attention.node]), weight)
+                mixed = _mix(attention.probe_value(values), weight)
                 others = [n for n in batched if n is not attention.node]
                 for factors in _weight_factors(others, values, conv):
                     if _close(_scaled(mixed, factors, values, conv.groups), kernels):
@@ -359,6 +366,8 @@ def _attention_fields(batched: list, values: dict, num_kernels: int, out_channel
         elif per_sample == num_kernels * out_channels and out_channels > 1:
             yield _Field("attention", node, (num_kernels, out_channels))
             yield _Field("attention", node, (out_channels, num_kernels), channel_major=True)
+    if num_kernels == 1:  # one expert scaled only by ODConv's factors
+        yield _Field("attention", None, (1,))
 
 
 def _mix(attention: Tensor, weight: Tensor) -> Tensor:
@@ -475,7 +484,7 @@ def _family(fields: tuple[_Field, ...], values: dict) -> str:
         return "odconv"
     if len(attention.shape) == 2:
         return "dynet"
-    rows = values[attention.node].reshape(PROBE_BATCH, -1).sum(dim=1)
+    rows = attention.probe_value(values).reshape(PROBE_BATCH, -1).sum(dim=1)
     return "dynamic_conv" if torch.allclose(rows, torch.ones_like(rows), atol=1e-4) else "condconv"
 
 

@@ -401,13 +401,18 @@ def test_every_odconv_attention_is_found(block):
 
 
 # The public implementations that fold the batch into groups, by their trace alone (their adapters not used),
-# with the family their math gives; OSVAI's single-kernel path has no kernel attention tensor (left to its adapter).
+# with the family their math gives; OSVAI with one kernel (no kernel attention: ones) and spatial/channel/filter
+# factors too, except its 1x1 single-kernel path, which has no input-dependent weight (a static conv between
+# two scales).
 PUBLIC_BY_TRACE = {"kaijieshi7_dynamic_conv": "dynamic_conv", "external_attention": "dynamic_conv",
                    "external_attention(CondConv)": "condconv", "osvai_odconv": "odconv"}
 
 
-@pytest.mark.parametrize("case", [c for c in LAYER_CASES if c.k > 1], ids=str)
-@pytest.mark.parametrize("label", list(PUBLIC_BY_TRACE))
+PUBLIC_CASES = [(label, case) for label in PUBLIC_BY_TRACE for case in LAYER_CASES
+                if not (case.static_by_construction(label) or (label == "osvai_odconv" and case.k == case.kernel == 1))]
+
+
+@pytest.mark.parametrize("label, case", PUBLIC_CASES, ids=[f"{label}-{case}" for label, case in PUBLIC_CASES])
 def test_public_batch_folding_layers_are_recognised_by_their_trace_alone(label, case):
     torch.manual_seed(0)
     original = calibrated(FAMILIES[label](case))
