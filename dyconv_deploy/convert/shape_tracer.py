@@ -17,7 +17,9 @@ class ShapeTracer(fx.Tracer):
     was; a wrong guess fails the probe or the readings, and the caller tries the next rank).
 
     With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
-    number, so a Python loop over the batch is unrolled into one branch per sample.
+    number, so a Python loop over the batch is unrolled into one branch per sample; where the number itself
+    reaches an op (``a.view(n, -1)``) it is a :class:`TracedBatch`, which :func:`read_batch_sizes` turns back
+    into a read of the input's batch.
     """
 
     def __init__(self, batch: Optional[int] = None, rank: int = 4):
@@ -45,8 +47,33 @@ class ShapeTracer(fx.Tracer):
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         # the full signature: fx passes parameter proxies (constant shapes) only to a create_proxy that names it
         if self.batch is not None and _reads_batch_size(kind, target, args, kwargs):
-            return self.batch
+            return TracedBatch(self.batch)
         return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+
+
+class TracedBatch(int):
+    """The batch size as a trace with a fixed batch read it: an int, marked for :func:`read_batch_sizes`
+    (arithmetic on it gives plain ints)."""
+
+
+def read_batch_sizes(graph: fx.Graph) -> None:
+    """Replace the :class:`TracedBatch` numbers in ``graph``'s op arguments by ``x.size(0)`` of its first input
+    (in place), so that a subgraph of an unrolled trace runs at any batch."""
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    size = None
+
+    def read(argument):
+        nonlocal size
+        if type(argument) is not TracedBatch:
+            return argument
+        if size is None:
+            with graph.inserting_after(inputs[-1]):
+                size = graph.call_method("size", (inputs[0], 0))
+        return size
+
+    for node in list(graph.nodes):
+        node.args = fx.node.map_aggregate(node.args, read)
+        node.kwargs = fx.node.map_aggregate(node.kwargs, read)
 
 
 class _ShapeProxy(fx.Proxy):
@@ -56,7 +83,7 @@ class _ShapeProxy(fx.Proxy):
     def __len__(self):
         length = self.tracer.shape_length(self.node)
         if length is None and self.tracer.batch is not None:
-            return self.tracer.batch
+            return self.tracer.batch  # len() must return a plain int
         return super().__len__() if length is None else length
 
 

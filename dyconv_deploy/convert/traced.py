@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dyconv_deploy.convert.routed import RoutedConv2d
-from dyconv_deploy.convert.shape_tracer import ShapeTracer
+from dyconv_deploy.convert.shape_tracer import ShapeTracer, read_batch_sizes
 from dyconv_deploy.nn import Routing
 
 FAMILY = "traced"
@@ -452,6 +452,7 @@ def _subgraph(graph_module: fx.GraphModule, outputs: list) -> fx.GraphModule:
         if node in needed:
             copies[node] = graph.node_copy(node, lambda n: copies[n])
     graph.output(tuple(copies[n] for n in outputs))
+    read_batch_sizes(graph)
     return fx.GraphModule(graph_module, graph)
 
 
@@ -520,6 +521,7 @@ def _block(graph_module: fx.GraphModule, replaced: fx.Node, layer: RoutedConv2d)
             copies[node] = graph.call_module(name, tuple(copies[n] for n in inputs))
         else:
             copies[node] = graph.node_copy(node, lambda n: copies[n])
+    read_batch_sizes(graph)
     fx.GraphModule(graph_module, graph).graph.eliminate_dead_code()  # (the purity check wants an owner)
     return fx.GraphModule(graph_module, graph, class_name="TracedBlock")  # only what is left is copied
 

@@ -198,6 +198,22 @@ class PerChannelLoop(nn.Module):
         return torch.cat([F.conv2d(x[i:i + 1], weight[i], None, 2, 1) for i in range(len(x))])
 
 
+class BatchSizedViewLoop(nn.Module):
+    """A loop over the batch whose attention is reshaped with the batch size it loops over, ``view(n, K)``."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.experts = experts
+        self.fc = nn.Linear(cin, experts)
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        a = torch.softmax(self.fc(x.mean((2, 3))).view(n, self.experts) / 2.0, 1)
+        return torch.cat([F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a[i], self.weight), None, 1, 1)
+                          for i in range(n)])
+
+
 class StackedListUnbatchedLoop(nn.Module):
     """Experts and biases in ``ParameterList``s: kernels ``torch.stack``-ed, mixed by matmul and reshaped with
     ``view(n, *W.shape[1:])`` (a 5-D shape the trace must guess), biases mixed by a Python sum; one conv per
@@ -277,6 +293,7 @@ LAYERS = {
     "loop-einsum-static-bias": (lambda: PerSampleLoop(8, 8), "dynamic_conv"),
     "loop-parameter-list-dilated-groups": (lambda: ParameterListLoop(8, 6), "condconv"),
     "loop-per-channel-stride2": (lambda: PerChannelLoop(8, 8), "dynet"),
+    "loop-batch-sized-view": (lambda: BatchSizedViewLoop(8, 8), "dynamic_conv"),
     "block-bn-relu-residual": (lambda: DynamicConvBNReLU(8), "dynamic_conv"),
     "loop-unbatched-stacked-lists-python-sum-bias": (lambda: StackedListUnbatchedLoop(8, 8), "dynamic_conv"),
     "odconv-grouped-all-in-kernel": (lambda: GroupedOmniInKernel(8, 6), "odconv"),
