@@ -17,9 +17,9 @@ class ShapeTracer(fx.Tracer):
     was; a wrong guess fails the probe or the readings, and the caller tries the next rank).
 
     With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
-    number, so a Python loop over the batch is unrolled into one branch per sample; where the number itself
-    reaches an op (``a.view(n, -1)``) it is a :class:`TracedBatch`, which :func:`read_batch_sizes` turns back
-    into a read of the input's batch.
+    number, so a Python loop over the batch is unrolled into one branch per sample; where ``x.shape[0]`` or
+    ``x.size(0)`` reaches an op (``a.view(n, -1)``) it is a :class:`TracedBatch`, which :func:`read_batch_sizes`
+    turns back into a read of the input's batch (``len(x)`` is a plain number: Python's ``len`` makes it one).
     """
 
     def __init__(self, batch: Optional[int] = None, rank: int = 4):

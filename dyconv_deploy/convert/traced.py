@@ -84,7 +84,10 @@ class _Field:
 
     def probe_value(self, values: dict) -> Tensor:
         """The field on the probe batch, in the contract's layout."""
-        return self.read(values[self.node]) if self.node is not None else torch.ones(PROBE_BATCH, 1)
+        if self.node is not None:
+            return self.read(values[self.node])
+        image = next(v for n, v in values.items() if n.op == "placeholder")
+        return image.new_ones(PROBE_BATCH, 1)
 
 
 class TracedRouting(nn.Module):
@@ -148,11 +151,13 @@ def recognise_traced(module: nn.Module, x: Tensor, *routing_inputs: Tensor) -> n
     Raises:
         NotRecognised: naming what is missing (the converter reports the layer as unknown with it).
     """
+    if module.training:
+        raise NotRecognised("it is in training mode (BatchNorm statistics would change); call .eval() first")
     first_failure = None
     for rank in GUESSED_RANKS:
         tracers = [ShapeTracer(batch, rank) for batch in (None, PROBE_BATCH)]
         try:
-            return _recognise(module, _trace(module, tracers), x, routing_inputs)
+            return _recognise(module, *_trace(module, tracers), x, routing_inputs)
         except NotRecognised as exc:
             first_failure = first_failure or exc
             if not any(t.guessed for t in tracers):  # another rank would trace the same graph
@@ -160,7 +165,8 @@ def recognise_traced(module: nn.Module, x: Tensor, *routing_inputs: Tensor) -> n
     raise first_failure
 
 
-def _recognise(module: nn.Module, graph_module: fx.GraphModule, x: Tensor, routing_inputs: tuple) -> nn.Module:
+def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, x: Tensor,
+               routing_inputs: tuple) -> nn.Module:
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1 + len(routing_inputs):
         raise NotRecognised(f"its forward takes {len(placeholders)} arguments, not the {1 + len(routing_inputs)} "
@@ -169,16 +175,22 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, x: Tensor, routi
                           for t in (x, *routing_inputs)) for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
     values = _probe(graph_module, probe)
     from_input = _downstream(graph_module, placeholders)
-    conv = _dynamic_conv(graph_module, values, from_input)
+    conv = _dynamic_conv(graph_module, values, from_input, unrolled)
     with torch.no_grad():
-        expected = [(inputs, module(*inputs)) for inputs in (probe, check)]
+        try:
+            expected = [(inputs, module(*inputs)) for inputs in (probe, check)]
+        except Exception as exc:
+            raise NotRecognised(f"it fails on a random batch of {CHECK_BATCH} ({type(exc).__name__}: "
+                                f"{_first_line(exc)})") from exc
     routing_shapes = tuple(tuple(t.shape[1:]) for t in routing_inputs)
-    for layer in _readings(graph_module, conv, values, from_input, routing_shapes):
+    weight_readings = list(_weight_readings(graph_module, conv, values, from_input))
+    for layer in _readings(graph_module, conv, values, from_input, weight_readings, routing_shapes):
         if all(_reproduces(layer, inputs, output) for inputs, output in expected):
             return layer
     # A block going on after the conv: the scales that multiply its output are taken into the layer first
     # (they multiply the conv's result as much as the rest of the block's ops).
-    for layer in _readings(graph_module, conv, values, from_input, routing_shapes, most_scales_first=True):
+    for layer in _readings(graph_module, conv, values, from_input, weight_readings, routing_shapes,
+                           most_scales_first=True):
         for block in _blocks(graph_module, conv, values, layer, probe):
             if all(_reproduces(block, inputs, output) for inputs, output in expected):
                 return block
@@ -186,25 +198,30 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, x: Tensor, routi
 
 
 def _readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set,
-              routing_shapes: tuple, most_scales_first: bool = False) -> Iterator[RoutedConv2d]:
-    """Canonical layers for every reading of the kernels, the scales outside them and the bias."""
-    for weight, fields in _weight_readings(graph_module, conv, values, from_input):
+              weight_readings: list, routing_shapes: tuple, most_scales_first: bool = False) -> Iterator[RoutedConv2d]:
+    """Canonical layers for every reading of the kernels (``weight_readings``), the scales outside them and the
+    bias; a reading the canonical layer cannot take (a geometry it refuses) is left out."""
+    for weight, fields in weight_readings:
         scale_choices = list(_input_output_scales(graph_module, conv, values, from_input, {f.role for f in fields}))
         for scales in sorted(scale_choices, key=len, reverse=True) if most_scales_first else scale_choices:
             fields_found = (*fields, *scales)
             router = TracedRouting(_subgraph(graph_module, [f.node for f in fields_found if f.node is not None]),
                                    fields_found, routing_shapes)
             for bias, output_bias in _bias_readings(conv, values, from_input, len(weight)):
-                yield _routed(router, weight, bias, output_bias, conv, values)
+                try:
+                    layer = _routed(router, weight, bias, output_bias, conv, values)
+                except ValueError:
+                    continue
+                yield layer
 
 
-def _trace(module: nn.Module, tracers: list[ShapeTracer]) -> fx.GraphModule:
+def _trace(module: nn.Module, tracers: list[ShapeTracer]) -> tuple[fx.GraphModule, bool]:
     """The layer's graph by the first of ``tracers`` that traces it: for any batch, else with the batch size as
-    a number (a loop over it unrolled)."""
+    a number (a loop over it unrolled); and whether it was the latter."""
     failures = []
     for tracer in tracers:
         try:
-            return fx.GraphModule(module, tracer.trace(module))
+            return fx.GraphModule(module, tracer.trace(module)), tracer.batch is not None
         except Exception as exc:  # Python control flow on the input: a loop over the batch, ...
             failures.append(exc)
     failure = failures[0]
@@ -268,8 +285,9 @@ def _conv_call(node: fx.Node, values: dict) -> dict:
     return resolved
 
 
-def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set) -> _DynamicConv:
-    """The conv(s) whose weight depends on the input: one with the batch folded into its groups, or one per sample."""
+def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set, unrolled: bool) -> _DynamicConv:
+    """The conv(s) whose weight depends on the input: one with the batch folded into its groups, or (in a trace
+    that ``unrolled`` a loop over the batch) one per sample."""
     nodes = [n for n in graph_module.graph.nodes
              if n.op == "call_function" and n.target is F.conv2d and _conv_call(n, values)["weight_node"] in from_input]
     calls = [_conv_call(n, values) for n in nodes]
@@ -280,7 +298,7 @@ def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set) -
             raise NotRecognised(f"its conv does not fold the batch into groups (input {tuple(x.shape)}, groups "
                                 f"{groups} at batch {PROBE_BATCH}) nor runs once per sample")
         kernel_shape, groups = (weight.shape[0] // PROBE_BATCH, *weight.shape[1:]), groups // PROBE_BATCH
-    elif len(calls) == PROBE_BATCH:
+    elif unrolled and len(calls) == PROBE_BATCH:
         geometry = {(c["weight"].shape, str(c["stride"]), str(c["padding"]), str(c["dilation"]), int(c["groups"]),
                      c["input"].shape) for c in calls}
         one_sample = calls[0]["input"].dim() == 3 or calls[0]["input"].shape[0] == 1  # [C, H, W] or [1, C, H, W]
@@ -294,11 +312,18 @@ def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set) -
     first = calls[0]
     return _DynamicConv(tuple(nodes), tuple(c["weight_node"] for c in calls), tuple(c["bias_node"] for c in calls),
                         tuple(c["input_node"] for c in calls), tuple(kernel_shape), _pair(first["stride"]),
-                        first["padding"], _pair(first["dilation"]), groups)
+                        _padding(first["padding"]), _pair(first["dilation"]), groups)
+
+
+def _padding(value):
+    """``F.conv2d``'s padding as the canonical layer takes it: a one-element sequence as its number."""
+    return value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
 
 
 def _pair(value) -> tuple:
-    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+    """``F.conv2d``'s int, one-element or two-element stride / dilation as a pair."""
+    values = [int(value)] if isinstance(value, int) else [int(v) for v in value]
+    return tuple(values * 2) if len(values) == 1 else tuple(values)
 
 
 def _batched(value) -> bool:
@@ -310,18 +335,67 @@ def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: d
                      from_input: set) -> Iterator[tuple[Tensor, tuple[_Field, ...]]]:
     """``(experts [K, M, C/G, kH, kW], fields)`` whose product reproduces every probe sample's kernel."""
     kernels = conv.sample_kernels(values)
+    entries = _Entries.of(kernels.shape, conv.groups)
+    observed = entries.take(kernels)
     upstream = _upstream(conv.weights)
     for expert_nodes, experts in _expert_candidates(upstream, values, from_input, math.prod(conv.kernel_shape)):
         num_kernels = experts.numel() // math.prod(conv.kernel_shape)
         after_experts = _downstream(graph_module, expert_nodes)
-        batched = [n for n in upstream if n in from_input and n not in after_experts and _batched(values[n])]
+        batched = _distinct([n for n in upstream if n in from_input and n not in after_experts
+                             and _batched(values[n])], values)
         for weight in _expert_layouts(experts, num_kernels, conv.kernel_shape):
             for attention in _attention_fields(batched, values, num_kernels, conv.out_channels):
                 mixed = _mix(attention.probe_value(values), weight)
+                mixed_entries = entries.take(mixed)
                 others = [n for n in batched if n is not attention.node]
                 for factors in _weight_factors(others, values, conv):
-                    if _close(_scaled(mixed, factors, values, conv.groups), kernels):
+                    if (_close(entries.scaled(mixed_entries, factors, values), observed)  # screened on a sample
+                            and _close(_scaled(mixed, factors, values, conv.groups), kernels)):
                         yield weight, (attention, *factors)
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """A fixed sample of entries of the per-sample kernels ``[N, M, C/G, kH, kW]`` (their indices along each
+    axis), on which a reading is screened before the whole kernels are compared."""
+
+    flat: Tensor
+    sample: Tensor
+    out_channel: Tensor
+    in_channel: Tensor  # of the input, by group: g * C/G + c
+    row: Tensor
+    column: Tensor
+
+    @classmethod
+    def of(cls, shape: torch.Size, groups: int, count: int = 2048) -> "_Entries":
+        total = math.prod(shape)
+        flat = (torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count] if total > count
+                else torch.arange(total))
+        n, m, c, i, j = torch.unravel_index(flat, tuple(shape))
+        return cls(flat, n, m, m // (shape[1] // groups) * shape[2] + c, i, j)
+
+    def take(self, kernels: Tensor) -> Tensor:
+        return kernels.reshape(-1)[self.flat]
+
+    def scaled(self, mixed: Tensor, factors: tuple[_Field, ...], values: dict) -> Tensor:
+        """:func:`_scaled` at the sampled entries (``mixed``: the mixed kernels' values there)."""
+        for factor in factors:
+            field = factor.read(values[factor.node])
+            index = {"spatial": (self.sample, self.row, self.column), "filter": (self.sample, self.out_channel),
+                     "channel": (self.sample, self.in_channel)}[factor.role]
+            mixed = mixed * field[index]
+        return mixed
+
+
+def _distinct(nodes: list, values: dict) -> list:
+    """``nodes`` without those whose value is a view of an earlier one's (the same numbers, reshaped)."""
+    seen, kept = set(), []
+    for node in nodes:
+        key = (values[node].data_ptr(), values[node].numel())
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    return kept
 
 
 def _expert_candidates(upstream: list, values: dict, from_input: set, per_sample: int):
@@ -491,8 +565,9 @@ def _family(fields: tuple[_Field, ...], values: dict) -> str:
 
 def _routed(router: TracedRouting, weight: Tensor, bias: Optional[Tensor], output_bias: Optional[Tensor],
             conv: _DynamicConv, values: dict) -> RoutedConv2d:
-    return RoutedConv2d(router, weight, bias, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                        groups=conv.groups, output_bias=output_bias, family=_family(router.fields, values))
+    layer = RoutedConv2d(router, weight, bias, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                         groups=conv.groups, output_bias=output_bias, family=_family(router.fields, values))
+    return layer.to(weight)  # the original's dtype and device
 
 
 def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, layer: RoutedConv2d,
@@ -505,14 +580,16 @@ def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, laye
     for node in graph_module.graph.nodes:
         if node in after_conv and node.op != "output" and isinstance(values.get(node), Tensor) and _close(
                 values[node], output):
-            yield _block(graph_module, node, layer)
+            block = _block(graph_module, conv, node, layer)
+            if block is not None:
+                yield block
 
 
-def _block(graph_module: fx.GraphModule, replaced: fx.Node, layer: RoutedConv2d) -> fx.GraphModule:
-    """``graph_module`` with ``replaced`` computed by ``layer`` from the input, and without what only it needed."""
-    name = "dynamic_conv"
-    while hasattr(graph_module, name) and not isinstance(getattr(graph_module, name), RoutedConv2d):
-        name = "_" + name  # a name of the block's own is kept
+def _block(graph_module: fx.GraphModule, conv: _DynamicConv, replaced: fx.Node,
+           layer: RoutedConv2d) -> Optional[fx.GraphModule]:
+    """``graph_module`` with ``replaced`` computed by ``layer`` from the inputs, without what only it needed; None
+    if the original conv is still needed (a later op reads a result before ``replaced``)."""
+    name = graph_module.__dict__.setdefault("_canonical_name", _free_name(graph_module, "dynamic_conv"))
     graph_module.add_module(name, layer)
     graph, copies = fx.Graph(), {}
     inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
@@ -522,8 +599,18 @@ def _block(graph_module: fx.GraphModule, replaced: fx.Node, layer: RoutedConv2d)
         else:
             copies[node] = graph.node_copy(node, lambda n: copies[n])
     read_batch_sizes(graph)
-    fx.GraphModule(graph_module, graph).graph.eliminate_dead_code()  # (the purity check wants an owner)
+    owner = fx.GraphModule(graph_module, graph)  # (the purity check wants an owner)
+    graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or str(n.target).endswith("_"))  # in place
+    if any(copies[call] in owner.graph.nodes for call in conv.calls):
+        return None
     return fx.GraphModule(graph_module, graph, class_name="TracedBlock")  # only what is left is copied
+
+
+def _free_name(module: nn.Module, name: str) -> str:
+    """``name``, or it with leading underscores, not taken by an attribute of ``module``."""
+    while hasattr(module, name):
+        name = "_" + name
+    return name
 
 
 def _output(layer: nn.Module, inputs: tuple) -> Optional[Tensor]:

@@ -17,6 +17,7 @@ from guards import assert_attention_varies, assert_depends_on_input, assert_fail
 from torch import nn
 
 from dyconv_deploy.convert import RoutedConv2d, convert_model
+from dyconv_deploy.convert.detect import find_dynamic_convs
 from dyconv_deploy.convert.traced import NotRecognised, recognise_traced
 from dyconv_deploy.export import contract_nodes, export_onnx
 from dyconv_deploy.inputs import random_images
@@ -488,3 +489,49 @@ def test_layers_routed_by_their_parent_are_recognised_with_the_routing_as_an_inp
         assert comparison.passed, str(comparison)
     with rolled_attention(converted):
         assert_fails(verify_onnx(converted, lowered, SHAPE, [3]), "giving sample n sample n-1's attention")
+
+
+class FilterThenResidualOnTheRawResult(OmniAttentions):
+    """A block reading the conv's result twice: ``bn(y * filter) + y``; no copy of the original conv may stay."""
+
+    def __init__(self, channels):
+        super().__init__(channels, channels, 3)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        z = self.squeeze(x)
+        channel, filters = torch.sigmoid(self.to_channel(z)), torch.sigmoid(self.to_filter(z))
+        spatial = torch.sigmoid(self.to_spatial(z)).view(n, 1, 1, self.k, self.k)
+        weight = torch.einsum("nk,kocij->nocij", F.softmax(self.to_kernel(z).flatten(1), dim=1), self.kernels) * spatial
+        y = F.conv2d((x * channel).reshape(1, n * c, h, w), weight.reshape(n * self.cout, c, self.k, self.k), None,
+                     1, 1, 1, n).view(n, self.cout, h, w)
+        return self.bn(y * filters) + y
+
+
+def test_a_block_that_reads_the_conv_result_twice_keeps_no_copy_of_the_dynamic_conv():
+    model = _net(FilterThenResidualOnTheRawResult(8))
+    converted, report = convert_model(model, random_images(SHAPE))
+    assert [r.path for r in report.converted] == ["2"] and report.unknown == []
+    assert find_dynamic_convs(converted, (random_images(SHAPE),)) == []  # the block runs the contract op only
+    x = random_images(SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dtype_geometry_and_mode_are_taken_as_the_layer_has_them():
+    layer = StackedSigmoidExperts(8, 6).double().eval()  # float64 stays float64
+    recognised = recognise_traced(layer, torch.zeros(SHAPE, dtype=torch.float64))
+    x = random_images(SHAPE).double()
+    with torch.no_grad():
+        torch.testing.assert_close(recognised(x), layer(x))
+
+    class OneElementLists(DynamicConv):  # F.conv2d accepts [s] for stride and dilation, [p] for padding
+        def forward(self, x):
+            n, c, h, w = x.shape
+            kernels = torch.einsum("nk,kmcij->nmcij", self.attention(x.mean((2, 3))), self.weight).flatten(0, 1)
+            return F.conv2d(x.reshape(1, n * c, h, w), kernels, None, [2], [1], [1], n).view(n, self.cout, 6, 6)
+
+    assert recognise_traced(OneElementLists(8, 8).eval(), torch.zeros(SHAPE)).stride == (2, 2)
+    with pytest.raises(NotRecognised, match="training mode"):
+        recognise_traced(DynamicConv(8, 8).train(), torch.zeros(SHAPE))
