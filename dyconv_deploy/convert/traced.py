@@ -159,9 +159,13 @@ def recognise_traced(module: nn.Module, x: Tensor, *routing_inputs: Tensor) -> n
         try:
             return _recognise(module, *_trace(module, tracers), x, routing_inputs)
         except NotRecognised as exc:
-            first_failure = first_failure or exc
-            if not any(t.guessed for t in tracers):  # another rank would trace the same graph
-                break
+            failure = exc
+        except Exception as exc:  # a layer unlike any reading breaks one of them: say so, not a traceback
+            failure = NotRecognised(f"reading its trace failed ({type(exc).__name__}: {_first_line(exc)})")
+            failure.__cause__ = exc
+        first_failure = first_failure or failure
+        if not any(t.guessed for t in tracers):  # another rank would trace the same graph
+            break
     raise first_failure
 
 
@@ -327,8 +331,9 @@ def _pair(value) -> tuple:
 
 
 def _batched(value) -> bool:
-    """A tensor with the probe batch as its first axis."""
-    return isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == PROBE_BATCH
+    """A floating-point tensor with the probe batch as its first axis (an attention, a scale)."""
+    return (isinstance(value, Tensor) and value.is_floating_point() and value.dim() >= 1
+            and value.shape[0] == PROBE_BATCH)
 
 
 def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict,

@@ -535,3 +535,18 @@ def test_dtype_geometry_and_mode_are_taken_as_the_layer_has_them():
     assert recognise_traced(OneElementLists(8, 8).eval(), torch.zeros(SHAPE)).stride == (2, 2)
     with pytest.raises(NotRecognised, match="training mode"):
         recognise_traced(DynamicConv(8, 8).train(), torch.zeros(SHAPE))
+
+
+def test_hard_routing_is_read_and_integer_tensors_are_no_attention():
+    class TopOne(DynamicConv):  # one-hot of the argmax: an integer [N, K] before .float()
+        def forward(self, x):
+            n, c, h, w = x.shape
+            a = F.one_hot(self.attention(x.mean((2, 3))).argmax(1), self.K).float()
+            kernels = torch.einsum("nk,kmcij->nmcij", a, self.weight).flatten(0, 1)
+            return F.conv2d(x.reshape(1, n * c, h, w), kernels, None, 1, 1, 1, n).view(n, self.cout, h, w)
+
+    layer = TopOne(8, 8).eval()
+    recognised = recognise_traced(layer, torch.zeros(SHAPE))
+    x = random_images((6, *SHAPE[1:]))
+    with torch.no_grad():
+        torch.testing.assert_close(recognised(x), layer(x))
