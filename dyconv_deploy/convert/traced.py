@@ -193,9 +193,10 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
             return layer
     # A block going on after the conv: the scales that multiply its output are taken into the layer first
     # (they multiply the conv's result as much as the rest of the block's ops).
+    name = _free_name(graph_module, "dynamic_conv")
     for layer in _readings(graph_module, conv, values, from_input, weight_readings, routing_shapes,
                            most_scales_first=True):
-        for block in _blocks(graph_module, conv, values, layer, probe):
+        for block in _blocks(graph_module, conv, values, layer, probe, name):
             if all(_reproduces(block, inputs, output) for inputs, output in expected):
                 return block
     raise NotRecognised("no reading of its experts (an axis of K), attentions and bias reproduces its output")
@@ -340,7 +341,7 @@ def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: d
                      from_input: set) -> Iterator[tuple[Tensor, tuple[_Field, ...]]]:
     """``(experts [K, M, C/G, kH, kW], fields)`` whose product reproduces every probe sample's kernel."""
     kernels = conv.sample_kernels(values)
-    entries = _Entries.of(kernels.shape, conv.groups)
+    entries = _Entries.of(kernels.shape)
     observed = entries.take(kernels)
     upstream = _upstream(conv.weights)
     for expert_nodes, experts in _expert_candidates(upstream, values, from_input, math.prod(conv.kernel_shape)):
@@ -354,41 +355,34 @@ def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: d
                 mixed_entries = entries.take(mixed)
                 others = [n for n in batched if n is not attention.node]
                 for factors in _weight_factors(others, values, conv):
-                    if (_close(entries.scaled(mixed_entries, factors, values), observed)  # screened on a sample
+                    if (_close(entries.scaled(mixed_entries, factors, values, conv.groups), observed)  # screened
                             and _close(_scaled(mixed, factors, values, conv.groups), kernels)):
                         yield weight, (attention, *factors)
 
 
 @dataclass(frozen=True)
 class _Entries:
-    """A fixed sample of entries of the per-sample kernels ``[N, M, C/G, kH, kW]`` (their indices along each
-    axis), on which a reading is screened before the whole kernels are compared."""
+    """A fixed sample of entries of the per-sample kernels ``[N, M, C/G, kH, kW]`` (their flat positions and
+    their indices along each axis), on which a reading is screened before the whole kernels are compared."""
 
+    shape: torch.Size
     flat: Tensor
-    sample: Tensor
-    out_channel: Tensor
-    in_channel: Tensor  # of the input, by group: g * C/G + c
-    row: Tensor
-    column: Tensor
+    index: tuple[Tensor, ...]
 
     @classmethod
-    def of(cls, shape: torch.Size, groups: int, count: int = 2048) -> "_Entries":
+    def of(cls, shape: torch.Size, count: int = 2048) -> "_Entries":
         total = math.prod(shape)
         flat = (torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count] if total > count
                 else torch.arange(total))
-        n, m, c, i, j = torch.unravel_index(flat, tuple(shape))
-        return cls(flat, n, m, m // (shape[1] // groups) * shape[2] + c, i, j)
+        return cls(shape, flat, torch.unravel_index(flat, tuple(shape)))
 
     def take(self, kernels: Tensor) -> Tensor:
         return kernels.reshape(-1)[self.flat]
 
-    def scaled(self, mixed: Tensor, factors: tuple[_Field, ...], values: dict) -> Tensor:
+    def scaled(self, mixed: Tensor, factors: tuple[_Field, ...], values: dict, groups: int) -> Tensor:
         """:func:`_scaled` at the sampled entries (``mixed``: the mixed kernels' values there)."""
         for factor in factors:
-            field = factor.read(values[factor.node])
-            index = {"spatial": (self.sample, self.row, self.column), "filter": (self.sample, self.out_channel),
-                     "channel": (self.sample, self.in_channel)}[factor.role]
-            mixed = mixed * field[index]
+            mixed = mixed * _broadcast(factor, values, self.shape, groups).expand(self.shape)[self.index]
         return mixed
 
 
@@ -407,13 +401,8 @@ def _expert_candidates(upstream: list, values: dict, from_input: set, per_sample
     """``(nodes, experts)``: parameter-only tensors of ``K * per_sample`` elements on the kernels' path,
     nearest first, then the parameters of one kernel each, stacked in the order the trace uses them."""
     constants = [n for n in upstream if n not in from_input and isinstance(values.get(n), Tensor)]
-    seen = set()
-    for node in constants:
-        value = values[node]
-        key = (value.data_ptr(), value.numel())
-        if value.numel() % per_sample == 0 and key not in seen:
-            seen.add(key)
-            yield [node], value
+    for node in _distinct([n for n in constants if values[n].numel() % per_sample == 0], values):
+        yield [node], values[node]
     singles = _in_graph_order([n for n in constants if n.op == "get_attr" and values[n].numel() == per_sample])
     if len(singles) > 1:
         yield singles, torch.stack([values[n].reshape(-1) for n in singles])
@@ -471,19 +460,23 @@ def _weight_factors(batched: list, values: dict, conv: _DynamicConv) -> Iterator
 
 
 def _scaled(kernels: Tensor, factors: tuple[_Field, ...], values: dict, groups: int) -> Tensor:
-    """``kernels [N, M, C/G, kH, kW]`` times each factor, broadcast along its axes (the channel factor ``[N, C]``
-    by group: group g's M/G kernels times its C/G channels)."""
-    n, m, c_per_group, kh, kw = kernels.shape
+    """``kernels [N, M, C/G, kH, kW]`` times each factor."""
     for factor in factors:
-        field = factor.read(values[factor.node])
-        if factor.role == "spatial":
-            kernels = kernels * field[:, None, None]
-        elif factor.role == "filter":
-            kernels = kernels * field[:, :, None, None, None]
-        else:
-            grouped = kernels.reshape(n, groups, m // groups, c_per_group, kh, kw)
-            kernels = (grouped * field.reshape(n, groups, 1, c_per_group, 1, 1)).reshape(kernels.shape)
+        kernels = kernels * _broadcast(factor, values, kernels.shape, groups)
     return kernels
+
+
+def _broadcast(factor: _Field, values: dict, shape: torch.Size, groups: int) -> Tensor:
+    """An ODConv factor's probe value broadcastable to the kernels ``[N, M, C/G, kH, kW]``: the channel factor
+    ``[N, C]`` by group (group g's M/G kernels times its C/G channels)."""
+    n, m, c_per_group = shape[:3]
+    field = factor.read(values[factor.node])
+    if factor.role == "spatial":
+        return field[:, None, None]
+    if factor.role == "filter":
+        return field[:, :, None, None, None]
+    by_group = field.reshape(n, groups, 1, c_per_group).expand(n, groups, m // groups, c_per_group)
+    return by_group.reshape(n, m, c_per_group, 1, 1)
 
 
 def _close(actual: Tensor, expected: Tensor) -> bool:
@@ -576,8 +569,9 @@ def _routed(router: TracedRouting, weight: Tensor, bias: Optional[Tensor], outpu
 
 
 def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, layer: RoutedConv2d,
-            probe: tuple) -> Iterator[fx.GraphModule]:
-    """The block with ``layer`` in place of each node after the conv whose probe value it gives."""
+            probe: tuple, name: str) -> Iterator[fx.GraphModule]:
+    """The block with ``layer`` (its submodule ``name``) in place of each node after the conv whose probe value
+    it gives."""
     output = _output(layer, probe)
     if output is None:
         return
@@ -585,16 +579,16 @@ def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, laye
     for node in graph_module.graph.nodes:
         if node in after_conv and node.op != "output" and isinstance(values.get(node), Tensor) and _close(
                 values[node], output):
-            block = _block(graph_module, conv, node, layer)
+            block = _block(graph_module, conv, node, layer, name)
             if block is not None:
                 yield block
 
 
-def _block(graph_module: fx.GraphModule, conv: _DynamicConv, replaced: fx.Node,
-           layer: RoutedConv2d) -> Optional[fx.GraphModule]:
-    """``graph_module`` with ``replaced`` computed by ``layer`` from the inputs, without what only it needed; None
-    if the original conv is still needed (a later op reads a result before ``replaced``)."""
-    name = graph_module.__dict__.setdefault("_canonical_name", _free_name(graph_module, "dynamic_conv"))
+def _block(graph_module: fx.GraphModule, conv: _DynamicConv, replaced: fx.Node, layer: RoutedConv2d,
+           name: str) -> Optional[fx.GraphModule]:
+    """``graph_module`` with ``replaced`` computed by ``layer`` (added as submodule ``name``) from the inputs,
+    without what only it needed; None if the original conv is still needed (a later op reads a result before
+    ``replaced``)."""
     graph_module.add_module(name, layer)
     graph, copies = fx.Graph(), {}
     inputs = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
