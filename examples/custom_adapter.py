@@ -1,13 +1,14 @@
 """Worked example: teach ``dyconv-deploy`` a dynamic conv it does not know.
 
 ``ExpertMixConv`` stands for your own layer: K expert kernels mixed per sample by a softmax
-gate, one sample at a time in a Python loop over the batch's samples, gate included. No built-in
-adapter recognises it, and the loop keeps ``torch.fx`` from tracing it (layers that fold the batch
-into conv groups, or loop over it with a gate computed for the whole batch, are recognised from
-their trace without an adapter), so ``export`` stops and names it. ``ExpertMixAdapter`` tells the
-converter how to rebuild it as the
+gate, skipping the experts whose gate is below ``threshold`` (a sparse mixture, cheaper in eager
+PyTorch). No built-in adapter recognises it, and the ``if`` on the gate's values keeps ``torch.fx``
+from tracing it (layers that fold the batch into conv groups, or loop over it with the gate computed
+for the batch or for each sample, are recognised from their trace without an adapter), so ``export``
+stops and names it. ``ExpertMixAdapter`` tells the converter how to rebuild it as the
 canonical :class:`~dyconv_deploy.convert.RoutedConv2d`: the trained gate is reused as the
-routing branch and the experts (already ``[K, M, C/G, k, k]``) become the contract's weight.
+routing branch, its skipped experts weighted 0, and the experts (already ``[K, M, C/G, k, k]``)
+become the contract's weight.
 
     dyconv-deploy inspect examples/custom_adapter.py:build --input-shape 2x3x16x16 \\
         --adapter examples/custom_adapter.py:ExpertMixAdapter
@@ -22,19 +23,20 @@ from dyconv_deploy.nn import Routing
 
 
 class ExpertMixConv(nn.Module):
-    """Your layer: ``x [N, C, H, W] -> [N, M, Ho, Wo]`` with a per-sample mixture of ``num_experts`` kernels."""
+    """Your layer: ``x [N, C, H, W] -> [N, M, Ho, Wo]`` with a per-sample mixture of ``num_experts`` kernels, the
+    experts whose gate is below ``threshold`` left out (below ``1 / num_experts``, so one expert always stays)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, num_experts=4):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, num_experts=4, threshold=0.1):
         super().__init__()
-        self.stride, self.padding = stride, padding
+        self.stride, self.padding, self.threshold = stride, padding, threshold
         self.experts = nn.Parameter(torch.randn(num_experts, out_channels, in_channels, kernel_size, kernel_size) * 0.1)
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_experts),
                                   nn.Softmax(dim=1))
 
     def forward(self, x):
         outputs = []
-        for sample in x:  # [C, H, W]
-            kernel = torch.einsum("k,kmcij->mcij", self.gate(sample[None])[0], self.experts)
+        for sample, gates in zip(x, self.gate(x)):  # [C, H, W], [K]
+            kernel = sum(g * expert for g, expert in zip(gates, self.experts) if g >= self.threshold)
             outputs.append(F.conv2d(sample[None], kernel, None, self.stride, self.padding))
         return torch.cat(outputs)
 
@@ -42,12 +44,14 @@ class ExpertMixConv(nn.Module):
 class GateRouting(nn.Module):
     """The routing branch of the canonical layer: your trained gate, returning a ``Routing``."""
 
-    def __init__(self, gate: nn.Module):
+    def __init__(self, gate: nn.Module, threshold: float):
         super().__init__()
         self.gate = gate
+        self.threshold = threshold
 
     def forward(self, x):
-        return Routing(attention=self.gate(x))  # [N, K]; add spatial/channel/filter if your layer has them
+        gates = self.gate(x)  # [N, K]
+        return Routing(attention=gates * (gates >= self.threshold))  # add spatial/channel/filter if yours has them
 
 
 class ExpertMixAdapter(Adapter):
@@ -58,7 +62,7 @@ class ExpertMixAdapter(Adapter):
         return type(module).__name__ == "ExpertMixConv" and hasattr(module, "experts")
 
     def to_canonical(self, module, parent):
-        return RoutedConv2d(GateRouting(module.gate), module.experts, None, stride=module.stride,
+        return RoutedConv2d(GateRouting(module.gate, module.threshold), module.experts, None, stride=module.stride,
                             padding=module.padding, family=self.family)
 
 

@@ -6,7 +6,9 @@ during one forward of the example input; build each canonical layer, check it ag
 original on random inputs of the recorded shapes, and put it in place; then look for
 convolutions whose weight still depends on the input (:mod:`dyconv_deploy.convert.detect`) and
 try to recognise each of those layers from its ``torch.fx`` graph
-(:mod:`dyconv_deploy.convert.traced`: the family ``traced``), checked the same way. A built-in
+(:mod:`dyconv_deploy.convert.traced`: the family ``traced``), checked the same way, as well as the
+modules that may mix the outputs of static expert convs (a layer written experts-first; a candidate
+no reading fits is an ordinary block, left as it is). A built-in
 adapter that matched a layer by name but cannot convert it (an own class that happens to share
 the name) leaves it to that second step; a user's adapter that fails is an error.
 """
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from dyconv_deploy.convert.detect import ROOT, UnknownDynamicConv, find_dynamic_convs
+from dyconv_deploy.convert.detect import ROOT, UnknownDynamicConv, scan_convolutions
 from dyconv_deploy.convert.registry import (ADAPTER_DOCS, Adapter, builtin_adapters, installed_adapters,
                                             load_adapter)
 from dyconv_deploy.convert.traced import FAMILY as TRACED, NotRecognised, recognise_traced
@@ -132,13 +134,33 @@ def convert_model(model: nn.Module, example_input, *, adapters: Optional[Sequenc
                 raise
             reasons[path] = f"the {adapter.family} adapter matched its name but: {exc}"
     with forward_errors_named(converted, inputs):  # without matches, the first forward
-        unknown = find_dynamic_convs(converted, inputs)
+        scan = scan_convolutions(converted, inputs)
+    modules = {path or ROOT: module for path, module in converted.named_modules()}
+    mixtures = {path: modules[path] for path in scan.mixtures if not _in_canonical(converted, path)}
+    unknown = scan.dynamic
     if unknown:
-        converted = _convert_traced(converted, unknown, inputs, tolerance, report, reasons)
+        layers = {u.path: modules[u.path] for u in unknown if u.module_type != "GraphModule"}
+        converted, failures = _convert_traced(converted, layers, inputs, tolerance, report)
+        for path, failure in failures.items():
+            reasons[path] = _joined(reasons.get(path), failure)
         done = {r.path for r in report.converted}
         unknown = [u for u in unknown if u.path not in done]  # a canonical layer runs the contract op, no conv
+    present = {path or ROOT: module for path, module in converted.named_modules()}
+    mixtures = {path: module for path, module in mixtures.items() if present.get(path) is module}
+    if mixtures:  # candidates: most are ordinary blocks, which no reading fits
+        converted, failures = _convert_traced(converted, mixtures, inputs, tolerance, report)
+        for path, failure in failures.items():
+            log.debug("convert: %s mixes no expert convs: %s", path, failure)
     report.unknown = [replace(u, reason=reasons.get(u.path, "")) for u in unknown]
     return converted, report
+
+
+def _in_canonical(model: nn.Module, path: str) -> bool:
+    """Whether the module at ``path`` is, or is inside, a canonical layer (its router's own convs)."""
+    if path == ROOT:
+        return isinstance(model, _CANONICAL)
+    parts = path.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), _CANONICAL) for i in range(len(parts) + 1))
 
 
 def _put(model: nn.Module, path: str, family: str, original: nn.Module, canonical: nn.Module, spec,
@@ -159,29 +181,27 @@ def _put(model: nn.Module, path: str, family: str, original: nn.Module, canonica
     return model
 
 
-def _convert_traced(model: nn.Module, unknown: list[UnknownDynamicConv], inputs: tuple, tolerance: Tolerance,
-                    report: ConversionReport, reasons: dict) -> nn.Module:
-    """Convert what :mod:`~dyconv_deploy.convert.traced` recognises of the ``unknown`` layers and return the
-    model; ``reasons`` (path -> why) gains why the others were not."""
-    modules = {path or ROOT: module for path, module in model.named_modules()}
-    layers = [modules[u.path] for u in unknown if u.module_type != "GraphModule"]
-    recorded = _record_inputs(model, layers, inputs)
-    for u in unknown:
-        module = modules[u.path]
+def _convert_traced(model: nn.Module, layers: dict, inputs: tuple, tolerance: Tolerance,
+                    report: ConversionReport) -> tuple[nn.Module, dict]:
+    """Convert what :mod:`~dyconv_deploy.convert.traced` recognises of the ``layers`` (path -> module) and return
+    the model and, for the others, why not (path -> reason)."""
+    recorded = _record_inputs(model, list(layers.values()), inputs)
+    failures = {}
+    for path, module in layers.items():
         if module not in recorded:
             continue
         args, kwargs = recorded[module]
         if kwargs or not args or not all(isinstance(a, _TensorSpec) and a.shape[:1] == args[0].shape[:1]
                                          for a in args):
-            reasons[u.path] = _joined(reasons.get(u.path), "its forward takes other arguments than tensors of the "
-                                                           "batch (x and, say, its parent's routing weights)")
+            failures[path] = ("its forward takes other arguments than tensors of the batch (x and, say, its "
+                              "parent's routing weights)")
             continue
         try:
             canonical = recognise_traced(module, *(torch.zeros(a.shape, dtype=a.dtype, device=a.device) for a in args))
-            model = _put(model, u.path, TRACED, module, canonical, recorded[module], tolerance, report)
+            model = _put(model, path, TRACED, module, canonical, recorded[module], tolerance, report)
         except (NotRecognised, DyconvError) as exc:
-            reasons[u.path] = _joined(reasons.get(u.path), f"not recognised from its trace: {exc}")
-    return model
+            failures[path] = f"not recognised from its trace: {exc}"
+    return model, failures
 
 
 def _joined(first: Optional[str], second: str) -> str:

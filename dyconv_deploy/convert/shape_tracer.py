@@ -17,9 +17,11 @@ class ShapeTracer(fx.Tracer):
     was; a wrong guess fails the probe or the readings, and the caller tries the next rank).
 
     With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
-    number, so a Python loop over the batch is unrolled into one branch per sample; where ``x.shape[0]`` or
-    ``x.size(0)`` reaches an op (``a.view(n, -1)``) it is a :class:`TracedBatch`, which :func:`read_batch_sizes`
-    turns back into a read of the input's batch (``len(x)`` is a plain number: Python's ``len`` makes it one).
+    number, so a Python loop over the batch (``range(len(x))``, ``for xi in x``) is unrolled into one branch per
+    sample; where ``x.shape[0]`` or ``x.size(0)`` reaches an op (``a.view(n, -1)``) it is a :class:`TracedBatch`,
+    which :func:`read_batch_sizes` turns back into a read of the input's batch (``len(x)`` is a plain number:
+    Python's ``len`` makes it one). The first size of a tensor computed from a selection of samples (``x[i:i+1]``,
+    as a gate called inside the loop reads it: ``xi.view(xi.size(0), -1)``) stays a read in the graph.
     """
 
     def __init__(self, batch: Optional[int] = None, rank: int = 4):
@@ -40,15 +42,33 @@ class ShapeTracer(fx.Tracer):
 
     def iter(self, obj: fx.Proxy):
         length = self.shape_length(obj.node)
+        if length is None and self.batch is not None:
+            length = self._first_size(obj.node)
         if length is None:
             return super().iter(obj)
         return iter([obj[i] for i in range(length)])
+
+    def _first_size(self, node: fx.Node) -> int:
+        """How many items iterating the traced ``node`` gives: a parameter's or buffer's first size, else the
+        batch (``for xi in x``, ``zip(x, attention)``, ``x.split(1)``)."""
+        if node.op == "get_attr":  # (the tracer patches module attributes into proxies: read the tensors' own)
+            tensors = {**dict(self.root.named_parameters()), **dict(self.root.named_buffers())}
+            if node.target in tensors:
+                return len(tensors[node.target])
+        return self.batch
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         # the full signature: fx passes parameter proxies (constant shapes) only to a create_proxy that names it
         if self.batch is not None and _reads_batch_size(kind, target, args, kwargs):
             return TracedBatch(self.batch)
-        return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if self.batch is not None and (_selects_samples(kind, target, args) or any(
+                n.meta.get(_PER_SAMPLE) for n in proxy.node.all_input_nodes)):
+            proxy.node.meta[_PER_SAMPLE] = True  # its first size is no longer the batch: read it in the graph
+        return proxy
+
+
+_PER_SAMPLE = "dyconv_per_sample"  # node meta: computed from a selection of samples (``x[i]``), not the whole batch
 
 
 class TracedBatch(int):
@@ -117,9 +137,19 @@ def _shape_length(node: fx.Node, rank: int) -> Optional[int]:
 
 
 def _reads_batch_size(kind: str, target, args: tuple, kwargs: dict) -> bool:
-    """Whether the call is ``tensor.shape[0]`` / ``tensor.size(0)``."""
+    """Whether the call is ``tensor.shape[0]`` / ``tensor.size(0)`` of a tensor of the whole batch."""
     if kind == "call_function" and target is operator.getitem and isinstance(args[0], fx.Proxy):
-        return isinstance(args[1], int) and args[1] == 0 and _is_shape(args[0].node)
+        return (isinstance(args[1], int) and args[1] == 0 and _is_shape(args[0].node)
+                and not _shaped_tensor(args[0].node).meta.get(_PER_SAMPLE))
     if kind == "call_method" and target == "size":
-        return (args[1:] or (kwargs.get("dim"),)) == (0,)
+        return (args[1:] or (kwargs.get("dim"),)) == (0,) and not args[0].node.meta.get(_PER_SAMPLE)
     return False
+
+
+def _selects_samples(kind: str, target, args: tuple) -> bool:
+    """Whether the call indexes the first axis, ``x[i]`` or ``x[i:i+1]`` (a sample of a loop over the batch;
+    of a tuple, one of its tensors)."""
+    if not (kind == "call_function" and target is operator.getitem and isinstance(args[0], fx.Proxy)):
+        return False
+    index = args[1][0] if isinstance(args[1], tuple) and args[1] else args[1]
+    return not isinstance(index, slice) or index != slice(None)

@@ -21,6 +21,9 @@ values on a probe batch:
    channel attention) and an ``[N, M]`` one into its output (the filter attention);
 4. the conv's bias: none, a static ``[M]`` shared by the batch, or a ``[K, M]`` expert bias.
 
+A layer with no conv on an input-dependent weight may be written experts-first: K static convs of one
+geometry on its input (or one of K * M filters) whose outputs an attention mixes; it is read as the dynamic
+conv of those kernels (:func:`_read_expert_outputs`).
 Other tensor inputs of the layer (routing weights its parent computes once for several convs) are
 inputs of the router.
 A block that goes on after its conv (BatchNorm, activation, a residual sum) becomes its own graph
@@ -31,7 +34,8 @@ canonical layer reproduces the original's output on the probe and on a second ba
 size (so no batch size is baked into the router); the converter then checks it again on its own
 random input. The family follows the math found: ``odconv`` with any of the three extra factors,
 ``dynet`` with a per-channel attention, ``dynamic_conv`` with a softmax one (rows summing to 1),
-else ``condconv``. Attentions computed inside a loop over the batch are not recognised.
+else ``condconv``. Attentions computed inside a loop over the batch, one sample at a time, are read after
+:func:`~dyconv_deploy.convert.sample_batching.batch_sample_branches` has batched their branches.
 """
 
 import contextlib
@@ -39,7 +43,7 @@ import io
 import itertools
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 import torch
@@ -47,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dyconv_deploy.convert.routed import RoutedConv2d
+from dyconv_deploy.convert.sample_batching import batch_sample_branches
 from dyconv_deploy.convert.shape_tracer import ShapeTracer, read_batch_sizes
 from dyconv_deploy.nn import Routing
 
@@ -179,7 +184,6 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
                           for t in (x, *routing_inputs)) for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
     values = _probe(graph_module, probe)
     from_input = _downstream(graph_module, placeholders)
-    conv = _dynamic_conv(graph_module, values, from_input, unrolled)
     with torch.no_grad():
         try:
             expected = [(inputs, module(*inputs)) for inputs in (probe, check)]
@@ -187,15 +191,77 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
             raise NotRecognised(f"it fails on a random batch of {CHECK_BATCH} ({type(exc).__name__}: "
                                 f"{_first_line(exc)})") from exc
     routing_shapes = tuple(tuple(t.shape[1:]) for t in routing_inputs)
+    if not any(_is_dynamic_conv(n, values, from_input) for n in graph_module.graph.nodes):
+        return _read_expert_outputs(graph_module, values, from_input, probe, expected, routing_shapes)
+    conv = _dynamic_conv(graph_module, values, from_input, unrolled)
+    try:
+        return _read(graph_module, conv, values, from_input, probe, expected, routing_shapes)
+    except NotRecognised as failure:
+        results = _sample_results(graph_module, conv, values, from_input) if unrolled else None
+        if results is None:
+            raise
+        # attentions computed inside the loop over the samples: their branches batched, then read again
+        for parameters_outside in (True, False):
+            rewritten = batch_sample_branches(graph_module, results, set(conv.calls), values, from_input,
+                                              math.prod(conv.kernel_shape) - 1,
+                                              _free_name(graph_module, "sample_attentions"), parameters_outside)
+            if rewritten is None:
+                continue
+            with contextlib.suppress(NotRecognised):  # a branch vmap cannot run, or no reading of this one
+                rewritten_values = _probe(rewritten, probe)
+                rewritten_from_input = _downstream(rewritten, [n for n in rewritten.graph.nodes
+                                                               if n.op == "placeholder"])
+                return _read(rewritten, _dynamic_conv(rewritten, rewritten_values, rewritten_from_input, unrolled),
+                             rewritten_values, rewritten_from_input, probe, expected, routing_shapes)
+        raise failure
+
+
+def _sample_results(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict,
+                    from_input: set) -> Optional[list]:
+    """Each probe sample's own results, the nodes its branch of the layer ends in: in a loop over the batch, the
+    inputs of the op joining the convs' results (``torch.cat(outputs)``), else the convs themselves; for the
+    batch-folded conv, the :data:`PROBE_BATCH` pieces joined into its weight and input. None if not found."""
+    if len(conv.calls) == PROBE_BATCH:
+        after = [_downstream(graph_module, [call]) for call in conv.calls]
+        join = next((n for n in graph_module.graph.nodes if sum(n in nodes for nodes in after) > 1), None)
+        parts = [[i for i in join.all_input_nodes if i in nodes] for nodes in after] if join is not None else []
+        return parts if parts and all(len(p) == 1 for p in parts) else [[call] for call in conv.calls]
+    pieces = [_joined_pieces(node, values, from_input) for node in (conv.weights[0], conv.inputs[0])]
+    pieces = [p for p in pieces if p is not None]
+    return [list(sample) for sample in zip(*pieces)] if pieces else None
+
+
+def _joined_pieces(node: fx.Node, values: dict, from_input: set) -> Optional[list]:
+    """The :data:`PROBE_BATCH` tensors, one per sample, joined (``torch.cat``) into ``node``'s value, nearest first."""
+    per_sample = values[node].numel() // PROBE_BATCH
+    for joined in _upstream([node], within=from_input):
+        parts = [n for n in joined.all_input_nodes if n in from_input]
+        if len(parts) == PROBE_BATCH and all(isinstance(values[n], Tensor) and values[n].numel() == per_sample
+                                             for n in parts):
+            return parts
+    return None
+
+
+def _read(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set, probe: tuple,
+          expected: list, routing_shapes: tuple) -> nn.Module:
+    """The first reading of the layer's dynamic conv (a :class:`RoutedConv2d`, else a block with one) that
+    reproduces every ``(inputs, output)`` of ``expected``."""
     weight_readings = list(_weight_readings(graph_module, conv, values, from_input))
-    for layer in _readings(graph_module, conv, values, from_input, weight_readings, routing_shapes):
+    return _first_reproducing(graph_module, conv, values, probe, expected, lambda most_scales_first: _readings(
+        graph_module, conv, values, from_input, weight_readings, routing_shapes, most_scales_first))
+
+
+def _first_reproducing(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, probe: tuple,
+                       expected: list, readings) -> nn.Module:
+    """The first layer of ``readings(most_scales_first)`` that reproduces every ``(inputs, output)`` of
+    ``expected``, else the first block with one in place of the conv's result that does."""
+    for layer in readings(False):
         if all(_reproduces(layer, inputs, output) for inputs, output in expected):
             return layer
     # A block going on after the conv: the scales that multiply its output are taken into the layer first
     # (they multiply the conv's result as much as the rest of the block's ops).
     name = _free_name(graph_module, "dynamic_conv")
-    for layer in _readings(graph_module, conv, values, from_input, weight_readings, routing_shapes,
-                           most_scales_first=True):
+    for layer in readings(True):
         for block in _blocks(graph_module, conv, values, layer, probe, name):
             if all(_reproduces(block, inputs, output) for inputs, output in expected):
                 return block
@@ -229,10 +295,9 @@ def _trace(module: nn.Module, tracers: list[ShapeTracer]) -> tuple[fx.GraphModul
             return fx.GraphModule(module, tracer.trace(module)), tracer.batch is not None
         except Exception as exc:  # Python control flow on the input: a loop over the batch, ...
             failures.append(exc)
-    failure = failures[0]
+    failure = failures[-1]  # the trace that got furthest
     raise NotRecognised(f"torch.fx cannot trace its forward, even with the batch size as a number: Python control "
-                        f"flow on the input's values, or a loop over its samples? "
-                        f"({type(failure).__name__}: {_first_line(failure)})") from failure
+                        f"flow on the input's values? ({type(failure).__name__}: {_first_line(failure)})") from failure
 
 
 def _first_line(exc: Exception) -> str:
@@ -293,8 +358,7 @@ def _conv_call(node: fx.Node, values: dict) -> dict:
 def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set, unrolled: bool) -> _DynamicConv:
     """The conv(s) whose weight depends on the input: one with the batch folded into its groups, or (in a trace
     that ``unrolled`` a loop over the batch) one per sample."""
-    nodes = [n for n in graph_module.graph.nodes
-             if n.op == "call_function" and n.target is F.conv2d and _conv_call(n, values)["weight_node"] in from_input]
+    nodes = [n for n in graph_module.graph.nodes if _is_dynamic_conv(n, values, from_input)]
     calls = [_conv_call(n, values) for n in nodes]
     if len(calls) == 1:
         x, weight, groups = calls[0]["input"], calls[0]["weight"], int(calls[0]["groups"])
@@ -318,6 +382,85 @@ def _dynamic_conv(graph_module: fx.GraphModule, values: dict, from_input: set, u
     return _DynamicConv(tuple(nodes), tuple(c["weight_node"] for c in calls), tuple(c["bias_node"] for c in calls),
                         tuple(c["input_node"] for c in calls), tuple(kernel_shape), _pair(first["stride"]),
                         _padding(first["padding"]), _pair(first["dilation"]), groups)
+
+
+def _is_dynamic_conv(node: fx.Node, values: dict, from_input: set) -> bool:
+    """A ``conv2d`` call on an input-dependent weight."""
+    return (node.op == "call_function" and node.target is F.conv2d
+            and _conv_call(node, values)["weight_node"] in from_input)
+
+
+def _read_expert_outputs(graph_module: fx.GraphModule, values: dict, from_input: set, probe: tuple,
+                         expected: list, routing_shapes: tuple) -> nn.Module:
+    """A layer written experts-first: static expert convs on its input (K convs of one geometry, or one of
+    K * M filters), their outputs mixed by an attention (``sum(a[:, k] * conv_k(x))``, DyNet's per-channel
+    ``[N, K, M]`` too): a reading of the experts' kernels, biases and attention that reproduces it."""
+    image = next(n for n in graph_module.graph.nodes if n.op == "placeholder")
+    groups: dict[tuple, list] = {}
+    for node in graph_module.graph.nodes:
+        conv = _static_conv(graph_module, node, values, from_input)
+        if conv is not None and conv["input_node"] is image:
+            key = (tuple(conv["weight"].shape), str(conv["stride"]), str(conv["padding"]), str(conv["dilation"]),
+                   int(conv["groups"]), conv["bias"] is None)
+            groups.setdefault(key, []).append((node, conv))
+    for members in sorted(groups.values(), key=len, reverse=True):
+        nodes, calls = [m[0] for m in members], [m[1] for m in members]
+        first = calls[0]
+        weight = torch.stack([c["weight"] for c in calls])  # [K, M, C/G, kH, kW], or [1, K*M, ...] to split
+        bias = None if first["bias"] is None else torch.stack([c["bias"] for c in calls])
+        experts = _DynamicConv(tuple(nodes), (), (), (image,), tuple(first["weight"].shape), _pair(first["stride"]),
+                               _padding(first["padding"]), _pair(first["dilation"]), int(first["groups"]))
+        after = _downstream(graph_module, nodes)
+        batched = _distinct([n for n in graph_module.graph.nodes if n in from_input and n not in after
+                             and n is not image and _batched(values[n])], values)
+        with contextlib.suppress(NotRecognised):
+            return _first_reproducing(graph_module, experts, values, probe, expected, lambda _: _expert_readings(
+                experts, weight, bias, batched, values, graph_module, routing_shapes))
+    raise NotRecognised("it has no conv on an input-dependent weight, nor static expert convs whose outputs it "
+                        "mixes by an attention")
+
+
+def _static_conv(graph_module: fx.GraphModule, node: fx.Node, values: dict, from_input: set) -> Optional[dict]:
+    """``F.conv2d``'s arguments (as :func:`_conv_call` gives them) of a conv with a constant weight: an
+    ``nn.Conv2d`` (zero padding) or ``F.conv2d`` on a parameter; None for any other node."""
+    if node.op == "call_module":
+        conv = graph_module.get_submodule(node.target)
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or len(node.args) != 1:
+            return None
+        return {"input": values[node.args[0]], "input_node": node.args[0], "weight": conv.weight.detach(),
+                "bias": None if conv.bias is None else conv.bias.detach(), "stride": conv.stride,
+                "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
+    if node.op == "call_function" and node.target is F.conv2d:
+        call = _conv_call(node, values)
+        if call["weight_node"] not in from_input and not (isinstance(call["bias_node"], fx.Node)
+                                                          and call["bias_node"] in from_input):
+            return call
+    return None
+
+
+def _expert_readings(experts: _DynamicConv, weight: Tensor, bias: Optional[Tensor], batched: list, values: dict,
+                     graph_module: fx.GraphModule, routing_shapes: tuple) -> Iterator[RoutedConv2d]:
+    """Canonical layers mixing the expert convs' kernels ``weight [K, M, C/G, kH, kW]`` (one conv's ``K * M``
+    filters split expert-major or channel-major) by each attention found among the ``batched`` tensors."""
+    layouts = [(weight, bias)] if len(weight) > 1 else []
+    if len(weight) == 1:  # one conv of K * M filters
+        filters = weight.shape[1]
+        for num_kernels in (k for k in range(2, filters + 1) if filters % k == 0):
+            m = filters // num_kernels
+            split = weight[0].reshape(num_kernels, m, *weight.shape[2:])
+            by_channel = weight[0].reshape(m, num_kernels, *weight.shape[2:]).transpose(0, 1)
+            layouts += [(split, None if bias is None else bias[0].reshape(num_kernels, m)),
+                        (by_channel, None if bias is None else bias[0].reshape(m, num_kernels).T)]
+    for kernels, biases in layouts:
+        for attention in _attention_fields(batched, values, len(kernels), kernels.shape[1]):
+            if attention.node is None:
+                continue
+            router = TracedRouting(_subgraph(graph_module, [attention.node]), (attention,), routing_shapes)
+            try:
+                yield _routed(router, kernels.contiguous(), None if biases is None else biases.contiguous(), None,
+                              replace(experts, kernel_shape=tuple(kernels.shape[1:])), values)
+            except ValueError:
+                continue
 
 
 def _padding(value):
@@ -501,18 +644,34 @@ def _input_output_scales(graph_module: fx.GraphModule, conv: _DynamicConv, value
 
 
 def _multipliers(path: list, values: dict, size: int, excluded: set) -> list:
-    """Batched operands of ``size`` elements per sample, not in ``excluded``, that multiply a tensor on ``path``."""
+    """Batched operands of ``size`` elements per sample, not in ``excluded``, that multiply a tensor on ``path``
+    (in a loop over the batch, the tensor that the sample's operand is a slice of)."""
     found = []
     for node in path:
         if not ((node.op == "call_function" and node.target in _MULTIPLY) or
                 (node.op == "call_method" and node.target == "mul")):
             continue
         for operand in node.all_input_nodes:
+            operand = _batched_origin(operand, values)
             value = values.get(operand)
             if (operand not in excluded and _batched(value) and value.numel() == PROBE_BATCH * size
                     and operand not in found):
                 found.append(operand)
     return found
+
+
+_RESHAPES = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "expand_as", "contiguous"}
+
+
+def _batched_origin(node: fx.Node, values: dict) -> fx.Node:
+    """``node``, or the batched tensor it reshapes a slice of (``a[i].view(1, -1, 1, 1)``): a sample's factor in a
+    loop over the batch."""
+    origin = node
+    while not _batched(values.get(origin)) and (
+            (origin.op == "call_function" and origin.target is operator.getitem)
+            or (origin.op == "call_method" and origin.target in _RESHAPES)) and isinstance(origin.args[0], fx.Node):
+        origin = origin.args[0]
+    return origin if _batched(values.get(origin)) else node
 
 
 def _subgraph(graph_module: fx.GraphModule, outputs: list) -> fx.GraphModule:

@@ -106,12 +106,18 @@ def _quiet_exporter():
     verbose = logging.getLogger("dyconv_deploy").isEnabledFor(logging.DEBUG)
     for logger in loggers:
         logger.setLevel(logging.NOTSET if verbose else logging.ERROR)
+    # The TorchScript exporter turns its ONNX log on whatever `verbose` says (its setup_onnx_logging tests the
+    # function _jit_is_onnx_log_enabled, not its result) and prints its whole IR graph when it fails.
+    log = torch._C._jit_onnx_log
+    if not verbose:
+        torch._C._jit_onnx_log = lambda *args: None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
+        torch._C._jit_onnx_log = log
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
 

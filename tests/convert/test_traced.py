@@ -3,9 +3,10 @@
 Each layer folds the batch into conv groups but stores and mixes its experts its own way. The converted model
 must match the original, export with a dynamic batch and verify on ONNX Runtime at batch 3; the checks can fail
 (the original depends on its input, the attention varies over the batch, and rolling it along the batch fails).
-Loops over the batch, ODConv's four attentions, DyNet's per-channel ones and blocks that go on after the conv
-(BatchNorm, activation, residual) are read too; layers the trace
-cannot read (attention computed inside the loop, control flow on values) stay unknown with the reason.
+Loops over the batch (the attention computed for the batch, or for each sample inside the loop), ODConv's four
+attentions, DyNet's per-channel ones and blocks that go on after the conv (BatchNorm, activation, residual) are read
+too; layers the trace cannot read (an attention carried from sample to sample, control flow on values) stay
+unknown with the reason.
 """
 
 import pytest
@@ -17,7 +18,7 @@ from guards import assert_attention_varies, assert_depends_on_input, assert_fail
 from torch import nn
 
 from dyconv_deploy.convert import RoutedConv2d, convert_model
-from dyconv_deploy.convert.detect import find_dynamic_convs
+from dyconv_deploy.convert.detect import find_dynamic_convs, scan_convolutions
 from dyconv_deploy.convert.traced import NotRecognised, recognise_traced
 from dyconv_deploy.export import contract_nodes, export_onnx
 from dyconv_deploy.inputs import random_images
@@ -283,6 +284,194 @@ class OmniBlock(OmniAttentions):
         return F.hardswish(super().forward(x))
 
 
+class GateInTheLoop(nn.Module):
+    """The attention computed inside the loop over the batch, on the unbatched sample ``x[i] [C, H, W]`` (a
+    ``Linear`` gate, softmax over dim 0): no tensor of the trace holds the batch's attention, and the branch run on
+    the batch as written would take the softmax across the samples (it must run under vmap)."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.fc = nn.Linear(cin, experts)
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        outputs = []
+        for i in range(x.shape[0]):
+            a = torch.softmax(self.fc(x[i].mean((-2, -1))), 0)
+            outputs.append(F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a, self.weight), padding=1))
+        return torch.cat(outputs)
+
+
+class PooledGate(nn.Module):
+    """A gate written for a batch, ``[N, C, H, W] -> [N, K]``: pooling, two 1x1 convs, ``view(x.size(0), -1)``."""
+
+    def __init__(self, cin, experts, temperature=3.0):
+        super().__init__()
+        self.pool, self.reduce, self.expand = nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, 6, 1), nn.Conv2d(6, experts, 1)
+        self.temperature = temperature
+
+    def forward(self, x):
+        logits = self.expand(F.relu(self.reduce(self.pool(x))))
+        return torch.softmax(logits.view(x.size(0), -1) / self.temperature, 1)
+
+
+class IteratedSamplesBatchGate(nn.Module):
+    """``for xi in x``, each sample given its batch axis back (``xi.unsqueeze(0)``) for a gate written for batches;
+    kernels mixed by a Python sum over the experts' parameter (``enumerate(self.weight)``: K = 4 of them, not the
+    traced batch of 3), an expert bias ``a @ b``, stride 2."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.gate = PooledGate(cin, experts)
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+        self.bias = nn.Parameter(torch.randn(experts, cout) * 0.5)
+
+    def forward(self, x):
+        outputs = []
+        for xi in x:
+            xi = xi.unsqueeze(0)
+            a = self.gate(xi)  # [1, K]
+            kernel = sum(a[0, k] * expert for k, expert in enumerate(self.weight))
+            outputs.append(F.conv2d(xi, kernel, (a @ self.bias).view(-1), 2, 1))
+        return torch.cat(outputs, 0)
+
+
+class OmniPerSampleSplit(nn.Module):
+    """ODConv in a loop over ``x.split(1)``: the four attentions of each sample from an attention module returning
+    a tuple, the channel one scaling the sample, the filter one its output; outputs stacked and squeezed."""
+
+    def __init__(self, cin, cout, k=3, experts=3):
+        super().__init__()
+        self.k = k
+        self.attention = OmniHeads(cin, cout, k, experts)
+        self.kernels = nn.Parameter(torch.randn(experts, cout, cin, k, k) * 0.3)
+
+    def forward(self, x):
+        outputs = []
+        for xi in x.split(1):
+            channel, filters, spatial, kernel = self.attention(xi)
+            weight = (kernel.view(-1, 1, 1, 1, 1) * self.kernels).sum(0) * spatial.view(1, 1, self.k, self.k)
+            y = F.conv2d(xi * channel.view(1, -1, 1, 1), weight, None, 1, self.k // 2)
+            outputs.append(y * filters.view(1, -1, 1, 1))
+        return torch.stack(outputs).squeeze(1)
+
+
+class OmniHeads(nn.Module):
+    """ODConv's attentions of a batch ``[N, C, H, W]``: channel ``[N, C]``, filter ``[N, M]``, spatial ``[N, k*k]``
+    and kernel ``[N, K]``, from one pooled hidden vector."""
+
+    def __init__(self, cin, cout, k, experts):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 12), nn.ReLU())
+        self.heads = nn.ModuleList([nn.Linear(12, n) for n in (cin, cout, k * k, experts)])
+
+    def forward(self, x):
+        z = self.hidden(x)
+        channel, filters, spatial, kernel = (head(z) for head in self.heads)
+        return torch.sigmoid(channel), torch.sigmoid(filters), torch.sigmoid(spatial), torch.softmax(kernel, -1)
+
+
+class FoldedKernelsFromASampleLoop(nn.Module):
+    """Each sample's kernel mixed inside a loop (its gate on ``x[i:i+1]``, K parameters summed), the kernels joined
+    and run as one conv with the batch folded into its groups."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.cout = cout
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, experts), nn.Sigmoid())
+        self.kernels = nn.ParameterList([nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.3) for _ in range(experts)])
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        kernels = []
+        for i in range(n):
+            r = self.gate(x[i:i + 1])[0]
+            kernels.append(sum(r[k] * self.kernels[k] for k in range(len(self.kernels))))
+        y = F.conv2d(x.view(1, n * c, h, w), torch.cat(kernels), None, 1, 1, 1, n)
+        return y.view(n, self.cout, h, w)
+
+
+class PerChannelUnbatchedLoop(nn.Module):
+    """DyNet coefficients ``[K, M]`` of each unbatched sample (``torch.unbind``), computed inside the loop."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.experts, self.cout = experts, cout
+        self.coefficients = nn.Linear(cin, experts * cout)
+        self.bases = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        outputs = []
+        for sample in torch.unbind(x):
+            eta = torch.sigmoid(self.coefficients(sample.mean((-2, -1)))).view(self.experts, self.cout)
+            outputs.append(F.conv2d(sample, (eta[..., None, None, None] * self.bases).sum(0), None, 1, 1))
+        return torch.stack(outputs)
+
+
+class ExpertConvsMixed(nn.Module):
+    """Experts-first CondConv: K ``nn.Conv2d`` (with biases) on the input, their outputs weighted by a sigmoid
+    routing and summed; no conv has an input-dependent weight."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.route = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, experts), nn.Sigmoid())
+        self.experts = nn.ModuleList([nn.Conv2d(cin, cout, 3, 2, 1) for _ in range(experts)])
+
+    def forward(self, x):
+        r = self.route(x)
+        return sum(r[:, k, None, None, None] * conv(x) for k, conv in enumerate(self.experts))
+
+
+class WideConvPerChannel(nn.Module):
+    """Experts-first DyNet: one conv of K * M filters (expert-major), its output ``[N, K, M, H, W]`` mixed by
+    per-channel coefficients ``[N, K, M]``."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.experts, self.cout = experts, cout
+        self.bank = nn.Conv2d(cin, experts * cout, 3, padding=1, bias=False)
+        self.coefficients = nn.Linear(cin, experts * cout)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        eta = torch.sigmoid(self.coefficients(x.mean((2, 3)))).view(n, self.experts, self.cout)
+        return (self.bank(x).view(n, self.experts, self.cout, h, w) * eta[..., None, None]).sum(1)
+
+
+class StackedExpertOutputsBlock(nn.Module):
+    """Experts-first DynamicConv in a block: 1x1 expert convs' outputs stacked on dim 1, mixed by a softmax
+    attention with ``einsum``, then BatchNorm and ReLU."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.gate = nn.Linear(cin, experts)
+        self.experts = nn.ModuleList([nn.Conv2d(cin, cout, 1, bias=False) for _ in range(experts)])
+        self.bn = nn.BatchNorm2d(cout)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5), self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        a = torch.softmax(self.gate(x.mean((2, 3))) / 2.0, -1)
+        y = torch.einsum("nk,nkmhw->nmhw", a, torch.stack([conv(x) for conv in self.experts], 1))
+        return F.relu(self.bn(y))
+
+
+class WideConvChannelMajor(nn.Module):
+    """Experts-first, one conv of M * K filters channel-major (``view(n, M, K, h, w)``), two groups, an
+    attention ``[N, K]``."""
+
+    def __init__(self, cin, cout, experts=2):
+        super().__init__()
+        self.experts, self.cout = experts, cout
+        self.bank = nn.Conv2d(cin, cout * experts, 3, padding=1, groups=2)
+        self.fc = nn.Linear(cin, experts)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        a = torch.softmax(self.fc(x.mean((2, 3))), 1)
+        return (self.bank(x).view(n, self.cout, self.experts, h, w) * a[:, None, :, None, None]).sum(2)
+
+
 LAYERS = {
     "flat-experts-stride2-groups": (lambda: FlatExperts(8, 8, 3, stride=2, padding=0, groups=2), "dynamic_conv"),
     "channel-major-einsum-dilated": (lambda: ChannelMajorExperts(8, 6), "dynamic_conv"),
@@ -299,6 +488,15 @@ LAYERS = {
     "loop-unbatched-stacked-lists-python-sum-bias": (lambda: StackedListUnbatchedLoop(8, 8), "dynamic_conv"),
     "odconv-grouped-all-in-kernel": (lambda: GroupedOmniInKernel(8, 6), "odconv"),
     "odconv-block-hardswish": (lambda: OmniBlock(8, 8, 3), "odconv"),
+    "gate-in-the-loop-unbatched": (lambda: GateInTheLoop(8, 8), "dynamic_conv"),
+    "gate-in-the-loop-iterated-batch-gate-bias": (lambda: IteratedSamplesBatchGate(8, 8), "dynamic_conv"),
+    "gate-in-the-loop-odconv-split": (lambda: OmniPerSampleSplit(8, 6), "odconv"),
+    "gate-in-the-loop-folded-kernels": (lambda: FoldedKernelsFromASampleLoop(8, 8), "condconv"),
+    "gate-in-the-loop-dynet-unbind": (lambda: PerChannelUnbatchedLoop(8, 6), "dynet"),
+    "experts-first-conv-list-sigmoid-stride2": (lambda: ExpertConvsMixed(8, 8), "condconv"),
+    "experts-first-wide-conv-per-channel": (lambda: WideConvPerChannel(8, 6), "dynet"),
+    "experts-first-stacked-einsum-block": (lambda: StackedExpertOutputsBlock(8, 8), "dynamic_conv"),
+    "experts-first-wide-conv-channel-major-groups": (lambda: WideConvChannelMajor(8, 6), "dynamic_conv"),
 }
 
 
@@ -355,8 +553,9 @@ def test_export_verifies_on_onnx_runtime_at_batch_3(converted):
             assert_fails(verify_onnx(model, lowered, SHAPE, [3]), "giving sample n sample n-1's attention")
 
 
-class AttentionInTheLoop(nn.Module):
-    """A loop over the batch that computes each sample's attention inside it: no batched attention to route with."""
+class AttentionCarriedAcrossSamples(nn.Module):
+    """A loop whose attention for sample i depends on the samples before it (a running mean of the gate's
+    logits): no per-sample function of the input to route with."""
 
     def __init__(self, cin, cout, experts=4):
         super().__init__()
@@ -364,9 +563,10 @@ class AttentionInTheLoop(nn.Module):
         self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
 
     def forward(self, x):
-        outputs = []
+        outputs, running = [], 0
         for i in range(x.shape[0]):
-            a = torch.softmax(self.fc(x[i].mean((1, 2))), 0)
+            running = running + self.fc(x[i].mean((1, 2)))
+            a = torch.softmax(running / (i + 1), 0)
             outputs.append(F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a, self.weight), padding=1))
         return torch.cat(outputs)
 
@@ -379,7 +579,7 @@ class BranchOnValues(PerSampleLoop):
 
 
 @pytest.mark.parametrize("layer, reason", [
-    (AttentionInTheLoop, "no reading of its experts"),
+    (AttentionCarriedAcrossSamples, "no reading of its experts"),
     (BranchOnValues, "torch.fx cannot trace its forward"),
 ])
 def test_a_layer_the_trace_cannot_read_stays_unknown_with_the_reason(layer, reason):
@@ -423,15 +623,19 @@ def test_every_odconv_attention_is_found(block):
 # factors too, except its 1x1 single-kernel path, which has no input-dependent weight (a static conv between
 # two scales).
 PUBLIC_BY_TRACE = {"kaijieshi7_dynamic_conv": "dynamic_conv", "external_attention": "dynamic_conv",
-                   "external_attention(CondConv)": "condconv", "osvai_odconv": "odconv"}
+                   "external_attention(CondConv)": "condconv", "osvai_odconv": "odconv",
+                   "per_sample_dynamic_conv": "dynamic_conv", "per_sample_odconv": "odconv"}
 
 
 PUBLIC_CASES = [(label, case) for label in PUBLIC_BY_TRACE for case in LAYER_CASES
-                if not (case.static_by_construction(label) or (label == "osvai_odconv" and case.k == case.kernel == 1))]
+                if not (case.static_by_construction(label) or (label == "osvai_odconv" and case.k == case.kernel == 1)
+                        or (label == "per_sample_odconv" and case.depthwise))]  # (it has no depthwise form)
 
 
 @pytest.mark.parametrize("label, case", PUBLIC_CASES, ids=[f"{label}-{case}" for label, case in PUBLIC_CASES])
-def test_public_batch_folding_layers_are_recognised_by_their_trace_alone(label, case):
+def test_public_layers_are_recognised_by_their_trace_alone(label, case):
+    """The public layers that fold the batch into groups, and the blog posts' that loop over it computing each
+    sample's attentions inside the loop."""
     torch.manual_seed(0)
     original = calibrated(FAMILIES[label](case))
     layer = recognise_traced(original, torch.zeros(CASE_SHAPE))
@@ -550,3 +754,66 @@ def test_hard_routing_is_read_and_integer_tensors_are_no_attention():
     x = random_images((6, *SHAPE[1:]))
     with torch.no_grad():
         torch.testing.assert_close(recognised(x), layer(x))
+
+
+class ParallelBranches(nn.Module):
+    """Two 1x1 convs of one geometry on one input, concatenated, and a gated conv (``a(x) * sigmoid(b(x))``):
+    candidates for an experts-first layer that mix no expert outputs by an attention."""
+
+    def __init__(self, channels=8):
+        super().__init__()
+        self.left, self.right = nn.Conv2d(channels, channels // 2, 1), nn.Conv2d(channels, channels // 2, 1)
+        self.value, self.gate = nn.Conv2d(channels, channels, 3, padding=1), nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.left(x), self.right(x)], 1) + self.value(x) * torch.sigmoid(self.gate(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: a 1x1 expansion to 6x the channels (K = 6 times the block's output), depthwise,
+    projection, residual; and a squeeze-excitation scaling the projection by an attention of its own output."""
+
+    def __init__(self, channels=8):
+        super().__init__()
+        self.expand = nn.Conv2d(channels, 6 * channels, 1)
+        self.depthwise = nn.Sequential(nn.Conv2d(6 * channels, 6 * channels, 3, padding=1, groups=6 * channels),
+                                       nn.ReLU6())
+        self.project = nn.Conv2d(6 * channels, channels, 1)
+        self.excite = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        y = self.project(self.depthwise(F.relu6(self.expand(x))))
+        return x + y * self.excite(y)
+
+
+class SelectiveKernels(nn.Module):
+    """SKNet's fusion with two 3x3 branches of one geometry: an attention over the branches computed from their
+    own outputs (a dynamic conv reading it would run both branches again in its router)."""
+
+    def __init__(self, channels=8):
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1) for _ in range(2)])
+        self.select = nn.Linear(channels, 2)
+
+    def forward(self, x):
+        outputs = [branch(x) for branch in self.branches]
+        a = torch.softmax(self.select(sum(outputs).mean((2, 3))), 1)
+        return a[:, 0, None, None, None] * outputs[0] + a[:, 1, None, None, None] * outputs[1]
+
+
+@pytest.mark.parametrize("block", [ParallelBranches, InvertedResidual, SelectiveKernels])
+def test_ordinary_blocks_that_look_like_expert_convs_are_left_as_they_are(block):
+    model = _net(block())
+    x = random_images(SHAPE)
+    converted, report = convert_model(model, x)
+    assert report.converted == [] and report.unknown == []
+    assert report.summary() == "already canonical (no foreign dynamic convs)"
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+
+
+def test_experts_first_candidates_are_found_by_the_convs_they_run():
+    """Two or more convs of one geometry on one input, or one with K >= 2 times the module's output channels."""
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), ExpertConvsMixed(8, 8), WideConvPerChannel(8, 6),
+                        ParallelBranches(6), InvertedResidual(6), nn.Conv2d(6, 12, 1))
+    assert scan_convolutions(net.eval(), (random_images(SHAPE),)).mixtures == ["1", "2", "3", "4"]

@@ -1,0 +1,251 @@
+"""Batch the per-sample branches of an unrolled loop: one ``torch.func.vmap`` over the batch instead of N copies.
+
+A layer that computes its attention inside its loop over the samples (``for xi in x: a = self.gate(xi)``)
+traces, with the batch size as a number, into one copy of the attention's ops per sample, each on its own
+slice of the input; no tensor of the trace holds the whole batch's attention, so none can be a router's
+output. :func:`batch_sample_branches` rewrites such a graph: sample 0's branch becomes a graph of one sample
+(its slices ``x[0]`` / ``x[0:1]`` replaced by an input ``[C, H, W]``), run over the batch by
+:class:`SampleMap` (``vmap``, which ``torch.export`` and so the ONNX export turn into batched ops), and every
+sample's branch tensors are read from its outputs ``[N, ...]``. The readings of
+:mod:`dyconv_deploy.convert.traced` then find the attention among those batched outputs as in any other layer.
+"""
+
+import operator
+from collections import Counter
+from typing import Optional
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.tools_common import stable_topological_sort
+
+
+class SampleMap(nn.Module):
+    """One sample's branch run for the whole batch: the batch's tensors ``[N, ...]`` (one per branch input) ``->``
+    the branch's outputs, each ``[N, ...]``. ``vmapped``: the branch takes one unbatched sample and runs under
+    ``torch.func.vmap``; else it is written so that it takes the batch as it is (a gate called on ``x[i:i+1]``)."""
+
+    def __init__(self, branch: fx.GraphModule, vmapped: bool):
+        super().__init__()
+        self.branch = branch
+        self.vmapped = vmapped
+
+    def forward(self, *batched: Tensor) -> tuple:
+        # forward itself, not __call__: see traced.TracedRouting.forward
+        return torch.func.vmap(self.branch.forward)(*batched) if self.vmapped else self.branch.forward(*batched)
+
+
+def batch_sample_branches(graph_module: fx.GraphModule, sample_results: list, convs: set, values: dict,
+                          from_input: set, max_numel: int, name: str,
+                          parameters_outside: bool = False) -> Optional[fx.GraphModule]:
+    """``graph_module`` rewritten so that the per-sample branches ending in ``sample_results`` (the nodes of each
+    probe sample, e.g. its conv's result) read their tensors of at most ``max_numel`` elements per sample, computed
+    before any of the ``convs``, from one :class:`SampleMap` (added to ``graph_module`` as submodule ``name``) over
+    the batch; with ``parameters_outside``, tensors computed from the layer's own parameters (an expert bias mixed
+    by the attention, ``a @ self.bias``) stay in the branches, where a reading can see those parameters.
+
+    ``values`` are the nodes' probe values and ``from_input`` the nodes computed from the layer's inputs. The
+    branches must be copies of one another (the same ops in the same order) whose only inputs from the rest of
+    the graph are slices of the batch's tensors: ``t[i]`` or ``t[i:i+1]`` of a ``[N, ...]`` tensor ``t`` for
+    sample i. Sample 0's branch is run on the whole batch as it is written and, without a convolution in it
+    (``torch.export`` cannot batch one with a dynamic batch), under ``vmap``; the way that gives more of the
+    branches' own values on the probe is kept, and only the tensors it gives are read from it. None where no way
+    gives one.
+    """
+    branches = _branches(sample_results, from_input)
+    slices = None if branches is None else _slices(branches, values, from_input)
+    if slices is None:
+        return None
+    sources = list(dict.fromkeys(source for source, _ in slices.values()))
+    parameters = {i for n in branches[0] for i in n.all_input_nodes if i.op == "get_attr"}
+    kept_out = _downstream(branches[0], convs | (parameters if parameters_outside else set()))
+    candidates = [position for position, node in enumerate(branches[0])
+                  if isinstance(values[node], Tensor) and values[node].is_floating_point()
+                  and 0 < values[node].numel() <= max_numel and node not in slices and node not in kept_out]
+    best = None
+    for vmapped in (False, True):
+        mapped = SampleMap(_sample_graph(graph_module, branches[0], slices, sources, candidates, from_input,
+                                         vmapped), vmapped)
+        if vmapped and any(_is_convolution(graph_module, n) for n in mapped.branch.graph.nodes):
+            continue
+        kept = _reproduced(mapped, candidates, branches, values, [values[s] for s in sources])
+        if kept and (best is None or len(kept) > len(best[1])):
+            best = mapped, kept
+    if best is None:
+        return None
+    mapped, kept = best
+    kept = _cut(branches[0], [(candidates[output], keeps_axis) for output, keeps_axis in kept])
+    positions = [position for position, _ in kept]
+    mapped.branch = _sample_graph(graph_module, branches[0], slices, sources, positions, from_input,
+                                  mapped.vmapped)
+    graph_module.add_module(name, mapped)
+    graph, copies = fx.Graph(), {}
+    graph.output(graph.graph_copy(graph_module.graph, copies))
+    with graph.inserting_before(copies[branches[0][0]]):
+        call = graph.call_module(name, tuple(copies[s] for s in sources))
+        for output, (position, keeps_axis) in enumerate(kept):
+            batched = graph.call_function(operator.getitem, (call, output))
+            for sample, branch in enumerate(branches):
+                index = slice(sample, sample + 1) if keeps_axis else sample
+                copies[branch[position]].replace_all_uses_with(
+                    graph.call_function(operator.getitem, (batched, index)))
+    rewritten = fx.GraphModule(graph_module, graph)
+    graph.eliminate_dead_code(is_impure_node=_is_impure)
+    stable_topological_sort(rewritten)  # a source may be computed after sample 0's branch begins
+    rewritten.recompile()
+    return rewritten
+
+
+_VIEWS = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "contiguous"}
+
+
+def _cut(branch: list, kept: list) -> list:
+    """The ``(position, keeps_axis)`` of ``kept`` that are neither a view of another kept one (``a[k]``,
+    ``a.view(...)``) nor computed from two or more (``spatial * channel``): those stay in the branches, computed
+    from the batched tensors, so that these are the ones the kernels are computed from (the attention ``[N, K]``,
+    not K numbers ``[N]``; ODConv's factors one by one, not their product)."""
+    nodes = {branch[position] for position, _ in kept}
+
+    def derived(node: fx.Node) -> bool:
+        is_view = ((node.op == "call_function" and node.target is operator.getitem)
+                   or (node.op == "call_method" and node.target in _VIEWS)) and node.args[0] in nodes
+        return is_view or sum(i in nodes for i in node.all_input_nodes) > 1
+
+    return [(position, keeps_axis) for position, keeps_axis in kept if not derived(branch[position])]
+
+
+def _is_impure(node: fx.Node) -> bool:
+    return node.is_impure() or str(node.target).endswith("_")  # in-place ops, kept
+
+
+def _is_convolution(graph_module: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(graph_module.get_submodule(node.target), nn.modules.conv._ConvNd)
+    return node.op == "call_function" and "conv" in getattr(node.target, "__name__", "")
+
+
+def _reproduced(mapped: SampleMap, candidates: list, branches: list, values: dict, sources: list) -> list:
+    """``(output, keeps_axis)`` for each output of ``mapped`` on the probe's ``sources`` that gives every sample's
+    value at its position (sample i's being its item i, or its slice ``[i:i+1]`` where ``keeps_axis``)."""
+    with torch.no_grad():
+        try:
+            outputs = mapped(*sources)
+        except Exception:  # the branch does not run this way
+            return []
+    kept = []
+    for output, (position, batched) in enumerate(zip(candidates, outputs)):
+        own = [values[branch[position]] for branch in branches]
+        if not (isinstance(batched, Tensor) and batched.dim() >= 1 and batched.shape[0] == len(own)):
+            continue
+        for keeps_axis in (False, True):
+            pieces = [batched[i:i + 1] if keeps_axis else batched[i] for i in range(len(own))]
+            if all(p.shape == v.shape and torch.allclose(p, v, rtol=1e-4, atol=1e-6) for p, v in zip(pieces, own)):
+                kept.append((output, keeps_axis))
+                break
+    return kept
+
+
+def _branches(sample_results: list, from_input: set) -> Optional[list]:
+    """Each sample's branch: the input-dependent nodes its results are computed from that no other sample's
+    are, in graph order; None unless every branch has the same ops in the same order."""
+    graph = sample_results[0][0].graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    upstream = [set().union(*(_upstream(result, from_input) for result in results)) for results in sample_results]
+    uses = Counter(n for nodes in upstream for n in nodes)
+    branches = [sorted((n for n in nodes if uses[n] == 1), key=order.__getitem__) for nodes in upstream]
+    signatures = {tuple((n.op, n.target) for n in branch) for branch in branches}
+    return branches if len(signatures) == 1 and len(branches[0]) > 1 else None
+
+
+def _downstream(branch: list, sources: set) -> set:
+    """The nodes of ``branch`` (in graph order) that are or are computed from ``sources``."""
+    found = set()
+    for node in branch:
+        if node in sources or any(i in found or i in sources for i in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def _upstream(root: fx.Node, within: set) -> set:
+    """``root`` and the nodes of ``within`` it is computed from."""
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node not in seen and node in within:
+            seen.add(node)
+            stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _slices(branches: list, values: dict, from_input: set) -> Optional[dict]:
+    """``{node: (source, keeps_axis)}`` for sample 0's branch nodes that read the rest of the graph: sample i's
+    node there is ``source[i]`` (or ``source[i:i+1]`` where ``keeps_axis``) of a batched ``source``, the same for
+    every sample; None where a branch reads the rest of the graph otherwise. A node that only gives such a slice
+    a leading axis of 1 again (``x[i].unsqueeze(0)``) is one too, keeping it."""
+    slices = {}
+    members = [set(branch) for branch in branches]
+    for position, node in enumerate(branches[0]):
+        inputs = [i for i in node.all_input_nodes if i in from_input]
+        if any(i not in members[0] for i in inputs):
+            found = {_slice_of(branch[position], sample, members[sample], values, from_input)
+                     for sample, branch in enumerate(branches)}
+            if len(found) != 1 or None in found:
+                return None
+            slices[position] = found.pop()
+        elif inputs and all(branches[0].index(i) in slices for i in inputs):
+            sources = {slices[branches[0].index(i)][0] for i in inputs}
+            if len(sources) == 1 and all(_equal(values[branch[position]], values[next(iter(sources))][i:i + 1])
+                                         for i, branch in enumerate(branches)):
+                slices[position] = (sources.pop(), True)
+    return {branches[0][position]: reading for position, reading in slices.items()}
+
+
+def _equal(value, expected: Tensor) -> bool:
+    return isinstance(value, Tensor) and value.shape == expected.shape and torch.equal(value, expected)
+
+
+def _slice_of(node: fx.Node, sample: int, branch: set, values: dict, from_input: set) -> Optional[tuple]:
+    """``(source, keeps_axis)`` where ``node``'s value is sample ``sample`` of an input-dependent batched tensor
+    it is computed from outside ``branch`` (nearest first), else None."""
+    value = values.get(node)
+    if not isinstance(value, Tensor):
+        return None
+    stack, seen = [i for i in node.all_input_nodes if i not in branch], set()
+    while stack:
+        source = stack.pop(0)
+        if source in seen or source not in from_input:
+            continue
+        seen.add(source)
+        batch = values.get(source)
+        if isinstance(batch, Tensor) and batch.dim() >= 1 and batch.shape[0] > sample:
+            for keeps_axis, piece in ((False, batch[sample]), (True, batch[sample:sample + 1])):
+                if _equal(value, piece):
+                    return source, keeps_axis
+        stack.extend(source.all_input_nodes)
+    return None
+
+
+def _sample_graph(graph_module: fx.GraphModule, branch: list, slices: dict, sources: list, outputs: list,
+                  from_input: set, vmapped: bool) -> fx.GraphModule:
+    """Sample 0's ``branch`` with an input per source, its slices' nodes reading it (``vmapped``: one sample of it,
+    with a leading axis of 1 where the slice kept one; else the whole batch), the nodes at ``outputs`` out."""
+    graph, copies = fx.Graph(), {}
+    inputs = {source: graph.placeholder(f"batch_{index}") for index, source in enumerate(sources)}
+
+    def copy(node: fx.Node) -> fx.Node:
+        if node not in copies:  # a constant the branch uses (a parameter, or computed from parameters)
+            for argument in node.all_input_nodes:
+                copy(argument)
+            copies[node] = graph.node_copy(node, copies.__getitem__)
+        return copies[node]
+
+    for node in branch:
+        if node in slices:
+            source, keeps_axis = slices[node]
+            copies[node] = (graph.call_method("unsqueeze", (inputs[source], 0)) if vmapped and keeps_axis
+                            else inputs[source])
+        else:
+            copy(node)
+    graph.output(tuple(copies[branch[position]] for position in outputs))
+    fx.GraphModule(graph_module, graph)  # the owner the purity check wants
+    graph.eliminate_dead_code(is_impure_node=_is_impure)
+    return fx.GraphModule(graph_module, graph)  # only what is left is copied
