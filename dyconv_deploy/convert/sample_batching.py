@@ -1,15 +1,18 @@
-"""Batch the per-sample branches of an unrolled loop: one ``torch.func.vmap`` over the batch instead of N copies.
+"""Batch the per-sample branches of an unrolled loop: one graph run for the whole batch instead of N copies.
 
 A layer that computes its attention inside its loop over the samples (``for xi in x: a = self.gate(xi)``)
 traces, with the batch size as a number, into one copy of the attention's ops per sample, each on its own
 slice of the input; no tensor of the trace holds the whole batch's attention, so none can be a router's
-output. :func:`batch_sample_branches` rewrites such a graph: sample 0's branch becomes a graph of one sample
-(its slices ``x[0]`` / ``x[0:1]`` replaced by an input ``[C, H, W]``), run over the batch by
-:class:`SampleMap` (``vmap``, which ``torch.export`` and so the ONNX export turn into batched ops), and every
-sample's branch tensors are read from its outputs ``[N, ...]``. The readings of
-:mod:`dyconv_deploy.convert.traced` then find the attention among those batched outputs as in any other layer.
+output. :func:`batch_sample_branches` rewrites such a graph: sample 0's branch becomes one graph
+(:class:`SampleMap`) run for the whole batch — as it is written, where its ops take a batch (a gate called
+on ``x[i:i+1]``), or under ``torch.func.vmap`` for an unbatched sample (which ``torch.export``, and so the
+ONNX export, turns into batched ops) — and every sample's branch tensors are read from its outputs
+``[N, ...]``. The readings of :mod:`dyconv_deploy.convert.traced` then find the attention among those batched
+outputs as in any other layer.
 """
 
+import contextlib
+import itertools
 import operator
 from collections import Counter
 from typing import Optional
@@ -34,49 +37,109 @@ class SampleMap(nn.Module):
         return torch.func.vmap(self.branch.forward)(*batched) if self.vmapped else self.branch.forward(*batched)
 
 
+PARAMETERS_OUTSIDE = ("mixing", "all", "none")  # which of the layer's parameters stay in the branches
+
+
 def batch_sample_branches(graph_module: fx.GraphModule, sample_results: list, convs: set, values: dict,
-                          from_input: set, max_numel: int, name: str,
-                          parameters_outside: bool = False) -> Optional[fx.GraphModule]:
+                          from_input: set, out_channels: int, max_numel: int, name: str,
+                          parameters_outside: str = "mixing") -> Optional[fx.GraphModule]:
     """``graph_module`` rewritten so that the per-sample branches ending in ``sample_results`` (the nodes of each
     probe sample, e.g. its conv's result) read their tensors of at most ``max_numel`` elements per sample, computed
     before any of the ``convs``, from one :class:`SampleMap` (added to ``graph_module`` as submodule ``name``) over
-    the batch; with ``parameters_outside``, tensors computed from the layer's own parameters (an expert bias mixed
-    by the attention, ``a @ self.bias``) stay in the branches, where a reading can see those parameters.
+    the batch. What is computed from some of the layer's own parameters stays in the branches, where a reading
+    can see those parameters (``parameters_outside``, one of :data:`PARAMETERS_OUTSIDE`): ``"mixing"``, those
+    that a tensor of the branch mixes into ``out_channels`` outputs (an expert bias ``[K, M]`` by the attention
+    ``[K]``, ``a @ self.bias``, or one ``[M]`` per expert by its number), not a gate's own (``F.linear(x, w)``);
+    ``"all"``; or ``"none"``.
 
     ``values`` are the nodes' probe values and ``from_input`` the nodes computed from the layer's inputs. The
     branches must be copies of one another (the same ops in the same order) whose only inputs from the rest of
     the graph are slices of the batch's tensors: ``t[i]`` or ``t[i:i+1]`` of a ``[N, ...]`` tensor ``t`` for
-    sample i. Sample 0's branch is run on the whole batch as it is written and, without a convolution in it
-    (``torch.export`` cannot batch one with a dynamic batch), under ``vmap``; the way that gives more of the
-    branches' own values on the probe is kept, and only the tensors it gives are read from it. None where no way
-    gives one.
+    sample i. Sample 0's branch is run on the whole batch as it is written (up to an op that fails so) and under
+    ``vmap``; the way that gives more of the branches' own values on the probe is kept (``vmap`` only if
+    ``torch.export`` can then still take a dynamic batch: it cannot batch a conv or a LayerNorm so), and only
+    the tensors it gives are read from it. None where no way gives one.
     """
     branches = _branches(sample_results, from_input)
     slices = None if branches is None else _slices(branches, values, from_input)
     if slices is None:
         return None
-    sources = list(dict.fromkeys(source for source, _ in slices.values()))
-    parameters = {i for n in branches[0] for i in n.all_input_nodes if i.op == "get_attr"}
-    kept_out = _downstream(branches[0], convs | (parameters if parameters_outside else set()))
+    kept_out = _downstream(branches[0], convs | _parameters_outside(branches[0], values, out_channels,
+                                                                    parameters_outside))
     candidates = [position for position, node in enumerate(branches[0])
                   if isinstance(values[node], Tensor) and values[node].is_floating_point()
                   and 0 < values[node].numel() <= max_numel and node not in slices and node not in kept_out]
-    best = None
+    sources = _sources(branches[0], slices, candidates)
+    ways = []
     for vmapped in (False, True):
-        mapped = SampleMap(_sample_graph(graph_module, branches[0], slices, sources, candidates, from_input,
-                                         vmapped), vmapped)
-        if vmapped and any(_is_convolution(graph_module, n) for n in mapped.branch.graph.nodes):
-            continue
-        kept = _reproduced(mapped, candidates, branches, values, [values[s] for s in sources])
-        if kept and (best is None or len(kept) > len(best[1])):
-            best = mapped, kept
-    if best is None:
-        return None
-    mapped, kept = best
-    kept = _cut(branches[0], [(candidates[output], keeps_axis) for output, keeps_axis in kept])
-    positions = [position for position, _ in kept]
-    mapped.branch = _sample_graph(graph_module, branches[0], slices, sources, positions, from_input,
-                                  mapped.vmapped)
+        branch = _sample_graph(graph_module, branches[0], slices, sources, candidates, from_input, vmapped)
+        kept = _reproduced(_outputs(branch, [values[s] for s in sources], vmapped), candidates, branches, values)
+        if kept:
+            ways.append((len(kept), not vmapped, kept))
+    for _, direct, kept in sorted(ways, reverse=True):  # more values first, as written before vmap
+        kept = _cut(branches[0], kept)
+        positions = [position for position, _ in kept]
+        sources = _sources(branches[0], slices, positions)
+        mapped = SampleMap(_sample_graph(graph_module, branches[0], slices, sources, positions, from_input,
+                                         not direct), not direct)
+        if direct or _exports(mapped, [values[s] for s in sources]):
+            return _rewritten(graph_module, mapped, name, branches, sources, kept)
+    return None
+
+
+def _parameters_outside(branch: list, values: dict, out_channels: int, which: str) -> set:
+    """The parameters (``get_attr`` nodes) read by ``branch`` whose results stay in it (see
+    :func:`batch_sample_branches`)."""
+    parameters = {i for n in branch for i in n.all_input_nodes if i.op == "get_attr"}
+    if which != "mixing":
+        return parameters if which == "all" else set()
+    mixing = set()
+    for node in branch:
+        operands = [values.get(i) for i in node.all_input_nodes if i not in parameters]
+        for parameter in (i for i in node.all_input_nodes if i in parameters):
+            size = values[parameter].numel()
+            if size % out_channels == 0 and any(isinstance(v, Tensor) and size in (v.numel() * out_channels,
+                                                                                   v.numel()) for v in operands):
+                mixing.add(parameter)
+    return mixing
+
+
+def _outputs(branch: fx.GraphModule, batch: list, vmapped: bool) -> list:
+    """The branch's outputs on the probe's ``batch`` (None for those it cannot compute): as written, up to
+    the first op that fails so; under ``vmap``, all or none."""
+    outputs = [None] * len(next(n for n in reversed(branch.graph.nodes) if n.op == "output").args[0])
+    with torch.no_grad():
+        if vmapped:
+            with contextlib.suppress(Exception):
+                outputs = list(SampleMap(branch, vmapped=True)(*batch))
+            return outputs
+        computed = {}
+
+        class Recorder(fx.Interpreter):
+            def run_node(self, node):
+                computed[node] = super().run_node(node)
+                return computed[node]
+
+        with contextlib.suppress(Exception):
+            Recorder(branch).run(*batch)
+    return [computed.get(n) for n in next(n for n in reversed(branch.graph.nodes) if n.op == "output").args[0]]
+
+
+def _exports(mapped: SampleMap, batch: list) -> bool:
+    """Whether ``torch.export`` takes ``mapped`` with a dynamic batch (``vmap`` of a conv pins it)."""
+    dimension = torch.export.Dim("batch")
+    try:
+        torch.export.export(mapped, tuple(batch), dynamic_shapes=(tuple({0: dimension} for _ in batch),),
+                            strict=False)  # (one entry: forward takes *batched)
+    except Exception:
+        return False
+    return True
+
+
+def _rewritten(graph_module: fx.GraphModule, mapped: SampleMap, name: str, branches: list, sources: list,
+               kept: list) -> fx.GraphModule:
+    """A copy of ``graph_module`` whose branches read the tensors at ``kept`` (positions, keeps_axis) from
+    ``mapped`` (added to ``graph_module`` as ``name``) on the ``sources``."""
     graph_module.add_module(name, mapped)
     graph, copies = fx.Graph(), {}
     graph.output(graph.graph_copy(graph_module.graph, copies))
@@ -100,15 +163,20 @@ _VIEWS = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "contiguous"}
 
 def _cut(branch: list, kept: list) -> list:
     """The ``(position, keeps_axis)`` of ``kept`` that are neither a view of another kept one (``a[k]``,
-    ``a.view(...)``) nor computed from two or more (``spatial * channel``): those stay in the branches, computed
-    from the batched tensors, so that these are the ones the kernels are computed from (the attention ``[N, K]``,
-    not K numbers ``[N]``; ODConv's factors one by one, not their product)."""
+    ``a.view(...)``) nor computed from two or more that are computed independently (``spatial * channel``,
+    not ``g / g.sum()``): those stay in the branches, computed from the batched tensors, so that these are the
+    ones the kernels are computed from (the attention ``[N, K]``, not K numbers ``[N]``; ODConv's factors one by
+    one, not their product)."""
     nodes = {branch[position] for position, _ in kept}
+    members = set(branch)
 
     def derived(node: fx.Node) -> bool:
-        is_view = ((node.op == "call_function" and node.target is operator.getitem)
-                   or (node.op == "call_method" and node.target in _VIEWS)) and node.args[0] in nodes
-        return is_view or sum(i in nodes for i in node.all_input_nodes) > 1
+        if ((node.op == "call_function" and node.target is operator.getitem)
+                or (node.op == "call_method" and node.target in _VIEWS)) and node.args[0] in nodes:
+            return True
+        inputs = [i for i in node.all_input_nodes if i in nodes]
+        return any(a not in _upstream(b, members) and b not in _upstream(a, members)
+                   for a, b in itertools.combinations(inputs, 2))
 
     return [(position, keeps_axis) for position, keeps_axis in kept if not derived(branch[position])]
 
@@ -117,29 +185,19 @@ def _is_impure(node: fx.Node) -> bool:
     return node.is_impure() or str(node.target).endswith("_")  # in-place ops, kept
 
 
-def _is_convolution(graph_module: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(graph_module.get_submodule(node.target), nn.modules.conv._ConvNd)
-    return node.op == "call_function" and "conv" in getattr(node.target, "__name__", "")
-
-
-def _reproduced(mapped: SampleMap, candidates: list, branches: list, values: dict, sources: list) -> list:
-    """``(output, keeps_axis)`` for each output of ``mapped`` on the probe's ``sources`` that gives every sample's
-    value at its position (sample i's being its item i, or its slice ``[i:i+1]`` where ``keeps_axis``)."""
-    with torch.no_grad():
-        try:
-            outputs = mapped(*sources)
-        except Exception:  # the branch does not run this way
-            return []
+def _reproduced(outputs: list, candidates: list, branches: list, values: dict) -> list:
+    """``(position, keeps_axis)`` for each of the ``candidates`` positions whose output (of ``outputs``, in
+    order; None where not computed) gives every sample's value there (sample i's being its item i, or its slice
+    ``[i:i+1]`` where ``keeps_axis``)."""
     kept = []
-    for output, (position, batched) in enumerate(zip(candidates, outputs)):
+    for position, batched in zip(candidates, outputs):
         own = [values[branch[position]] for branch in branches]
         if not (isinstance(batched, Tensor) and batched.dim() >= 1 and batched.shape[0] == len(own)):
             continue
         for keeps_axis in (False, True):
             pieces = [batched[i:i + 1] if keeps_axis else batched[i] for i in range(len(own))]
             if all(p.shape == v.shape and torch.allclose(p, v, rtol=1e-4, atol=1e-6) for p, v in zip(pieces, own)):
-                kept.append((output, keeps_axis))
+                kept.append((position, keeps_axis))
                 break
     return kept
 
@@ -224,10 +282,23 @@ def _slice_of(node: fx.Node, sample: int, branch: set, values: dict, from_input:
     return None
 
 
+def _needed(branch: list, positions: list) -> set:
+    """The nodes of ``branch`` that those at ``positions`` are computed from (themselves included)."""
+    members = set(branch)
+    return set().union(*(_upstream(branch[position], members) for position in positions))
+
+
+def _sources(branch: list, slices: dict, positions: list) -> list:
+    """The batch's tensors whose slices the nodes at ``positions`` are computed from, in the branch's order."""
+    needed = _needed(branch, positions)
+    return list(dict.fromkeys(slices[n][0] for n in branch if n in slices and n in needed))
+
+
 def _sample_graph(graph_module: fx.GraphModule, branch: list, slices: dict, sources: list, outputs: list,
                   from_input: set, vmapped: bool) -> fx.GraphModule:
-    """Sample 0's ``branch`` with an input per source, its slices' nodes reading it (``vmapped``: one sample of it,
-    with a leading axis of 1 where the slice kept one; else the whole batch), the nodes at ``outputs`` out."""
+    """Sample 0's ``branch`` with an input per source (:func:`_sources` of ``outputs``), its slices' nodes reading
+    it (``vmapped``: one sample of it, with a leading axis of 1 where the slice kept one; else the whole batch),
+    the nodes at ``outputs`` out."""
     graph, copies = fx.Graph(), {}
     inputs = {source: graph.placeholder(f"batch_{index}") for index, source in enumerate(sources)}
 
@@ -238,7 +309,8 @@ def _sample_graph(graph_module: fx.GraphModule, branch: list, slices: dict, sour
             copies[node] = graph.node_copy(node, copies.__getitem__)
         return copies[node]
 
-    for node in branch:
+    needed = _needed(branch, outputs)
+    for node in (n for n in branch if n in needed):
         if node in slices:
             source, keeps_axis = slices[node]
             copies[node] = (graph.call_method("unsqueeze", (inputs[source], 0)) if vmapped and keeps_axis

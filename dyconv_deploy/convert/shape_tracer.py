@@ -4,10 +4,13 @@ Plain ``torch.fx`` refuses ``*y.shape[-2:]`` (a proxy has no length) and any Pyt
 (``range(x.shape[0])``). :class:`ShapeTracer` traces both, for :mod:`dyconv_deploy.convert.traced`.
 """
 
+import contextlib
 import operator
 from typing import Optional
 
-from torch import fx
+import torch
+from torch import Tensor, fx, nn
+from torch.fx import _symbolic_trace  # the originals of what the tracer patches
 
 
 class ShapeTracer(fx.Tracer):
@@ -16,7 +19,9 @@ class ShapeTracer(fx.Tracer):
     other tensor is taken as ``rank``-D where the slice does not say its length (``guessed`` says whether it
     was; a wrong guess fails the probe or the readings, and the caller tries the next rank).
 
-    With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
+    With ``example`` (the layer's inputs, of ``batch`` samples), each node's value is computed as it is traced,
+    so that iterating a tensor, ``len`` of it, gives its own length (a sample's ``[K]`` attention zipped with
+    the experts). With ``batch``, a tensor's first size (``x.shape[0]``, ``x.size(0)``, ``len(x)``) is traced as that
     number, so a Python loop over the batch (``range(len(x))``, ``for xi in x``) is unrolled into one branch per
     sample; where ``x.shape[0]`` or ``x.size(0)`` reaches an op (``a.view(n, -1)``) it is a :class:`TracedBatch`,
     which :func:`read_batch_sizes` turns back into a read of the input's batch (``len(x)`` is a plain number:
@@ -24,11 +29,14 @@ class ShapeTracer(fx.Tracer):
     as a gate called inside the loop reads it: ``xi.view(xi.size(0), -1)``) stays a read in the graph.
     """
 
-    def __init__(self, batch: Optional[int] = None, rank: int = 4):
+    def __init__(self, batch: Optional[int] = None, rank: int = 4, example: tuple = ()):
         super().__init__(param_shapes_constant=True)
         self.batch = batch
         self.rank = rank
         self.guessed = False
+        self.example = example
+        self.values: dict[fx.Node, object] = {}  # the nodes' values on ``example``, where they could be computed
+        self._tensors: Optional[dict] = None
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ShapeProxy(node, self)
@@ -49,13 +57,35 @@ class ShapeTracer(fx.Tracer):
         return iter([obj[i] for i in range(length)])
 
     def _first_size(self, node: fx.Node) -> int:
-        """How many items iterating the traced ``node`` gives: a parameter's or buffer's first size, else the
-        batch (``for xi in x``, ``zip(x, attention)``, ``x.split(1)``)."""
-        if node.op == "get_attr":  # (the tracer patches module attributes into proxies: read the tensors' own)
-            tensors = {**dict(self.root.named_parameters()), **dict(self.root.named_buffers())}
-            if node.target in tensors:
-                return len(tensors[node.target])
+        """How many items iterating the traced ``node`` gives: its value's length on the example (a sample's
+        attention, a parameter of K experts), else the batch (``for xi in x``, ``zip(x, attention)``)."""
+        value = self.values.get(node)
+        if isinstance(value, (tuple, list)) or (isinstance(value, Tensor) and value.dim() > 0):
+            return len(value)
         return self.batch
+
+    def _run(self, node: fx.Node) -> None:
+        """Compute ``node``'s value on the example, from its inputs' (nothing where one is not known)."""
+        try:
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
+            if node.op == "placeholder":
+                value = self.example[sum(n.op == "placeholder" for n in self.values)]
+            elif node.op == "get_attr":  # (the tracer patches module attributes into proxies: the tensors' own)
+                if self._tensors is None:
+                    self._tensors = {**dict(self.root.named_parameters()), **dict(self.root.named_buffers())}
+                value = self._tensors[node.target]
+            elif node.op == "call_function":
+                value = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            elif node.op == "call_module":
+                with _modules_unpatched():  # else the module's parameters would be traced into the graph
+                    value = self.root.get_submodule(node.target)(*args, **kwargs)
+            else:
+                return
+        except Exception:  # a value this cannot compute: iterating the node counts the batch
+            return
+        self.values[node] = value
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         # the full signature: fx passes parameter proxies (constant shapes) only to a create_proxy that names it
@@ -65,7 +95,22 @@ class ShapeTracer(fx.Tracer):
         if self.batch is not None and (_selects_samples(kind, target, args) or any(
                 n.meta.get(_PER_SAMPLE) for n in proxy.node.all_input_nodes)):
             proxy.node.meta[_PER_SAMPLE] = True  # its first size is no longer the batch: read it in the graph
+        if self.example:
+            with torch.no_grad():
+                self._run(proxy.node)
         return proxy
+
+
+@contextlib.contextmanager
+def _modules_unpatched():
+    """``nn.Module``'s own ``__call__`` and ``__getattr__``, which ``torch.fx`` patches while it traces (to record
+    module calls and parameter reads), for a module run on real tensors in the middle of a trace."""
+    patched = nn.Module.__call__, nn.Module.__getattr__
+    nn.Module.__call__, nn.Module.__getattr__ = _symbolic_trace._orig_module_call, _symbolic_trace._orig_module_getattr
+    try:
+        yield
+    finally:
+        nn.Module.__call__, nn.Module.__getattr__ = patched
 
 
 _PER_SAMPLE = "dyconv_per_sample"  # node meta: computed from a selection of samples (``x[i]``), not the whole batch
@@ -103,7 +148,7 @@ class _ShapeProxy(fx.Proxy):
     def __len__(self):
         length = self.tracer.shape_length(self.node)
         if length is None and self.tracer.batch is not None:
-            return self.tracer.batch  # len() must return a plain int
+            return self.tracer._first_size(self.node)  # len() must return a plain int
         return super().__len__() if length is None else length
 
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dyconv_deploy.convert.routed import RoutedConv2d
-from dyconv_deploy.convert.sample_batching import batch_sample_branches
+from dyconv_deploy.convert.sample_batching import PARAMETERS_OUTSIDE, batch_sample_branches
 from dyconv_deploy.convert.shape_tracer import ShapeTracer, read_batch_sizes
 from dyconv_deploy.nn import Routing
 
@@ -160,7 +160,8 @@ def recognise_traced(module: nn.Module, x: Tensor, *routing_inputs: Tensor) -> n
         raise NotRecognised("it is in training mode (BatchNorm statistics would change); call .eval() first")
     first_failure = None
     for rank in GUESSED_RANKS:
-        tracers = [ShapeTracer(batch, rank) for batch in (None, PROBE_BATCH)]
+        example = tuple(torch.randn(PROBE_BATCH, *t.shape[1:]).to(t) for t in (x, *routing_inputs))
+        tracers = [ShapeTracer(None, rank), ShapeTracer(PROBE_BATCH, rank, example)]
         try:
             return _recognise(module, *_trace(module, tracers), x, routing_inputs)
         except NotRecognised as exc:
@@ -197,13 +198,14 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
     try:
         return _read(graph_module, conv, values, from_input, probe, expected, routing_shapes)
     except NotRecognised as failure:
-        results = _sample_results(graph_module, conv, values, from_input) if unrolled else None
+        joins = set()
+        results = _sample_results(graph_module, conv, values, from_input, joins) if unrolled else None
         if results is None:
             raise
         # attentions computed inside the loop over the samples: their branches batched, then read again
-        for parameters_outside in (True, False):
-            rewritten = batch_sample_branches(graph_module, results, set(conv.calls), values, from_input,
-                                              math.prod(conv.kernel_shape) - 1,
+        for parameters_outside in PARAMETERS_OUTSIDE:
+            rewritten = batch_sample_branches(graph_module, results, set(conv.calls), values, from_input - joins,
+                                              conv.out_channels, math.prod(conv.kernel_shape) - 1,
                                               _free_name(graph_module, "sample_attentions"), parameters_outside)
             if rewritten is None:
                 continue
@@ -216,19 +218,39 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
         raise failure
 
 
-def _sample_results(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict,
-                    from_input: set) -> Optional[list]:
+def _sample_results(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set,
+                    joins: set) -> Optional[list]:
     """Each probe sample's own results, the nodes its branch of the layer ends in: in a loop over the batch, the
-    inputs of the op joining the convs' results (``torch.cat(outputs)``), else the convs themselves; for the
-    batch-folded conv, the :data:`PROBE_BATCH` pieces joined into its weight and input. None if not found."""
+    inputs of the op joining the convs' results (``torch.cat(outputs)``), else the convs themselves, and the
+    sample's kernel where the kernels were joined before the loop took them apart again (``joins`` gains those
+    joining nodes, which are no sample's own); for the batch-folded conv, the :data:`PROBE_BATCH` pieces joined
+    into its weight and input. None if not found."""
     if len(conv.calls) == PROBE_BATCH:
         after = [_downstream(graph_module, [call]) for call in conv.calls]
         join = next((n for n in graph_module.graph.nodes if sum(n in nodes for nodes in after) > 1), None)
         parts = [[i for i in join.all_input_nodes if i in nodes] for nodes in after] if join is not None else []
-        return parts if parts and all(len(p) == 1 for p in parts) else [[call] for call in conv.calls]
+        results = parts if parts and all(len(p) == 1 for p in parts) else [[call] for call in conv.calls]
+        for sample, weight in enumerate(conv.weights):  # kernels made in a loop of their own, stacked: kernels[i]
+            joined = _joined_piece(weight, sample, values, from_input)
+            if joined is not None:
+                results[sample].append(joined[1])
+                joins.add(joined[0])
+        return results
     pieces = [_joined_pieces(node, values, from_input) for node in (conv.weights[0], conv.inputs[0])]
     pieces = [p for p in pieces if p is not None]
     return [list(sample) for sample in zip(*pieces)] if pieces else None
+
+
+def _joined_piece(node: fx.Node, sample: int, values: dict, from_input: set) -> Optional[tuple]:
+    """``(joined, piece)``: the tensor of sample ``sample`` that was joined (``torch.stack``) with the other
+    samples' into the tensor ``node`` is a slice of (``kernels[i]``), or None."""
+    for joined in _upstream([node], within=from_input)[1:]:
+        parts = [n for n in joined.all_input_nodes if n in from_input]
+        if len(parts) == PROBE_BATCH:
+            piece = values[parts[sample]]
+            if isinstance(piece, Tensor) and piece.shape == values[node].shape and torch.equal(piece, values[node]):
+                return joined, parts[sample]
+    return None
 
 
 def _joined_pieces(node: fx.Node, values: dict, from_input: set) -> Optional[list]:

@@ -372,10 +372,11 @@ class OmniHeads(nn.Module):
 
 
 class FoldedKernelsFromASampleLoop(nn.Module):
-    """Each sample's kernel mixed inside a loop (its gate on ``x[i:i+1]``, K parameters summed), the kernels joined
-    and run as one conv with the batch folded into its groups."""
+    """Each sample's kernel mixed inside a loop (its gate on ``x[i:i+1]``; K = 4 parameters summed over
+    ``zip(r, self.kernels)``, so the sample's ``[K]`` gate is iterated: 4 items, not the traced batch of 3), the
+    kernels joined and run as one conv with the batch folded into its groups."""
 
-    def __init__(self, cin, cout, experts=3):
+    def __init__(self, cin, cout, experts=4):
         super().__init__()
         self.cout = cout
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, experts), nn.Sigmoid())
@@ -386,7 +387,7 @@ class FoldedKernelsFromASampleLoop(nn.Module):
         kernels = []
         for i in range(n):
             r = self.gate(x[i:i + 1])[0]
-            kernels.append(sum(r[k] * self.kernels[k] for k in range(len(self.kernels))))
+            kernels.append(sum(rk * kernel for rk, kernel in zip(r, self.kernels)))
         y = F.conv2d(x.view(1, n * c, h, w), torch.cat(kernels), None, 1, 1, 1, n)
         return y.view(n, self.cout, h, w)
 
@@ -406,6 +407,64 @@ class PerChannelUnbatchedLoop(nn.Module):
             eta = torch.sigmoid(self.coefficients(sample.mean((-2, -1)))).view(self.experts, self.cout)
             outputs.append(F.conv2d(sample, (eta[..., None, None, None] * self.bases).sum(0), None, 1, 1))
         return torch.stack(outputs)
+
+
+class FunctionalGateMixedBias(nn.Module):
+    """A gate of ``F.linear`` on parameters of its own, on ``x[i:i+1]``, normalised by its sum (``g / g.sum()``:
+    one attention, not a product of two), and an expert bias ``[K, M]`` mixed by the same attention (the gate's
+    parameters go into the batched branch, the bias stays where a reading sees it)."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.route_weight = nn.Parameter(torch.randn(experts, cin) * 0.5)
+        self.route_bias = nn.Parameter(torch.zeros(experts))
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+        self.bias = nn.Parameter(torch.randn(experts, cout) * 0.5)
+
+    def forward(self, x):
+        outputs = []
+        for i in range(x.size(0)):
+            xi = x[i:i + 1]
+            g = torch.sigmoid(F.linear(xi.mean((2, 3)), self.route_weight, self.route_bias))
+            r = (g / g.sum(-1, keepdim=True))[0]
+            kernel = (r.view(-1, 1, 1, 1, 1) * self.weight).sum(0)
+            outputs.append(F.conv2d(xi, kernel, (r[:, None] * self.bias).sum(0), 1, 1))
+        return torch.cat(outputs)
+
+
+class KernelsStackedThenConvolved(nn.Module):
+    """Two loops: every sample's kernel mixed in the first (its softmax attention on the unbatched sample) and
+    ``torch.stack``-ed, the convs run in the second on ``kernels[i]``."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.fc = nn.Linear(cin, experts)
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        kernels = torch.stack([(torch.softmax(self.fc(xi.mean((1, 2))), -1).view(-1, 1, 1, 1, 1) * self.weight).sum(0)
+                               for xi in x])
+        return torch.cat([F.conv2d(x[i:i + 1], kernels[i], padding=1) for i in range(x.shape[0])])
+
+
+class ConvGateSampleView(nn.Module):
+    """DyNet with a 1x1-conv gate on ``x[i][None]`` whose coefficients are viewed as one sample's ``[M, K]``:
+    run on the batch as written, the branch fails at that view, after the coefficients it is read from."""
+
+    def __init__(self, cin, cout, experts=3):
+        super().__init__()
+        self.cout, self.experts = cout, experts
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout * experts, 1))
+        self.bases = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        outputs = []
+        for i in range(x.shape[0]):
+            xi = x[i][None]
+            coefficients = torch.tanh(self.gate(xi)).view(self.cout, self.experts)
+            weight = torch.einsum("mk,kmcij->mcij", coefficients, self.bases)
+            outputs.append(F.conv2d(xi, weight, None, 1, 1))
+        return torch.cat(outputs)
 
 
 class ExpertConvsMixed(nn.Module):
@@ -493,6 +552,9 @@ LAYERS = {
     "gate-in-the-loop-odconv-split": (lambda: OmniPerSampleSplit(8, 6), "odconv"),
     "gate-in-the-loop-folded-kernels": (lambda: FoldedKernelsFromASampleLoop(8, 8), "condconv"),
     "gate-in-the-loop-dynet-unbind": (lambda: PerChannelUnbatchedLoop(8, 6), "dynet"),
+    "gate-in-the-loop-functional-gate-mixed-bias": (lambda: FunctionalGateMixedBias(8, 8), "dynamic_conv"),
+    "gate-in-the-loop-kernels-stacked-then-convolved": (lambda: KernelsStackedThenConvolved(8, 8), "dynamic_conv"),
+    "gate-in-the-loop-conv-gate-sample-view": (lambda: ConvGateSampleView(8, 6), "dynet"),
     "experts-first-conv-list-sigmoid-stride2": (lambda: ExpertConvsMixed(8, 8), "condconv"),
     "experts-first-wide-conv-per-channel": (lambda: WideConvPerChannel(8, 6), "dynet"),
     "experts-first-stacked-einsum-block": (lambda: StackedExpertOutputsBlock(8, 8), "dynamic_conv"),
@@ -571,6 +633,23 @@ class AttentionCarriedAcrossSamples(nn.Module):
         return torch.cat(outputs)
 
 
+class LayerNormGateUnbatched(GateInTheLoop):
+    """A gate with a LayerNorm on the unbatched sample, softmax over dim 0: only ``vmap`` batches it, and
+    ``torch.export`` cannot take ``vmap`` of a LayerNorm with a dynamic batch (refused, not converted into a layer
+    that would not export)."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__(cin, cout, experts)
+        self.norm = nn.LayerNorm(cin)
+
+    def forward(self, x):
+        outputs = []
+        for i in range(x.shape[0]):
+            a = torch.softmax(self.fc(self.norm(x[i].mean((-2, -1)))), 0)
+            outputs.append(F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a, self.weight), padding=1))
+        return torch.cat(outputs)
+
+
 class BranchOnValues(PerSampleLoop):
     """Python control flow on the input's values: no trace."""
 
@@ -580,6 +659,7 @@ class BranchOnValues(PerSampleLoop):
 
 @pytest.mark.parametrize("layer, reason", [
     (AttentionCarriedAcrossSamples, "no reading of its experts"),
+    (LayerNormGateUnbatched, "no reading of its experts"),
     (BranchOnValues, "torch.fx cannot trace its forward"),
 ])
 def test_a_layer_the_trace_cannot_read_stays_unknown_with_the_reason(layer, reason):
