@@ -152,7 +152,7 @@ def _rewritten(graph_module: fx.GraphModule, mapped: SampleMap, name: str, branc
                 copies[branch[position]].replace_all_uses_with(
                     graph.call_function(operator.getitem, (batched, index)))
     rewritten = fx.GraphModule(graph_module, graph)
-    graph.eliminate_dead_code(is_impure_node=_is_impure)
+    graph.eliminate_dead_code(is_impure_node=is_impure)
     stable_topological_sort(rewritten)  # a source may be computed after sample 0's branch begins
     rewritten.recompile()
     return rewritten
@@ -181,8 +181,31 @@ def _cut(branch: list, kept: list) -> list:
     return [(position, keeps_axis) for position, keeps_axis in kept if not derived(branch[position])]
 
 
-def _is_impure(node: fx.Node) -> bool:
-    return node.is_impure() or str(node.target).endswith("_")  # in-place ops, kept
+def changed_in_place(node: fx.Node) -> Optional[fx.Node]:
+    """The tensor ``node`` changes in place (its first argument: ``a.masked_fill_(...)``, ``torch.relu_(y)``,
+    ``F.relu(y, inplace=True)``, ``nn.ReLU(inplace=True)``), or None."""
+    if node.op == "call_module":
+        in_place = getattr(node.graph.owning_module.get_submodule(node.target), "inplace", False) is True
+    else:
+        name = getattr(node.target, "__name__", str(node.target))
+        in_place = node.op in ("call_method", "call_function") and (
+            (name.endswith("_") and not name.startswith("_")) or node.kwargs.get("inplace") is True)
+    return node.args[0] if in_place and node.args and isinstance(node.args[0], fx.Node) else None
+
+
+def is_impure(node: fx.Node) -> bool:
+    """For ``eliminate_dead_code``: fx's impure ops, and an op changing a tensor in place that a later op still
+    reads (dead code is removed last node first, so readers removed as dead no longer count)."""
+    changed = changed_in_place(node)
+    if node.is_impure() or changed is None:
+        return node.is_impure()
+    readers = {user for user in changed.users if changed_in_place(user) is not changed}
+    later = node.next
+    while later.op != "root":  # (the graph's nodes are a ring closed by its root)
+        if later in readers:
+            return True
+        later = later.next
+    return False
 
 
 def _reproduced(outputs: list, candidates: list, branches: list, values: dict) -> list:
@@ -319,5 +342,5 @@ def _sample_graph(graph_module: fx.GraphModule, branch: list, slices: dict, sour
             copy(node)
     graph.output(tuple(copies[branch[position]] for position in outputs))
     fx.GraphModule(graph_module, graph)  # the owner the purity check wants
-    graph.eliminate_dead_code(is_impure_node=_is_impure)
+    graph.eliminate_dead_code(is_impure_node=is_impure)
     return fx.GraphModule(graph_module, graph)  # only what is left is copied

@@ -44,14 +44,15 @@ import itertools
 import math
 import operator
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dyconv_deploy.convert.routed import RoutedConv2d
-from dyconv_deploy.convert.sample_batching import PARAMETERS_OUTSIDE, batch_sample_branches
+from dyconv_deploy.convert.sample_batching import (PARAMETERS_OUTSIDE, batch_sample_branches, changed_in_place,
+                                                  is_impure)
 from dyconv_deploy.convert.shape_tracer import ShapeTracer, read_batch_sizes
 from dyconv_deploy.nn import Routing
 
@@ -185,16 +186,12 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
                           for t in (x, *routing_inputs)) for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
     values = _probe(graph_module, probe)
     from_input = _downstream(graph_module, placeholders)
-    with torch.no_grad():
-        try:
-            expected = [(inputs, module(*inputs)) for inputs in (probe, check)]
-        except Exception as exc:
-            raise NotRecognised(f"it fails on a random batch of {CHECK_BATCH} ({type(exc).__name__}: "
-                                f"{_first_line(exc)})") from exc
     routing_shapes = tuple(tuple(t.shape[1:]) for t in routing_inputs)
     if not any(_is_dynamic_conv(n, values, from_input) for n in graph_module.graph.nodes):
-        return _read_expert_outputs(graph_module, values, from_input, probe, expected, routing_shapes)
+        return _read_expert_outputs(graph_module, values, from_input, probe, lambda: _expected_outputs(module, probe, check),
+                                    routing_shapes)
     conv = _dynamic_conv(graph_module, values, from_input, unrolled)
+    expected = _expected_outputs(module, probe, check)
     try:
         return _read(graph_module, conv, values, from_input, probe, expected, routing_shapes)
     except NotRecognised as failure:
@@ -216,6 +213,16 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
                 return _read(rewritten, _dynamic_conv(rewritten, rewritten_values, rewritten_from_input, unrolled),
                              rewritten_values, rewritten_from_input, probe, expected, routing_shapes)
         raise failure
+
+
+def _expected_outputs(module: nn.Module, *batches: tuple) -> list:
+    """``(inputs, module(*inputs))`` for each of the ``batches``: what a reading must reproduce."""
+    with torch.no_grad():
+        try:
+            return [(inputs, module(*inputs)) for inputs in batches]
+        except Exception as exc:
+            raise NotRecognised(f"it fails on a random batch of {CHECK_BATCH} ({type(exc).__name__}: "
+                                f"{_first_line(exc)})") from exc
 
 
 def _sample_results(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, from_input: set,
@@ -328,13 +335,16 @@ def _first_line(exc: Exception) -> str:
 
 
 def _probe(graph_module: fx.GraphModule, inputs: tuple) -> dict:
-    """Every node's value in one forward of ``inputs``."""
+    """Every node's value in one forward of ``inputs`` (as it was then: copies, where an op changes one in
+    place later, ``y.relu_()``)."""
     values = {}
+    copied = any(changed_in_place(n) is not None for n in graph_module.graph.nodes)
 
     class Recorder(fx.Interpreter):
         def run_node(self, node):
-            values[node] = super().run_node(node)
-            return values[node]
+            value = super().run_node(node)
+            values[node] = value.clone() if copied and isinstance(value, Tensor) else value
+            return value
 
     with torch.no_grad():
         try:
@@ -413,33 +423,44 @@ def _is_dynamic_conv(node: fx.Node, values: dict, from_input: set) -> bool:
 
 
 def _read_expert_outputs(graph_module: fx.GraphModule, values: dict, from_input: set, probe: tuple,
-                         expected: list, routing_shapes: tuple) -> nn.Module:
+                         expected: Callable[[], list], routing_shapes: tuple) -> nn.Module:
     """A layer written experts-first: static expert convs on its input (K convs of one geometry, or one of
     K * M filters), their outputs mixed by an attention (``sum(a[:, k] * conv_k(x))``, DyNet's per-channel
-    ``[N, K, M]`` too): a reading of the experts' kernels, biases and attention that reproduces it."""
+    ``[N, K, M]`` too): a reading of the experts' kernels, biases and attention that reproduces it. Of K + 1
+    convs of one geometry, each may be left out (a static branch beside the mixture, a conv of the router's).
+    ``expected()`` gives the original's ``(inputs, output)`` pairs, asked for only where a reading is found."""
     image = next(n for n in graph_module.graph.nodes if n.op == "placeholder")
     groups: dict[tuple, list] = {}
     for node in graph_module.graph.nodes:
         conv = _static_conv(graph_module, node, values, from_input)
-        if conv is not None and conv["input_node"] is image:
-            key = (tuple(conv["weight"].shape), str(conv["stride"]), str(conv["padding"]), str(conv["dilation"]),
-                   int(conv["groups"]), conv["bias"] is None)
+        if conv is not None and (conv["input_node"] is image or _same(values[conv["input_node"]], values[image])):
+            key = (conv["input_node"], tuple(conv["weight"].shape), str(conv["stride"]), str(conv["padding"]),
+                   str(conv["dilation"]), int(conv["groups"]), conv["bias"] is None)  # (x.contiguous() is x)
             groups.setdefault(key, []).append((node, conv))
     for members in sorted(groups.values(), key=len, reverse=True):
-        nodes, calls = [m[0] for m in members], [m[1] for m in members]
-        first = calls[0]
-        weight = torch.stack([c["weight"] for c in calls])  # [K, M, C/G, kH, kW], or [1, K*M, ...] to split
-        bias = None if first["bias"] is None else torch.stack([c["bias"] for c in calls])
-        experts = _DynamicConv(tuple(nodes), (), (), (image,), tuple(first["weight"].shape), _pair(first["stride"]),
-                               _padding(first["padding"]), _pair(first["dilation"]), int(first["groups"]))
-        after = _downstream(graph_module, nodes)
-        batched = _distinct([n for n in graph_module.graph.nodes if n in from_input and n not in after
-                             and n is not image and _batched(values[n])], values)
-        with contextlib.suppress(NotRecognised):
-            return _first_reproducing(graph_module, experts, values, probe, expected, lambda _: _expert_readings(
-                experts, weight, bias, batched, values, graph_module, routing_shapes))
+        choices = [members] + ([members[:i] + members[i + 1:] for i in range(len(members))] if len(members) > 2
+                               else [])
+        for chosen in choices:
+            nodes, calls = [m[0] for m in chosen], [m[1] for m in chosen]
+            first = calls[0]
+            weight = torch.stack([c["weight"] for c in calls])  # [K, M, C/G, kH, kW], or [1, K*M, ...] to split
+            bias = None if first["bias"] is None else torch.stack([c["bias"] for c in calls])
+            experts = _DynamicConv(tuple(nodes), (), (), (image,), tuple(first["weight"].shape),
+                                   _pair(first["stride"]), _padding(first["padding"]), _pair(first["dilation"]),
+                                   int(first["groups"]))
+            after = _downstream(graph_module, nodes)
+            batched = _distinct([n for n in graph_module.graph.nodes if n in from_input and n not in after
+                                 and n is not image and _batched(values[n])], values)
+            layers = list(_expert_readings(experts, weight, bias, batched, values, graph_module, routing_shapes))
+            if layers:
+                with contextlib.suppress(NotRecognised):
+                    return _first_reproducing(graph_module, experts, values, probe, expected(), lambda _: layers)
     raise NotRecognised("it has no conv on an input-dependent weight, nor static expert convs whose outputs it "
                         "mixes by an attention")
+
+
+def _same(value, expected: Tensor) -> bool:
+    return isinstance(value, Tensor) and value.shape == expected.shape and torch.equal(value, expected)
 
 
 def _static_conv(graph_module: fx.GraphModule, node: fx.Node, values: dict, from_input: set) -> Optional[dict]:
@@ -552,7 +573,8 @@ class _Entries:
 
 
 def _distinct(nodes: list, values: dict) -> list:
-    """``nodes`` without those whose value is a view of an earlier one's (the same numbers, reshaped)."""
+    """``nodes`` without those whose value is a view of an earlier one's (the same numbers, reshaped; a tensor
+    changed in place is read with its changes: see :func:`_subgraph`)."""
     seen, kept = set(), []
     for node in nodes:
         key = (values[node].data_ptr(), values[node].numel())
@@ -698,8 +720,13 @@ def _batched_origin(node: fx.Node, values: dict) -> fx.Node:
 
 def _subgraph(graph_module: fx.GraphModule, outputs: list) -> fx.GraphModule:
     """A GraphModule computing the tuple of ``outputs`` from the inputs (all of them, in order), with only the
-    nodes they need."""
-    needed = set(_upstream(outputs)) | {n for n in graph_module.graph.nodes if n.op == "placeholder"}
+    nodes they need (in-place changes of those included)."""
+    needed = set(_upstream(outputs))
+    changes = [u for n in needed for u in n.users if changed_in_place(u) is n and u not in needed]
+    while changes:  # ops changing a needed tensor in place (``a.masked_fill_(a < t, 0)``), and what they read
+        needed |= set(_upstream(changes))
+        changes = [u for n in needed for u in n.users if changed_in_place(u) is n and u not in needed]
+    needed |= {n for n in graph_module.graph.nodes if n.op == "placeholder"}
     graph, copies = fx.Graph(), {}
     for node in graph_module.graph.nodes:
         if node in needed:
@@ -780,7 +807,7 @@ def _block(graph_module: fx.GraphModule, conv: _DynamicConv, replaced: fx.Node, 
             copies[node] = graph.node_copy(node, lambda n: copies[n])
     read_batch_sizes(graph)
     owner = fx.GraphModule(graph_module, graph)  # (the purity check wants an owner)
-    graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or str(n.target).endswith("_"))  # in place
+    graph.eliminate_dead_code(is_impure_node=is_impure)
     if any(copies[call] in owner.graph.nodes for call in conv.calls):
         return None
     return fx.GraphModule(graph_module, graph, class_name="TracedBlock")  # only what is left is copied

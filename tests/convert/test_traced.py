@@ -4,10 +4,13 @@ Each layer folds the batch into conv groups but stores and mixes its experts its
 must match the original, export with a dynamic batch and verify on ONNX Runtime at batch 3; the checks can fail
 (the original depends on its input, the attention varies over the batch, and rolling it along the batch fails).
 Loops over the batch (the attention computed for the batch, or for each sample inside the loop), ODConv's four
-attentions, DyNet's per-channel ones and blocks that go on after the conv (BatchNorm, activation, residual) are read
-too; layers the trace cannot read (an attention carried from sample to sample, control flow on values) stay
-unknown with the reason.
+attentions, DyNet's per-channel ones, blocks that go on after the conv (BatchNorm, activation, residual, in place
+too) and layers written experts-first (static expert convs whose outputs an attention mixes) are read too; layers
+the trace cannot read (an attention carried from sample to sample, control flow on values) stay unknown with the
+reason, and ordinary blocks that look like experts-first layers stay as they are.
 """
+
+import operator
 
 import pytest
 import torch
@@ -277,6 +280,23 @@ class DynamicConvBNReLU(nn.Module):
         return F.relu(self.bn(y)) + x
 
 
+class InPlaceBlock(DynamicConv):
+    """A block that goes on in place after its conv: ``nn.ReLU(inplace=True)`` and ``y.add_(x)`` (the conv's result
+    is read as it was before they changed it)."""
+
+    def __init__(self, channels, experts=4):
+        super().__init__(channels, channels, experts)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        a = self.attention(x.mean((2, 3)))
+        kernels = torch.einsum("nk,kmcij->nmcij", a, self.weight).flatten(0, 1)
+        y = self.act(F.conv2d(x.reshape(1, n * c, h, w), kernels, None, 1, 1, 1, n).view(n, self.cout, h, w))
+        y.add_(x)
+        return y
+
+
 class OmniBlock(OmniAttentions):
     """ODConv followed by an activation inside the layer's own forward."""
 
@@ -467,6 +487,40 @@ class ConvGateSampleView(nn.Module):
         return torch.cat(outputs)
 
 
+class ExpertsBesideAShortcut(nn.Module):
+    """Experts first beside a static shortcut conv of the experts' own geometry (RepVGG-like: one of the K + 1
+    convs is no expert), the gate sparsified in place (``masked_fill_``, ``div_``: the router must keep them)."""
+
+    def __init__(self, channels, experts=4):
+        super().__init__()
+        self.shortcut = nn.Conv2d(channels, channels, 3, padding=1)
+        self.experts = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1) for _ in range(experts)])
+        self.fc = nn.Linear(channels, experts)
+
+    def forward(self, x):
+        a = torch.softmax(self.fc(x.mean((2, 3))), 1)
+        a.masked_fill_(a < 1 / a.shape[1], 0.0)  # below the mean: some of every sample's gates
+        a.div_(a.sum(1, keepdim=True))
+        return self.shortcut(x) + sum(a[:, k, None, None, None] * conv(x) for k, conv in enumerate(self.experts))
+
+
+class ExpertsWithARouterConv(nn.Module):
+    """Experts first on ``x.contiguous()``, routed through a conv of the experts' own geometry on the input (the
+    attention comes after it: it is no expert)."""
+
+    def __init__(self, channels, experts=3):
+        super().__init__()
+        self.look = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.experts = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+                                      for _ in range(experts)])
+        self.fc = nn.Linear(channels, experts)
+
+    def forward(self, x):
+        x = x.contiguous()
+        a = torch.sigmoid(self.fc(F.relu(self.look(x)).mean((2, 3))))
+        return torch.einsum("nk,nkmhw->nmhw", a, torch.stack([conv(x) for conv in self.experts], 1))
+
+
 class ExpertConvsMixed(nn.Module):
     """Experts-first CondConv: K ``nn.Conv2d`` (with biases) on the input, their outputs weighted by a sigmoid
     routing and summed; no conv has an input-dependent weight."""
@@ -544,6 +598,7 @@ LAYERS = {
     "loop-per-channel-stride2": (lambda: PerChannelLoop(8, 8), "dynet"),
     "loop-batch-sized-view": (lambda: BatchSizedViewLoop(8, 8), "dynamic_conv"),
     "block-bn-relu-residual": (lambda: DynamicConvBNReLU(8), "dynamic_conv"),
+    "block-in-place-relu-add": (lambda: InPlaceBlock(8), "dynamic_conv"),
     "loop-unbatched-stacked-lists-python-sum-bias": (lambda: StackedListUnbatchedLoop(8, 8), "dynamic_conv"),
     "odconv-grouped-all-in-kernel": (lambda: GroupedOmniInKernel(8, 6), "odconv"),
     "odconv-block-hardswish": (lambda: OmniBlock(8, 8, 3), "odconv"),
@@ -556,6 +611,8 @@ LAYERS = {
     "gate-in-the-loop-kernels-stacked-then-convolved": (lambda: KernelsStackedThenConvolved(8, 8), "dynamic_conv"),
     "gate-in-the-loop-conv-gate-sample-view": (lambda: ConvGateSampleView(8, 6), "dynet"),
     "experts-first-conv-list-sigmoid-stride2": (lambda: ExpertConvsMixed(8, 8), "condconv"),
+    "experts-first-beside-a-shortcut-in-place-gate": (lambda: ExpertsBesideAShortcut(8), "dynamic_conv"),
+    "experts-first-router-conv-contiguous": (lambda: ExpertsWithARouterConv(8), "condconv"),
     "experts-first-wide-conv-per-channel": (lambda: WideConvPerChannel(8, 6), "dynet"),
     "experts-first-stacked-einsum-block": (lambda: StackedExpertOutputsBlock(8, 8), "dynamic_conv"),
     "experts-first-wide-conv-channel-major-groups": (lambda: WideConvChannelMajor(8, 6), "dynamic_conv"),
@@ -897,3 +954,13 @@ def test_experts_first_candidates_are_found_by_the_convs_they_run():
     net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), ExpertConvsMixed(8, 8), WideConvPerChannel(8, 6),
                         ParallelBranches(6), InvertedResidual(6), nn.Conv2d(6, 12, 1))
     assert scan_convolutions(net.eval(), (random_images(SHAPE),)).mixtures == ["1", "2", "3", "4"]
+
+
+def test_a_block_keeps_no_dead_copy_of_the_routing_it_changed_in_place():
+    """The gate's in-place edits (``masked_fill_``, ``div_``) run in the router; the block drops its own copy."""
+    torch.manual_seed(0)
+    model, report = convert_model(_net(ExpertsBesideAShortcut(8)), random_images(SHAPE))
+    block = model[2]
+    assert [r.family for r in report.converted] == ["traced"] and isinstance(block, torch.fx.GraphModule)
+    assert [n.target for n in block.graph.nodes if n.op != "placeholder" and n.op != "output"] == [
+        "shortcut", "dynamic_conv", operator.add]
