@@ -64,8 +64,6 @@ def _print_tables(model: str, report, paper, conversion: str) -> None:
     from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:  # piped: do not squeeze the tables to 80 columns
-        console.width = 160
     console.print(f"[bold]{model}[/bold]  input {_shape(report.input_shape)}  "
                   f"{len(report.layers)} dynamic conv(s); {conversion}")
     if report.layers:

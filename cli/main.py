@@ -41,6 +41,7 @@ app = typer.Typer(
 )
 
 _state = {"verbose": False}
+_PIPED_COLUMNS = 160  # table width when stdout is no terminal (COLUMNS, where set, wins)
 
 
 def _version(value: bool) -> None:
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "-v" in args or "--verbose" in args
+    if not sys.stdout.isatty():  # a log, a pipe, CI: rich would fold every table into 80 columns
+        os.environ.setdefault("COLUMNS", str(_PIPED_COLUMNS))
     try:
         with cleanup_on_signals():  # SIGINT/SIGTERM remove half-written outputs
             result = app(args=args, prog_name="dyconv-deploy", standalone_mode=False)

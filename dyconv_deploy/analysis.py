@@ -190,7 +190,10 @@ def _layer_report(path: str, module: nn.Module, layout: ExpertLayout, input_shap
 
 
 def _leaf_madds(module: nn.Module, output: torch.Tensor) -> int:
-    """MAdds of a conv (any dimension) or linear layer from its output size."""
+    """MAdds of a conv (any dimension) or linear layer from its output size (of the whole batch, also where it
+    runs per sample under ``torch.func.vmap``, as a gate a converted loop layer runs on each sample)."""
+    while torch._C._functorch.is_batchedtensor(output):
+        output = torch._C._functorch.get_unwrapped(output)
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     return output.numel() * (module.in_channels // module.groups) * prod(module.kernel_size)

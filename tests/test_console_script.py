@@ -49,3 +49,15 @@ def test_the_command_line_turns_numpys_huge_pages_off_unless_asked(setting, expe
     code = "import dyconv_deploy.cli.main, numpy; print(numpy._core.multiarray._get_madvise_hugepage())"
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert process.stdout.strip() == expected, process.stderr
+
+
+@pytest.mark.parametrize("columns, widest", [(None, range(81, 161)), ("70", range(0, 71))],
+                         ids=["piped-defaults-to-160", "COLUMNS-wins"])
+def test_tables_piped_to_a_log_are_not_folded_into_80_columns(tmp_path, columns, widest):
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    process = subprocess.run([SCRIPT, "inspect", "sample:tiny_dynamic"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert max(len(line) for line in process.stdout.splitlines()) in widest

@@ -273,7 +273,9 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: Optional[str | os
             except ExportError as exc:
                 if fallback is None:
                     raise
-                log.info("%s; exporting with %s instead", exc, fallback.name)
+                # what failed, without the advice for a last exporter: the next one is tried
+                log.info("the %s exporter cannot take this model (%s); exporting with %s instead", spec.name,
+                         str(exc).split(" Next: ")[0], fallback.name)
     total = len(spec.steps) + (3 if path is not None else 2)
     with _step(total - (2 if path is not None else 1), total, "check",
                "the exported graph is invalid: run with -v and report it together with the model."):
@@ -331,7 +333,7 @@ def _step(index: int, total: int, label: str, advice: str):
         raise
     except Exception as exc:
         lines = str(exc).strip().splitlines()
-        summary = lines[0][:300] if lines else type(exc).__name__
+        summary = (lines[0][:300] + ("…" if len(lines[0]) > 300 else "")) if lines else type(exc).__name__
         raise ExportError(f"export step {index}/{total} ({label}) failed: {summary} Next: {advice}",
                           label) from exc
 

@@ -238,14 +238,17 @@ def _verify(checklist: Checklist, console: Console, model: nn.Module, source: on
     """The verify stage; ``shape=None`` takes the input shape from the model file (a fixed batch
     replaces ``batches``)."""
     with checklist.stage("verify") as row, open_runtime(source, backend, **(runtime_options or {})) as runtime:
+        asked = ""
         if shape is None:
             shape, dynamic = _input_shape(runtime.input_specs)
+            if not dynamic and list(batches) != [shape[0]]:
+                asked = f" (fixed in the graph, not {','.join(map(str, batches))})"
             batches = batches if dynamic else [shape[0]]
         comparisons = verify_onnx(model, runtime, shape, batches, tolerance)
         console.print(comparison_table(comparisons, runtime.backend))
         failed = [c.name for c in comparisons if not c.passed]
         settings = "".join(f", {key} {value}" for key, value in (runtime_options or {}).items())
-        row.detail = (f"{runtime.backend}{settings}, batch {','.join(map(str, batches))}: "
+        row.detail = (f"{runtime.backend}{settings}, batch {','.join(map(str, batches))}{asked}: "
                       f"{len(comparisons) - len(failed)}/{len(comparisons)} within atol={tolerance.atol:g} "
                       f"rtol={tolerance.rtol:g}")
         if failed:

@@ -41,6 +41,15 @@ def test_grouped_with_a_static_batch_is_verified_at_that_batch(tmp_path, capsys)
     assert "output@batch2" in printed and "output@batch1" not in printed
 
 
+def test_verify_of_a_fixed_batch_graph_says_which_batch_it_checked(tmp_path, capsys):
+    out = tmp_path / "grouped.onnx"
+    assert main(["export", TINY, "-o", str(out), *FAST, "--strategy", "grouped", "--static-batch",
+                 "--input-shape", "2x3x32x32"]) == 0
+    capsys.readouterr()
+    assert main(["verify", TINY, str(out), "--batch", "1,4"]) == 0
+    assert "batch 2 (fixed in the graph, not 1,4)" in capsys.readouterr().out
+
+
 def test_over_tolerance_exits_1_and_keeps_the_file(tmp_path, capsys):
     out = tmp_path / "strict.onnx"
     assert main(["export", TINY, "-o", str(out), *FAST, "--atol", "0", "--rtol", "0", "--batch", "2"]) == 1

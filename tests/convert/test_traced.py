@@ -10,6 +10,7 @@ the trace cannot read (an attention carried from sample to sample, control flow 
 reason, and ordinary blocks that look like experts-first layers stay as they are.
 """
 
+import logging
 import operator
 
 import pytest
@@ -20,6 +21,7 @@ from cases import SHAPE as CASE_SHAPE
 from guards import assert_attention_varies, assert_depends_on_input, assert_fails, rolled_attention
 from torch import nn
 
+from dyconv_deploy.analysis import analyze
 from dyconv_deploy.convert import RoutedConv2d, convert_model
 from dyconv_deploy.convert.detect import find_dynamic_convs, scan_convolutions
 from dyconv_deploy.convert.traced import NotRecognised, recognise_traced
@@ -964,3 +966,29 @@ def test_a_block_keeps_no_dead_copy_of_the_routing_it_changed_in_place():
     assert [r.family for r in report.converted] == ["traced"] and isinstance(block, torch.fx.GraphModule)
     assert [n.target for n in block.graph.nodes if n.op != "placeholder" and n.op != "output"] == [
         "shortcut", "dynamic_conv", operator.add]
+
+
+def test_a_gate_run_per_sample_under_vmap_is_counted_for_the_whole_batch():
+    """``inspect``'s attention MAdds of a converted loop layer whose gate sees one unbatched sample (vmap: the
+    hooks see one sample's tensors): the Linear gate's in_features * K per sample, times the batch."""
+    torch.manual_seed(0)
+    model, _ = convert_model(_net(GateInTheLoop(8, 8)), random_images(SHAPE))
+    assert model[2].router.attentions.sample_attentions.vmapped
+    for batch in (2, 4):
+        (row,) = analyze(model, (batch, *SHAPE[1:])).layers
+        assert row.attention.madds == batch * 8 * 4
+
+
+def test_the_export_of_a_vmapped_router_falls_back_to_dynamo_with_one_plain_line(caplog, capfd):
+    """TorchScript cannot take ``vmap`` (``aten::_softmax``): ``auto`` says so in one line, without the advice
+    meant for a last exporter and without the TorchScript IR graph it would print."""
+    torch.manual_seed(0)
+    model, _ = convert_model(_net(GateInTheLoop(8, 8)), random_images(SHAPE))
+    with caplog.at_level(logging.INFO, logger="dyconv_deploy"):
+        proto = export_onnx(model, random_images((1, *SHAPE[1:])))
+    assert len(contract_nodes(proto)) == 1
+    (line,) = [r.getMessage() for r in caplog.records if "instead" in r.getMessage()]
+    assert line.startswith("the torchscript exporter cannot take this model") and "Next:" not in line
+    assert line.endswith("exporting with dynamo instead")
+    printed = capfd.readouterr()
+    assert "IR graph" not in printed.out + printed.err
