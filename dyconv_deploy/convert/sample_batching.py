@@ -57,8 +57,9 @@ def batch_sample_branches(graph_module: fx.GraphModule, sample_results: list, co
     the graph are slices of the batch's tensors: ``t[i]`` or ``t[i:i+1]`` of a ``[N, ...]`` tensor ``t`` for
     sample i. Sample 0's branch is run on the whole batch as it is written (up to an op that fails so) and under
     ``vmap``; the way that gives more of the branches' own values on the probe is kept (``vmap`` only if
-    ``torch.export`` can then still take a dynamic batch: it cannot batch a conv or a LayerNorm so), and only
-    the tensors it gives are read from it. None where no way gives one.
+    ``torch.export`` can then still take a dynamic batch: its vmap rules for conv and LayerNorm pin it, so a
+    vmapped branch has its LayerNorms and 1x1 convs in plain ops, and a larger conv refuses it), and only the
+    tensors it gives are read from it. None where no way gives one.
     """
     branches = _branches(sample_results, from_input)
     slices = None if branches is None else _slices(branches, values, from_input)
@@ -72,7 +73,7 @@ def batch_sample_branches(graph_module: fx.GraphModule, sample_results: list, co
     sources = _sources(branches[0], slices, candidates)
     ways = []
     for vmapped in (False, True):
-        branch = _sample_graph(graph_module, branches[0], slices, sources, candidates, from_input, vmapped)
+        branch = _sample_graph(graph_module, branches[0], slices, sources, candidates, vmapped)
         kept = _reproduced(_outputs(branch, [values[s] for s in sources], vmapped), candidates, branches, values)
         if kept:
             ways.append((len(kept), not vmapped, kept))
@@ -80,8 +81,8 @@ def batch_sample_branches(graph_module: fx.GraphModule, sample_results: list, co
         kept = _cut(branches[0], kept)
         positions = [position for position, _ in kept]
         sources = _sources(branches[0], slices, positions)
-        mapped = SampleMap(_sample_graph(graph_module, branches[0], slices, sources, positions, from_input,
-                                         not direct), not direct)
+        mapped = SampleMap(_sample_graph(graph_module, branches[0], slices, sources, positions, not direct),
+                           not direct)
         if direct or _exports(mapped, [values[s] for s in sources]):
             return _rewritten(graph_module, mapped, name, branches, sources, kept)
     return None
@@ -107,12 +108,12 @@ def _parameters_outside(branch: list, values: dict, out_channels: int, which: st
 def _outputs(branch: fx.GraphModule, batch: list, vmapped: bool) -> list:
     """The branch's outputs on the probe's ``batch`` (None for those it cannot compute): as written, up to
     the first op that fails so; under ``vmap``, all or none."""
-    outputs = [None] * len(next(n for n in reversed(branch.graph.nodes) if n.op == "output").args[0])
+    returned = next(n for n in reversed(branch.graph.nodes) if n.op == "output").args[0]
     with torch.no_grad():
         if vmapped:
             with contextlib.suppress(Exception):
-                outputs = list(SampleMap(branch, vmapped=True)(*batch))
-            return outputs
+                return list(SampleMap(branch, vmapped=True)(*batch))
+            return [None] * len(returned)
         computed = {}
 
         class Recorder(fx.Interpreter):
@@ -122,7 +123,7 @@ def _outputs(branch: fx.GraphModule, batch: list, vmapped: bool) -> list:
 
         with contextlib.suppress(Exception):
             Recorder(branch).run(*batch)
-    return [computed.get(n) for n in next(n for n in reversed(branch.graph.nodes) if n.op == "output").args[0]]
+    return [computed.get(n) for n in returned]
 
 
 def _exports(mapped: SampleMap, batch: list) -> bool:
@@ -305,6 +306,44 @@ def _slice_of(node: fx.Node, sample: int, branch: set, values: dict, from_input:
     return None
 
 
+def _unfold_for_vmap(graph_module: fx.GraphModule, graph: fx.Graph) -> None:
+    """``nn.LayerNorm`` and pointwise ``nn.Conv2d`` calls of ``graph`` replaced (in place) by the same math in plain
+    ops, which ``torch.export`` batches under ``vmap`` with a dynamic batch (their own batching rules pin it)."""
+    for node in list(graph.nodes):
+        module = graph_module.get_submodule(node.target) if node.op == "call_module" else None
+        if type(module) is nn.LayerNorm:
+            function, options = _layer_norm, (tuple(module.normalized_shape), module.eps)
+        elif type(module) is nn.Conv2d and _is_pointwise(module):
+            function, options = _pointwise_conv, ()
+        else:
+            continue
+        with graph.inserting_before(node):
+            weight, bias = (graph.get_attr(f"{node.target}.{name}") if getattr(module, name) is not None else None
+                            for name in ("weight", "bias"))
+            node.replace_all_uses_with(graph.call_function(function, (node.args[0], weight, bias, *options)))
+        graph.erase_node(node)
+
+
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding in ((0, 0), 0, "valid", "same"))
+
+
+def _layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], shape: tuple, eps: float) -> Tensor:
+    """``F.layer_norm`` over the last ``len(shape)`` axes, in ops ``vmap`` batches for ``torch.export``."""
+    axes = tuple(range(-len(shape), 0))
+    mean = x.mean(axes, keepdim=True)
+    y = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(axes, keepdim=True) + eps)
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+def _pointwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """A 1x1 conv of ``x [C, H, W]`` or ``[N, C, H, W]`` with ``weight [M, C, 1, 1]``, as an ``einsum``."""
+    y = torch.einsum("...chw,mc->...mhw", x, weight[:, :, 0, 0])
+    return y if bias is None else y + bias[:, None, None]
+
+
 def _needed(branch: list, positions: list) -> set:
     """The nodes of ``branch`` that those at ``positions`` are computed from (themselves included)."""
     members = set(branch)
@@ -318,7 +357,7 @@ def _sources(branch: list, slices: dict, positions: list) -> list:
 
 
 def _sample_graph(graph_module: fx.GraphModule, branch: list, slices: dict, sources: list, outputs: list,
-                  from_input: set, vmapped: bool) -> fx.GraphModule:
+                  vmapped: bool) -> fx.GraphModule:
     """Sample 0's ``branch`` with an input per source (:func:`_sources` of ``outputs``), its slices' nodes reading
     it (``vmapped``: one sample of it, with a leading axis of 1 where the slice kept one; else the whole batch),
     the nodes at ``outputs`` out."""
@@ -341,6 +380,8 @@ def _sample_graph(graph_module: fx.GraphModule, branch: list, slices: dict, sour
         else:
             copy(node)
     graph.output(tuple(copies[branch[position]] for position in outputs))
+    if vmapped:
+        _unfold_for_vmap(graph_module, graph)
     fx.GraphModule(graph_module, graph)  # the owner the purity check wants
     graph.eliminate_dead_code(is_impure_node=is_impure)
     return fx.GraphModule(graph_module, graph)  # only what is left is copied

@@ -324,6 +324,21 @@ class GateInTheLoop(nn.Module):
         return torch.cat(outputs)
 
 
+class NormalisedConvGateUnbatched(nn.Module):
+    """A gate on the unbatched sample of a pooled 1x1 conv, a LayerNorm and a Linear, softmax over dim 0: run
+    under vmap, with both in plain ops that ``torch.export`` batches (their own vmap rules pin the batch)."""
+
+    def __init__(self, cin, cout, experts=4):
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, 12, 1), nn.Flatten(0), nn.LayerNorm(12),
+                                  nn.ReLU(), nn.Linear(12, experts))
+        self.weight = nn.Parameter(torch.randn(experts, cout, cin, 3, 3) * 0.3)
+
+    def forward(self, x):
+        return torch.stack([F.conv2d(xi, torch.einsum("k,kmcij->mcij", torch.softmax(self.gate(xi), 0), self.weight),
+                                     None, 1, 1) for xi in x])
+
+
 class PooledGate(nn.Module):
     """A gate written for a batch, ``[N, C, H, W] -> [N, K]``: pooling, two 1x1 convs, ``view(x.size(0), -1)``."""
 
@@ -605,6 +620,7 @@ LAYERS = {
     "odconv-grouped-all-in-kernel": (lambda: GroupedOmniInKernel(8, 6), "odconv"),
     "odconv-block-hardswish": (lambda: OmniBlock(8, 8, 3), "odconv"),
     "gate-in-the-loop-unbatched": (lambda: GateInTheLoop(8, 8), "dynamic_conv"),
+    "gate-in-the-loop-unbatched-conv-layernorm": (lambda: NormalisedConvGateUnbatched(8, 8), "dynamic_conv"),
     "gate-in-the-loop-iterated-batch-gate-bias": (lambda: IteratedSamplesBatchGate(8, 8), "dynamic_conv"),
     "gate-in-the-loop-odconv-split": (lambda: OmniPerSampleSplit(8, 6), "odconv"),
     "gate-in-the-loop-folded-kernels": (lambda: FoldedKernelsFromASampleLoop(8, 8), "condconv"),
@@ -692,19 +708,19 @@ class AttentionCarriedAcrossSamples(nn.Module):
         return torch.cat(outputs)
 
 
-class LayerNormGateUnbatched(GateInTheLoop):
-    """A gate with a LayerNorm on the unbatched sample, softmax over dim 0: only ``vmap`` batches it, and
-    ``torch.export`` cannot take ``vmap`` of a LayerNorm with a dynamic batch (refused, not converted into a layer
-    that would not export)."""
+class SpatialConvGateUnbatched(GateInTheLoop):
+    """A gate with a 3x3 conv on the unbatched sample, softmax over dim 0: only ``vmap`` batches it, and
+    ``torch.export`` cannot take ``vmap`` of a conv with a dynamic batch (refused, not converted into a layer that
+    would not export)."""
 
     def __init__(self, cin, cout, experts=4):
         super().__init__(cin, cout, experts)
-        self.norm = nn.LayerNorm(cin)
+        self.look = nn.Conv2d(cin, cin, 3, padding=1)
 
     def forward(self, x):
         outputs = []
         for i in range(x.shape[0]):
-            a = torch.softmax(self.fc(self.norm(x[i].mean((-2, -1)))), 0)
+            a = torch.softmax(self.fc(self.look(x[i]).mean((-2, -1))), 0)
             outputs.append(F.conv2d(x[i:i + 1], torch.einsum("k,kmcij->mcij", a, self.weight), padding=1))
         return torch.cat(outputs)
 
@@ -718,7 +734,7 @@ class BranchOnValues(PerSampleLoop):
 
 @pytest.mark.parametrize("layer, reason", [
     (AttentionCarriedAcrossSamples, "no reading of its experts"),
-    (LayerNormGateUnbatched, "no reading of its experts"),
+    (SpatialConvGateUnbatched, "no reading of its experts"),
     (BranchOnValues, "torch.fx cannot trace its forward"),
 ])
 def test_a_layer_the_trace_cannot_read_stays_unknown_with_the_reason(layer, reason):
