@@ -451,12 +451,25 @@ def _read_expert_outputs(graph_module: fx.GraphModule, values: dict, from_input:
             after = _downstream(graph_module, nodes)
             batched = _distinct([n for n in graph_module.graph.nodes if n in from_input and n not in after
                                  and n is not image and _batched(values[n])], values)
-            layers = list(_expert_readings(experts, weight, bias, batched, values, graph_module, routing_shapes))
+            biases = [bias] if bias is not None else [None, *_added_biases(graph_module, after, values, len(nodes),
+                                                                              first["weight"].shape[0])]
+            layers = [layer for bias in biases
+                      for layer in _expert_readings(experts, weight, bias, batched, values, graph_module,
+                                                    routing_shapes)]
             if layers:
                 with contextlib.suppress(NotRecognised):
                     return _first_reproducing(graph_module, experts, values, probe, expected(), lambda _: layers)
     raise NotRecognised("it has no conv on an input-dependent weight, nor static expert convs whose outputs it "
                         "mixes by an attention")
+
+
+def _added_biases(graph_module: fx.GraphModule, after: set, values: dict, num_kernels: int,
+                  out_channels: int) -> list:
+    """``[K, M]`` expert biases added to bias-free expert convs' outputs before the mix (``a_k * (conv_k(x) +
+    b_k)``): K parameters of ``[M]`` that ops after the convs read, in the order the forward reads them."""
+    singles = [n for n in graph_module.graph.nodes if n.op == "get_attr" and isinstance(values.get(n), Tensor)
+               and values[n].numel() == out_channels and _downstream(graph_module, [n]) & after]
+    return [torch.stack([values[n].reshape(-1) for n in singles])] if len(singles) == num_kernels > 1 else []
 
 
 def _same(value, expected: Tensor) -> bool:

@@ -538,6 +538,23 @@ class ExpertsWithARouterConv(nn.Module):
         return torch.einsum("nk,nkmhw->nmhw", a, torch.stack([conv(x) for conv in self.experts], 1))
 
 
+class ExpertsWithBiasParameters(nn.Module):
+    """Experts first with bias-free convs and a ``ParameterList`` of biases added to each expert's output before the
+    mix (``a_k * (conv_k(x) + b_k)``: the mixed bias ``sum_k a_k b_k``)."""
+
+    def __init__(self, channels, experts=3):
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+                                      for _ in range(experts)])
+        self.biases = nn.ParameterList([nn.Parameter(torch.randn(channels) * 0.5) for _ in range(experts)])
+        self.fc = nn.Linear(channels, experts)
+
+    def forward(self, x):
+        a = torch.softmax(self.fc(x.mean((2, 3))), 1)
+        return sum(a[:, k, None, None, None] * (conv(x) + self.biases[k].view(1, -1, 1, 1))
+                   for k, conv in enumerate(self.experts))
+
+
 class ExpertConvsMixed(nn.Module):
     """Experts-first CondConv: K ``nn.Conv2d`` (with biases) on the input, their outputs weighted by a sigmoid
     routing and summed; no conv has an input-dependent weight."""
@@ -631,6 +648,7 @@ LAYERS = {
     "experts-first-conv-list-sigmoid-stride2": (lambda: ExpertConvsMixed(8, 8), "condconv"),
     "experts-first-beside-a-shortcut-in-place-gate": (lambda: ExpertsBesideAShortcut(8), "dynamic_conv"),
     "experts-first-router-conv-contiguous": (lambda: ExpertsWithARouterConv(8), "condconv"),
+    "experts-first-bias-parameters-before-the-mix": (lambda: ExpertsWithBiasParameters(8), "dynamic_conv"),
     "experts-first-wide-conv-per-channel": (lambda: WideConvPerChannel(8, 6), "dynet"),
     "experts-first-stacked-einsum-block": (lambda: StackedExpertOutputsBlock(8, 8), "dynamic_conv"),
     "experts-first-wide-conv-channel-major-groups": (lambda: WideConvChannelMajor(8, 6), "dynamic_conv"),
