@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.tools_common import stable_topological_sort
 
+from dyconv_deploy.convert.graph_nodes import downstream, reshapes, same_tensor, upstream
+
 
 class SampleMap(nn.Module):
     """One sample's branch run for the whole batch: the batch's tensors ``[N, ...]`` (one per branch input) ``->``
@@ -65,7 +67,7 @@ def batch_sample_branches(graph_module: fx.GraphModule, sample_results: list, co
     slices = None if branches is None else _slices(branches, values, from_input)
     if slices is None:
         return None
-    kept_out = _downstream(branches[0], convs | _parameters_outside(branches[0], values, out_channels,
+    kept_out = downstream(branches[0], convs | _parameters_outside(branches[0], values, out_channels,
                                                                     parameters_outside))
     candidates = [position for position, node in enumerate(branches[0])
                   if isinstance(values[node], Tensor) and values[node].is_floating_point()
@@ -159,9 +161,6 @@ def _rewritten(graph_module: fx.GraphModule, mapped: SampleMap, name: str, branc
     return rewritten
 
 
-_VIEWS = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "contiguous"}
-
-
 def _cut(branch: list, kept: list) -> list:
     """The ``(position, keeps_axis)`` of ``kept`` that are neither a view of another kept one (``a[k]``,
     ``a.view(...)``) nor computed from two or more that are computed independently (``spatial * channel``,
@@ -172,11 +171,10 @@ def _cut(branch: list, kept: list) -> list:
     members = set(branch)
 
     def derived(node: fx.Node) -> bool:
-        if ((node.op == "call_function" and node.target is operator.getitem)
-                or (node.op == "call_method" and node.target in _VIEWS)) and node.args[0] in nodes:
+        if reshapes(node) and node.args[0] in nodes:
             return True
         inputs = [i for i in node.all_input_nodes if i in nodes]
-        return any(a not in _upstream(b, members) and b not in _upstream(a, members)
+        return any(a not in upstream([b], members) and b not in upstream([a], members)
                    for a, b in itertools.combinations(inputs, 2))
 
     return [(position, keeps_axis) for position, keeps_axis in kept if not derived(branch[position])]
@@ -231,31 +229,11 @@ def _branches(sample_results: list, from_input: set) -> Optional[list]:
     are, in graph order; None unless every branch has the same ops in the same order."""
     graph = sample_results[0][0].graph
     order = {n: i for i, n in enumerate(graph.nodes)}
-    upstream = [set().union(*(_upstream(result, from_input) for result in results)) for results in sample_results]
-    uses = Counter(n for nodes in upstream for n in nodes)
-    branches = [sorted((n for n in nodes if uses[n] == 1), key=order.__getitem__) for nodes in upstream]
+    computed_from = [set(upstream(results, from_input)) for results in sample_results]
+    uses = Counter(n for nodes in computed_from for n in nodes)
+    branches = [sorted((n for n in nodes if uses[n] == 1), key=order.__getitem__) for nodes in computed_from]
     signatures = {tuple((n.op, n.target) for n in branch) for branch in branches}
     return branches if len(signatures) == 1 and len(branches[0]) > 1 else None
-
-
-def _downstream(branch: list, sources: set) -> set:
-    """The nodes of ``branch`` (in graph order) that are or are computed from ``sources``."""
-    found = set()
-    for node in branch:
-        if node in sources or any(i in found or i in sources for i in node.all_input_nodes):
-            found.add(node)
-    return found
-
-
-def _upstream(root: fx.Node, within: set) -> set:
-    """``root`` and the nodes of ``within`` it is computed from."""
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node not in seen and node in within:
-            seen.add(node)
-            stack.extend(node.all_input_nodes)
-    return seen
 
 
 def _slices(branches: list, values: dict, from_input: set) -> Optional[dict]:
@@ -275,14 +253,10 @@ def _slices(branches: list, values: dict, from_input: set) -> Optional[dict]:
             slices[position] = found.pop()
         elif inputs and all(branches[0].index(i) in slices for i in inputs):
             sources = {slices[branches[0].index(i)][0] for i in inputs}
-            if len(sources) == 1 and all(_equal(values[branch[position]], values[next(iter(sources))][i:i + 1])
+            if len(sources) == 1 and all(same_tensor(values[branch[position]], values[next(iter(sources))][i:i + 1])
                                          for i, branch in enumerate(branches)):
                 slices[position] = (sources.pop(), True)
     return {branches[0][position]: reading for position, reading in slices.items()}
-
-
-def _equal(value, expected: Tensor) -> bool:
-    return isinstance(value, Tensor) and value.shape == expected.shape and torch.equal(value, expected)
 
 
 def _slice_of(node: fx.Node, sample: int, branch: set, values: dict, from_input: set) -> Optional[tuple]:
@@ -300,7 +274,7 @@ def _slice_of(node: fx.Node, sample: int, branch: set, values: dict, from_input:
         batch = values.get(source)
         if isinstance(batch, Tensor) and batch.dim() >= 1 and batch.shape[0] > sample:
             for keeps_axis, piece in ((False, batch[sample]), (True, batch[sample:sample + 1])):
-                if _equal(value, piece):
+                if same_tensor(value, piece):
                     return source, keeps_axis
         stack.extend(source.all_input_nodes)
     return None
@@ -347,7 +321,7 @@ def _pointwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
 def _needed(branch: list, positions: list) -> set:
     """The nodes of ``branch`` that those at ``positions`` are computed from (themselves included)."""
     members = set(branch)
-    return set().union(*(_upstream(branch[position], members) for position in positions))
+    return set(upstream([branch[p] for p in positions], members))
 
 
 def _sources(branch: list, slices: dict, positions: list) -> list:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from dyconv_deploy.convert.graph_nodes import downstream, reshapes, same_tensor, upstream
 from dyconv_deploy.convert.routed import RoutedConv2d
 from dyconv_deploy.convert.sample_batching import (PARAMETERS_OUTSIDE, batch_sample_branches, changed_in_place,
                                                   is_impure)
@@ -185,7 +186,7 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
     probe, check = (tuple(torch.randn(batch, *t.shape[1:], generator=torch.Generator().manual_seed(seed)).to(t)
                           for t in (x, *routing_inputs)) for seed, batch in enumerate((PROBE_BATCH, CHECK_BATCH)))
     values = _probe(graph_module, probe)
-    from_input = _downstream(graph_module, placeholders)
+    from_input = downstream(graph_module.graph.nodes, placeholders)
     routing_shapes = tuple(tuple(t.shape[1:]) for t in routing_inputs)
     if not any(_is_dynamic_conv(n, values, from_input) for n in graph_module.graph.nodes):
         return _read_expert_outputs(graph_module, values, from_input, probe, lambda: _expected_outputs(module, probe, check),
@@ -208,7 +209,7 @@ def _recognise(module: nn.Module, graph_module: fx.GraphModule, unrolled: bool, 
                 continue
             with contextlib.suppress(NotRecognised):  # a branch vmap cannot run, or no reading of this one
                 rewritten_values = _probe(rewritten, probe)
-                rewritten_from_input = _downstream(rewritten, [n for n in rewritten.graph.nodes
+                rewritten_from_input = downstream(rewritten.graph.nodes, [n for n in rewritten.graph.nodes
                                                                if n.op == "placeholder"])
                 return _read(rewritten, _dynamic_conv(rewritten, rewritten_values, rewritten_from_input, unrolled),
                              rewritten_values, rewritten_from_input, probe, expected, routing_shapes)
@@ -233,7 +234,7 @@ def _sample_results(graph_module: fx.GraphModule, conv: _DynamicConv, values: di
     joining nodes, which are no sample's own); for the batch-folded conv, the :data:`PROBE_BATCH` pieces joined
     into its weight and input. None if not found."""
     if len(conv.calls) == PROBE_BATCH:
-        after = [_downstream(graph_module, [call]) for call in conv.calls]
+        after = [downstream(graph_module.graph.nodes, [call]) for call in conv.calls]
         join = next((n for n in graph_module.graph.nodes if sum(n in nodes for nodes in after) > 1), None)
         parts = [[i for i in join.all_input_nodes if i in nodes] for nodes in after] if join is not None else []
         results = parts if parts and all(len(p) == 1 for p in parts) else [[call] for call in conv.calls]
@@ -251,7 +252,7 @@ def _sample_results(graph_module: fx.GraphModule, conv: _DynamicConv, values: di
 def _joined_piece(node: fx.Node, sample: int, values: dict, from_input: set) -> Optional[tuple]:
     """``(joined, piece)``: the tensor of sample ``sample`` that was joined (``torch.stack``) with the other
     samples' into the tensor ``node`` is a slice of (``kernels[i]``), or None."""
-    for joined in _upstream([node], within=from_input)[1:]:
+    for joined in upstream([node], within=from_input)[1:]:
         parts = [n for n in joined.all_input_nodes if n in from_input]
         if len(parts) == PROBE_BATCH:
             piece = values[parts[sample]]
@@ -263,7 +264,7 @@ def _joined_piece(node: fx.Node, sample: int, values: dict, from_input: set) -> 
 def _joined_pieces(node: fx.Node, values: dict, from_input: set) -> Optional[list]:
     """The :data:`PROBE_BATCH` tensors, one per sample, joined (``torch.cat``) into ``node``'s value, nearest first."""
     per_sample = values[node].numel() // PROBE_BATCH
-    for joined in _upstream([node], within=from_input):
+    for joined in upstream([node], within=from_input):
         parts = [n for n in joined.all_input_nodes if n in from_input]
         if len(parts) == PROBE_BATCH and all(isinstance(values[n], Tensor) and values[n].numel() == per_sample
                                              for n in parts):
@@ -355,28 +356,6 @@ def _probe(graph_module: fx.GraphModule, inputs: tuple) -> dict:
     return values
 
 
-def _downstream(graph_module: fx.GraphModule, sources) -> set:
-    """``sources`` and the nodes computed from them."""
-    dependent = set(sources)
-    for node in graph_module.graph.nodes:
-        if any(i in dependent for i in node.all_input_nodes):
-            dependent.add(node)
-    return dependent
-
-
-def _upstream(nodes, within: Optional[set] = None) -> list:
-    """``nodes`` and the nodes they are computed from, nearest first (depth first), only through ``within``."""
-    order, seen, stack = [], set(), list(reversed(nodes))
-    while stack:
-        current = stack.pop()
-        if current in seen or (within is not None and current not in within):
-            continue
-        seen.add(current)
-        order.append(current)
-        stack.extend(current.all_input_nodes)
-    return order
-
-
 def _conv_call(node: fx.Node, values: dict) -> dict:
     """``F.conv2d``'s arguments by name, nodes replaced by their probe values (the nodes under ``*_node``)."""
     named = dict(zip(_CONV_ARGUMENTS, node.args))
@@ -433,7 +412,7 @@ def _read_expert_outputs(graph_module: fx.GraphModule, values: dict, from_input:
     groups: dict[tuple, list] = {}
     for node in graph_module.graph.nodes:
         conv = _static_conv(graph_module, node, values, from_input)
-        if conv is not None and (conv["input_node"] is image or _same(values[conv["input_node"]], values[image])):
+        if conv is not None and (conv["input_node"] is image or same_tensor(values[conv["input_node"]], values[image])):
             key = (conv["input_node"], tuple(conv["weight"].shape), str(conv["stride"]), str(conv["padding"]),
                    str(conv["dilation"]), int(conv["groups"]), conv["bias"] is None)  # (x.contiguous() is x)
             groups.setdefault(key, []).append((node, conv))
@@ -448,7 +427,7 @@ def _read_expert_outputs(graph_module: fx.GraphModule, values: dict, from_input:
             experts = _DynamicConv(tuple(nodes), (), (), (image,), tuple(first["weight"].shape),
                                    _pair(first["stride"]), _padding(first["padding"]), _pair(first["dilation"]),
                                    int(first["groups"]))
-            after = _downstream(graph_module, nodes)
+            after = downstream(graph_module.graph.nodes, nodes)
             batched = _distinct([n for n in graph_module.graph.nodes if n in from_input and n not in after
                                  and n is not image and _batched(values[n])], values)
             biases = [bias] if bias is not None else [None, *_added_biases(graph_module, after, values, len(nodes),
@@ -467,13 +446,10 @@ def _added_biases(graph_module: fx.GraphModule, after: set, values: dict, num_ke
                   out_channels: int) -> list:
     """``[K, M]`` expert biases added to bias-free expert convs' outputs before the mix (``a_k * (conv_k(x) +
     b_k)``): K parameters of ``[M]`` that ops after the convs read, in the order the forward reads them."""
-    singles = [n for n in graph_module.graph.nodes if n.op == "get_attr" and isinstance(values.get(n), Tensor)
-               and values[n].numel() == out_channels and _downstream(graph_module, [n]) & after]
+    read_after = set(upstream(after))
+    singles = [n for n in graph_module.graph.nodes if n.op == "get_attr" and n in read_after
+               and isinstance(values.get(n), Tensor) and values[n].numel() == out_channels]
     return [torch.stack([values[n].reshape(-1) for n in singles])] if len(singles) == num_kernels > 1 else []
-
-
-def _same(value, expected: Tensor) -> bool:
-    return isinstance(value, Tensor) and value.shape == expected.shape and torch.equal(value, expected)
 
 
 def _static_conv(graph_module: fx.GraphModule, node: fx.Node, values: dict, from_input: set) -> Optional[dict]:
@@ -542,11 +518,11 @@ def _weight_readings(graph_module: fx.GraphModule, conv: _DynamicConv, values: d
     kernels = conv.sample_kernels(values)
     entries = _Entries.of(kernels.shape)
     observed = entries.take(kernels)
-    upstream = _upstream(conv.weights)
-    for expert_nodes, experts in _expert_candidates(upstream, values, from_input, math.prod(conv.kernel_shape)):
+    kernels_from = upstream(conv.weights)
+    for expert_nodes, experts in _expert_candidates(kernels_from, values, from_input, math.prod(conv.kernel_shape)):
         num_kernels = experts.numel() // math.prod(conv.kernel_shape)
-        after_experts = _downstream(graph_module, expert_nodes)
-        batched = _distinct([n for n in upstream if n in from_input and n not in after_experts
+        after_experts = downstream(graph_module.graph.nodes, expert_nodes)
+        batched = _distinct([n for n in kernels_from if n in from_input and n not in after_experts
                              and _batched(values[n])], values)
         for weight in _expert_layouts(experts, num_kernels, conv.kernel_shape):
             for attention in _attention_fields(batched, values, num_kernels, conv.out_channels):
@@ -597,10 +573,10 @@ def _distinct(nodes: list, values: dict) -> list:
     return kept
 
 
-def _expert_candidates(upstream: list, values: dict, from_input: set, per_sample: int):
+def _expert_candidates(kernels_from: list, values: dict, from_input: set, per_sample: int):
     """``(nodes, experts)``: parameter-only tensors of ``K * per_sample`` elements on the kernels' path,
     nearest first, then the parameters of one kernel each, stacked in the order the trace uses them."""
-    constants = [n for n in upstream if n not in from_input and isinstance(values.get(n), Tensor)]
+    constants = [n for n in kernels_from if n not in from_input and isinstance(values.get(n), Tensor)]
     for node in _distinct([n for n in constants if values[n].numel() % per_sample == 0], values):
         yield [node], values[node]
     singles = _in_graph_order([n for n in constants if n.op == "get_attr" and values[n].numel() == per_sample])
@@ -688,9 +664,9 @@ def _input_output_scales(graph_module: fx.GraphModule, conv: _DynamicConv, value
                          used: set) -> Iterator[tuple[_Field, ...]]:
     """Choices of scales outside the kernels, none first: an ``[N, C]`` tensor multiplying the conv's input
     (ODConv's channel attention) and an ``[N, M]`` one multiplying its output (the filter attention)."""
-    after_conv = _downstream(graph_module, conv.calls)
+    after_conv = downstream(graph_module.graph.nodes, conv.calls)
     image = next(n for n in graph_module.graph.nodes if n.op == "placeholder")
-    sides = {"channel": (_upstream(conv.inputs, within=from_input), values[image].shape[1]),
+    sides = {"channel": (upstream(conv.inputs, within=from_input), values[image].shape[1]),
              "filter": ([n for n in graph_module.graph.nodes if n in after_conv], conv.out_channels)}
     options = []
     for role, (path, size) in sides.items():
@@ -717,16 +693,11 @@ def _multipliers(path: list, values: dict, size: int, excluded: set) -> list:
     return found
 
 
-_RESHAPES = {"view", "reshape", "unsqueeze", "squeeze", "flatten", "expand_as", "contiguous"}
-
-
 def _batched_origin(node: fx.Node, values: dict) -> fx.Node:
     """``node``, or the batched tensor it reshapes a slice of (``a[i].view(1, -1, 1, 1)``): a sample's factor in a
     loop over the batch."""
     origin = node
-    while not _batched(values.get(origin)) and (
-            (origin.op == "call_function" and origin.target is operator.getitem)
-            or (origin.op == "call_method" and origin.target in _RESHAPES)) and isinstance(origin.args[0], fx.Node):
+    while not _batched(values.get(origin)) and reshapes(origin):
         origin = origin.args[0]
     return origin if _batched(values.get(origin)) else node
 
@@ -734,10 +705,10 @@ def _batched_origin(node: fx.Node, values: dict) -> fx.Node:
 def _subgraph(graph_module: fx.GraphModule, outputs: list) -> fx.GraphModule:
     """A GraphModule computing the tuple of ``outputs`` from the inputs (all of them, in order), with only the
     nodes they need (in-place changes of those included)."""
-    needed = set(_upstream(outputs))
+    needed = set(upstream(outputs))
     changes = [u for n in needed for u in n.users if changed_in_place(u) is n and u not in needed]
     while changes:  # ops changing a needed tensor in place (``a.masked_fill_(a < t, 0)``), and what they read
-        needed |= set(_upstream(changes))
+        needed |= set(upstream(changes))
         changes = [u for n in needed for u in n.users if changed_in_place(u) is n and u not in needed]
     needed |= {n for n in graph_module.graph.nodes if n.op == "placeholder"}
     graph, copies = fx.Graph(), {}
@@ -759,7 +730,7 @@ def _bias_readings(conv: _DynamicConv, values: dict, from_input: set, num_kernel
         return
     if torch.equal(biases, biases[:1].expand_as(biases)):
         yield None, biases[0]
-    constants = [n for n in _upstream(list(conv.biases)) if n not in from_input and isinstance(values.get(n), Tensor)]
+    constants = [n for n in upstream(list(conv.biases)) if n not in from_input and isinstance(values.get(n), Tensor)]
     for node in constants:  # parameters mixed into the bias: [K, M] in some layout
         value = values[node]
         if value.numel() == num_kernels * conv.out_channels:
@@ -796,7 +767,7 @@ def _blocks(graph_module: fx.GraphModule, conv: _DynamicConv, values: dict, laye
     output = _output(layer, probe)
     if output is None:
         return
-    after_conv = _downstream(graph_module, conv.calls)
+    after_conv = downstream(graph_module.graph.nodes, conv.calls)
     for node in graph_module.graph.nodes:
         if node in after_conv and node.op != "output" and isinstance(values.get(node), Tensor) and _close(
                 values[node], output):
